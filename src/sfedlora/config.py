@@ -1,0 +1,265 @@
+"""Typed run configuration: dataclasses that own their defaults, loaded from YAML with dotted overrides
+(`lora.rank=64 fed.method=fedit`) and validated once, with one clear message per problem."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from sfedlora.errors import SfedloraError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "minilm-l6"  # minilm-l6 | smollm2-135m | tiny-bert | tiny-llama | a hub id | a local path
+    precision: str = "fp32"  # fp32 | bf16 (bf16 frozen base, fp32 adapters)
+    max_length: int = 128  # tokens per example after truncation
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 8
+    alpha: float = 8.0
+    scaling: str = "auto"  # auto (the method's own) | lora | rslora | sfed | custom | none
+    scaling_a: float = 0.5  # custom: gamma = alpha * N**a / r**b
+    scaling_b: float = 0.5
+    targets: str | list[str] = "qv"  # qv | all-attention | a list of module-name suffixes
+    dropout: float = 0.0
+    init: str = "auto"  # auto (the method's own) | shared | independent: how clients draw A
+    a_init: str = "kaiming"  # kaiming (PEFT's) | gaussian
+    a_init_std: float | None = None  # gaussian std; default 1/sqrt(d_in)
+
+
+@dataclass
+class DataConfig:
+    source: str = "multiemo"  # multiemo | vitaminc | natural-instructions | gsm-symbolic | file | hub name
+    task: str | None = None  # classification | instruction | math (needed for files and hub names)
+    subset: str | None = None  # hub dataset configuration
+    split: str = "train"  # hub dataset split
+    text_field: str = "text"
+    text_pair_field: str | None = None
+    label_field: str = "label"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    answer_field: str = "answer"
+    category_field: str = "category"
+    labels: list[str] | None = None  # keep only these labels, in this order
+    max_examples: int = 2000  # records drawn (seeded) before partitioning; 0 = all
+    partition: str = "dirichlet"  # iid | dirichlet
+    partition_by: str = "label"  # record field the Dirichlet split is over
+    dirichlet_alpha: float = 0.5
+    min_partition_size: int = 40
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+
+
+@dataclass
+class FedConfig:
+    method: str = "sfed-lora"  # fedit | ffa-lora | fedsa-lora | fedsa-rslora | sfed-lora | rolora
+    clients: int = 4
+    clients_per_round: int = 0  # 0 = all (full participation); N in gamma is this number
+    rounds: int = 10
+    local_steps: int = 10
+    weighting: str = "samples"  # samples | uniform
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = "adamw"  # sgd | adamw
+    lr: float = 5e-4
+    momentum: float = 0.0  # sgd only
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    batch_size: int = 8  # examples per client per local step
+    grad_clip: float | None = 1.0  # per-client global-norm clip; null = off
+    optimizer_state: str = "reset"  # reset (fresh each round) | keep (carried across rounds per client)
+    group_size: int = 0  # clients trained together in one batched step; 0 = all
+
+
+@dataclass
+class EvalConfig:
+    every: int = 1  # evaluate every E rounds (and always the last)
+    batch_size: int = 32
+    max_examples: int = 0  # cap per client and split; 0 = all
+    global_model: bool = True  # also evaluate the global model on the pooled test split
+    generate_examples: int = 16  # math: examples per client decoded greedily for accuracy
+    max_new_tokens: int = 160
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    name: str = ""  # a label for the run folder
+
+
+CHOICES = {
+    "model.precision": ("fp32", "bf16"),
+    "model.device": ("auto", "cpu", "cuda"),
+    "lora.scaling": ("auto", "lora", "rslora", "sfed", "custom", "none"),
+    "lora.init": ("auto", "shared", "independent"),
+    "lora.a_init": ("kaiming", "gaussian"),
+    "data.task": (None, "classification", "instruction", "math"),
+    "data.partition": ("iid", "dirichlet"),
+    "fed.weighting": ("samples", "uniform"),
+    "train.optimizer": ("sgd", "adamw"),
+    "train.optimizer_state": ("reset", "keep"),
+}
+POSITIVE = {"lora.rank": "LoRA rank", "lora.alpha": "LoRA alpha", "fed.clients": "number of clients N",
+            "fed.rounds": "rounds", "fed.local_steps": "local steps", "train.lr": "learning rate",
+            "train.batch_size": "batch size", "model.max_length": "max_length", "eval.every": "eval.every",
+            "eval.batch_size": "eval batch size", "data.dirichlet_alpha": "Dirichlet alpha",
+            "train.eps": "AdamW eps"}
+NON_NEGATIVE = ("lora.dropout", "train.momentum", "train.weight_decay", "train.group_size", "data.max_examples",
+                "data.min_partition_size", "fed.clients_per_round", "eval.max_examples",
+                "eval.generate_examples", "data.val_fraction", "data.test_fraction")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a type hint, converting ints to floats where a float is expected."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, where)
+            except SfedloraError as exc:
+                errors.append(str(exc))
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(hint))
+        raise SfedloraError(f"{where} must be {names.replace('NoneType', 'null')}, got {value!r}")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(hint)
+            return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif dataclasses.is_dataclass(hint):
+        if isinstance(value, dict):
+            return _build(hint, value, where)
+    name = getattr(hint, "__name__", str(hint))
+    raise SfedloraError(f"{where} must be {name}, got {value!r}")
+
+
+def _build(cls: Any, raw: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise SfedloraError(f"unknown config key {prefix}{unknown[0]}; known keys here: {', '.join(sorted(known))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _get(cfg: RunConfig, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            shown = ", ".join("null" if a is None else str(a) for a in allowed)
+            raise SfedloraError(f"{key} must be one of {shown}; got {value!r}")
+    for key, label in POSITIVE.items():
+        value = _get(cfg, key)
+        if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
+            raise SfedloraError(f"{label} ({key}) must be > 0, got {value!r}")
+    for key in NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise SfedloraError(f"{key} must be >= 0, got {_get(cfg, key)!r}")
+    from sfedlora.methods import METHODS
+
+    if cfg.fed.method not in METHODS:
+        raise SfedloraError(f"unknown method {cfg.fed.method!r}; choose one of {', '.join(METHODS)}")
+    if cfg.fed.clients_per_round > cfg.fed.clients:
+        raise SfedloraError(f"fed.clients_per_round ({cfg.fed.clients_per_round}) exceeds fed.clients "
+                            f"({cfg.fed.clients})")
+    if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
+        raise SfedloraError("data.val_fraction + data.test_fraction must be < 1")
+    if len(cfg.train.betas) != 2 or not all(0 <= b < 1 for b in cfg.train.betas):
+        raise SfedloraError(f"train.betas must be two numbers in [0, 1), got {cfg.train.betas}")
+    if cfg.train.grad_clip is not None and cfg.train.grad_clip <= 0:
+        raise SfedloraError(f"train.grad_clip must be > 0 or null, got {cfg.train.grad_clip}")
+    if isinstance(cfg.lora.targets, list) and not cfg.lora.targets:
+        raise SfedloraError("lora.targets must name at least one module")
+    return cfg
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise SfedloraError(f"override {item!r} is not of the form key=value (e.g. lora.rank=64)")
+    key, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return [p for p in key.strip().split(".") if p], value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config (or the defaults), apply dotted overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise SfedloraError(f"cannot read config {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise SfedloraError(f"config {path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise SfedloraError(f"config {path} must be a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    for item in overrides:
+        keys, value = parse_override(item)
+        if not keys:
+            raise SfedloraError(f"override {item!r} has an empty key")
+        node = raw
+        for k in keys[:-1]:
+            if not isinstance(node.get(k, {}), dict):
+                raise SfedloraError(f"override {item!r}: {k} is not a section")
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return validate(_build(RunConfig, raw, ""))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,121 @@
+"""Tokenisation and client-major batching.
+
+An example is a dict of token lists: classification {input_ids, [token_type_ids], label}; language
+modelling {input_ids, labels} with labels = -100 on prompt tokens (loss on response tokens only).
+A group batch stacks b examples of client 0, then b of client 1, ... (client-major), padded to one
+length, with `weight` 0 on filler rows used to even out clients that ran out of examples.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+PROMPT_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
+IGNORE = -100
+
+
+def format_prompt(prompt: str) -> str:
+    return PROMPT_TEMPLATE.format(prompt=prompt.strip())
+
+
+def encode_classification(records: Sequence[dict[str, Any]], tok: Any, max_length: int) -> list[dict[str, Any]]:
+    texts = [r["text"] for r in records]
+    pairs = [r["text_pair"] for r in records] if records and "text_pair" in records[0] else None
+    enc = tok(texts, pairs, truncation=True, max_length=max_length)
+    out = []
+    for i, r in enumerate(records):
+        ex = {"input_ids": enc["input_ids"][i], "label": int(r["label"])}
+        if "token_type_ids" in enc:
+            ex["token_type_ids"] = enc["token_type_ids"][i]
+        out.append(ex)
+    return out
+
+
+def encode_lm(records: Sequence[dict[str, Any]], tok: Any, max_length: int) -> list[dict[str, Any]]:
+    """Prompt (template) + response + EOS; the prompt is cut from the left and the response from the
+    right so that at least half of max_length stays for the response when both are long."""
+    prompts = tok([format_prompt(r["prompt"]) for r in records], add_special_tokens=True)["input_ids"]
+    responses = tok([r["response"] for r in records], add_special_tokens=False)["input_ids"]
+    out = []
+    for r, p, a in zip(records, prompts, responses):
+        a = list(a) + [tok.eos_token_id]
+        if len(p) + len(a) > max_length:
+            a = a[: max(max_length // 2, max_length - len(p))]
+            p = p[-(max_length - len(a)):] if max_length > len(a) else []
+        ex = {"input_ids": list(p) + a, "labels": [IGNORE] * len(p) + a, "prompt_ids": list(p)}
+        if "answer" in r:
+            ex["answer"] = r["answer"]
+        out.append(ex)
+    return out
+
+
+def collate(examples: Sequence[dict[str, Any]], pad_id: int, weights: Sequence[float] | None = None,
+            left_pad: bool = False, key: str = "input_ids") -> dict[str, torch.Tensor]:
+    """Pad a list of examples (already in client-major order) into tensors."""
+    length = max(len(e[key]) for e in examples)
+    batch: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": []}
+    if "token_type_ids" in examples[0] and key == "input_ids":
+        batch["token_type_ids"] = []
+    if "labels" in examples[0] and key == "input_ids":
+        batch["labels"] = []
+    for e in examples:
+        ids = e[key]
+        pad = length - len(ids)
+
+        def padded(seq: list[int], fill: int, pad: int = pad) -> list[int]:
+            return [fill] * pad + seq if left_pad else seq + [fill] * pad
+
+        batch["input_ids"].append(padded(ids, pad_id))
+        batch["attention_mask"].append(padded([1] * len(ids), 0))
+        if "token_type_ids" in batch:
+            batch["token_type_ids"].append(padded(e["token_type_ids"], 0))
+        if "labels" in batch:
+            batch["labels"].append(padded(e["labels"], IGNORE))
+    out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+    if "label" in examples[0]:
+        out["label"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
+    out["weight"] = torch.tensor(list(weights) if weights is not None else [1.0] * len(examples))
+    return out
+
+
+class ClientSampler:
+    """Endless seeded shuffles of one client's training examples; the position survives across rounds."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+        self.pos = 0
+        self.epoch = 0
+
+    def take(self, b: int) -> list[int]:
+        out = []
+        while len(out) < b:
+            if self.pos >= len(self.order):
+                self.order = list(range(self.n))
+                self.rng.shuffle(self.order)
+                self.pos = 0
+                self.epoch += 1
+            out.append(self.order[self.pos])
+            self.pos += 1
+        return out
+
+
+def grouped_chunks(per_client: Sequence[Sequence[dict[str, Any]]], batch_size: int):
+    """Evaluation batches over a group: each client contributes `batch_size` rows per batch, filler
+    rows (weight 0) where a client has run out. Yields (examples in client-major order, weights)."""
+    steps = max((len(x) + batch_size - 1) // batch_size for x in per_client)
+    for s in range(steps):
+        examples, weights = [], []
+        for rows in per_client:
+            chunk = list(rows[s * batch_size:(s + 1) * batch_size])
+            real = len(chunk)
+            filler = rows[0] if rows else None
+            chunk += [filler] * (batch_size - real)
+            examples += chunk
+            weights += [1.0] * real + [0.0] * (batch_size - real)
+        yield examples, weights

@@ -1,0 +1,88 @@
+"""Split a task's records over clients (IID or Dirichlet, via flwr-datasets), then each client's share
+into train / validation / test. Seeded: the same seed gives the same partition."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from sfedlora.config import DataConfig
+from sfedlora.errors import SfedloraError
+
+
+@dataclass
+class ClientData:
+    train: list[dict[str, Any]]
+    val: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train)
+
+
+def partition_indices(records: list[dict[str, Any]], n_clients: int, cfg: DataConfig, seed: int) -> list[list[int]]:
+    """Indices of each client's records. Dirichlet draws per-class client proportions ~ Dir(alpha)."""
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+    if n_clients > len(records):
+        raise SfedloraError(f"{n_clients} clients but only {len(records)} examples")
+    ds = Dataset.from_list([{"idx": i, "key": str(r.get(cfg.partition_by, ""))} for i, r in enumerate(records)])
+    if cfg.partition == "iid":
+        ds = ds.shuffle(seed=seed)
+        partitioner: Any = IidPartitioner(num_partitions=n_clients)
+    else:
+        if cfg.partition_by not in records[0]:
+            raise SfedloraError(
+                f"a Dirichlet split needs the field data.partition_by={cfg.partition_by!r}; records have "
+                f"{sorted(records[0])}"
+            )
+        if cfg.min_partition_size * n_clients > len(records):
+            raise SfedloraError(
+                f"a Dirichlet split cannot give each of {n_clients} clients {cfg.min_partition_size} examples "
+                f"out of {len(records)}; lower data.min_partition_size or raise data.max_examples"
+            )
+        partitioner = DirichletPartitioner(
+            num_partitions=n_clients, partition_by="key", alpha=cfg.dirichlet_alpha,
+            min_partition_size=cfg.min_partition_size, self_balancing=False, shuffle=True, seed=seed,
+        )
+    partitioner.dataset = ds
+    try:
+        return [list(partitioner.load_partition(c)["idx"]) for c in range(n_clients)]
+    except ValueError as exc:
+        raise SfedloraError(
+            f"Dirichlet split (alpha={cfg.dirichlet_alpha}, min size {cfg.min_partition_size}) failed for "
+            f"{n_clients} clients: {exc} Raise data.dirichlet_alpha or lower data.min_partition_size."
+        ) from None
+
+
+def split_client(rows: list[dict[str, Any]], val_fraction: float, test_fraction: float, seed: int) -> ClientData:
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    n = len(rows)
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+    if n - n_val - n_test < 1:
+        raise SfedloraError(f"a client with {n} examples cannot be split into train/val/test")
+    return ClientData(train=rows[n_val + n_test:], val=rows[:n_val], test=rows[n_val:n_val + n_test])
+
+
+def make_clients(records: list[dict[str, Any]], n_clients: int, cfg: DataConfig, seed: int) -> list[ClientData]:
+    parts = partition_indices(records, n_clients, cfg, seed)
+    return [split_client([records[i] for i in idx], cfg.val_fraction, cfg.test_fraction, seed * 1009 + c)
+            for c, idx in enumerate(parts)]
+
+
+def describe(clients: list[ClientData], key: str, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per-client sizes and a histogram of `key` (label or category) over all of that client's records."""
+    out = []
+    for c, d in enumerate(clients):
+        hist = Counter(str(r.get(key, "")) for r in d.train + d.val + d.test)
+        if names:
+            hist = Counter({names[int(k)]: v for k, v in hist.items() if k.isdigit()})
+        out.append({"client": c, "train": len(d.train), "val": len(d.val), "test": len(d.test),
+                    "histogram": dict(sorted(hist.items()))})
+    return out

@@ -1,0 +1,144 @@
+"""Data sources -> a list of standard records for one task type.
+
+Task types and their record fields:
+  classification   text, [text_pair], label (int)          metric: accuracy
+  instruction      prompt, response, [category]             metric: perplexity on response tokens
+  math             prompt, response (worked), answer        metrics: perplexity, greedy-decoding accuracy
+
+Sources: the offline `multiemo`, `vitaminc`, `natural-instructions` (BIG-bench sdist), `gsm-symbolic`
+(reasoning-gym); a local .json / .jsonl / .csv file; any Hugging Face dataset name (`hf:` prefix
+optional), with the field names given in the config.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sfedlora.config import DataConfig
+from sfedlora.data import bigbench
+from sfedlora.errors import SfedloraError
+
+BUILTIN_TASKS = {
+    "multiemo": "classification",
+    "vitaminc": "classification",
+    "natural-instructions": "instruction",
+    "gsm-symbolic": "math",
+}
+TASK_FIELDS = {
+    "classification": ("text", "label"),
+    "instruction": ("prompt", "response"),
+    "math": ("prompt", "response", "answer"),
+}
+
+
+@dataclass
+class TaskData:
+    task: str
+    records: list[dict[str, Any]]
+    label_names: list[str] = field(default_factory=list)
+    source: str = ""
+
+
+def _gsm_symbolic(n: int, seed: int) -> list[dict[str, Any]]:
+    import reasoning_gym
+
+    ds = reasoning_gym.create_dataset("gsm_symbolic", size=n, seed=seed)
+    return [{"prompt": e["question"], "response": e["metadata"]["answer_cot"], "answer": str(e["answer"])}
+            for e in ds]
+
+
+def _local_file(path: Path) -> list[dict[str, Any]]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    kind = {".json": "json", ".jsonl": "json", ".csv": "csv"}.get(path.suffix.lower())
+    if kind is None:
+        raise SfedloraError(f"data file {path} must end in .json, .jsonl or .csv")
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as exc:  # datasets raises many types for unreadable files
+        raise SfedloraError(f"cannot read data file {path}: {exc}") from None
+    return list(ds)
+
+
+def _hub(name: str, subset: str | None, split: str) -> list[dict[str, Any]]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(name, subset, split=split)
+    except Exception as exc:
+        raise SfedloraError(f"cannot load Hugging Face dataset {name!r} (split {split!r}): {exc}") from None
+    return list(ds)
+
+
+def _rename(rows: list[dict[str, Any]], cfg: DataConfig, task: str, source: str) -> list[dict[str, Any]]:
+    mapping = {"text": cfg.text_field, "text_pair": cfg.text_pair_field, "label": cfg.label_field,
+               "prompt": cfg.prompt_field, "response": cfg.response_field, "answer": cfg.answer_field,
+               "category": cfg.category_field}
+    present = set(rows[0]) if rows else set()
+    for std in TASK_FIELDS[task]:
+        if mapping[std] not in present:
+            raise SfedloraError(
+                f"dataset {source!r} has no field {mapping[std]!r} needed as {std!r} for a {task} task "
+                f"(its fields: {', '.join(sorted(present)) or 'none'}); set data.{std}_field"
+            )
+    if task == "classification" and cfg.text_pair_field and cfg.text_pair_field not in present:
+        raise SfedloraError(f"dataset {source!r} has no field {cfg.text_pair_field!r} (data.text_pair_field)")
+    out = []
+    for row in rows:
+        rec = {std: row[src] for std, src in mapping.items() if src and src in row}
+        out.append(rec)
+    return out
+
+
+def load_task(cfg: DataConfig, seed: int) -> TaskData:
+    """Load, standardise, filter labels and subsample (seeded) to cfg.max_examples records."""
+    source = cfg.source
+    if source in BUILTIN_TASKS:
+        task = BUILTIN_TASKS[source]
+        if cfg.task and cfg.task != task:
+            raise SfedloraError(f"data.source {source} is a {task} task, not {cfg.task}")
+        if source == "gsm-symbolic":
+            rows = _gsm_symbolic(cfg.max_examples or 2000, seed)
+        else:
+            rows = bigbench.load(source)
+    else:
+        if not cfg.task:
+            raise SfedloraError(f"data.task must be set for source {source!r}: classification, instruction or math")
+        task = cfg.task
+        path = Path(source)
+        if path.suffix.lower() in (".json", ".jsonl", ".csv") or path.exists():
+            if not path.exists():
+                raise SfedloraError(f"data file {path} does not exist")
+            rows = _local_file(path)
+        else:
+            rows = _hub(source.removeprefix("hf:"), cfg.subset, cfg.split)
+        rows = _rename(rows, cfg, task, source)
+    if not rows:
+        raise SfedloraError(f"dataset {source!r} is empty")
+    label_names: list[str] = []
+    if task == "classification":
+        rows, label_names = _encode_labels(rows, cfg.labels, source)
+    rng = random.Random(seed)
+    rng.shuffle(rows)
+    if cfg.max_examples:
+        rows = rows[: cfg.max_examples]
+    return TaskData(task=task, records=rows, label_names=label_names, source=source)
+
+
+def _encode_labels(rows: list[dict[str, Any]], keep: list[str] | None,
+                   source: str) -> tuple[list[dict[str, Any]], list[str]]:
+    present = sorted({str(r["label"]) for r in rows})
+    names = [str(x) for x in keep] if keep else present
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise SfedloraError(f"data.labels {missing} do not occur in {source!r}; its labels: {present}")
+    index = {n: i for i, n in enumerate(names)}
+    out = [{**r, "label": index[str(r["label"])]} for r in rows if str(r["label"]) in index]
+    if len(names) < 2:
+        raise SfedloraError(f"classification needs at least 2 labels, {source!r} has {names}")
+    return out, names

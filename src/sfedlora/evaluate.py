@@ -1,0 +1,94 @@
+"""Evaluation of a group of installed clients, each on its own examples, in batched forwards.
+
+Metrics: loss (mean per example for classification, per response token for LM), accuracy
+(classification; math by greedy decoding), perplexity = exp(token loss) for LM tasks.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from sfedlora.data.batching import collate, grouped_chunks
+from sfedlora.losses import classification_terms, lm_terms
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate_group(model: Any, per_client: Sequence[Sequence[dict[str, Any]]], task: str, pad_id: int,
+                   batch_size: int, device: torch.device | str) -> list[dict[str, float]]:
+    """Loss and accuracy or perplexity for each installed client on its own list of examples."""
+    c = len(per_client)
+    sums = torch.zeros(c, 4, dtype=torch.float64)  # loss sum, loss count, correct, examples
+    terms = classification_terms if task == "classification" else lm_terms
+    for examples, weights in grouped_chunks(per_client, batch_size):
+        batch = _to(collate(examples, pad_id, weights), device)
+        loss, count, correct = terms(model, batch)
+        w = batch["weight"].double()
+        stacked = torch.stack([loss.double() * w, count.double() * w, correct.double() * w, w], 1)  # (rows, 4)
+        sums += stacked.view(c, -1, 4).sum(1).cpu()
+    out = []
+    for s in sums.tolist():
+        loss = s[0] / max(s[1], 1)
+        row = {"loss": loss, "n": s[3]}
+        if task == "classification":
+            row["accuracy"] = s[2] / max(s[3], 1)
+        else:
+            row["perplexity"] = math.exp(min(loss, 50.0))
+        out.append(row)
+    return out
+
+
+NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
+
+
+def extract_answer(text: str) -> str:
+    """The final answer of a worked solution: after '####' if present, else the last number."""
+    if "####" in text:
+        text = text.split("####", 1)[1]
+        found = NUMBER.search(text)
+    else:
+        matches = NUMBER.findall(text)
+        found = None
+        if matches:
+            return matches[-1].replace(",", "").rstrip(".")
+    return found.group(0).replace(",", "").rstrip(".") if found else text.strip()
+
+
+@functools.lru_cache(maxsize=1)
+def _gsm_scorer() -> Any:
+    import reasoning_gym
+
+    return reasoning_gym.create_dataset("gsm_symbolic", size=1, seed=0)
+
+
+def score_math(prediction: str, answer: str) -> float:
+    """reasoning-gym's gsm_symbolic scorer on the extracted final answer: 1.0 if correct, else 0."""
+    return float(_gsm_scorer().score_answer(extract_answer(prediction), {"answer": answer}) == 1.0)
+
+
+@torch.no_grad()
+def math_accuracy(model: Any, tok: Any, per_client: Sequence[Sequence[dict[str, Any]]], batch_size: int,
+                  max_new_tokens: int, device: torch.device | str) -> list[float]:
+    """Greedy-decoding accuracy per installed client on its examples (prompt only, left padded)."""
+    c = len(per_client)
+    correct, total = [0.0] * c, [0.0] * c
+    for examples, weights in grouped_chunks(per_client, batch_size):
+        batch = _to(collate(examples, tok.pad_token_id, weights, left_pad=True, key="prompt_ids"), device)
+        generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                   max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        texts = tok.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        per = len(examples) // c
+        for i, (ex, w, text) in enumerate(zip(examples, weights, texts)):
+            if w > 0:
+                correct[i // per] += score_math(text, ex["answer"])
+                total[i // per] += 1
+    return [a / max(t, 1) for a, t in zip(correct, total)]

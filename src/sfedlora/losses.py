@@ -1,0 +1,61 @@
+"""Per-example and per-client losses for a client-major batch.
+
+A group's training loss is the sum over clients of each client's own mean loss, so client c's
+gradient is exactly the gradient of its mean loss alone (the other terms do not depend on its adapters).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sfedlora.data.batching import IGNORE
+
+
+def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+
+
+def classification_terms(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss sum, loss count, correct) per example, each of shape (rows,)."""
+    logits = model(**_inputs(batch)).logits.float()  # (rows, labels)
+    loss = F.cross_entropy(logits, batch["label"], reduction="none")
+    correct = (logits.argmax(-1) == batch["label"]).float()
+    return loss, torch.ones_like(loss), correct
+
+
+def lm_terms(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum of token losses, number of response tokens, zeros) per example.
+
+    Logits are formed only at positions that predict a response token: the LM head is applied to
+    those hidden states alone, not to the whole (rows, seq, vocab) tensor."""
+    labels = batch["labels"]
+    target = labels[:, 1:]  # (rows, seq-1): token t+1 predicted from position t
+    mask = target != IGNORE
+    head = model.get_output_embeddings()
+    rows = labels.shape[0]
+    if head is not None and hasattr(model, "base_model") and model.base_model is not model:
+        hidden = model.base_model(**_inputs(batch)).last_hidden_state[:, :-1]  # (rows, seq-1, d)
+        logits = head(hidden[mask]).float()  # (n_tokens, vocab)
+    else:
+        logits = model(**_inputs(batch)).logits[:, :-1][mask].float()
+    token_loss = F.cross_entropy(logits, target[mask], reduction="none")  # (n_tokens,)
+    row_of = torch.arange(rows, device=labels.device).unsqueeze(1).expand_as(mask)[mask]
+    loss_sum = torch.zeros(rows, device=labels.device, dtype=token_loss.dtype).index_add_(0, row_of, token_loss)
+    count = mask.sum(1).to(token_loss.dtype)
+    return loss_sum, count, torch.zeros_like(count)
+
+
+def per_client(values: torch.Tensor, n_clients: int, weight: torch.Tensor) -> torch.Tensor:
+    """Sum of weighted per-row values per client: (rows,) -> (clients,)."""
+    return (values * weight).view(n_clients, -1).sum(1)
+
+
+def group_loss(model: Any, batch: dict[str, torch.Tensor], n_clients: int, task: str) -> torch.Tensor:
+    """Each client's mean loss over its rows (classification) or its response tokens (LM): (clients,)."""
+    terms = classification_terms if task == "classification" else lm_terms
+    loss_sum, count, _ = terms(model, batch)
+    w = batch["weight"].to(loss_sum.dtype)
+    return per_client(loss_sum, n_clients, w) / per_client(count, n_clients, w).clamp_min(1)

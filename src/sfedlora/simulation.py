@@ -1,0 +1,252 @@
+"""The in-process runner: one base model, all clients trained in batched groups, rounds of
+local training -> upload -> aggregate (the method's rule) -> download, with evaluation and records.
+
+Outputs in the run folder: config.yaml (resolved), partitions.json, metrics.jsonl (one record per
+round, appended as rounds finish) and summary.json, written last: a folder without it is unfinished.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from sfedlora import metrics
+from sfedlora.aggregate import client_weights, payload_bytes, select
+from sfedlora.config import RunConfig, to_dict
+from sfedlora.data.batching import ClientSampler, collate, encode_classification, encode_lm
+from sfedlora.data.partition import ClientData, describe, make_clients
+from sfedlora.data.sources import TaskData, load_task
+from sfedlora.errors import SfedloraError
+from sfedlora.evaluate import evaluate_group, math_accuracy
+from sfedlora.inject import init_adapter_state, inject_adapters, load_group, read_group
+from sfedlora.methods import FederatedMethod, get_method
+from sfedlora.models import load_model
+from sfedlora.optim import ClientOptState, StackedOptimizer
+from sfedlora.scaling import scaling
+from sfedlora.train import train_group
+
+State = dict[str, torch.Tensor]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SfedloraError("model.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+@dataclass
+class Resolved:
+    """What `auto` settings became for this run; recorded in config.yaml and every record."""
+
+    scaling: str
+    init: str
+    n_averaged: int
+    gamma: float
+
+
+def resolve(cfg: RunConfig, method: FederatedMethod) -> Resolved:
+    rule = method.default_scaling if cfg.lora.scaling == "auto" else cfg.lora.scaling
+    init = method.default_init if cfg.lora.init == "auto" else cfg.lora.init
+    if method.requires_shared_init and init != "shared":
+        raise SfedloraError(f"{method.name} freezes A, so every client must start from the same A: "
+                            f"set lora.init=shared (or auto)")
+    n = cfg.fed.clients_per_round or cfg.fed.clients
+    gamma = scaling(rule, cfg.lora.alpha, cfg.lora.rank, n, cfg.lora.scaling_a, cfg.lora.scaling_b)
+    return Resolved(scaling=rule, init=init, n_averaged=n, gamma=gamma)
+
+
+class Simulation:
+    def __init__(self, cfg: RunConfig, out_dir: Path, echo: Callable[[str], None] = print,
+                 progress: bool = True) -> None:
+        self.cfg, self.out_dir, self.echo, self.progress = cfg, Path(out_dir), echo, progress
+        self.method = get_method(cfg.fed.method)
+        self.resolved = resolve(cfg, self.method)
+        self.device = resolve_device(cfg.model.device)
+        torch.manual_seed(cfg.seed)
+        # Everything that can fail on user input happens before the run folder is created.
+        self.data: TaskData = load_task(cfg.data, cfg.seed)
+        self.clients: list[ClientData] = make_clients(self.data.records, cfg.fed.clients, cfg.data, cfg.seed)
+        dtype = torch.bfloat16 if cfg.model.precision == "bf16" else torch.float32
+        self.model, self.tok = load_model(cfg.model.name, self.data.task, max(2, len(self.data.label_names)), dtype)
+        self.targets = inject_adapters(self.model, cfg.lora.targets, cfg.lora.dropout,
+                                       head=self.data.task == "classification")
+        self.model.to(self.device)
+        self._encode()
+        self.states = self._init_states()
+        self.opt_states: list[ClientOptState] = [{} for _ in self.clients]
+        self.samplers = [ClientSampler(len(d.train), cfg.seed * 7919 + c) for c, d in enumerate(self.clients)]
+        self.weights = client_weights([d.n_train for d in self.clients], cfg.fed.weighting)
+        self.participation_rng = random.Random(cfg.seed + 17)
+
+    # ---- set-up -------------------------------------------------------------------------------------
+    def _encode(self) -> None:
+        enc = encode_classification if self.data.task == "classification" else encode_lm
+        cap = self.cfg.eval.max_examples or None
+        L = self.cfg.model.max_length
+        self.train_ex = [enc(d.train, self.tok, L) for d in self.clients]
+        # Evaluation order does not matter: sorting by length makes batches pad little.
+        by_len = lambda rows: sorted(rows, key=lambda e: len(e["input_ids"]))
+        self.val_ex = [by_len(enc(d.val[:cap], self.tok, L)) for d in self.clients]
+        self.test_ex = [by_len(enc(d.test[:cap], self.tok, L)) for d in self.clients]
+
+    def _init_states(self) -> list[State]:
+        states = []
+        for c in range(len(self.clients)):
+            seed = self.cfg.seed * 100003 + (0 if self.resolved.init == "shared" else 1 + c)
+            gen = torch.Generator().manual_seed(seed)
+            states.append(init_adapter_state(self.model, self.cfg.lora.rank, gen, self.cfg.lora.a_init,
+                                             self.cfg.lora.a_init_std))
+        return states
+
+    def _groups(self, members: list[int]) -> list[list[int]]:
+        g = self.cfg.train.group_size or len(members)
+        return [members[i:i + g] for i in range(0, len(members), g)]
+
+    def _participants(self) -> list[int]:
+        m = self.cfg.fed.clients_per_round
+        everyone = list(range(len(self.clients)))
+        return everyone if not m else sorted(self.participation_rng.sample(everyone, m))
+
+    # ---- one round ----------------------------------------------------------------------------------
+    def _train(self, rnd: int, members: list[int], bar: Any) -> dict[int, Any]:
+        trained = self.method.trained(rnd)
+        stats: dict[int, Any] = {}
+        b = self.cfg.train.batch_size
+        for group in self._groups(members):
+            load_group(self.model, [self.states[c] for c in group], [self.resolved.gamma] * len(group), self.device)
+            opt = StackedOptimizer(self.cfg.train)
+            if self.cfg.train.optimizer_state == "keep":
+                opt.load_client_states([self.opt_states[c] for c in group], self.device)
+
+            def next_batch(group: list[int] = group) -> dict[str, torch.Tensor]:
+                examples = [self.train_ex[c][i] for c in group for i in self.samplers[c].take(b)]
+                if bar is not None:
+                    bar.update(1)
+                return {k: v.to(self.device) for k, v in collate(examples, self.tok.pad_token_id).items()}
+
+            result = train_group(self.model, next_batch, opt, trained, self.cfg.fed.local_steps, self.cfg.train,
+                                 self.data.task)
+            for i, (c, state) in enumerate(zip(group, read_group(self.model))):
+                self.states[c] = state
+                if self.cfg.train.optimizer_state == "keep":
+                    self.opt_states[c] = opt.client_state(i)
+                stats[c] = {k: getattr(result, k)[i] for k in
+                            ("loss", "grad_norm_A", "grad_norm_B", "out_mean", "out_var")}
+        return stats
+
+    def _evaluate(self) -> dict[str, Any]:
+        task, bs = self.data.task, self.cfg.eval.batch_size
+        metric, _ = metrics.PRIMARY[task]
+        personal: dict[str, Any] = {"val": [], "test": []}
+        for group in self._groups(list(range(len(self.clients)))):
+            load_group(self.model, [self.states[c] for c in group], [self.resolved.gamma] * len(group), self.device)
+            for split, data in (("val", self.val_ex), ("test", self.test_ex)):
+                rows = evaluate_group(self.model, [data[c] for c in group], task, self.tok.pad_token_id, bs,
+                                      self.device)
+                if task == "math":
+                    k = self.cfg.eval.generate_examples
+                    accs = math_accuracy(self.model, self.tok, [data[c][:k] for c in group], bs,
+                                         self.cfg.eval.max_new_tokens, self.device)
+                    for r, a in zip(rows, accs):
+                        r["accuracy"] = a
+                personal[split] += rows
+        out: dict[str, Any] = {"personal": {
+            split: {"clients": personal[split],
+                    **{key: metrics.means(personal[split], key, self.weights) for key in personal[split][0]
+                       if key != "n"}}
+            for split in ("val", "test")}}
+        if self.cfg.eval.global_model:
+            glob = self.method.global_model(self.states, self.weights)
+            load_group(self.model, [glob], [self.resolved.gamma], self.device)
+            out["global"] = {}
+            for split, data in (("val", self.val_ex), ("test", self.test_ex)):
+                pooled = sorted((ex for rows in data for ex in rows), key=lambda e: len(e["input_ids"]))
+                row = evaluate_group(self.model, [pooled], task, self.tok.pad_token_id, bs, self.device)[0]
+                if task == "math":
+                    k = self.cfg.eval.generate_examples
+                    row["accuracy"] = math_accuracy(self.model, self.tok, [[ex for rows in data for ex in rows[:k]]],
+                                                    bs, self.cfg.eval.max_new_tokens, self.device)[0]
+                out["global"][split] = row
+        assert metric in out["personal"]["test"]
+        return out
+
+    def _round(self, rnd: int, bar: Any) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        members = self._participants()
+        stats = self._train(rnd, members, bar)
+        t_train = time.perf_counter() - t0
+        uploaded = self.method.uploaded(rnd)
+        uploads = [select(self.states[c], uploaded) for c in members]
+        update = self.method.aggregate(uploads, [self.weights[c] for c in members], rnd)
+        self.states = [self.method.download(s, update, rnd) for s in self.states]
+        bytes_up = sum(payload_bytes(u) for u in uploads)
+        bytes_down = payload_bytes(update) * len(self.clients)
+        t1 = time.perf_counter()
+        last = rnd == self.cfg.fed.rounds
+        ev = self._evaluate() if (rnd % self.cfg.eval.every == 0 or last) else None
+        t_eval = time.perf_counter() - t1
+
+        def per_client(key: str) -> list[float | None]:
+            return [stats[c][key] if c in stats else None for c in range(len(self.clients))]
+
+        return {
+            "round": rnd, "method": self.method.name, "scaling": self.resolved.scaling,
+            "gamma": [self.resolved.gamma] * len(self.clients), "rank": self.cfg.lora.rank,
+            "n_averaged": len(members), "participants": members, "trained": sorted(self.method.trained(rnd)),
+            "uploaded": sorted(uploaded),
+            "train_loss": per_client("loss"), "grad_norm_A": per_client("grad_norm_A"),
+            "grad_norm_B": per_client("grad_norm_B"), "adapter_out_mean": per_client("out_mean"),
+            "adapter_out_var": per_client("out_var"), "bytes_up": bytes_up, "bytes_down": bytes_down,
+            "train_s": t_train, "eval_s": t_eval, "wall_s": time.perf_counter() - t0, "eval": ev,
+        }
+
+    # ---- the run ------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {"scaling": self.resolved.scaling, "init": self.resolved.init,
+                    "n_averaged": self.resolved.n_averaged, "gamma": self.resolved.gamma,
+                    "task": self.data.task, "label_names": self.data.label_names, "targets": self.targets,
+                    "device": str(self.device)}
+        (self.out_dir / "config.yaml").write_text(
+            yaml.safe_dump({**to_dict(cfg), "resolved": resolved}, sort_keys=False))
+        key = "label" if self.data.task == "classification" else cfg.data.partition_by
+        parts = describe(self.clients, key, self.data.label_names or None)
+        (self.out_dir / "partitions.json").write_text(json.dumps(parts, indent=1))
+        self.echo(f"{self.method.name}: scaling {self.resolved.scaling}, gamma = {self.resolved.gamma:.4g} "
+                  f"(alpha {cfg.lora.alpha}, r {cfg.lora.rank}, N {self.resolved.n_averaged}), "
+                  f"init {self.resolved.init}, {len(self.targets)} adapted modules, {self.data.task} on "
+                  f"{self.data.source}, device {self.device}")
+        for p in parts:
+            self.echo(f"  client {p['client']}: train {p['train']:>5} val {p['val']:>4} test {p['test']:>4}  "
+                      f"{p['histogram']}")
+        metric, _ = metrics.PRIMARY[self.data.task]
+        writer = metrics.JsonlWriter(self.out_dir / "metrics.jsonl")
+        records = []
+        n_groups = len(self._groups(list(range(cfg.fed.clients_per_round or cfg.fed.clients))))
+        self.echo(metrics.header(metric))
+        bar = tqdm(total=cfg.fed.rounds * n_groups * cfg.fed.local_steps, desc="local steps", unit="step",
+                   disable=not self.progress, leave=False)
+        start = time.perf_counter()
+        for rnd in range(1, cfg.fed.rounds + 1):
+            record = self._round(rnd, bar)
+            writer.write(record)
+            records.append(record)
+            (bar.write if self.progress else self.echo)(metrics.row(record, metric))
+        bar.close()
+        summary = {"method": self.method.name, **resolved, "rank": cfg.lora.rank, "alpha": cfg.lora.alpha,
+                   "clients": cfg.fed.clients, "rounds": cfg.fed.rounds, "seed": cfg.seed,
+                   **metrics.summarise(records, self.data.task), "wall_s": time.perf_counter() - start}
+        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        return summary

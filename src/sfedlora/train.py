@@ -1,0 +1,89 @@
+"""The client local loop: K steps for a group of clients at once, on their stacked adapters.
+
+Every step: one forward/backward over the client-major batch, per-client gradient norms of A and B
+(before clipping), per-client global-norm clipping, one per-client optimiser step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sfedlora.config import TrainConfig
+from sfedlora.inject import factor_kind, group_parameters, lora_layers
+from sfedlora.losses import group_loss
+from sfedlora.optim import StackedOptimizer
+
+
+@dataclass
+class GroupStats:
+    """Per-client means over the K local steps, each a list of length C."""
+
+    loss: list[float]
+    grad_norm_A: list[float]
+    grad_norm_B: list[float]
+    out_mean: list[float]
+    out_var: list[float]
+    tokens: int
+
+
+def per_client_sq_norm(grads: list[torch.Tensor], n_clients: int, device: torch.device) -> torch.Tensor:
+    """sum over tensors of ||grad[c]||^2 for each client c: (C,)."""
+    total = torch.zeros(n_clients, device=device, dtype=torch.float32)
+    for g in grads:
+        total += g.float().reshape(n_clients, -1).square().sum(1)
+    return total
+
+
+def train_group(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], optimizer: StackedOptimizer,
+                trained: frozenset[str], steps: int, cfg: TrainConfig, task: str) -> GroupStats:
+    params = group_parameters(model)
+    for key, p in params.items():
+        p.requires_grad_(factor_kind(key) in trained)
+    active = {k: p for k, p in params.items() if p.requires_grad}
+    any_param = next(iter(params.values()))
+    c, device = any_param.shape[0], any_param.device
+    layers = list(lora_layers(model).values())
+    for layer in layers:
+        layer.track_moments, layer.moments = True, None
+    loss_acc = torch.zeros(c, device=device)
+    norm_acc = {"A": torch.zeros(c, device=device), "B": torch.zeros(c, device=device)}
+    tokens = 0
+    for _ in range(steps):
+        batch = next_batch()
+        tokens += int(batch["attention_mask"].sum())
+        losses = group_loss(model, batch, c, task)  # (C,)
+        losses.sum().backward()
+        loss_acc += losses.detach()
+        for kind in ("A", "B"):
+            grads = [p.grad for k, p in active.items() if factor_kind(k) == kind and p.grad is not None]
+            if grads:
+                norm_acc[kind] += per_client_sq_norm(grads, c, device).sqrt()
+        if cfg.grad_clip is not None:
+            total = per_client_sq_norm([p.grad for p in active.values() if p.grad is not None], c, device).sqrt()
+            scale = (cfg.grad_clip / (total + 1e-6)).clamp(max=1.0)  # torch.nn.utils.clip_grad_norm_
+            for p in active.values():
+                if p.grad is not None:
+                    p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))).to(p.grad.dtype))
+        optimizer.step(active)
+        for p in active.values():
+            p.grad = None
+    moments = torch.zeros(c, 3, dtype=torch.float64, device=device)
+    for layer in layers:
+        layer.track_moments = False
+        if layer.moments is not None:
+            moments += layer.moments
+    count = moments[:, 2].clamp_min(1)
+    mean = moments[:, 0] / count
+    var = (moments[:, 1] / count - mean.square()).clamp_min(0)
+    return GroupStats(
+        loss=(loss_acc / steps).tolist(),
+        grad_norm_A=(norm_acc["A"] / steps).tolist(),
+        grad_norm_B=(norm_acc["B"] / steps).tolist(),
+        out_mean=mean.tolist(),
+        out_var=var.tolist(),
+        tokens=tokens,
+    )

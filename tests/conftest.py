@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny random models built from configs (no downloads), small data files."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_bert(seed: int = 0, num_labels: int = 3) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
+    return BertForSequenceClassification(cfg).eval()
+
+
+@pytest.fixture
+def sentiment_file(tmp_path: Path) -> Path:
+    """A local JSONL classification set: 3 labels, word choice tied to the label."""
+    rng = random.Random(0)
+    words = {"good": ["great", "lovely", "fine"], "bad": ["awful", "poor", "broken"], "meh": ["okay", "average"]}
+    path = tmp_path / "reviews.jsonl"
+    with path.open("w") as f:
+        for i in range(240):
+            label = ["good", "bad", "meh"][i % 3]
+            text = " ".join(rng.choice(words[label]) for _ in range(5)) + f" item {i}"
+            f.write(json.dumps({"sentence": text, "sentiment": label}) + "\n")
+    return path

@@ -1,0 +1,47 @@
+"""Config loading: defaults, dotted overrides, one clear message per problem."""
+
+import pytest
+
+from sfedlora.config import load_config
+from sfedlora.errors import SfedloraError
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["lora.rank=64", "fed.method=fedit", "train.lr=1e-3", "lora.targets=[query, key]"])
+    assert cfg.lora.rank == 64 and cfg.fed.method == "fedit" and cfg.train.lr == 0.001
+    assert cfg.lora.targets == ["query", "key"]
+    assert cfg.lora.alpha == 8.0 and isinstance(cfg.lora.alpha, float)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("fed.method=bogus", "unknown method 'bogus'"),
+        ("lora.scaling=bogus", "lora.scaling must be one of"),
+        ("lora.rank=0", r"LoRA rank \(lora.rank\) must be > 0"),
+        ("fed.clients=0", r"number of clients N \(fed.clients\) must be > 0"),
+        ("lora.alpha=0", r"LoRA alpha \(lora.alpha\) must be > 0"),
+        ("lora.alpha=-2", "must be > 0"),
+        ("lora.rank=2.5", "lora.rank must be int"),
+        ("lora.bogus=1", "unknown config key lora.bogus"),
+        ("train.optimizer=adam", "train.optimizer must be one of sgd, adamw"),
+        ("fed.clients_per_round=9", "exceeds fed.clients"),
+        ("norank", "not of the form key=value"),
+    ],
+)
+def test_bad_values(override, message):
+    with pytest.raises(SfedloraError, match=message):
+        load_config(None, [override])
+
+
+def test_unreadable_and_invalid_files(tmp_path):
+    with pytest.raises(SfedloraError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lora: [rank: 8\n")
+    with pytest.raises(SfedloraError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(SfedloraError, match="must be a mapping"):
+        load_config(scalar)
