@@ -55,7 +55,7 @@ def run_peft(make_model, batches_c, state, gamma, cfg: TrainConfig, task: str):
     """One client alone, the way peer frameworks do it: a PEFT model and a torch optimizer."""
     lcfg = LoraConfig(r=RANK, lora_alpha=gamma * RANK, lora_dropout=0.0,  # PEFT scaling = alpha / r = gamma
                       target_modules=["q_proj", "v_proj"] if task != "classification" else ["query", "value"],
-                      modules_to_save=["classifier"] if task == "classification" else None)
+                      modules_to_save=["classifier", "pooler.dense"] if task == "classification" else None)
     model = get_peft_model(make_model(), lcfg)
     model.eval()
     named = dict(model.named_parameters())

@@ -88,7 +88,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     every: int = 1  # evaluate every E rounds (and always the last)
-    batch_size: int = 32
+    batch_size: int = 16  # per client
     max_examples: int = 0  # cap per client and split; 0 = all
     global_model: bool = True  # also evaluate the global model on the pooled test split
     generate_examples: int = 16  # math: examples per client decoded greedily for accuracy

@@ -22,7 +22,7 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str,
     return {k: v.to(device) for k, v in batch.items()}
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate_group(model: Any, per_client: Sequence[Sequence[dict[str, Any]]], task: str, pad_id: int,
                    batch_size: int, device: torch.device | str) -> list[dict[str, float]]:
     """Loss and accuracy or perplexity for each installed client on its own list of examples."""
@@ -75,7 +75,7 @@ def score_math(prediction: str, answer: str) -> float:
     return float(_gsm_scorer().score_answer(extract_answer(prediction), {"answer": answer}) == 1.0)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def math_accuracy(model: Any, tok: Any, per_client: Sequence[Sequence[dict[str, Any]]], batch_size: int,
                   max_new_tokens: int, device: torch.device | str) -> list[float]:
     """Greedy-decoding accuracy per installed client on its examples (prompt only, left padded)."""

@@ -26,7 +26,14 @@ TARGET_PRESETS: dict[str, tuple[str, ...]] = {
         "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
     ),
 }
-HEAD_NAMES = ("classifier", "score")
+# Task-head linears that train in full on every client and are averaged by every method: the classifier
+# (BERT `classifier`, RoBERTa `classifier.dense`/`classifier.out_proj`, LLaMA `score`) and BERT's pooler,
+# whose pretrained outputs are too small (std ~0.04 on MiniLM) for a classifier alone to learn from.
+HEAD_NAMES = ("classifier", "score", "pooler.dense")
+
+
+def _is_head(name: str) -> bool:
+    return _matches(name, HEAD_NAMES) or name.startswith("classifier.") or ".classifier." in name
 
 
 def resolve_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
@@ -52,13 +59,13 @@ def inject_adapters(model: nn.Module, targets: str | Sequence[str], dropout: flo
                     head: bool = False) -> list[str]:
     """Freeze `model`, wrap every nn.Linear whose name ends with a target; return the wrapped names.
 
-    With head=True the task head (`classifier` / `score`) becomes a trainable StackedHead.
+    With head=True the task head's linears (see HEAD_NAMES) become trainable StackedHeads.
     """
     suffixes = resolve_targets(targets)
     for p in model.parameters():
         p.requires_grad_(False)
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    chosen = [(n, m) for n, m in linears if _matches(n, suffixes) and not _matches(n, HEAD_NAMES)]
+    chosen = [(n, m) for n, m in linears if _matches(n, suffixes) and not _is_head(n)]
     if not chosen:
         examples = ", ".join(sorted({n.rsplit(".", 1)[-1] for n, _ in linears})[:12])
         raise SfedloraError(
@@ -68,7 +75,7 @@ def inject_adapters(model: nn.Module, targets: str | Sequence[str], dropout: flo
     for name, module in chosen:
         _set_submodule(model, name, StackedLoRALinear(module, dropout=dropout))
     if head:
-        heads = [(n, m) for n, m in linears if n in HEAD_NAMES or (n.endswith(".out_proj") and "classifier" in n)]
+        heads = [(n, m) for n, m in linears if _is_head(n)]
         if not heads:
             raise SfedloraError("this model has no `classifier` or `score` head to train for classification")
         for name, module in heads:

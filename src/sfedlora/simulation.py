@@ -221,7 +221,8 @@ class Simulation:
                     "device": str(self.device)}
         (self.out_dir / "config.yaml").write_text(
             yaml.safe_dump({**to_dict(cfg), "resolved": resolved}, sort_keys=False))
-        key = "label" if self.data.task == "classification" else cfg.data.partition_by
+        key = "label" if self.data.task == "classification" else (
+            cfg.data.partition_by if cfg.data.partition_by in self.data.records[0] else cfg.data.category_field)
         parts = describe(self.clients, key, self.data.label_names or None)
         (self.out_dir / "partitions.json").write_text(json.dumps(parts, indent=1))
         self.echo(f"{self.method.name}: scaling {self.resolved.scaling}, gamma = {self.resolved.gamma:.4g} "
@@ -229,8 +230,11 @@ class Simulation:
                   f"init {self.resolved.init}, {len(self.targets)} adapted modules, {self.data.task} on "
                   f"{self.data.source}, device {self.device}")
         for p in parts:
-            self.echo(f"  client {p['client']}: train {p['train']:>5} val {p['val']:>4} test {p['test']:>4}  "
-                      f"{p['histogram']}")
+            hist = p["histogram"]
+            if len(hist) > 6:  # e.g. 61 instruction subtasks: show the largest
+                top = sorted(hist.items(), key=lambda kv: -kv[1])[:4]
+                hist = f"{len(p['histogram'])} {key}s, largest: " + ", ".join(f"{k} {v}" for k, v in top)
+            self.echo(f"  client {p['client']}: train {p['train']:>5} val {p['val']:>4} test {p['test']:>4}  {hist}")
         metric, _ = metrics.PRIMARY[self.data.task]
         writer = metrics.JsonlWriter(self.out_dir / "metrics.jsonl")
         records = []
