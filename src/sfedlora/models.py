@@ -64,6 +64,21 @@ def smollm2_dir() -> Path:
     return target
 
 
+def smollm2_tokenizer() -> Any:
+    """SmolLM2's tokenizer: from the converted folder if it exists, else straight from the GGUF file
+    (a few seconds, no model conversion), so tiny-llama needs no 40 s conversion."""
+    from transformers import AutoTokenizer
+
+    converted = cache_dir("models") / "smollm2-135m"
+    if (converted / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(str(converted))
+    pkg = _package_dir("smollm2-135m")
+    ggufs = sorted(pkg.glob("*.gguf"))
+    if not ggufs:
+        raise SfedloraError(f"no .gguf file in {pkg}")
+    return AutoTokenizer.from_pretrained(str(pkg), gguf_file=ggufs[0].name)
+
+
 def model_path(name: str) -> str:
     if name == "minilm-l6":
         return str(_package_dir(name) / "model")
@@ -89,7 +104,7 @@ def _tiny(name: str, task: str, num_labels: int) -> tuple[Any, Any]:
         if task != "classification":
             raise SfedloraError("tiny-bert is an encoder: use it with a classification task")
         return AutoModelForSequenceClassification.from_config(cfg), tok
-    tok = AutoTokenizer.from_pretrained(model_path("smollm2-135m"))
+    tok = smollm2_tokenizer()
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
                       num_labels=num_labels, pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
