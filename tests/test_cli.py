@@ -29,14 +29,15 @@ def test_run_end_to_end_through_the_cli(sentiment_file: Path, tmp_path: Path):
     assert cfg["resolved"]["scaling"] == "sfed" and cfg["resolved"]["init"] == "independent"
     assert cfg["resolved"]["gamma"] == pytest.approx(8 * (3 / 4) ** 0.5)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in records] == [1, 2]
-    for r in records:
+    assert [r["round"] for r in records] == [0, 1, 2]  # round 0: the base model's evaluation
+    assert records[0]["train_loss"] == [None] * 3 and records[0]["eval"]["personal"]["test"]
+    for r in records[1:]:
         assert len(r["train_loss"]) == 3 and len(r["grad_norm_A"]) == 3 and len(r["gamma"]) == 3
         assert r["bytes_up"] > 0 and r["bytes_down"] > 0 and r["wall_s"] > 0
         assert "weighted" in r["eval"]["personal"]["test"]["accuracy"]
         assert 0 <= r["eval"]["global"]["test"]["accuracy"] <= 1
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["metric"] == "accuracy" and summary["personal"]["best"]["round"] in (1, 2)
+    assert summary["metric"] == "accuracy" and summary["personal"]["best"]["round"] in (0, 1, 2)
     parts = json.loads((out / "partitions.json").read_text())
     assert sum(p["train"] + p["val"] + p["test"] for p in parts) == 240
 

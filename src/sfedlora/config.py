@@ -88,6 +88,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     every: int = 1  # evaluate every E rounds (and always the last)
+    initial: bool = True  # also evaluate before training (round 0: the base model, B = 0)
     batch_size: int = 16  # per client
     max_examples: int = 0  # cap per client and split; 0 = all
     global_model: bool = True  # also evaluate the global model on the pooled test split

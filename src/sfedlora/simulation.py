@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ from sfedlora.scaling import scaling
 from sfedlora.train import train_group
 
 State = dict[str, torch.Tensor]
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -67,7 +72,7 @@ def resolve(cfg: RunConfig, method: FederatedMethod) -> Resolved:
 
 
 class Simulation:
-    def __init__(self, cfg: RunConfig, out_dir: Path, echo: Callable[[str], None] = print,
+    def __init__(self, cfg: RunConfig, out_dir: Path, echo: Callable[[str], None] = _print,
                  progress: bool = True) -> None:
         self.cfg, self.out_dir, self.echo, self.progress = cfg, Path(out_dir), echo, progress
         self.method = get_method(cfg.fed.method)
@@ -141,8 +146,8 @@ class Simulation:
                 self.states[c] = state
                 if self.cfg.train.optimizer_state == "keep":
                     self.opt_states[c] = opt.client_state(i)
-                stats[c] = {k: getattr(result, k)[i] for k in
-                            ("loss", "grad_norm_A", "grad_norm_B", "out_mean", "out_var")}
+                stats[c] = {k: getattr(result, k)[i] for k in ("loss", "grad_norm_A", "grad_norm_B", "out_mean",
+                                                                  "out_var", "grad_norm_A_steps", "grad_norm_B_steps")}
         return stats
 
     def _evaluate(self) -> dict[str, Any]:
@@ -197,7 +202,7 @@ class Simulation:
         ev = self._evaluate() if (rnd % self.cfg.eval.every == 0 or last) else None
         t_eval = time.perf_counter() - t1
 
-        def per_client(key: str) -> list[float | None]:
+        def per_client(key: str) -> list[Any]:
             return [stats[c][key] if c in stats else None for c in range(len(self.clients))]
 
         return {
@@ -206,10 +211,23 @@ class Simulation:
             "n_averaged": len(members), "participants": members, "trained": sorted(self.method.trained(rnd)),
             "uploaded": sorted(uploaded),
             "train_loss": per_client("loss"), "grad_norm_A": per_client("grad_norm_A"),
-            "grad_norm_B": per_client("grad_norm_B"), "adapter_out_mean": per_client("out_mean"),
+            "grad_norm_B": per_client("grad_norm_B"), "grad_norm_A_steps": per_client("grad_norm_A_steps"),
+            "grad_norm_B_steps": per_client("grad_norm_B_steps"), "adapter_out_mean": per_client("out_mean"),
             "adapter_out_var": per_client("out_var"), "bytes_up": bytes_up, "bytes_down": bytes_down,
             "train_s": t_train, "eval_s": t_eval, "wall_s": time.perf_counter() - t0, "eval": ev,
         }
+
+    def _round_zero(self) -> dict[str, Any]:
+        """Round 0: no training, B = 0, so every client is the base model; its evaluation is the baseline."""
+        t0 = time.perf_counter()
+        ev = self._evaluate()
+        empty: list[Any] = [None] * len(self.clients)
+        return {"round": 0, "method": self.method.name, "scaling": self.resolved.scaling,
+                "gamma": [self.resolved.gamma] * len(self.clients), "rank": self.cfg.lora.rank, "n_averaged": 0,
+                "participants": [], "trained": [], "uploaded": [], "train_loss": empty, "grad_norm_A": empty,
+                "grad_norm_B": empty, "grad_norm_A_steps": empty, "grad_norm_B_steps": empty,
+                "adapter_out_mean": empty, "adapter_out_var": empty, "bytes_up": 0, "bytes_down": 0,
+                "train_s": 0.0, "eval_s": time.perf_counter() - t0, "wall_s": time.perf_counter() - t0, "eval": ev}
 
     # ---- the run ------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -243,11 +261,12 @@ class Simulation:
         bar = tqdm(total=cfg.fed.rounds * n_groups * cfg.fed.local_steps, desc="local steps", unit="step",
                    disable=not self.progress, leave=False)
         start = time.perf_counter()
-        for rnd in range(1, cfg.fed.rounds + 1):
-            record = self._round(rnd, bar)
+        for rnd in range(0 if cfg.eval.initial else 1, cfg.fed.rounds + 1):
+            record = self._round(rnd, bar) if rnd else self._round_zero()
             writer.write(record)
             records.append(record)
             (bar.write if self.progress else self.echo)(metrics.row(record, metric))
+            sys.stdout.flush()  # rows show up as rounds finish, also when stdout is a file
         bar.close()
         summary = {"method": self.method.name, **resolved, "rank": cfg.lora.rank, "alpha": cfg.lora.alpha,
                    "clients": cfg.fed.clients, "rounds": cfg.fed.rounds, "seed": cfg.seed,

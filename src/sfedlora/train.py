@@ -25,6 +25,8 @@ class GroupStats:
     loss: list[float]
     grad_norm_A: list[float]
     grad_norm_B: list[float]
+    grad_norm_A_steps: list[list[float]]  # [client][step], for per-iteration plots
+    grad_norm_B_steps: list[list[float]]
     out_mean: list[float]
     out_var: list[float]
     tokens: int
@@ -50,7 +52,7 @@ def train_group(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], o
     for layer in layers:
         layer.track_moments, layer.moments = True, None
     loss_acc = torch.zeros(c, device=device)
-    norm_acc = {"A": torch.zeros(c, device=device), "B": torch.zeros(c, device=device)}
+    norm_steps: dict[str, list[torch.Tensor]] = {"A": [], "B": []}
     tokens = 0
     for _ in range(steps):
         batch = next_batch()
@@ -60,8 +62,8 @@ def train_group(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], o
         loss_acc += losses.detach()
         for kind in ("A", "B"):
             grads = [p.grad for k, p in active.items() if factor_kind(k) == kind and p.grad is not None]
-            if grads:
-                norm_acc[kind] += per_client_sq_norm(grads, c, device).sqrt()
+            norm = per_client_sq_norm(grads, c, device).sqrt() if grads else torch.zeros(c, device=device)
+            norm_steps[kind].append(norm)
         if cfg.grad_clip is not None:
             total = per_client_sq_norm([p.grad for p in active.values() if p.grad is not None], c, device).sqrt()
             scale = (cfg.grad_clip / (total + 1e-6)).clamp(max=1.0)  # torch.nn.utils.clip_grad_norm_
@@ -81,8 +83,10 @@ def train_group(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], o
     var = (moments[:, 1] / count - mean.square()).clamp_min(0)
     return GroupStats(
         loss=(loss_acc / steps).tolist(),
-        grad_norm_A=(norm_acc["A"] / steps).tolist(),
-        grad_norm_B=(norm_acc["B"] / steps).tolist(),
+        grad_norm_A=torch.stack(norm_steps["A"]).mean(0).tolist(),
+        grad_norm_B=torch.stack(norm_steps["B"]).mean(0).tolist(),
+        grad_norm_A_steps=torch.stack(norm_steps["A"], 1).tolist(),
+        grad_norm_B_steps=torch.stack(norm_steps["B"], 1).tolist(),
         out_mean=mean.tolist(),
         out_var=var.tolist(),
         tokens=tokens,
