@@ -84,6 +84,52 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from sfedlora.sweep import load_spec, plan, run_sweep
+
+    spec, _ = load_spec(args.spec, args.size)
+    name = spec.get("name", Path(args.spec).stem)
+    out = Path(args.out) if args.out else Path("runs") / "sweeps" / f"{name}-{args.size}"
+    runs = plan(args.spec, args.size, out, list(args.overrides))
+    if args.dry_run:
+        for r in runs:
+            print(f"{'done ' if r.done else 'todo '} {r.folder}  {' '.join(r.overrides)}")
+        return 0
+    run_sweep(runs)
+    print(f"sweep folder: {out}/  (sfedlora report {out} --out {out}/report)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sfedlora.report import build_report
+
+    dirs = [Path(d) for d in args.dirs]
+    out = Path(args.out) if args.out else dirs[0] / "report"
+    page = build_report(dirs, out)
+    print(f"report: {page} (figures and report.md beside it)")
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    import json
+
+    from sfedlora.diagnose import DiagnoseConfig, plot, run_diagnose, slope_table
+
+    cfg = DiagnoseConfig(width=args.width, rounds=args.rounds, steps=args.steps, lr=args.lr, seed=args.seed)
+    if args.quick:
+        cfg.ranks, cfg.clients, cfg.width = [4, 16, 64], [1, 4, 16], 128
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_diagnose(cfg)
+    table = slope_table(result)
+    (out / "diagnose.json").write_text(json.dumps(result, indent=1))
+    (out / "diagnose.md").write_text(table)
+    plot(result, out / "diagnose.png")
+    print(table)
+    print(f"written: {out}/diagnose.json, diagnose.md, diagnose.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfedlora", description="Federated LoRA fine-tuning: SFed-LoRA "
                                      "(gamma = alpha*sqrt(N/r)) and its baselines, simulated in one process.")
@@ -98,6 +144,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     methods = sub.add_parser("methods", help="list the federated LoRA methods and their papers")
     methods.set_defaults(func=cmd_methods)
+    from sfedlora.sweep import SIZES, builtin_specs
+
+    sweep = sub.add_parser("sweep", help="run an experiment grid (resumable)", description=(
+        "Expand an experiment spec's grid into runs and run them one after another; finished runs (with "
+        "summary.json) are skipped, so re-running resumes. SPEC is a YAML file or a built-in experiment: "
+        + ", ".join(builtin_specs()) + "."))
+    sweep.add_argument("spec")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run of the sweep")
+    sweep.add_argument("--size", choices=SIZES, default="quick",
+                       help="quick: offline models and data, minutes on a CPU; paper: the paper's hub models")
+    sweep.add_argument("--out", help="sweep folder (default: runs/sweeps/<name>-<size>)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
+    sweep.set_defaults(func=cmd_sweep)
+    report = sub.add_parser("report", help="figures, tables and an HTML report from run folders",
+                            description="Read the runs (folders with summary.json) under DIR... and write PNG "
+                            "figures, report.md and a self-contained report.html.")
+    report.add_argument("dirs", nargs="+", metavar="DIR")
+    report.add_argument("--out", help="report folder (default: DIR/report)")
+    report.set_defaults(func=cmd_report)
+    diag = sub.add_parser("diagnose", help="numerical check of the scaling theorem on a wide linear adapter",
+                          description="FedSA-LoRA on a synthetic wide layer: sweep r and N per scaling rule, "
+                          "measure adapter output and gradient magnitudes, fit log-log slopes (Theorem 4.2 of "
+                          "arXiv 2603.08058 predicts ~0 for sfed).")
+    diag.add_argument("--out", default="runs/diagnose", help="folder for diagnose.json/.md/.png")
+    diag.add_argument("--width", type=int, default=512, help="layer width d")
+    diag.add_argument("--rounds", type=int, default=3)
+    diag.add_argument("--steps", type=int, default=5, help="local SGD steps per round")
+    diag.add_argument("--lr", type=float, default=0.002)
+    diag.add_argument("--seed", type=int, default=0)
+    diag.add_argument("--quick", action="store_true", help="small grid (tests, a first look)")
+    diag.set_defaults(func=cmd_diagnose)
     data = sub.add_parser("data", help="offline data sets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prep = data_sub.add_parser("prepare", help="fetch and cache an offline data set")

@@ -1,0 +1,136 @@
+"""Sweeps: an experiment spec expands a grid of config overrides into runs, run one after another.
+
+A spec (YAML) names a base config, fixed overrides and a grid per size (`quick` runs offline on a CPU,
+`paper` uses the paper's models and data by their hub names):
+
+    name: rank-sweep
+    quick:
+      base: default                    # built-in config name or path
+      set: {fed.rounds: 6}             # applied to every run
+      grid: {fed.method: [fedsa-lora, sfed-lora], lora.rank: [4, 64], seed: [0, 1]}
+      also: [{fed.method: sfed-lora, lora.scaling: none}]   # extra single runs (e.g. a baseline)
+
+Each grid point gets its own run folder named after the grid values. A folder with summary.json is
+finished and skipped, so re-running a sweep resumes it; an unfinished folder is started again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sfedlora.errors import SfedloraError
+
+EXPERIMENT_DIR = Path(__file__).parent / "experiments"
+SIZES = ("quick", "paper")
+
+
+@dataclass
+class PlannedRun:
+    folder: Path
+    base: Path
+    overrides: list[str]
+    label: str
+
+    @property
+    def done(self) -> bool:
+        return (self.folder / "summary.json").exists()
+
+
+def builtin_specs() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))
+
+
+def spec_path(name: str) -> Path:
+    path = Path(name)
+    if path.exists():
+        return path
+    if (EXPERIMENT_DIR / f"{name}.yaml").exists():
+        return EXPERIMENT_DIR / f"{name}.yaml"
+    raise SfedloraError(f"no sweep spec {name!r} (a file, or one of: {', '.join(builtin_specs())})")
+
+
+def _value_text(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    return text.removesuffix("\n...").strip()
+
+
+def _slug(key: str, value: Any) -> str:
+    short = key.rsplit(".", 1)[-1]
+    text = re.sub(r"[^A-Za-z0-9.+-]+", "-", _value_text(value)).strip("-")
+    return f"{short}={text}"
+
+
+def load_spec(name: str, size: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    path = spec_path(name)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SfedloraError(f"cannot read sweep spec {path}: {exc}") from None
+    if not isinstance(spec, dict) or size not in spec:
+        raise SfedloraError(f"sweep spec {path} has no `{size}` section (sizes: {', '.join(SIZES)})")
+    section = spec[size]
+    for key in ("grid", "set"):
+        if not isinstance(section.get(key, {}), dict):
+            raise SfedloraError(f"{path}: {size}.{key} must be a mapping of config keys")
+    for key, values in section.get("grid", {}).items():
+        if not isinstance(values, list) or not values:
+            raise SfedloraError(f"{path}: grid key {key} must list at least one value")
+    return spec, section
+
+
+def plan(name: str, size: str, out: Path, extra: list[str] = ()) -> list[PlannedRun]:
+    """Expand the spec's grid into runs (validating every config before anything runs)."""
+    from sfedlora.cli import config_path
+    from sfedlora.config import load_config
+
+    spec, section = load_spec(name, size)
+    base = config_path(section.get("base"))
+    fixed = [f"{k}={_value_text(v)}" for k, v in (section.get("set") or {}).items()]
+    grid = section.get("grid") or {}
+    keys = list(grid)
+    points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    also = section.get("also") or []
+    if not isinstance(also, list) or not all(isinstance(a, dict) for a in also):
+        raise SfedloraError(f"{spec_path(name)}: {size}.also must be a list of mappings of config keys")
+    runs = []
+    for values in [*points, *also]:
+        point = [f"{k}={_value_text(v)}" for k, v in values.items()]
+        label = "_".join(_slug(k, v) for k, v in values.items()) or "run"
+        overrides = [*fixed, *point, *extra]
+        load_config(base, overrides)  # fail before the first run, not in the middle of the sweep
+        if any(r.label == label for r in runs):
+            raise SfedloraError(f"{spec_path(name)}: two runs of the sweep are both named {label}")
+        runs.append(PlannedRun(folder=out / label, base=base, overrides=overrides, label=label))
+    return runs
+
+
+def run_sweep(runs: list[PlannedRun], echo: Any = print) -> list[dict[str, Any]]:
+    from tqdm import tqdm
+
+    from sfedlora.config import load_config
+    from sfedlora.simulation import Simulation
+
+    summaries = []
+    todo = [r for r in runs if not r.done]
+    echo(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run")
+    bar = tqdm(todo, desc="runs", unit="run")
+    for run in bar:
+        bar.set_postfix_str(run.label)
+        if run.folder.exists():
+            shutil.rmtree(run.folder)  # unfinished: no summary.json
+        cfg = load_config(run.base, run.overrides)
+        summary = Simulation(cfg, run.folder, echo=lambda s: None, progress=False).run()
+        summaries.append(summary)
+        best = summary["personal"]["best"]
+        value = best["test"]["weighted"] if best and isinstance(best["test"], dict) else None
+        bar.write(f"  {run.label}: best-on-val personal test {summary['metric']} = "
+                  f"{value if value is None else round(value, 4)} (round {best['round'] if best else '-'}), "
+                  f"{summary['wall_s']:.0f} s")
+    return summaries

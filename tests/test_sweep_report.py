@@ -1,0 +1,96 @@
+"""Sweeps expand, run and resume; reports read only run folders; the diagnose slope fit."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from sfedlora.cli import main
+from sfedlora.diagnose import DiagnoseConfig, simulate, slope
+from sfedlora.errors import SfedloraError
+from sfedlora.sweep import plan
+
+
+@pytest.fixture
+def spec(tmp_path, sentiment_file):
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"""
+name: tiny
+quick:
+  set:
+    model.name: tiny-bert
+    data.source: {sentiment_file}
+    data.task: classification
+    data.text_field: sentence
+    data.label_field: sentiment
+    data.partition: iid
+    fed.clients: 2
+    fed.rounds: 2
+    fed.local_steps: 2
+    train.batch_size: 4
+    eval.max_examples: 8
+  grid:
+    fed.method: [fedsa-lora, sfed-lora]
+    lora.rank: [2, 8]
+  also:
+    - {{fed.method: sfed-lora, lora.rank: 2, lora.scaling: none}}
+""")
+    return path
+
+
+def test_plan_expands_grid_and_extras(spec, tmp_path):
+    runs = plan(str(spec), "quick", tmp_path / "out")
+    assert [r.label for r in runs] == [
+        "method=fedsa-lora_rank=2", "method=fedsa-lora_rank=8", "method=sfed-lora_rank=2", "method=sfed-lora_rank=8",
+        "method=sfed-lora_rank=2_scaling=none"]
+    assert "lora.rank=8" in runs[1].overrides and "fed.clients=2" in runs[1].overrides
+    with pytest.raises(SfedloraError, match="no `paper` section"):
+        plan(str(spec), "paper", tmp_path / "out")
+
+
+def test_sweep_runs_resumes_and_reports(spec, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(spec), "--out", str(out)]) == 0
+    assert "5 runs, 0 already finished, 5 to run" in capsys.readouterr().out
+    assert len(list(out.glob("*/summary.json"))) == 5
+    (out / "method=sfed-lora_rank=8" / "summary.json").unlink()  # as if that run had died
+    assert main(["sweep", str(spec), "--out", str(out)]) == 0
+    assert "5 runs, 4 already finished, 1 to run" in capsys.readouterr().out
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    rep = tmp_path / "rep"
+    for name in ("accuracy_by_rank.png", "grad_norm_by_rank.png", "adapter_out_var_by_rank.png", "report.md"):
+        assert (rep / name).stat().st_size > 0, name
+    page = (rep / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and "sfed-lora" in page
+    md = (rep / "report.md").read_text()
+    assert "| method | rank 2 | rank 8 |" in md
+
+
+def test_report_without_runs_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no finished runs" in capsys.readouterr().err
+
+
+def test_slope_fit():
+    assert slope([1, 2, 4, 8], [3, 12, 48, 192]) == pytest.approx(2.0)
+    assert slope([1, 10], [5, 5]) == pytest.approx(0.0)
+    assert math.isnan(slope([1, 2], [1, 0]))
+
+
+def test_diagnose_rules_agree_when_they_should():
+    cfg = DiagnoseConfig(width=64, rounds=2, steps=2)
+    # N = 1: sfed's alpha*sqrt(1/r) is rsLoRA's alpha/sqrt(r), so the runs are identical
+    assert simulate("sfed", 16, 1, cfg) == simulate("rslora", 16, 1, cfg)
+    # r = 1, N = 1: all three rules give gamma = alpha
+    assert simulate("lora", 1, 1, cfg) == simulate("sfed", 1, 1, cfg)
+
+
+def test_diagnose_cli_quick(tmp_path, capsys):
+    assert main(["diagnose", "--quick", "--rounds", "2", "--steps", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "diagnose.json").read_text())
+    assert set(result["slopes"]) == {"lora", "rslora", "sfed"}
+    assert all(math.isfinite(v) for rule in result["slopes"].values() for axis in rule.values() for v in axis.values())
+    assert (tmp_path / "diagnose.png").stat().st_size > 0
+    assert "| sfed |" in capsys.readouterr().out
