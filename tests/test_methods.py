@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sfedlora.aggregate import client_weights, select, weighted_mean
+from sfedlora.aggregate import client_weights, weighted_mean
 from sfedlora.methods import METHODS, get_method
 
 A, B = "layer.lora_A", "layer.lora_B"
@@ -15,9 +15,9 @@ def client(a: float, b: float) -> dict[str, torch.Tensor]:
 
 def one_round(method_name: str, clients, weights, rnd: int = 1):
     m = get_method(method_name)
-    uploads = [select(c, m.uploaded(rnd)) for c in clients]
+    uploads = [m.upload(c, 1.0, rnd) for c in clients]
     update = m.aggregate(uploads, weights, rnd)
-    return [m.download(c, update, rnd) for c in clients], uploads
+    return [m.download(c, update, 1.0, rnd) for c in clients], uploads
 
 
 def test_weights():
@@ -73,7 +73,8 @@ def test_rolora_alternates():
 
 
 def test_every_method_has_a_citation():
-    assert set(METHODS) == {"fedit", "ffa-lora", "fedsa-lora", "fedsa-rslora", "sfed-lora", "rolora"}
+    assert set(METHODS) == {"fedit", "ffa-lora", "fedsa-lora", "fedsa-rslora", "sfed-lora", "rolora", "hetlora",
+                            "raflora", "flora", "flexlora"}
     for cls in METHODS.values():
         assert cls.citation and cls.__doc__
 

@@ -35,13 +35,20 @@ def weighted_mean(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[f
     for s in states[1:]:
         if s.keys() != keys:
             raise ValueError("client states to aggregate have different keys")
-    out: dict[str, torch.Tensor] = {}
     for k in keys:
-        acc = torch.zeros_like(states[0][k], dtype=torch.float32)
-        for wi, s in zip(w, states):
-            acc.add_(s[k].float(), alpha=wi)
-        out[k] = acc
-    return out
+        if len({tuple(s[k].shape) for s in states}) > 1:
+            raise ValueError(f"client tensors {k} have different shapes (ranks?): "
+                             f"{sorted({tuple(s[k].shape) for s in states})}")
+    return {k: accumulate([s[k] for s in states], w) for k in keys}
+
+
+def accumulate(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """sum_i w_i * t_i in fp32, in client order (every mean in sfedlora adds up the same way)."""
+    acc = torch.zeros_like(tensors[0], dtype=torch.float32)
+    for wi, t in zip(weights, tensors):
+        if wi:
+            acc.add_(t.float(), alpha=wi)
+    return acc
 
 
 def select(state: dict[str, torch.Tensor], kinds: Iterable[str]) -> dict[str, torch.Tensor]:

@@ -26,7 +26,10 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    rank: int = 8
+    rank: int = 8  # every client's rank, unless ranks or rank_set is given
+    ranks: list[int] | None = None  # heterogeneous: one rank per client
+    rank_set: list[int] | None = None  # heterogeneous: ranks assigned to clients by rank_rule
+    rank_rule: str = "cycle"  # cycle (client c gets rank_set[c % len]) | by_size (more data, higher rank)
     alpha: float = 8.0
     scaling: str = "auto"  # auto (the method's own) | lora | rslora | sfed | custom | none
     scaling_a: float = 0.5  # custom: gamma = alpha * N**a / r**b
@@ -114,6 +117,7 @@ CHOICES = {
     "lora.scaling": ("auto", "lora", "rslora", "sfed", "custom", "none"),
     "lora.init": ("auto", "shared", "independent"),
     "lora.a_init": ("kaiming", "gaussian"),
+    "lora.rank_rule": ("cycle", "by_size"),
     "data.task": (None, "classification", "instruction", "math"),
     "data.partition": ("iid", "dirichlet"),
     "fed.weighting": ("samples", "uniform"),
@@ -217,6 +221,14 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise SfedloraError(f"train.betas must be two numbers in [0, 1), got {cfg.train.betas}")
     if cfg.train.grad_clip is not None and cfg.train.grad_clip <= 0:
         raise SfedloraError(f"train.grad_clip must be > 0 or null, got {cfg.train.grad_clip}")
+    if cfg.lora.ranks is not None and cfg.lora.rank_set is not None:
+        raise SfedloraError("give lora.ranks (one per client) or lora.rank_set (assigned by lora.rank_rule), not both")
+    if cfg.lora.ranks is not None and len(cfg.lora.ranks) != cfg.fed.clients:
+        raise SfedloraError(f"lora.ranks lists {len(cfg.lora.ranks)} ranks for {cfg.fed.clients} clients (fed.clients)")
+    for key in ("ranks", "rank_set"):
+        values = getattr(cfg.lora, key)
+        if values is not None and (not values or any(r < 1 for r in values)):
+            raise SfedloraError(f"lora.{key} must be a non-empty list of ranks >= 1, got {values}")
     if isinstance(cfg.lora.targets, list) and not cfg.lora.targets:
         raise SfedloraError("lora.targets must name at least one module")
     return cfg

@@ -5,7 +5,9 @@ Setting: N clients each hold an adapter gamma * B_i A_i on a d-wide layer, A_i d
 N(0, 1/d) (the proof's assumption), B_i = 0. Each round every client takes K SGD steps on a shared
 linear-regression target (a random teacher map, Theta(1) per output entry), then the server averages A
 (FedSA-LoRA) and each client keeps its B. After the last round we measure, on fresh inputs, the RMS of
-one entry of the adapter output gamma * B_i A x (forward stability), the RMS of one entry of the input
+one entry of the adapter output gamma * B_i A x (forward stability), on the inputs of each client's
+last local step (`out_rms_seen`, where (A x).(A x) sums r coherent terms, as in the proof) and on fresh
+inputs (`out_rms`, where the r terms are mostly incoherent at finite width), the RMS of one entry of the input
 gradient gamma * A^T B_i^T g for a unit-variance g (backward stability), and the Frobenius norms of the
 parameter gradients of A and B in the last round. The log-log slope of each quantity against r (N
 fixed) and against N (r fixed) is fitted per scaling rule. The theorem predicts slopes near 0 for
@@ -23,7 +25,7 @@ import torch
 
 from sfedlora.scaling import scaling
 
-QUANTITIES = ("out_rms", "in_grad_rms", "grad_norm_A", "grad_norm_B")
+QUANTITIES = ("out_rms_seen", "out_rms", "in_grad_rms", "grad_norm_A", "grad_norm_B")
 
 
 @dataclass
@@ -69,11 +71,13 @@ def simulate(rule: str, rank: int, n_clients: int, cfg: DiagnoseConfig) -> dict[
         with torch.no_grad():
             A[:] = A.mean(0, keepdim=True)  # FedSA-LoRA: the server averages A, every client keeps its B
     with torch.no_grad():
+        seen = gamma * torch.bmm(torch.bmm(x, A.transpose(1, 2)), B.transpose(1, 2))  # last local batch
         x = torch.randn(n_clients, 64, d, generator=g)
         out = gamma * torch.bmm(torch.bmm(x, A.transpose(1, 2)), B.transpose(1, 2))
         grad_out = torch.randn(n_clients, 64, d, generator=g)
         in_grad = gamma * torch.bmm(torch.bmm(grad_out, B), A)  # (N, 64, d): dL/dx through the adapter
-    return {"out_rms": float(out.square().mean().sqrt()), "in_grad_rms": float(in_grad.square().mean().sqrt()),
+    rms = lambda t: float(t.square().mean().sqrt())
+    return {"out_rms_seen": rms(seen), "out_rms": rms(out), "in_grad_rms": rms(in_grad),
             "grad_norm_A": sum(norms_a) / len(norms_a), "grad_norm_B": sum(norms_b) / len(norms_b)}
 
 
@@ -124,7 +128,7 @@ def plot(result: dict[str, Any], path: Any) -> None:
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     for col, axis, label in ((0, "rank", "rank r"), (1, "clients", "clients N")):
-        for row, q in enumerate(("out_rms", "grad_norm_B")):
+        for row, q in enumerate(("out_rms_seen", "grad_norm_B")):
             ax = axes[row][col]
             for rule, axes_pts in result["points"].items():
                 pts = axes_pts[axis]

@@ -7,13 +7,16 @@ averaged by every method). Rounds are numbered from 1. The arithmetic is in sfed
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
 
-from sfedlora.aggregate import select, weighted_mean
+from sfedlora.aggregate import normalise, select, weighted_mean
 from sfedlora.errors import SfedloraError
+from sfedlora.hetero import rank_of, rank_partitioned_mean, truncate_state, zero_padded_mean
+from sfedlora.inject import factor_kind
 
 State = dict[str, torch.Tensor]
 AB_HEAD = frozenset({"A", "B", "head"})
@@ -27,6 +30,8 @@ class FederatedMethod:
     default_scaling: ClassVar[str] = "lora"
     default_init: ClassVar[str] = "shared"
     requires_shared_init: ClassVar[bool] = False
+    heterogeneous_ranks: ClassVar[bool] = False  # can clients hold different ranks?
+    merges_into_base: ClassVar[bool] = False  # FLoRA: the update is added to W0, adapters restart
 
     def trained(self, rnd: int) -> frozenset[str]:
         """Factor kinds that receive gradient updates in round `rnd`."""
@@ -36,13 +41,29 @@ class FederatedMethod:
         """Factor kinds each client sends to the server after round `rnd`."""
         return self.trained(rnd)
 
+    def upload(self, client: State, gamma: float, rnd: int) -> State:
+        """What a client sends after round `rnd`: its factors of the uploaded kinds."""
+        return select(client, self.uploaded(rnd))
+
     def aggregate(self, uploads: Sequence[State], weights: Sequence[float], rnd: int) -> State:
         """The server's combination of the uploads: their weighted mean."""
         return weighted_mean(uploads, weights)
 
-    def download(self, client: State, update: State, rnd: int) -> State:
-        """A client's state after receiving the server's update: uploaded factors are replaced."""
-        return {**client, **update}
+    def download(self, client: State, update: State, gamma: float, rnd: int) -> State:
+        """A client's state after receiving the server's update: uploaded factors are replaced, cut to
+        the client's own rank where the update is wider (heterogeneous ranks)."""
+        return {**client, **truncate_state(update, rank_of(client))}
+
+    def global_delta(self, update: State, clients: Sequence[State], gammas: Sequence[float],
+                     weights: Sequence[float]) -> dict[str, torch.Tensor]:
+        """The aggregated update per adapted module (d_out, d_in), for rank-collapse measurements: B A
+        of the server's factors where it holds both, else sum_i w_i gamma_i B_i A_i over the clients."""
+        modules = [k[: -len(".lora_A")] for k in clients[0] if factor_kind(k) == "A"]
+        if all(f"{m}.lora_A" in update and f"{m}.lora_B" in update for m in modules):
+            return {m: update[f"{m}.lora_B"] @ update[f"{m}.lora_A"] for m in modules}
+        w = normalise(weights)
+        return {m: sum(wi * g * c[f"{m}.lora_B"] @ c[f"{m}.lora_A"] for wi, g, c in zip(w, gammas, clients))
+                for m in modules}  # type: ignore[misc]
 
     def global_model(self, clients: Sequence[State], weights: Sequence[float]) -> State:
         """The model evaluated as 'global': the weighted mean of the clients' states after download.
@@ -81,9 +102,14 @@ class FedSALoRA(FederatedMethod):
     name = "fedsa-lora"
     citation = "Guo et al., Selective Aggregation for Low-Rank Adaptation in Federated Learning, ICLR 2025"
     default_init = "independent"
+    heterogeneous_ranks = True
 
     def uploaded(self, rnd: int) -> frozenset[str]:
         return frozenset({"A", "head"})
+
+    def aggregate(self, uploads: Sequence[State], weights: Sequence[float], rnd: int) -> State:
+        """Mean of A; with heterogeneous ranks, per rank partition the raFLoRA way (equal ranks: FedAvg)."""
+        return rank_partitioned_mean(uploads, weights)
 
 
 class FedSArsLoRA(FedSALoRA):
@@ -116,8 +142,114 @@ class RoLoRA(FederatedMethod):
         return frozenset({"B", "head"}) if rnd % 2 == 1 else frozenset({"A", "head"})
 
 
+class HetLoRA(FederatedMethod):
+    """Heterogeneous ranks by zero-padding: A and B padded to r_max, averaged over all clients, cut back
+    to r_i. Cho et al., "Heterogeneous LoRA for Federated Fine-tuning of On-Device Foundation Models",
+    EMNLP 2024 (its aggregation; without its local rank self-pruning)."""
+
+    name = "hetlora"
+    citation = "Cho et al., Heterogeneous LoRA for Federated Fine-tuning of On-Device Foundation Models, EMNLP 2024"
+    heterogeneous_ranks = True
+
+    def aggregate(self, uploads: Sequence[State], weights: Sequence[float], rnd: int) -> State:
+        return zero_padded_mean(uploads, weights)
+
+
+class RaFLoRA(FederatedMethod):
+    """Rank-partitioned aggregation: partition [l, h) averaged over the clients with r_i >= h, weights
+    renormalised over them. Wu et al., "Preventing Rank Collapse in Federated Low-Rank Adaptation with
+    Client Heterogeneity", arXiv 2602.13486."""
+
+    name = "raflora"
+    citation = ("Wu et al., Preventing Rank Collapse in Federated Low-Rank Adaptation with Client Heterogeneity, "
+                "arXiv 2602.13486")
+    heterogeneous_ranks = True
+
+    def aggregate(self, uploads: Sequence[State], weights: Sequence[float], rnd: int) -> State:
+        return rank_partitioned_mean(uploads, weights)
+
+
+class FLoRA(FederatedMethod):
+    """Stacking: clients upload gamma_i B_i and A_i; the server stacks them into rank sum(r_i), so that
+    dW = sum_i w_i gamma_i B_i A_i exactly, merges dW into W0, and every client restarts from fresh
+    adapters. Wang et al., "FLoRA: Federated Fine-Tuning Large Language Models with Heterogeneous
+    Low-Rank Adaptations", NeurIPS 2024."""
+
+    name = "flora"
+    citation = ("Wang et al., FLoRA: Federated Fine-Tuning Large Language Models with Heterogeneous Low-Rank "
+                "Adaptations, NeurIPS 2024")
+    heterogeneous_ranks = True
+    merges_into_base = True
+
+    def upload(self, client: State, gamma: float, rnd: int) -> State:
+        return {k: (gamma * v if factor_kind(k) == "B" else v) for k, v in client.items()}
+
+    def aggregate(self, uploads: Sequence[State], weights: Sequence[float], rnd: int) -> State:
+        w = normalise(weights)
+        out: State = weighted_mean([select(u, {"head"}) for u in uploads], w) if select(uploads[0], {"head"}) else {}
+        for key in uploads[0]:
+            if factor_kind(key) != "A":
+                continue
+            m = key[: -len(".lora_A")]
+            a_stack = torch.cat([u[f"{m}.lora_A"] for u in uploads], 0)  # (sum r_i, d_in)
+            b_stack = torch.cat([wi * u[f"{m}.lora_B"] for wi, u in zip(w, uploads)], 1)  # (d_out, sum r_i)
+            out[f"{m}.delta"] = b_stack @ a_stack  # = sum_i w_i gamma_i B_i A_i
+        return out
+
+    def download(self, client: State, update: State, gamma: float, rnd: int) -> State:
+        return {**client, **select(update, {"head"})}  # the runner merges deltas and re-initialises A, B
+
+    def global_delta(self, update: State, clients: Sequence[State], gammas: Sequence[float],
+                     weights: Sequence[float]) -> dict[str, torch.Tensor]:
+        return {k[: -len(".delta")]: v for k, v in update.items() if k.endswith(".delta")}
+
+
+class FlexLoRA(FederatedMethod):
+    """SVD redistribution: dW = sum_i w_i gamma_i B_i A_i, and client i gets the top-r_i singular
+    factors of dW, split so that gamma_i B_i A_i is the best rank-r_i approximation of dW.
+    Bai et al., "Federated Fine-tuning of Large Language Models under Heterogeneous Tasks and Client
+    Resources", NeurIPS 2024."""
+
+    name = "flexlora"
+    citation = ("Bai et al., Federated Fine-tuning of Large Language Models under Heterogeneous Tasks and Client "
+                "Resources, NeurIPS 2024")
+    heterogeneous_ranks = True
+
+    def upload(self, client: State, gamma: float, rnd: int) -> State:
+        out = select(client, {"head"})
+        for key in client:
+            if factor_kind(key) == "A":
+                m = key[: -len(".lora_A")]
+                out[f"{m}.delta"] = gamma * client[f"{m}.lora_B"] @ client[key]  # (d_out, d_in)
+        return out
+
+    def aggregate(self, uploads: Sequence[State], weights: Sequence[float], rnd: int) -> State:
+        out = weighted_mean(uploads, weights)  # heads and deltas: sum_i w_i gamma_i B_i A_i
+        for key in [k for k in out if k.endswith(".delta")]:
+            u, s, vh = torch.linalg.svd(out.pop(key).double(), full_matrices=False)
+            m = key[: -len(".delta")]
+            out[f"{m}.svd_U"], out[f"{m}.svd_S"], out[f"{m}.svd_Vh"] = u.float(), s.float(), vh.float()
+        return out
+
+    def download(self, client: State, update: State, gamma: float, rnd: int) -> State:
+        r = rank_of(client)
+        new = {**client, **{k: v for k, v in update.items() if not k.split(".")[-1].startswith("svd_")}}
+        for key in [k for k in update if k.endswith(".svd_S")]:
+            m = key[: -len(".svd_S")]
+            root = update[key][:r].sqrt() / math.sqrt(gamma)  # gamma B A = U_r S_r Vh_r
+            new[f"{m}.lora_B"] = update[f"{m}.svd_U"][:, :r] * root
+            new[f"{m}.lora_A"] = root[:, None] * update[f"{m}.svd_Vh"][:r]
+        return new
+
+    def global_delta(self, update: State, clients: Sequence[State], gammas: Sequence[float],
+                     weights: Sequence[float]) -> dict[str, torch.Tensor]:
+        return {k[: -len(".svd_S")]: (update[k[:-5] + "svd_U"] * update[k]) @ update[k[:-5] + "svd_Vh"]
+                for k in update if k.endswith(".svd_S")}
+
+
 METHODS: dict[str, type[FederatedMethod]] = {
-    cls.name: cls for cls in (FedIT, FFALoRA, FedSALoRA, FedSArsLoRA, SFedLoRA, RoLoRA)
+    cls.name: cls
+    for cls in (FedIT, FFALoRA, FedSALoRA, FedSArsLoRA, SFedLoRA, RoLoRA, HetLoRA, RaFLoRA, FLoRA, FlexLoRA)
 }
 
 

@@ -28,7 +28,8 @@ from sfedlora.data.partition import ClientData, describe, make_clients
 from sfedlora.data.sources import TaskData, load_task
 from sfedlora.errors import SfedloraError
 from sfedlora.evaluate import evaluate_group, math_accuracy
-from sfedlora.inject import init_adapter_state, inject_adapters, load_group, read_group
+from sfedlora.hetero import pad_opt_state, pad_state, spectrum_stats, truncate_opt_state, truncate_state
+from sfedlora.inject import init_adapter_state, inject_adapters, load_group, lora_layers, read_group
 from sfedlora.methods import FederatedMethod, get_method
 from sfedlora.models import load_model
 from sfedlora.optim import ClientOptState, StackedOptimizer
@@ -57,18 +58,50 @@ class Resolved:
     scaling: str
     init: str
     n_averaged: int
-    gamma: float
+    ranks: list[int]  # per client
+    gammas: list[float]  # per client: gamma_i = scaling(rule, alpha, r_i, N)
+
+    @property
+    def gamma(self) -> float:
+        """The single gamma of a run with equal ranks (the first client's otherwise)."""
+        return self.gammas[0]
+
+    @property
+    def heterogeneous(self) -> bool:
+        return len(set(self.ranks)) > 1
 
 
-def resolve(cfg: RunConfig, method: FederatedMethod) -> Resolved:
+def assign_ranks(cfg: RunConfig, n_train: list[int]) -> list[int]:
+    """Per-client ranks: lora.ranks as given; lora.rank_set by rule (cycle, or by_size: clients sorted by
+    training-set size split into len(rank_set) near-equal groups, larger data -> larger rank); else lora.rank."""
+    n = len(n_train)
+    if cfg.lora.ranks is not None:
+        return list(cfg.lora.ranks)
+    if cfg.lora.rank_set is not None:
+        rs = list(cfg.lora.rank_set)
+        if cfg.lora.rank_rule == "cycle":
+            return [rs[c % len(rs)] for c in range(n)]
+        order = sorted(range(n), key=lambda c: (n_train[c], c))
+        ranks = [0] * n
+        for pos, c in enumerate(order):
+            ranks[c] = sorted(rs)[pos * len(rs) // n]
+        return ranks
+    return [cfg.lora.rank] * n
+
+
+def resolve(cfg: RunConfig, method: FederatedMethod, n_train: list[int]) -> Resolved:
     rule = method.default_scaling if cfg.lora.scaling == "auto" else cfg.lora.scaling
     init = method.default_init if cfg.lora.init == "auto" else cfg.lora.init
     if method.requires_shared_init and init != "shared":
         raise SfedloraError(f"{method.name} freezes A, so every client must start from the same A: "
                             f"set lora.init=shared (or auto)")
+    ranks = assign_ranks(cfg, n_train)
+    if len(set(ranks)) > 1 and not method.heterogeneous_ranks:
+        raise SfedloraError(f"{method.name} needs equal ranks on all clients (got {ranks}); for heterogeneous "
+                            f"ranks use hetlora, raflora, flora, flexlora or the FedSA family")
     n = cfg.fed.clients_per_round or cfg.fed.clients
-    gamma = scaling(rule, cfg.lora.alpha, cfg.lora.rank, n, cfg.lora.scaling_a, cfg.lora.scaling_b)
-    return Resolved(scaling=rule, init=init, n_averaged=n, gamma=gamma)
+    gammas = [scaling(rule, cfg.lora.alpha, r, n, cfg.lora.scaling_a, cfg.lora.scaling_b) for r in ranks]
+    return Resolved(scaling=rule, init=init, n_averaged=n, ranks=ranks, gammas=gammas)
 
 
 class Simulation:
@@ -76,12 +109,13 @@ class Simulation:
                  progress: bool = True) -> None:
         self.cfg, self.out_dir, self.echo, self.progress = cfg, Path(out_dir), echo, progress
         self.method = get_method(cfg.fed.method)
-        self.resolved = resolve(cfg, self.method)
+        self.resolved = resolve(cfg, self.method, [1] * cfg.fed.clients)  # fail fast on method/init errors
         self.device = resolve_device(cfg.model.device)
         torch.manual_seed(cfg.seed)
         # Everything that can fail on user input happens before the run folder is created.
         self.data: TaskData = load_task(cfg.data, cfg.seed)
         self.clients: list[ClientData] = make_clients(self.data.records, cfg.fed.clients, cfg.data, cfg.seed)
+        self.resolved = resolve(cfg, self.method, [d.n_train for d in self.clients])
         dtype = torch.bfloat16 if cfg.model.precision == "bf16" else torch.float32
         self.model, self.tok = load_model(cfg.model.name, self.data.task, max(2, len(self.data.label_names)), dtype)
         self.targets = inject_adapters(self.model, cfg.lora.targets, cfg.lora.dropout,
@@ -105,14 +139,24 @@ class Simulation:
         self.val_ex = [by_len(enc(d.val[:cap], self.tok, L)) for d in self.clients]
         self.test_ex = [by_len(enc(d.test[:cap], self.tok, L)) for d in self.clients]
 
-    def _init_states(self) -> list[State]:
+    def _init_states(self, rnd: int = 0) -> list[State]:
+        """Fresh adapters (B = 0). Shared init draws one A at the largest rank and gives client i its first
+        r_i rows, so nested ranks share their common rows. `rnd` > 0 re-draws (FLoRA's restarts)."""
+        r_max = max(self.resolved.ranks)
         states = []
-        for c in range(len(self.clients)):
-            seed = self.cfg.seed * 100003 + (0 if self.resolved.init == "shared" else 1 + c)
+        for c, r in enumerate(self.resolved.ranks):
+            seed = self.cfg.seed * 100003 + rnd * 7777 + (0 if self.resolved.init == "shared" else 1 + c)
             gen = torch.Generator().manual_seed(seed)
-            states.append(init_adapter_state(self.model, self.cfg.lora.rank, gen, self.cfg.lora.a_init,
-                                             self.cfg.lora.a_init_std))
+            full = init_adapter_state(self.model, r_max, gen, self.cfg.lora.a_init, self.cfg.lora.a_init_std)
+            states.append(truncate_state(full, r))
         return states
+
+    def _load(self, clients: list[int], states: list[State] | None = None) -> None:
+        """Install clients' adapters, zero-padded to the group's largest rank."""
+        states = states if states is not None else [self.states[c] for c in clients]
+        r_max = max(self.resolved.ranks[c] for c in clients)
+        load_group(self.model, [pad_state(s, r_max) for s in states], [self.resolved.gammas[c] for c in clients],
+                   self.device)
 
     def _groups(self, members: list[int]) -> list[list[int]]:
         g = self.cfg.train.group_size or len(members)
@@ -129,10 +173,11 @@ class Simulation:
         stats: dict[int, Any] = {}
         b = self.cfg.train.batch_size
         for group in self._groups(members):
-            load_group(self.model, [self.states[c] for c in group], [self.resolved.gamma] * len(group), self.device)
+            self._load(group)
             opt = StackedOptimizer(self.cfg.train)
+            r_group = max(self.resolved.ranks[c] for c in group)
             if self.cfg.train.optimizer_state == "keep":
-                opt.load_client_states([self.opt_states[c] for c in group], self.device)
+                opt.load_client_states([pad_opt_state(self.opt_states[c], r_group) for c in group], self.device)
 
             def next_batch(group: list[int] = group) -> dict[str, torch.Tensor]:
                 examples = [self.train_ex[c][i] for c in group for i in self.samplers[c].take(b)]
@@ -143,9 +188,9 @@ class Simulation:
             result = train_group(self.model, next_batch, opt, trained, self.cfg.fed.local_steps, self.cfg.train,
                                  self.data.task)
             for i, (c, state) in enumerate(zip(group, read_group(self.model))):
-                self.states[c] = state
+                self.states[c] = truncate_state(state, self.resolved.ranks[c])
                 if self.cfg.train.optimizer_state == "keep":
-                    self.opt_states[c] = opt.client_state(i)
+                    self.opt_states[c] = truncate_opt_state(opt.client_state(i), self.resolved.ranks[c])
                 stats[c] = {k: getattr(result, k)[i] for k in ("loss", "grad_norm_A", "grad_norm_B", "out_mean",
                                                                   "out_var", "grad_norm_A_steps", "grad_norm_B_steps")}
         return stats
@@ -155,7 +200,7 @@ class Simulation:
         metric, _ = metrics.PRIMARY[task]
         personal: dict[str, Any] = {"val": [], "test": []}
         for group in self._groups(list(range(len(self.clients)))):
-            load_group(self.model, [self.states[c] for c in group], [self.resolved.gamma] * len(group), self.device)
+            self._load(group)
             for split, data in (("val", self.val_ex), ("test", self.test_ex)):
                 rows = evaluate_group(self.model, [data[c] for c in group], task, self.tok.pad_token_id, bs,
                                       self.device)
@@ -171,9 +216,9 @@ class Simulation:
                     **{key: metrics.means(personal[split], key, self.weights) for key in personal[split][0]
                        if key != "n"}}
             for split in ("val", "test")}}
-        if self.cfg.eval.global_model:
+        if self.cfg.eval.global_model and not self.resolved.heterogeneous:
             glob = self.method.global_model(self.states, self.weights)
-            load_group(self.model, [glob], [self.resolved.gamma], self.device)
+            self._load([0], [glob])
             out["global"] = {}
             for split, data in (("val", self.val_ex), ("test", self.test_ex)):
                 pooled = sorted((ex for rows in data for ex in rows), key=lambda e: len(e["input_ids"]))
@@ -192,9 +237,17 @@ class Simulation:
         stats = self._train(rnd, members, bar)
         t_train = time.perf_counter() - t0
         uploaded = self.method.uploaded(rnd)
-        uploads = [select(self.states[c], uploaded) for c in members]
-        update = self.method.aggregate(uploads, [self.weights[c] for c in members], rnd)
-        self.states = [self.method.download(s, update, rnd) for s in self.states]
+        gammas = self.resolved.gammas
+        uploads = [self.method.upload(self.states[c], gammas[c], rnd) for c in members]
+        weights = [self.weights[c] for c in members]
+        update = self.method.aggregate(uploads, weights, rnd)
+        self.states = [self.method.download(s, update, gammas[c], rnd) for c, s in enumerate(self.states)]
+        spectrum = self._spectrum(update, members, weights)
+        if self.method.merges_into_base:  # FLoRA: W0 += dW, then every client restarts from fresh adapters
+            self._merge(update)
+            fresh = self._init_states(rnd)
+            self.states = [{**fresh[c], **select(s, {"head"})} for c, s in enumerate(self.states)]
+            self.opt_states = [{} for _ in self.clients]
         bytes_up = sum(payload_bytes(u) for u in uploads)
         bytes_down = payload_bytes(update) * len(self.clients)
         t1 = time.perf_counter()
@@ -207,8 +260,9 @@ class Simulation:
 
         return {
             "round": rnd, "method": self.method.name, "scaling": self.resolved.scaling,
-            "gamma": [self.resolved.gamma] * len(self.clients), "rank": self.cfg.lora.rank,
-            "n_averaged": len(members), "participants": members, "trained": sorted(self.method.trained(rnd)),
+            "gamma": list(self.resolved.gammas), "rank": list(self.resolved.ranks),
+            "n_averaged": len(members), **spectrum, "participants": members,
+            "trained": sorted(self.method.trained(rnd)),
             "uploaded": sorted(uploaded),
             "train_loss": per_client("loss"), "grad_norm_A": per_client("grad_norm_A"),
             "grad_norm_B": per_client("grad_norm_B"), "grad_norm_A_steps": per_client("grad_norm_A_steps"),
@@ -217,13 +271,32 @@ class Simulation:
             "train_s": t_train, "eval_s": t_eval, "wall_s": time.perf_counter() - t0, "eval": ev,
         }
 
+    def _spectrum(self, update: State, members: list[int], weights: list[float]) -> dict[str, float]:
+        """Rank-collapse diagnostics of the aggregated update, averaged over adapted modules: the share of
+        its energy (squared singular values) beyond the smallest client rank, and its effective rank."""
+        deltas = self.method.global_delta(update, [self.states[c] for c in members],
+                                          [self.resolved.gammas[c] for c in members], weights)
+        r_min = min(self.resolved.ranks)
+        stats = [spectrum_stats(d, r_min) for d in deltas.values()]
+        if not stats:
+            return {}
+        return {key: sum(s[key] for s in stats) / len(stats) for key in ("energy_beyond_rmin", "effective_rank")}
+
+    def _merge(self, update: State) -> None:
+        layers = lora_layers(self.model)
+        with torch.no_grad():
+            for key, delta in update.items():
+                if key.endswith(".delta"):
+                    base = layers[key[: -len(".delta")]].base_layer.weight
+                    base.add_(delta.to(base.device, base.dtype))
+
     def _round_zero(self) -> dict[str, Any]:
         """Round 0: no training, B = 0, so every client is the base model; its evaluation is the baseline."""
         t0 = time.perf_counter()
         ev = self._evaluate()
         empty: list[Any] = [None] * len(self.clients)
         return {"round": 0, "method": self.method.name, "scaling": self.resolved.scaling,
-                "gamma": [self.resolved.gamma] * len(self.clients), "rank": self.cfg.lora.rank, "n_averaged": 0,
+                "gamma": list(self.resolved.gammas), "rank": list(self.resolved.ranks), "n_averaged": 0,
                 "participants": [], "trained": [], "uploaded": [], "train_loss": empty, "grad_norm_A": empty,
                 "grad_norm_B": empty, "grad_norm_A_steps": empty, "grad_norm_B_steps": empty,
                 "adapter_out_mean": empty, "adapter_out_var": empty, "bytes_up": 0, "bytes_down": 0,
@@ -235,6 +308,7 @@ class Simulation:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         resolved = {"scaling": self.resolved.scaling, "init": self.resolved.init,
                     "n_averaged": self.resolved.n_averaged, "gamma": self.resolved.gamma,
+                    "ranks": self.resolved.ranks, "gammas": self.resolved.gammas,
                     "task": self.data.task, "label_names": self.data.label_names, "targets": self.targets,
                     "device": str(self.device)}
         (self.out_dir / "config.yaml").write_text(
@@ -243,8 +317,11 @@ class Simulation:
             cfg.data.partition_by if cfg.data.partition_by in self.data.records[0] else cfg.data.category_field)
         parts = describe(self.clients, key, self.data.label_names or None)
         (self.out_dir / "partitions.json").write_text(json.dumps(parts, indent=1))
-        self.echo(f"{self.method.name}: scaling {self.resolved.scaling}, gamma = {self.resolved.gamma:.4g} "
-                  f"(alpha {cfg.lora.alpha}, r {cfg.lora.rank}, N {self.resolved.n_averaged}), "
+        rank_text = cfg.lora.rank if not self.resolved.heterogeneous else self.resolved.ranks
+        gamma_text = (f"{self.resolved.gamma:.4g}" if not self.resolved.heterogeneous else
+                      "[" + ", ".join(f"{g:.4g}" for g in self.resolved.gammas) + "]")
+        self.echo(f"{self.method.name}: scaling {self.resolved.scaling}, gamma = {gamma_text} "
+                  f"(alpha {cfg.lora.alpha}, r {rank_text}, N {self.resolved.n_averaged}), "
                   f"init {self.resolved.init}, {len(self.targets)} adapted modules, {self.data.task} on "
                   f"{self.data.source}, device {self.device}")
         for p in parts:
