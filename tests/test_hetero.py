@@ -142,3 +142,18 @@ def test_equal_rank_methods_refuse_heterogeneous_ranks(sentiment_file, tmp_path)
                              "data.text_field=sentence", "data.label_field=sentiment"])
     with pytest.raises(SfedloraError, match="needs equal ranks"):
         Simulation(cfg, tmp_path / "run", echo=lambda s: None, progress=False)
+
+
+def test_report_plots_rank_collapse(sentiment_file, tmp_path):
+    from sfedlora.report import build_report
+
+    for method in ("hetlora", "raflora"):
+        cfg = load_config(None, [f"data.source={sentiment_file}", "model.name=tiny-bert",
+                                 "data.task=classification", "data.text_field=sentence",
+                                 "data.label_field=sentiment", "data.partition=iid", "fed.clients=2",
+                                 "fed.rounds=2", "fed.local_steps=1", "train.batch_size=4", "lora.rank_set=[2,4]",
+                                 f"fed.method={method}"])
+        Simulation(cfg, tmp_path / "runs" / method, echo=lambda s: None, progress=False).run()
+    build_report([tmp_path / "runs"], tmp_path / "rep")
+    assert (tmp_path / "rep" / "energy_beyond_rmin.png").stat().st_size > 0
+    assert "Rank collapse" in (tmp_path / "rep" / "report.md").read_text()

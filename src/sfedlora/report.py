@@ -48,6 +48,7 @@ class Run:
             "partition": self.config["data"]["partition"], "optimizer": self.config["train"]["optimizer"],
             "scaling": res["scaling"] if res["scaling"] != "custom" else
             f"custom a={lora['scaling_a']:g} b={lora['scaling_b']:g}",
+            "ranks": "ranks " + ",".join(str(r) for r in res.get("ranks", [lora["rank"]])),
         }
         return values[name]
 
@@ -107,6 +108,13 @@ def moment_curve(key: str) -> Callable[[Run], tuple[list[float], list[float]]]:
     def curve(run: Run) -> tuple[list[float], list[float]]:
         pts = [(r["round"], _mean_clients(r[key])) for r in run.records if r["round"] > 0]
         pts = [(x, abs(y) if key == "adapter_out_mean" else y) for x, y in pts if y is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+    return curve
+
+
+def spectrum_curve(key: str) -> Callable[[Run], tuple[list[float], list[float]]]:
+    def curve(run: Run) -> tuple[list[float], list[float]]:
+        pts = [(r["round"], r[key]) for r in run.records if r["round"] > 0 and r.get(key) is not None]
         return [p[0] for p in pts], [p[1] for p in pts]
     return curve
 
@@ -221,6 +229,21 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         header, body = table_rows(runs, "method" if line != "scaling" else "scaling", line if line != "scaling"
                                   else "rank")
         tables.append((f"Best-on-validation personalised test {metric} by method and {what}", header, body))
+    hetero = [r for r in runs if len(set(r.config["resolved"].get("ranks", [0]))) > 1]
+    if hetero:
+        r_min = min(min(r.config["resolved"]["ranks"]) for r in hetero)
+        figures.append(("Rank collapse: energy of the aggregated update beyond r_min, per round", plot_panels(
+            hetero, spectrum_curve("energy_beyond_rmin"), "method",
+            f"share of ||dW||^2 in singular directions beyond r_min = {r_min} (mean over modules)",
+            "energy share beyond r_min", "round", out / "energy_beyond_rmin.png", panel="ranks")))
+        figures.append(("Effective rank of the aggregated update, per round", plot_panels(
+            hetero, spectrum_curve("effective_rank"), "method", "effective rank exp(H(s^2 / sum s^2))",
+            "effective rank", "round", out / "effective_rank.png", panel="ranks")))
+        figures.append((f"Personalised test {metric} per round, heterogeneous ranks", plot_panels(
+            hetero, metric_curve, "method", f"personalised test {metric}", metric, "round",
+            out / f"{metric}_heterogeneous.png", logy=logy_metric, panel="ranks")))
+        header, body = table_rows(hetero, "method", "ranks")
+        tables.append((f"Heterogeneous ranks: best-on-validation personalised test {metric}", header, body))
     if _varies(runs, "partition"):
         for part in sorted({r.key("partition") for r in runs}):
             subset = [r for r in runs if r.key("partition") == part]
