@@ -33,6 +33,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sfedlora.config import load_config
     from sfedlora.simulation import Simulation
 
+    if args.resume:
+        from sfedlora.export import run_config
+
+        if args.items:
+            raise SfedloraError("--resume continues a run with the config it was started with; give no CONFIG or "
+                                "overrides")
+        cfg, _ = run_config(Path(args.resume))
+        summary = Simulation(cfg, Path(args.resume), progress=not args.quiet).run(resume=True)
+        print(f"results in {args.resume}/ ({summary['wall_s']:.1f} s after resuming)")
+        return 0
     items = list(args.items)
     name = items.pop(0) if items and "=" not in items[0] else None
     cfg = load_config(config_path(name), items)
@@ -50,6 +60,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{scope:>8} test {metric}: last round {last['round']} = {lv:.4f}; "
                   f"best-on-val round {best['round']} = {bv:.4f}")
     print(f"results in {out}/ ({summary['wall_s']:.1f} s)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sfedlora.export import export
+
+    info = export(Path(args.run), args.client, Path(args.out), merged=not args.no_merged)
+    print(f"client {info['client']}: rank {info['rank']}, gamma {info['gamma']:.6g} ({info['scaling']}) as PEFT "
+          f"lora_alpha={info['lora_alpha']:.6g}, use_rslora={info['use_rslora']}")
+    print(f"  {args.out}/adapter  (peft.PeftModel.from_pretrained(base, '{args.out}/adapter'))")
+    if not args.no_merged:
+        print(f"  {args.out}/merged   (AutoModel...from_pretrained('{args.out}/merged'), adapters merged into W0)")
     return 0
 
 
@@ -141,7 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("items", nargs="*", metavar="[CONFIG] key=value", help="config file or name, then overrides")
     run.add_argument("--out", help="run folder (default: runs/<name>-<method>-r<rank>-<time>)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--resume", metavar="DIR", help="continue an interrupted run folder from its last checkpoint")
     run.set_defaults(func=cmd_run)
+    exp = sub.add_parser("export", help="export a client's model: PEFT adapter folder and merged model",
+                         description="Write RUN's client I as a PEFT adapter folder (OUT/adapter) and a merged "
+                         "model (OUT/merged). For the FedSA family a client's model is its own B with the shared A.")
+    exp.add_argument("run", metavar="RUN", help="a finished run folder")
+    exp.add_argument("--client", type=int, required=True, metavar="I")
+    exp.add_argument("--out", required=True)
+    exp.add_argument("--no-merged", action="store_true", help="only the adapter folder")
+    exp.set_defaults(func=cmd_export)
     methods = sub.add_parser("methods", help="list the federated LoRA methods and their papers")
     methods.set_defaults(func=cmd_methods)
     from sfedlora.sweep import SIZES, builtin_specs

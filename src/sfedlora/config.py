@@ -72,6 +72,7 @@ class FedConfig:
     rounds: int = 10
     local_steps: int = 10
     weighting: str = "samples"  # samples | uniform
+    min_clients: int = 1  # a round needs this many clients with finite updates, or the run stops
 
 
 @dataclass
@@ -109,6 +110,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     name: str = ""  # a label for the run folder
+    checkpoint_every: int = 1  # write checkpoint.pt every C rounds (and at the end); 0 = never
 
 
 CHOICES = {
@@ -129,7 +131,8 @@ POSITIVE = {"lora.rank": "LoRA rank", "lora.alpha": "LoRA alpha", "fed.clients":
             "train.batch_size": "batch size", "model.max_length": "max_length", "eval.every": "eval.every",
             "eval.batch_size": "eval batch size", "data.dirichlet_alpha": "Dirichlet alpha",
             "train.eps": "AdamW eps"}
-NON_NEGATIVE = ("lora.dropout", "train.momentum", "train.weight_decay", "train.group_size", "data.max_examples",
+NON_NEGATIVE = ("checkpoint_every", "fed.min_clients",
+                "lora.dropout", "train.momentum", "train.weight_decay", "train.group_size", "data.max_examples",
                 "data.min_partition_size", "fed.clients_per_round", "eval.max_examples",
                 "eval.generate_examples", "data.val_fraction", "data.test_fraction")
 
@@ -271,6 +274,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
                 raise SfedloraError(f"override {item!r}: {k} is not a section")
             node = node.setdefault(k, {})
         node[keys[-1]] = value
+    return validate(_build(RunConfig, raw, ""))
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    """A validated RunConfig from a nested mapping (e.g. a run folder's config.yaml)."""
     return validate(_build(RunConfig, raw, ""))
 
 

@@ -8,6 +8,7 @@ round, appended as rounds finish) and summary.json, written last: a folder witho
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 import time
@@ -20,7 +21,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from sfedlora import metrics
+from sfedlora import checkpoint, metrics
 from sfedlora.aggregate import client_weights, payload_bytes, select
 from sfedlora.config import RunConfig, to_dict
 from sfedlora.data.batching import ClientSampler, collate, encode_classification, encode_lm
@@ -127,6 +128,7 @@ class Simulation:
         self.samplers = [ClientSampler(len(d.train), cfg.seed * 7919 + c) for c, d in enumerate(self.clients)]
         self.weights = client_weights([d.n_train for d in self.clients], cfg.fed.weighting)
         self.participation_rng = random.Random(cfg.seed + 17)
+        self.merged: dict[str, torch.Tensor] = {}  # FLoRA: sum of the updates merged into W0 so far
 
     # ---- set-up -------------------------------------------------------------------------------------
     def _encode(self) -> None:
@@ -234,8 +236,11 @@ class Simulation:
     def _round(self, rnd: int, bar: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
         members = self._participants()
+        before = {c: (self.states[c], self.opt_states[c]) for c in members}
         stats = self._train(rnd, members, bar)
         t_train = time.perf_counter() - t0
+        excluded = self._exclude_non_finite(members, stats, before)
+        members = [c for c in members if c not in {e["client"] for e in excluded}]
         uploaded = self.method.uploaded(rnd)
         gammas = self.resolved.gammas
         uploads = [self.method.upload(self.states[c], gammas[c], rnd) for c in members]
@@ -261,7 +266,7 @@ class Simulation:
         return {
             "round": rnd, "method": self.method.name, "scaling": self.resolved.scaling,
             "gamma": list(self.resolved.gammas), "rank": list(self.resolved.ranks),
-            "n_averaged": len(members), **spectrum, "participants": members,
+            "n_averaged": len(members), **spectrum, "participants": members, "excluded": excluded,
             "trained": sorted(self.method.trained(rnd)),
             "uploaded": sorted(uploaded),
             "train_loss": per_client("loss"), "grad_norm_A": per_client("grad_norm_A"),
@@ -270,6 +275,30 @@ class Simulation:
             "adapter_out_var": per_client("out_var"), "bytes_up": bytes_up, "bytes_down": bytes_down,
             "train_s": t_train, "eval_s": t_eval, "wall_s": time.perf_counter() - t0, "eval": ev,
         }
+
+    def _exclude_non_finite(self, members: list[int], stats: dict[int, Any],
+                            before: dict[int, tuple[State, ClientOptState]]) -> list[dict[str, Any]]:
+        """Clients whose loss or adapters became non-finite sit this aggregation out: their state goes back
+        to what it was before the round, with the reason logged. Too few left stops the run clearly."""
+        excluded = []
+        for c in members:
+            reason = None
+            if not math.isfinite(stats[c]["loss"]):
+                reason = f"non-finite training loss {stats[c]['loss']}"
+            else:
+                bad = [k for k, v in self.states[c].items() if not bool(torch.isfinite(v).all())]
+                if bad:
+                    reason = f"non-finite values in {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+            if reason:
+                excluded.append({"client": c, "reason": reason})
+                self.states[c], self.opt_states[c] = before[c]
+                self.echo(f"  round excludes client {c}: {reason}")
+        if len(members) - len(excluded) < self.cfg.fed.min_clients:
+            raise SfedloraError(f"only {len(members) - len(excluded)} clients left with finite updates "
+                                f"(fed.min_clients = {self.cfg.fed.min_clients}): "
+                                + "; ".join(f"client {e['client']}: {e['reason']}" for e in excluded)
+                                + ". Lower train.lr or enable train.grad_clip.")
+        return excluded
 
     def _spectrum(self, update: State, members: list[int], weights: list[float]) -> dict[str, float]:
         """Rank-collapse diagnostics of the aggregated update, averaged over adapted modules: the share of
@@ -283,12 +312,34 @@ class Simulation:
         return {key: sum(s[key] for s in stats) / len(stats) for key in ("energy_beyond_rmin", "effective_rank")}
 
     def _merge(self, update: State) -> None:
+        deltas = {k[: -len(".delta")]: v for k, v in update.items() if k.endswith(".delta")}
+        for m, d in deltas.items():
+            self.merged[m] = self.merged[m] + d if m in self.merged else d.clone()
+        self._apply_to_base(deltas)
+
+    def _apply_to_base(self, deltas: dict[str, torch.Tensor]) -> None:
         layers = lora_layers(self.model)
         with torch.no_grad():
-            for key, delta in update.items():
-                if key.endswith(".delta"):
-                    base = layers[key[: -len(".delta")]].base_layer.weight
-                    base.add_(delta.to(base.device, base.dtype))
+            for m, delta in deltas.items():
+                base = layers[m].base_layer.weight
+                base.add_(delta.to(base.device, base.dtype))
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+    def _snapshot(self, rnd: int) -> dict[str, Any]:
+        return {"round": rnd, "states": self.states, "opt_states": self.opt_states, "merged": self.merged,
+                "samplers": [(sm.rng.getstate(), sm.order, sm.pos, sm.epoch) for sm in self.samplers],
+                "participation_rng": self.participation_rng.getstate(), "torch_rng": torch.get_rng_state()}
+
+    def _restore(self, snap: dict[str, Any]) -> int:
+        self.states, self.opt_states = snap["states"], snap["opt_states"]
+        self.merged = snap["merged"]
+        self._apply_to_base(self.merged)
+        for sm, (rng_state, order, pos, epoch) in zip(self.samplers, snap["samplers"]):
+            sm.rng.setstate(rng_state)
+            sm.order, sm.pos, sm.epoch = order, pos, epoch
+        self.participation_rng.setstate(snap["participation_rng"])
+        torch.set_rng_state(snap["torch_rng"])
+        return int(snap["round"])
 
     def _round_zero(self) -> dict[str, Any]:
         """Round 0: no training, B = 0, so every client is the base model; its evaluation is the baseline."""
@@ -303,8 +354,20 @@ class Simulation:
                 "train_s": 0.0, "eval_s": time.perf_counter() - t0, "wall_s": time.perf_counter() - t0, "eval": ev}
 
     # ---- the run ------------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        """Run all rounds; with resume=True continue a run folder from its last checkpoint."""
         cfg = self.cfg
+        first = 0 if cfg.eval.initial else 1
+        records: list[dict[str, Any]] = []
+        if resume:
+            snap = checkpoint.load(self.out_dir)
+            if (self.out_dir / "summary.json").exists():
+                raise SfedloraError(f"{self.out_dir} is a finished run (it has summary.json); nothing to resume")
+            if snap is not None:
+                first = self._restore(snap) + 1
+                records = [r for r in metrics.read_jsonl(self.out_dir / "metrics.jsonl") if r["round"] < first]
+            self.echo(f"resuming {self.out_dir} at round {first}" if snap else
+                      f"no checkpoint in {self.out_dir}: starting it again from round {first}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         resolved = {"scaling": self.resolved.scaling, "init": self.resolved.init,
                     "n_averaged": self.resolved.n_averaged, "gamma": self.resolved.gamma,
@@ -332,21 +395,26 @@ class Simulation:
             self.echo(f"  client {p['client']}: train {p['train']:>5} val {p['val']:>4} test {p['test']:>4}  {hist}")
         metric, _ = metrics.PRIMARY[self.data.task]
         writer = metrics.JsonlWriter(self.out_dir / "metrics.jsonl")
-        records = []
+        for r in records:  # a resumed run keeps the rounds its checkpoint covers
+            writer.write(r)
         n_groups = len(self._groups(list(range(cfg.fed.clients_per_round or cfg.fed.clients))))
         self.echo(metrics.header(metric))
-        bar = tqdm(total=cfg.fed.rounds * n_groups * cfg.fed.local_steps, desc="local steps", unit="step",
-                   disable=not self.progress, leave=False)
+        bar = tqdm(total=(cfg.fed.rounds - max(first - 1, 0)) * n_groups * cfg.fed.local_steps, desc="local steps",
+                   unit="step", disable=not self.progress, leave=False)
         start = time.perf_counter()
-        for rnd in range(0 if cfg.eval.initial else 1, cfg.fed.rounds + 1):
+        for rnd in range(first, cfg.fed.rounds + 1):
             record = self._round(rnd, bar) if rnd else self._round_zero()
             writer.write(record)
             records.append(record)
             (bar.write if self.progress else self.echo)(metrics.row(record, metric))
             sys.stdout.flush()  # rows show up as rounds finish, also when stdout is a file
+            if cfg.checkpoint_every and (rnd % cfg.checkpoint_every == 0 or rnd == cfg.fed.rounds):
+                checkpoint.save(self.out_dir, self._snapshot(rnd))
         bar.close()
+        checkpoint.atomic_save({"states": self.states, "ranks": self.resolved.ranks, "gammas": self.resolved.gammas,
+                                "merged": self.merged, "targets": self.targets}, self.out_dir / "adapters.pt")
         summary = {"method": self.method.name, **resolved, "rank": cfg.lora.rank, "alpha": cfg.lora.alpha,
                    "clients": cfg.fed.clients, "rounds": cfg.fed.rounds, "seed": cfg.seed,
                    **metrics.summarise(records, self.data.task), "wall_s": time.perf_counter() - start}
-        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))  # last: the run is complete
         return summary

@@ -1,0 +1,96 @@
+"""Export one client's model from a finished run: a PEFT adapter folder that
+`peft.PeftModel.from_pretrained` loads, and a merged model (`save_pretrained`) with no added latency.
+
+PEFT has a single scaling per adapter: lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora. sfedlora's
+gamma is expressed in those terms exactly: for sfed, use_rslora=True and lora_alpha = alpha*sqrt(N)
+(so lora_alpha/sqrt(r) = alpha*sqrt(N/r)); for rslora, use_rslora=True and lora_alpha = alpha; for every
+other rule lora_alpha = gamma * r. For the FedSA family a client's model is its own B with the shared A.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from sfedlora.config import RunConfig, config_from_dict
+from sfedlora.errors import SfedloraError
+from sfedlora.inject import HEAD_NAMES, _is_head
+from sfedlora.models import load_model, model_path
+
+
+def run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
+    """The config a run used (without its `resolved` section) and that section."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise SfedloraError(f"{run_dir} is not a run folder (no config.yaml)")
+    raw = yaml.safe_load(path.read_text())
+    resolved = raw.pop("resolved", {})
+    return config_from_dict(raw), resolved
+
+
+def peft_alpha(rule: str, gamma: float, rank: int, alpha: float, n: int) -> tuple[float, bool]:
+    """(lora_alpha, use_rslora) for PEFT such that PEFT's scaling equals gamma."""
+    if rule == "sfed":
+        return alpha * math.sqrt(n), True
+    if rule == "rslora":
+        return alpha, True
+    return gamma * rank, False
+
+
+def build_peft_model(run_dir: Path, client: int) -> tuple[Any, Any, dict[str, Any]]:
+    """A PEFT model for `client` holding exactly its adapters (and head), plus the tokenizer."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg, resolved = run_config(run_dir)
+    final = Path(run_dir) / "adapters.pt"
+    if not final.exists():
+        raise SfedloraError(f"{run_dir} has no adapters.pt: the run did not finish (resume it with --resume)")
+    saved = torch.load(final, map_location="cpu", weights_only=False)
+    n_clients = len(saved["states"])
+    if not 0 <= client < n_clients:
+        raise SfedloraError(f"--client must be in 0..{n_clients - 1}, got {client}")
+    state, rank, gamma = saved["states"][client], saved["ranks"][client], saved["gammas"][client]
+    task = resolved["task"]
+    model, tok = load_model(cfg.model.name, task, max(2, len(resolved.get("label_names") or [])), torch.float32)
+    named = dict(model.named_modules())
+    with torch.no_grad():
+        for m, delta in saved.get("merged", {}).items():  # FLoRA's merged updates are part of W0
+            named[m].weight.add_(delta)
+    lora_alpha, use_rslora = peft_alpha(resolved["scaling"], gamma, rank, cfg.lora.alpha, resolved["n_averaged"])
+    heads = [n for n, mod in named.items() if isinstance(mod, torch.nn.Linear) and _is_head(n)] \
+        if task == "classification" else []
+    lcfg = LoraConfig(r=rank, lora_alpha=lora_alpha, use_rslora=use_rslora, lora_dropout=0.0,
+                      target_modules=list(saved["targets"]), modules_to_save=heads or None,
+                      task_type="SEQ_CLS" if task == "classification" else "CAUSAL_LM")
+    peft_model = get_peft_model(model, lcfg)
+    params = dict(peft_model.named_parameters())
+    with torch.no_grad():
+        for key, value in state.items():
+            module, factor = key.rsplit(".", 1)
+            if factor in ("lora_A", "lora_B"):
+                params[f"base_model.model.{module}.{factor}.default.weight"].copy_(value)
+            else:
+                params[f"base_model.model.{module}.modules_to_save.default.{factor}"].copy_(value)
+    peft_model.peft_config["default"].base_model_name_or_path = model_path(cfg.model.name)
+    info = {"client": client, "rank": rank, "gamma": gamma, "scaling": resolved["scaling"],
+            "lora_alpha": lora_alpha, "use_rslora": use_rslora, "task": task, "heads": heads}
+    return peft_model.eval(), tok, info
+
+
+def export(run_dir: Path, client: int, out: Path, merged: bool = True) -> dict[str, Any]:
+    peft_model, tok, info = build_peft_model(run_dir, client)
+    out.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(out / "adapter")
+    tok.save_pretrained(out / "adapter")
+    if merged:
+        model = peft_model.merge_and_unload()
+        model.save_pretrained(out / "merged")
+        tok.save_pretrained(out / "merged")
+    return info
+
+
+__all__ = ["export", "build_peft_model", "peft_alpha", "HEAD_NAMES"]

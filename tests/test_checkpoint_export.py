@@ -1,0 +1,168 @@
+"""Crash and resume, exports that plain PEFT loads, configs that never raise a traceback, and clients
+with non-finite updates left out of aggregation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sfedlora.cli import main
+from sfedlora.config import load_config
+from sfedlora.errors import SfedloraError
+from sfedlora.export import build_peft_model, peft_alpha
+from sfedlora.inject import load_group
+from sfedlora.scaling import scaling
+from sfedlora.simulation import Simulation
+
+BASE = ["model.name=tiny-bert", "data.task=classification", "data.text_field=sentence",
+        "data.label_field=sentiment", "data.partition=iid", "fed.clients=3", "train.batch_size=4", "lora.rank=4",
+        "eval.max_examples=8"]
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(sentiment_file, tmp_path):
+    args = [f"data.source={sentiment_file}", *BASE, "fed.rounds=8", "fed.local_steps=25", "train.optimizer_state=keep"]
+    straight = tmp_path / "straight"
+    assert main(["run", *args, "--out", str(straight), "--quiet"]) == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "sfedlora.cli", "run", *args, "--out", str(killed), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:  # wait until round 3 is written, then kill inside round 4
+            metrics = killed / "metrics.jsonl"
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "summary.json").exists() and (killed / "checkpoint.pt").exists()
+    assert main(["run", "--resume", str(killed), "--quiet"]) == 0
+    a = torch.load(straight / "adapters.pt", weights_only=False)["states"]
+    b = torch.load(killed / "adapters.pt", weights_only=False)["states"]
+    for sa, sb in zip(a, b):
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), k
+    rounds = [json.loads(line)["round"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == list(range(9))
+    assert main(["run", "--resume", str(killed)]) == 2  # finished: nothing to resume
+
+
+@pytest.mark.parametrize(("method", "extra"), [("sfed-lora", []), ("fedsa-rslora", []),
+                                               ("fedit", ["lora.scaling=custom", "lora.scaling_a=1"])])
+def test_export_loads_in_plain_peft_with_the_same_logits(method, extra, sentiment_file, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from sfedlora.models import load_model
+
+    run = tmp_path / "run"
+    cfg = load_config(None, [f"data.source={sentiment_file}", *BASE, "fed.rounds=2", "fed.local_steps=3",
+                             f"fed.method={method}", *extra])
+    sim = Simulation(cfg, run, echo=lambda s: None, progress=False)
+    sim.run()
+    assert main(["export", str(run), "--client", "1", "--out", str(tmp_path / "exp")]) == 0
+    ids = torch.randint(1, 1000, (3, 12))
+    load_group(sim.model, [sim.states[1]], [sim.resolved.gammas[1]])
+    with torch.no_grad():
+        ours = sim.model(input_ids=ids).logits
+        base, _ = load_model("tiny-bert", "classification", 3)
+        peft = PeftModel.from_pretrained(base, str(tmp_path / "exp" / "adapter")).eval()
+        merged = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "exp" / "merged")).eval()
+        torch.testing.assert_close(peft(input_ids=ids).logits, ours, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(merged(input_ids=ids).logits, ours, rtol=1e-4, atol=1e-4)
+        with peft.disable_adapter():  # the trained adapter and head really change the output
+            assert not torch.allclose(peft(input_ids=ids).logits, ours, atol=1e-4)
+    _, _, info = build_peft_model(run, 1)
+    assert info["gamma"] == pytest.approx(sim.resolved.gammas[1])
+
+
+def test_peft_alpha_reproduces_gamma():
+    for rule in ("lora", "rslora", "sfed"):
+        gamma = scaling(rule, 8.0, 64, 5)
+        lora_alpha, rs = peft_alpha(rule, gamma, 64, 8.0, 5)
+        assert (lora_alpha / (64**0.5 if rs else 64)) == pytest.approx(gamma)
+    assert peft_alpha("sfed", 0.0, 64, 8.0, 5) == pytest.approx((8.0 * 5**0.5, True))
+
+
+KEYS = ["lora.rank", "lora.alpha", "lora.scaling", "lora.targets", "lora.ranks", "fed.method", "fed.clients",
+        "fed.rounds", "train.lr", "train.betas", "train.grad_clip", "data.partition", "data.val_fraction", "seed",
+        "eval.every", "model.precision", "nonsense", "lora", "fed.clients_per_round", "checkpoint_every"]
+VALUES = st.one_of(st.integers(-5, 5000), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+                   st.booleans(), st.none(), st.lists(st.integers(-3, 70), max_size=4),
+                   st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), max_size=4))
+def test_random_configs_never_raise_a_traceback(pairs):
+    import yaml
+
+    overrides = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                 for k, v in pairs]
+    try:
+        load_config(None, overrides)
+    except SfedloraError:
+        pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=200))
+def test_random_config_files_never_raise_a_traceback(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("cfg") / "c.yaml"
+    path.write_text(text)
+    try:
+        load_config(path)
+    except SfedloraError:
+        pass
+
+
+def test_non_finite_client_is_excluded(sentiment_file, tmp_path):
+    cfg = load_config(None, [f"data.source={sentiment_file}", *BASE, "fed.rounds=1", "fed.local_steps=1",
+                             "fed.method=fedsa-lora"])
+    sim = Simulation(cfg, tmp_path / "run", echo=lambda s: None, progress=False)
+    original, before = sim._train, [dict(s) for s in sim.states]
+    a_key = next(k for k in sim.states[0] if k.endswith("lora_A"))
+
+    def poisoned(rnd, members, bar):
+        out = original(rnd, members, bar)
+        sim.states[1][a_key] = torch.full_like(sim.states[1][a_key], float("nan"))
+        return out
+
+    sim._train = poisoned
+    sim.run()
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["excluded"] == [{"client": 1, "reason": f"non-finite values in {a_key}"}]
+    assert record["participants"] == [0, 2] and record["n_averaged"] == 2
+    b_key = a_key.replace("lora_A", "lora_B")
+    assert torch.equal(sim.states[1][b_key], before[1][b_key])  # client 1 went back to its pre-round B
+    assert all(bool(torch.isfinite(v).all()) for s in sim.states for v in s.values())
+
+
+def test_too_few_finite_clients_stop_the_run(sentiment_file, tmp_path):
+    cfg = load_config(None, [f"data.source={sentiment_file}", *BASE, "fed.rounds=1", "fed.local_steps=1",
+                             "fed.min_clients=3"])
+    sim = Simulation(cfg, tmp_path / "run", echo=lambda s: None, progress=False)
+    original = sim._train
+
+    def poisoned(rnd, members, bar):
+        out = original(rnd, members, bar)
+        out[0]["loss"] = float("inf")
+        return out
+
+    sim._train = poisoned
+    with pytest.raises(SfedloraError, match="only 2 clients left"):
+        sim.run()
+    assert not (tmp_path / "run" / "summary.json").exists()
