@@ -43,7 +43,8 @@ class Run:
         """A run attribute by short name, as used to group lines and panels."""
         lora, fed, res = self.config["lora"], self.config["fed"], self.config["resolved"]
         values = {
-            "method": fed["method"], "rank": lora["rank"], "clients": res["n_averaged"], "seed": self.config["seed"],
+            "method": fed["method"] if res["scaling"] != "none" else "head-only (gamma=0)",
+            "rank": lora["rank"], "clients": res["n_averaged"], "seed": self.config["seed"],
             "targets": lora["targets"] if isinstance(lora["targets"], str) else ",".join(lora["targets"]),
             "partition": self.config["data"]["partition"], "optimizer": self.config["train"]["optimizer"],
             "scaling": res["scaling"] if res["scaling"] != "custom" else
@@ -201,9 +202,15 @@ def _varies(runs: list[Run], key: str) -> bool:
     return len({r.key(key) for r in runs}) > 1
 
 
+OWN_FIGURES = ("accuracy_", "perplexity_", "grad_norm_by_", "adapter_out_", "energy_beyond", "effective_rank")
+
+
 def build_report(dirs: list[Path], out: Path) -> Path:
     runs = find_runs(dirs)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.png"):  # figures of an earlier report into the same folder, not this one's
+        if stale.name.startswith(OWN_FIGURES):
+            stale.unlink()
     tasks = {r.task for r in runs}
     if len(tasks) > 1:
         raise SfedloraError(f"runs of different task types ({', '.join(sorted(tasks))}): report them separately")
@@ -215,16 +222,20 @@ def build_report(dirs: list[Path], out: Path) -> Path:
                        ("targets", "adapter placement")):
         if not _varies(runs, line):
             continue
+        trained = [r for r in runs if r.config["resolved"]["scaling"] != "none"]
+        if line == "scaling" and _varies(trained, "method"):
+            continue  # scaling differs because methods differ: the method panels already show it
         figures.append((f"Personalised test {metric} per round, by {what}", plot_panels(
             runs, metric_curve, line, f"personalised test {metric} (sample-weighted mean over clients)", metric,
             "round", out / f"{metric}_by_{line}.png", logy=logy_metric)))
+        trained_runs = [r for r in runs if r.config["resolved"]["scaling"] != "none"]  # gamma = 0: no gradients
         figures.append((f"Gradient norm per local iteration, by {what}", plot_panels(
-            runs, grad_norm_curve, line, "mean per-client gradient norm sqrt(|dA|^2 + |dB|^2), before clipping",
+            trained_runs, grad_norm_curve, line, "mean per-client gradient norm sqrt(|dA|^2 + |dB|^2), before clipping",
             "gradient norm", "local iteration", out / f"grad_norm_by_{line}.png", logy=True)))
         if line in ("rank", "scaling"):
             for key, label in (("adapter_out_var", "variance"), ("adapter_out_mean", "|mean|")):
                 figures.append((f"Adapter output {label} per round, by {what}", plot_panels(
-                    runs, moment_curve(key), line, f"adapter output {label} of gamma*B*A*x (mean over clients)",
+                    trained_runs, moment_curve(key), line, f"adapter output {label} of gamma*B*A*x (mean over clients)",
                     label, "round", out / f"{key}_by_{line}.png", logy=True)))
         header, body = table_rows(runs, "method" if line != "scaling" else "scaling", line if line != "scaling"
                                   else "rank")
