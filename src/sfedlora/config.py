@@ -19,7 +19,7 @@ from sfedlora.errors import SfedloraError
 @dataclass
 class ModelConfig:
     name: str = "minilm-l6"  # minilm-l6 | smollm2-135m | tiny-bert | tiny-llama | a hub id | a local path
-    precision: str = "fp32"  # fp32 | bf16 (bf16 frozen base, fp32 adapters)
+    precision: str = "fp32"  # fp32 | bf16 (bf16 frozen base, fp32 adapters) | auto (bf16 only where it is fast)
     max_length: int = 128  # tokens per example after truncation
     device: str = "auto"  # auto | cpu | cuda
 
@@ -114,7 +114,7 @@ class RunConfig:
 
 
 CHOICES = {
-    "model.precision": ("fp32", "bf16"),
+    "model.precision": ("fp32", "bf16", "auto"),
     "model.device": ("auto", "cpu", "cuda"),
     "lora.scaling": ("auto", "lora", "rslora", "sfed", "custom", "none"),
     "lora.init": ("auto", "shared", "independent"),
