@@ -75,6 +75,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from sfedlora.bench import BenchConfig, run_bench
+
+    cfg = BenchConfig(workload=args.workload, clients=args.clients, rank=args.rank, steps=args.steps,
+                      batch=args.batch, seq=args.seq, repeats=args.repeats, precision=args.precision)
+    print(f"bench {cfg.workload}: N={cfg.clients} clients, r={cfg.rank}, K={cfg.steps} steps, "
+          f"{cfg.batch} x {cfg.seq} tokens per client step, {cfg.repeats} timed rounds each", flush=True)
+    r = run_bench(cfg, echo=lambda s: print(s, flush=True))
+    print(f"device {r['device']}; (b) precision {r['precision_b']}; GEMM ceiling "
+          + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in r["ceiling_gflops"].items()))
+    for name, label in (("a", "(a) peer: sequential PEFT, adapter load/save"), ("b", "(b) sfedlora batched")):
+        print(f"{label:<46} {r['tokens_per_s'][name]:>9.1f} tokens/s {r['gflops'][name]:>7.1f} GFLOP/s "
+              f"{r['seconds'][name]:>7.2f} s/round  peak RSS {r['peak_rss_gb'][name]:.2f} GB")
+    print(f"max |adapter (a) - adapter (b)| after one round: {r['max_adapter_diff']:.3g}"
+          + ("" if r["precision_b"] == "fp32" else " (b in bf16: not an fp32 comparison)"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1))
+    print(f"ratio b/a (tokens per second): {r['ratio_b_over_a']:.2f}x")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from sfedlora.methods import METHODS
 
@@ -206,6 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--seed", type=int, default=0)
     diag.add_argument("--quick", action="store_true", help="small grid (tests, a first look)")
     diag.set_defaults(func=cmd_diagnose)
+    bench = sub.add_parser("bench", help="sfedlora's batched engine against sequential PEFT clients",
+                           description="Run the peer way of simulating clients (sequential, one PEFT model, "
+                           "per-client adapter load/save) and sfedlora's batched engine on the same workload, "
+                           "alternating; print tokens/s, GFLOP/s against a measured GEMM ceiling, peak memory, "
+                           "the adapters' max difference, and the ratio b/a last.")
+    bench.add_argument("--workload", choices=("smollm2-135m", "minilm-l6"), default="smollm2-135m")
+    bench.add_argument("--clients", type=int, default=4)
+    bench.add_argument("--rank", type=int, default=16)
+    bench.add_argument("--steps", type=int, default=3, help="local steps per round")
+    bench.add_argument("--batch", type=int, default=2, help="examples per client per step")
+    bench.add_argument("--seq", type=int, default=128, help="tokens per example")
+    bench.add_argument("--repeats", type=int, default=3, help="timed rounds of each (after one warm-up)")
+    bench.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="for (b)")
+    bench.add_argument("--json", help="also write the numbers to this file")
+    bench.set_defaults(func=cmd_bench)
     data = sub.add_parser("data", help="offline data sets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prep = data_sub.add_parser("prepare", help="fetch and cache an offline data set")
@@ -215,7 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sfedlora.allocator import tune_malloc
+
     args = build_parser().parse_args(argv)
+    tune_malloc()  # SFEDLORA_MALLOC_TUNING=0 turns it off
     try:
         return int(args.func(args))
     except SfedloraError as exc:

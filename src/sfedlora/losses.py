@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from sfedlora.data.batching import IGNORE
 
@@ -38,14 +39,37 @@ def lm_terms(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     rows = labels.shape[0]
     if head is not None and hasattr(model, "base_model") and model.base_model is not model:
         hidden = model.base_model(**_inputs(batch)).last_hidden_state[:, :-1]  # (rows, seq-1, d)
-        logits = head(hidden[mask]).float()  # (n_tokens, vocab)
+        token_loss = chunked_cross_entropy(head, hidden[mask], target[mask])  # (n_tokens,)
     else:
         logits = model(**_inputs(batch)).logits[:, :-1][mask].float()
-    token_loss = F.cross_entropy(logits, target[mask], reduction="none")  # (n_tokens,)
+        token_loss = F.cross_entropy(logits, target[mask], reduction="none")  # (n_tokens,)
     row_of = torch.arange(rows, device=labels.device).unsqueeze(1).expand_as(mask)[mask]
     loss_sum = torch.zeros(rows, device=labels.device, dtype=token_loss.dtype).index_add_(0, row_of, token_loss)
     count = mask.sum(1).to(token_loss.dtype)
     return loss_sum, count, torch.zeros_like(count)
+
+
+CE_CHUNK = 1024  # tokens whose vocabulary-sized logits exist at one time
+
+
+def _head_ce(head: Any, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), target, reduction="none")
+
+
+def chunked_cross_entropy(head: Any, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy of head(hidden) without holding (n_tokens, vocab) logits: chunks of
+    CE_CHUNK tokens, each recomputed in the backward pass (activation checkpointing), so logit memory is
+    CE_CHUNK x vocab whatever the number of tokens."""
+    if hidden.shape[0] <= CE_CHUNK:
+        return _head_ce(head, hidden, target)
+    pieces = []
+    for i in range(0, hidden.shape[0], CE_CHUNK):
+        h, t = hidden[i:i + CE_CHUNK], target[i:i + CE_CHUNK]
+        if torch.is_grad_enabled() and h.requires_grad:
+            pieces.append(checkpoint(_head_ce, head, h, t, use_reentrant=False))
+        else:
+            pieces.append(_head_ce(head, h, t))
+    return torch.cat(pieces)
 
 
 def per_client(values: torch.Tensor, n_clients: int, weight: torch.Tensor) -> torch.Tensor:

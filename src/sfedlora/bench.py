@@ -1,0 +1,204 @@
+"""`sfedlora bench`: sfedlora's engine against the way peer frameworks simulate clients.
+
+(a) peer: clients one after another through one Hugging Face PEFT model, each client's adapter loaded
+    into it (set_peft_model_state_dict) and saved back (get_peft_model_state_dict) around its K local
+    steps, HF's own loss (full-vocabulary logits), torch.optim.AdamW: FederatedScope-LLM / OpenFedLLM.
+(b) sfedlora: all clients' adapters stacked, one batched forward/backward per local step, logits only
+    where the loss needs them, per-client AdamW, at the precision the config resolves to.
+Both run in one process on the same batches and initial adapters, alternating, for `repeats` rounds
+each. Reported: tokens per second, achieved GFLOP/s (nominal 4 x linear-layer parameters per token:
+forward plus input gradients through the frozen base) against a measured GEMM ceiling, peak RSS per
+phase, the max difference between (a)'s and (b)'s adapters after one round in fp32, and b/a last.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sfedlora.config import TrainConfig
+from sfedlora.inject import init_adapter_state, inject_adapters, load_group, read_group
+from sfedlora.models import load_model
+from sfedlora.optim import StackedOptimizer
+from sfedlora.train import train_group
+
+TARGETS = {"smollm2-135m": ["q_proj", "v_proj"], "minilm-l6": ["query", "value"]}
+
+
+@dataclass
+class BenchConfig:
+    workload: str = "smollm2-135m"  # smollm2-135m (instruction tuning) | minilm-l6 (classification)
+    clients: int = 4
+    rank: int = 16
+    steps: int = 3
+    batch: int = 2
+    seq: int = 128
+    repeats: int = 3
+    precision: str = "auto"
+    seed: int = 0
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 5 ms)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self._rss()
+        self._stop = False
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop = True
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop:
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.005)
+
+    @staticmethod
+    def _rss() -> int:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * 4096
+
+
+def gemm_ceiling(dtype: torch.dtype, n: int = 2048, device: str = "cpu") -> float:
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(2):
+        a @ b
+    t, reps = time.perf_counter(), 4
+    for _ in range(reps):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def make_batches(cfg: BenchConfig, vocab: int, task: str) -> list[list[dict[str, torch.Tensor]]]:
+    """batches[client][step]: random tokens; LM: loss on the second half (the 'response')."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    out = []
+    for _ in range(cfg.clients):
+        steps = []
+        for _ in range(cfg.steps):
+            ids = torch.randint(5, vocab, (cfg.batch, cfg.seq), generator=g)
+            batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+            if task == "classification":
+                batch["label"] = torch.randint(0, 4, (cfg.batch,), generator=g)
+            else:
+                labels = ids.clone()
+                labels[:, : cfg.seq // 2] = -100
+                batch["labels"] = labels
+            steps.append(batch)
+        out.append(steps)
+    return out
+
+
+def linear_params(model: torch.nn.Module) -> int:
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+class Peer:
+    """(a): one PEFT model, clients trained one after another with adapter load/save."""
+
+    def __init__(self, cfg: BenchConfig, task: str, dtype: torch.dtype, device: torch.device) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(cfg.seed)  # the same random classifier init as (b)'s
+        model, _ = load_model(cfg.workload, task, 4, dtype)
+        self.model = get_peft_model(model, LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, lora_dropout=0.0,
+                                                      target_modules=TARGETS[cfg.workload])).to(device).eval()
+        self.device = device
+
+    def round(self, states: list[dict[str, torch.Tensor]], batches: list[list[dict[str, torch.Tensor]]],
+              tcfg: TrainConfig) -> list[dict[str, torch.Tensor]]:
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        out = []
+        for state, client_batches in zip(states, batches):
+            set_peft_model_state_dict(self.model, state)
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=tcfg.lr, betas=tuple(tcfg.betas), eps=tcfg.eps, weight_decay=0.0)
+            for batch in client_batches:
+                b = {k: v.to(self.device) for k, v in batch.items()}
+                if "label" in b:
+                    b["labels"] = b.pop("label")
+                self.model(**b).loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            out.append({k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()})
+        return out
+
+
+def peft_key(key: str) -> str:
+    """sfedlora's '<module>.lora_A' as PEFT's state-dict key."""
+    return f"base_model.model.{key}.weight"
+
+
+def to_peft(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {peft_key(k): v for k, v in state.items()}
+
+
+def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
+    from sfedlora.simulation import resolve_device, resolve_precision
+
+    task = "classification" if cfg.workload == "minilm-l6" else "instruction"
+    device = resolve_device("auto")
+    precision = resolve_precision(cfg.precision, device)
+    tcfg = TrainConfig(optimizer="adamw", lr=1e-3, grad_clip=None)
+    torch.manual_seed(cfg.seed)
+    ours, tok = load_model(cfg.workload, task, 4, torch.bfloat16 if precision == "bf16" else torch.float32)
+    inject_adapters(ours, TARGETS[cfg.workload])
+    ours.to(device)
+    init = [init_adapter_state(ours, cfg.rank, torch.Generator().manual_seed(cfg.seed + c)) for c in range(cfg.clients)]
+    batches = make_batches(cfg, len(tok), task)
+    tokens = cfg.clients * cfg.steps * cfg.batch * cfg.seq
+    nominal = 4 * linear_params(ours) * tokens  # FLOPs of one round
+    peer = Peer(cfg, task, torch.float32, device)  # the peer as it is run: fp32
+
+    def ours_round() -> list[dict[str, torch.Tensor]]:
+        load_group(ours, init, [1.0] * cfg.clients, device)  # gamma = lora_alpha / r = 1, as the peer's
+        steps = iter(range(cfg.steps))
+
+        def next_batch() -> dict[str, torch.Tensor]:
+            k = next(steps)
+            b = {key: torch.cat([batches[c][k][key] for c in range(cfg.clients)]).to(device)
+                 for key in batches[0][k]}
+            b["weight"] = torch.ones(b["input_ids"].shape[0], device=device)
+            return b
+
+        train_group(ours, next_batch, StackedOptimizer(tcfg), frozenset({"A", "B"}), cfg.steps, tcfg, task)
+        return read_group(ours)
+
+    times: dict[str, list[float]] = {"a": [], "b": []}
+    peaks: dict[str, int] = {"a": 0, "b": 0}
+    results: dict[str, Any] = {}
+    for rep in range(cfg.repeats + 1):  # the first round of each is a warm-up, not timed
+        for name in ("a", "b"):
+            with PeakRSS() as mem:
+                t = time.perf_counter()
+                res = peer.round([to_peft(s) for s in init], batches, tcfg) if name == "a" else ours_round()
+                elapsed = time.perf_counter() - t
+            if rep:
+                times[name].append(elapsed)
+                peaks[name] = max(peaks[name], mem.peak)
+            results[name] = res
+            echo(f"  {'warm-up' if not rep else f'round {rep}'} {name}: {elapsed:.2f} s")
+    diff = max(float((v - results["a"][c][peft_key(k)].to(v.device)).abs().max())
+               for c in range(cfg.clients) for k, v in results["b"][c].items())
+    ceiling = {"fp32": gemm_ceiling(torch.float32, device=device.type)}
+    if precision == "bf16":
+        ceiling["bf16"] = gemm_ceiling(torch.bfloat16, device=device.type)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"config": cfg.__dict__, "device": str(device), "precision_b": precision, "tokens_per_round": tokens,
+            "seconds": med, "tokens_per_s": {k: tokens / v for k, v in med.items()},
+            "gflops": {k: nominal / v / 1e9 for k, v in med.items()}, "ceiling_gflops": ceiling,
+            "peak_rss_gb": {k: v / 1e9 for k, v in peaks.items()}, "max_adapter_diff": diff,
+            "ratio_b_over_a": med["a"] / med["b"]}
