@@ -49,7 +49,7 @@ class Run:
             "partition": self.config["data"]["partition"], "optimizer": self.config["train"]["optimizer"],
             "scaling": res["scaling"] if res["scaling"] != "custom" else
             f"custom a={lora['scaling_a']:g} b={lora['scaling_b']:g}",
-            "ranks": "ranks " + ",".join(str(r) for r in res.get("ranks", [lora["rank"]])),
+            "ranks": ",".join(str(r) for r in res.get("ranks", [lora["rank"]])),
         }
         return values[name]
 
@@ -139,7 +139,7 @@ def plot_panels(runs: list[Run], curve: Callable[[Run], tuple[list[float], list[
     import matplotlib.pyplot as plt
 
     panels = sorted({r.key(panel) for r in runs}, key=str)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 4.2 * len(panels)), 3.6), squeeze=False, sharey=True)
     for ax, p in zip(axes[0], panels):
         members = [r for r in runs if r.key(panel) == p]
         values = sorted({r.key(line) for r in members}, key=lambda v: (isinstance(v, str), v))
@@ -245,8 +245,8 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         r_min = min(min(r.config["resolved"]["ranks"]) for r in hetero)
         figures.append(("Rank collapse: energy of the aggregated update beyond r_min, per round", plot_panels(
             hetero, spectrum_curve("energy_beyond_rmin"), "method",
-            f"share of ||dW||^2 in singular directions beyond r_min = {r_min} (mean over modules)",
-            "energy share beyond r_min", "round", out / "energy_beyond_rmin.png", panel="ranks")))
+            f"share of ||dW||^2 beyond r_min = {r_min} (mean over modules)",
+            "energy share beyond r_min", "round", out / "energy_beyond_rmin.png", logy=True, panel="ranks")))
         figures.append(("Effective rank of the aggregated update, per round", plot_panels(
             hetero, spectrum_curve("effective_rank"), "method", "effective rank exp(H(s^2 / sum s^2))",
             "effective rank", "round", out / "effective_rank.png", panel="ranks")))
