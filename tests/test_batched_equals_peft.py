@@ -9,6 +9,7 @@ from conftest import tiny_bert, tiny_llama
 from peft import LoraConfig, get_peft_model
 
 from sfedlora.config import TrainConfig
+from sfedlora.export import copy_into_peft
 from sfedlora.inject import init_adapter_state, inject_adapters, load_group, read_group
 from sfedlora.optim import StackedOptimizer
 from sfedlora.scaling import scaling
@@ -58,14 +59,7 @@ def run_peft(make_model, batches_c, state, gamma, cfg: TrainConfig, task: str):
                       modules_to_save=["classifier", "pooler.dense"] if task == "classification" else None)
     model = get_peft_model(make_model(), lcfg)
     model.eval()
-    named = dict(model.named_parameters())
-    with torch.no_grad():
-        for key, value in state.items():
-            module, factor = key.rsplit(".", 1)
-            if factor in ("lora_A", "lora_B"):
-                named[f"base_model.model.{module}.{factor}.default.weight"].copy_(value)
-            else:
-                named[f"base_model.model.{module}.modules_to_save.default.{factor}"].copy_(value)
+    copy_into_peft(model, state)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)

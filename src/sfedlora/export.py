@@ -41,6 +41,19 @@ def peft_alpha(rule: str, gamma: float, rank: int, alpha: float, n: int) -> tupl
     return gamma * rank, False
 
 
+def copy_into_peft(peft_model: Any, state: dict[str, torch.Tensor]) -> None:
+    """Write one client's sfedlora adapter state into a PEFT model's `default` adapter (and its
+    modules_to_save copies of the head)."""
+    params = dict(peft_model.named_parameters())
+    with torch.no_grad():
+        for key, value in state.items():
+            module, factor = key.rsplit(".", 1)
+            if factor in ("lora_A", "lora_B"):
+                params[f"base_model.model.{module}.{factor}.default.weight"].copy_(value)
+            else:
+                params[f"base_model.model.{module}.modules_to_save.default.{factor}"].copy_(value)
+
+
 def build_peft_model(run_dir: Path, client: int) -> tuple[Any, Any, dict[str, Any]]:
     """A PEFT model for `client` holding exactly its adapters (and head), plus the tokenizer."""
     from peft import LoraConfig, get_peft_model
@@ -67,14 +80,7 @@ def build_peft_model(run_dir: Path, client: int) -> tuple[Any, Any, dict[str, An
                       target_modules=list(saved["targets"]), modules_to_save=heads or None,
                       task_type="SEQ_CLS" if task == "classification" else "CAUSAL_LM")
     peft_model = get_peft_model(model, lcfg)
-    params = dict(peft_model.named_parameters())
-    with torch.no_grad():
-        for key, value in state.items():
-            module, factor = key.rsplit(".", 1)
-            if factor in ("lora_A", "lora_B"):
-                params[f"base_model.model.{module}.{factor}.default.weight"].copy_(value)
-            else:
-                params[f"base_model.model.{module}.modules_to_save.default.{factor}"].copy_(value)
+    copy_into_peft(peft_model, state)
     peft_model.peft_config["default"].base_model_name_or_path = model_path(cfg.model.name)
     info = {"client": client, "rank": rank, "gamma": gamma, "scaling": resolved["scaling"],
             "lora_alpha": lora_alpha, "use_rslora": use_rslora, "task": task, "heads": heads}
