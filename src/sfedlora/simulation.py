@@ -417,7 +417,8 @@ class Simulation:
             if len(hist) > 6:  # e.g. 61 instruction subtasks: show the largest
                 top = sorted(hist.items(), key=lambda kv: -kv[1])[:4]
                 hist = f"{len(p['histogram'])} {key} values, largest: " + ", ".join(f"{k} {v}" for k, v in top)
-            self.echo(f"  client {p['client']}: train {p['train']:>5} val {p['val']:>4} test {p['test']:>4}  {hist}")
+            self.echo(f"  client {p['client']}: train {p['train']:>5} val {p['val']:>4} test {p['test']:>4}  "
+                      f"{hist or ''}")
         metric, _ = metrics.PRIMARY[self.data.task]
         writer = metrics.JsonlWriter(self.out_dir / "metrics.jsonl")
         for r in records:  # a resumed run keeps the rounds its checkpoint covers

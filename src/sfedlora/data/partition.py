@@ -80,7 +80,7 @@ def describe(clients: list[ClientData], key: str, names: list[str] | None = None
     """Per-client sizes and a histogram of `key` (label or category) over all of that client's records."""
     out = []
     for c, d in enumerate(clients):
-        hist = Counter(str(r.get(key, "")) for r in d.train + d.val + d.test)
+        hist = Counter(str(r[key]) for r in d.train + d.val + d.test if key in r)  # none for plain LM data
         if names:
             hist = Counter({names[int(k)]: v for k, v in hist.items() if k.isdigit()})
         out.append({"client": c, "train": len(d.train), "val": len(d.val), "test": len(d.test),
