@@ -18,7 +18,7 @@ import yaml
 
 from sfedlora.config import RunConfig, config_from_dict
 from sfedlora.errors import SfedloraError
-from sfedlora.inject import HEAD_NAMES, _is_head
+from sfedlora.inject import _is_head
 from sfedlora.models import load_model, model_path
 
 
@@ -99,4 +99,4 @@ def export(run_dir: Path, client: int, out: Path, merged: bool = True) -> dict[s
     return info
 
 
-__all__ = ["export", "build_peft_model", "peft_alpha", "HEAD_NAMES"]
+__all__ = ["export", "build_peft_model", "copy_into_peft", "peft_alpha"]
