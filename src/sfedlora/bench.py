@@ -147,7 +147,7 @@ def to_peft(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
-    from sfedlora.simulation import resolve_device, resolve_precision
+    from sfedlora.resolve import resolve_device, resolve_precision
 
     task = "classification" if cfg.workload == "minilm-l6" else "instruction"
     device = resolve_device("auto")

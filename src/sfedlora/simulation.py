@@ -12,9 +12,7 @@ import math
 import random
 import sys
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +30,10 @@ from sfedlora.errors import SfedloraError
 from sfedlora.evaluate import evaluate_group, math_accuracy
 from sfedlora.hetero import pad_opt_state, pad_state, spectrum_stats, truncate_opt_state, truncate_state
 from sfedlora.inject import init_adapter_state, inject_adapters, load_group, lora_layers, read_group
-from sfedlora.methods import FederatedMethod, get_method
+from sfedlora.methods import get_method
 from sfedlora.models import load_model
 from sfedlora.optim import ClientOptState, StackedOptimizer
-from sfedlora.scaling import scaling
+from sfedlora.resolve import resolve, resolve_device, resolve_precision
 from sfedlora.train import train_group
 
 State = dict[str, torch.Tensor]
@@ -43,90 +41,6 @@ State = dict[str, torch.Tensor]
 
 def _print(line: str) -> None:
     print(line, flush=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SfedloraError("model.device=cuda but no CUDA device is available")
-    return torch.device(name)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AVX512-BF16 or AMX: CPUs where bf16 matmuls are faster than fp32. Elsewhere (e.g. AVX2-only AMD
-    EPYC) torch's bf16 CPU matmul is emulated: measured 0.2 GFLOP/s against 63 GFLOP/s in fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 where it is fast (CUDA with bf16, or a CPU with AVX512-BF16 / AMX), else fp32."""
-    if precision != "auto":
-        if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
-            warnings.warn("model.precision=bf16 on a CPU without AVX512-BF16/AMX: bf16 matmuls are emulated "
-                          "and can be hundreds of times slower than fp32 here; precision=auto picks fp32",
-                          stacklevel=2)
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
-
-
-@dataclass
-class Resolved:
-    """What `auto` settings became for this run; recorded in config.yaml and every record."""
-
-    scaling: str
-    init: str
-    n_averaged: int
-    ranks: list[int]  # per client
-    gammas: list[float]  # per client: gamma_i = scaling(rule, alpha, r_i, N)
-
-    @property
-    def gamma(self) -> float:
-        """The single gamma of a run with equal ranks (the first client's otherwise)."""
-        return self.gammas[0]
-
-    @property
-    def heterogeneous(self) -> bool:
-        return len(set(self.ranks)) > 1
-
-
-def assign_ranks(cfg: RunConfig, n_train: list[int]) -> list[int]:
-    """Per-client ranks: lora.ranks as given; lora.rank_set by rule (cycle, or by_size: clients sorted by
-    training-set size split into len(rank_set) near-equal groups, larger data -> larger rank); else lora.rank."""
-    n = len(n_train)
-    if cfg.lora.ranks is not None:
-        return list(cfg.lora.ranks)
-    if cfg.lora.rank_set is not None:
-        rs = list(cfg.lora.rank_set)
-        if cfg.lora.rank_rule == "cycle":
-            return [rs[c % len(rs)] for c in range(n)]
-        order = sorted(range(n), key=lambda c: (n_train[c], c))
-        ranks = [0] * n
-        for pos, c in enumerate(order):
-            ranks[c] = sorted(rs)[pos * len(rs) // n]
-        return ranks
-    return [cfg.lora.rank] * n
-
-
-def resolve(cfg: RunConfig, method: FederatedMethod, n_train: list[int]) -> Resolved:
-    rule = method.default_scaling if cfg.lora.scaling == "auto" else cfg.lora.scaling
-    init = method.default_init if cfg.lora.init == "auto" else cfg.lora.init
-    if method.requires_shared_init and init != "shared":
-        raise SfedloraError(f"{method.name} freezes A, so every client must start from the same A: "
-                            f"set lora.init=shared (or auto)")
-    ranks = assign_ranks(cfg, n_train)
-    if len(set(ranks)) > 1 and not method.heterogeneous_ranks:
-        raise SfedloraError(f"{method.name} needs equal ranks on all clients (got {ranks}); for heterogeneous "
-                            f"ranks use hetlora, raflora, flora, flexlora or the FedSA family")
-    n = cfg.fed.clients_per_round or cfg.fed.clients
-    gammas = [scaling(rule, cfg.lora.alpha, r, n, cfg.lora.scaling_a, cfg.lora.scaling_b) for r in ranks]
-    return Resolved(scaling=rule, init=init, n_averaged=n, ranks=ranks, gammas=gammas)
 
 
 class Simulation:
