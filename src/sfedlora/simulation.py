@@ -198,20 +198,25 @@ class Simulation:
         last = rnd == self.cfg.fed.rounds
         ev = self._evaluate() if (rnd % self.cfg.eval.every == 0 or last) else None
         t_eval = time.perf_counter() - t1
+        return {**self._record(rnd, stats, ev, t_train, t_eval, t0), **spectrum, "n_averaged": len(members),
+                "participants": members, "excluded": excluded, "trained": sorted(self.method.trained(rnd)),
+                "uploaded": sorted(uploaded), "bytes_up": bytes_up, "bytes_down": bytes_down}
+
+    def _record(self, rnd: int, stats: dict[int, Any], ev: dict[str, Any] | None, t_train: float, t_eval: float,
+                t0: float) -> dict[str, Any]:
+        """The fields every round's record has; per-client lists hold None for clients that did not train."""
 
         def per_client(key: str) -> list[Any]:
             return [stats[c][key] if c in stats else None for c in range(len(self.clients))]
 
         return {
             "round": rnd, "method": self.method.name, "scaling": self.resolved.scaling,
-            "gamma": list(self.resolved.gammas), "rank": list(self.resolved.ranks),
-            "n_averaged": len(members), **spectrum, "participants": members, "excluded": excluded,
-            "trained": sorted(self.method.trained(rnd)),
-            "uploaded": sorted(uploaded),
+            "gamma": list(self.resolved.gammas), "rank": list(self.resolved.ranks), "n_averaged": 0,
+            "participants": [], "excluded": [], "trained": [], "uploaded": [],
             "train_loss": per_client("loss"), "grad_norm_A": per_client("grad_norm_A"),
             "grad_norm_B": per_client("grad_norm_B"), "grad_norm_A_steps": per_client("grad_norm_A_steps"),
             "grad_norm_B_steps": per_client("grad_norm_B_steps"), "adapter_out_mean": per_client("out_mean"),
-            "adapter_out_var": per_client("out_var"), "bytes_up": bytes_up, "bytes_down": bytes_down,
+            "adapter_out_var": per_client("out_var"), "bytes_up": 0, "bytes_down": 0,
             "train_s": t_train, "eval_s": t_eval, "wall_s": time.perf_counter() - t0, "eval": ev,
         }
 
@@ -284,13 +289,7 @@ class Simulation:
         """Round 0: no training, B = 0, so every client is the base model; its evaluation is the baseline."""
         t0 = time.perf_counter()
         ev = self._evaluate()
-        empty: list[Any] = [None] * len(self.clients)
-        return {"round": 0, "method": self.method.name, "scaling": self.resolved.scaling,
-                "gamma": list(self.resolved.gammas), "rank": list(self.resolved.ranks), "n_averaged": 0,
-                "participants": [], "trained": [], "uploaded": [], "train_loss": empty, "grad_norm_A": empty,
-                "grad_norm_B": empty, "grad_norm_A_steps": empty, "grad_norm_B_steps": empty,
-                "adapter_out_mean": empty, "adapter_out_var": empty, "bytes_up": 0, "bytes_down": 0,
-                "train_s": 0.0, "eval_s": time.perf_counter() - t0, "wall_s": time.perf_counter() - t0, "eval": ev}
+        return self._record(0, {}, ev, 0.0, time.perf_counter() - t0, t0)
 
     # ---- the run ------------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
