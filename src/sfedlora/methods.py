@@ -243,8 +243,8 @@ class FlexLoRA(FederatedMethod):
 
     def global_delta(self, update: State, clients: Sequence[State], gammas: Sequence[float],
                      weights: Sequence[float]) -> dict[str, torch.Tensor]:
-        return {k[: -len(".svd_S")]: (update[k[:-5] + "svd_U"] * update[k]) @ update[k[:-5] + "svd_Vh"]
-                for k in update if k.endswith(".svd_S")}
+        modules = [k[: -len(".svd_S")] for k in update if k.endswith(".svd_S")]
+        return {m: (update[f"{m}.svd_U"] * update[f"{m}.svd_S"]) @ update[f"{m}.svd_Vh"] for m in modules}
 
 
 METHODS: dict[str, type[FederatedMethod]] = {
