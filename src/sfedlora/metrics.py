@@ -21,6 +21,34 @@ def means(per_client: list[dict[str, float]], key: str, weights: list[float]) ->
     return {"uniform": sum(values) / len(values), "weighted": sum(v * w for v, w in zip(values, weights)) / total}
 
 
+def personal(rows: dict[str, list[dict[str, Any]]], weights: list[float]) -> dict[str, Any]:
+    """The personalised block of a round's evaluation: per-client rows of each split and their uniform and
+    sample-weighted means (`weights` per client, in the rows' order)."""
+    return {split: {"clients": rows[split],
+                    **{key: means(rows[split], key, weights) for key in rows[split][0] if key != "n"}}
+            for split in ("val", "test")}
+
+
+def round_record(rnd: int, method: str, resolved: Any, n_clients: int, stats: dict[int, dict[str, Any]],
+                 ev: dict[str, Any] | None, t_train: float, t_eval: float, wall_s: float) -> dict[str, Any]:
+    """The fields every round's record has, from both runners; per-client lists hold None for clients that
+    did not train. Callers add what they know beyond this (participants, bytes, spectrum)."""
+
+    def per_client(key: str) -> list[Any]:
+        return [stats[c][key] if c in stats else None for c in range(n_clients)]
+
+    return {
+        "round": rnd, "method": method, "scaling": resolved.scaling,
+        "gamma": list(resolved.gammas), "rank": list(resolved.ranks), "n_averaged": 0,
+        "participants": [], "excluded": [], "trained": [], "uploaded": [],
+        "train_loss": per_client("loss"), "grad_norm_A": per_client("grad_norm_A"),
+        "grad_norm_B": per_client("grad_norm_B"), "grad_norm_A_steps": per_client("grad_norm_A_steps"),
+        "grad_norm_B_steps": per_client("grad_norm_B_steps"), "adapter_out_mean": per_client("out_mean"),
+        "adapter_out_var": per_client("out_var"), "bytes_up": 0, "bytes_down": 0,
+        "train_s": t_train, "eval_s": t_eval, "wall_s": wall_s, "eval": ev,
+    }
+
+
 class JsonlWriter:
     def __init__(self, path: Path) -> None:
         self.path = path

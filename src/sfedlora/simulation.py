@@ -20,21 +20,19 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from sfedlora import checkpoint, metrics
+from sfedlora import checkpoint, client, metrics
 from sfedlora.aggregate import client_weights, payload_bytes, select
 from sfedlora.config import RunConfig, to_dict
-from sfedlora.data.batching import ClientSampler, collate, encode_classification, encode_lm
 from sfedlora.data.partition import ClientData, describe, make_clients
 from sfedlora.data.sources import TaskData, load_task
 from sfedlora.errors import SfedloraError
 from sfedlora.evaluate import evaluate_group, math_accuracy
-from sfedlora.hetero import pad_opt_state, pad_state, spectrum_stats, truncate_opt_state, truncate_state
-from sfedlora.inject import init_adapter_state, inject_adapters, load_group, lora_layers, read_group
+from sfedlora.hetero import spectrum_stats
+from sfedlora.inject import inject_adapters, lora_layers
 from sfedlora.methods import get_method
 from sfedlora.models import load_model
-from sfedlora.optim import ClientOptState, StackedOptimizer
+from sfedlora.optim import ClientOptState
 from sfedlora.resolve import resolve, resolve_device, resolve_precision
-from sfedlora.train import train_group
 
 State = dict[str, torch.Tensor]
 
@@ -64,40 +62,28 @@ class Simulation:
         self._encode()
         self.states = self._init_states()
         self.opt_states: list[ClientOptState] = [{} for _ in self.clients]
-        self.samplers = [ClientSampler(len(d.train), cfg.seed * 7919 + c) for c, d in enumerate(self.clients)]
+        self.samplers = [client.sampler(cfg, c, d.n_train) for c, d in enumerate(self.clients)]
         self.weights = client_weights([d.n_train for d in self.clients], cfg.fed.weighting)
         self.participation_rng = random.Random(cfg.seed + 17)
         self.merged: dict[str, torch.Tensor] = {}  # FLoRA: sum of the updates merged into W0 so far
 
     # ---- set-up -------------------------------------------------------------------------------------
     def _encode(self) -> None:
-        enc = encode_classification if self.data.task == "classification" else encode_lm
-        cap = self.cfg.eval.max_examples or None
-        L = self.cfg.model.max_length
-        self.train_ex = [enc(d.train, self.tok, L) for d in self.clients]
-        # Evaluation order does not matter: sorting by length makes batches pad little.
-        by_len = lambda rows: sorted(rows, key=lambda e: len(e["input_ids"]))
-        self.val_ex = [by_len(enc(d.val[:cap], self.tok, L)) for d in self.clients]
-        self.test_ex = [by_len(enc(d.test[:cap], self.tok, L)) for d in self.clients]
+        encoded = [client.encode(d, self.data.task, self.tok, self.cfg) for d in self.clients]
+        self.train_ex = [e.train for e in encoded]
+        self.val_ex = [e.val for e in encoded]
+        self.test_ex = [e.test for e in encoded]
 
     def _init_states(self, rnd: int = 0) -> list[State]:
-        """Fresh adapters (B = 0). Shared init draws one A at the largest rank and gives client i its first
-        r_i rows, so nested ranks share their common rows. `rnd` > 0 re-draws (FLoRA's restarts)."""
+        """Fresh adapters (B = 0) for every client; `rnd` > 0 re-draws (FLoRA's restarts)."""
         r_max = max(self.resolved.ranks)
-        states = []
-        for c, r in enumerate(self.resolved.ranks):
-            seed = self.cfg.seed * 100003 + rnd * 7777 + (0 if self.resolved.init == "shared" else 1 + c)
-            gen = torch.Generator().manual_seed(seed)
-            full = init_adapter_state(self.model, r_max, gen, self.cfg.lora.a_init, self.cfg.lora.a_init_std)
-            states.append(truncate_state(full, r))
-        return states
+        return [client.fresh_state(self.model, self.cfg, self.resolved.init, c, r, r_max, rnd)
+                for c, r in enumerate(self.resolved.ranks)]
 
     def _load(self, clients: list[int], states: list[State] | None = None) -> None:
         """Install clients' adapters, zero-padded to the group's largest rank."""
         states = states if states is not None else [self.states[c] for c in clients]
-        r_max = max(self.resolved.ranks[c] for c in clients)
-        load_group(self.model, [pad_state(s, r_max) for s in states], [self.resolved.gammas[c] for c in clients],
-                   self.device)
+        client.install(self.model, states, [self.resolved.gammas[c] for c in clients], self.device)
 
     def _groups(self, members: list[int]) -> list[list[int]]:
         g = self.cfg.train.group_size or len(members)
@@ -112,51 +98,27 @@ class Simulation:
     def _train(self, rnd: int, members: list[int], bar: Any) -> dict[int, Any]:
         trained = self.method.trained(rnd)
         stats: dict[int, Any] = {}
-        b = self.cfg.train.batch_size
         for group in self._groups(members):
-            self._load(group)
-            opt = StackedOptimizer(self.cfg.train)
-            r_group = max(self.resolved.ranks[c] for c in group)
-            if self.cfg.train.optimizer_state == "keep":
-                opt.load_client_states([pad_opt_state(self.opt_states[c], r_group) for c in group], self.device)
-
-            def next_batch(group: list[int] = group) -> dict[str, torch.Tensor]:
-                examples = [self.train_ex[c][i] for c in group for i in self.samplers[c].take(b)]
-                if bar is not None:
-                    bar.update(1)
-                return {k: v.to(self.device) for k, v in collate(examples, self.tok.pad_token_id).items()}
-
-            result = train_group(self.model, next_batch, opt, trained, self.cfg.fed.local_steps, self.cfg.train,
-                                 self.data.task)
-            for i, (c, state) in enumerate(zip(group, read_group(self.model))):
-                self.states[c] = truncate_state(state, self.resolved.ranks[c])
-                if self.cfg.train.optimizer_state == "keep":
-                    self.opt_states[c] = truncate_opt_state(opt.client_state(i), self.resolved.ranks[c])
-                stats[c] = {k: getattr(result, k)[i] for k in ("loss", "grad_norm_A", "grad_norm_B", "out_mean",
-                                                                  "out_var", "grad_norm_A_steps", "grad_norm_B_steps")}
+            new, opt, rows = client.train_clients(
+                self.model, self.tok, self.data.task, self.cfg, trained, [self.states[c] for c in group],
+                [self.resolved.gammas[c] for c in group], [self.opt_states[c] for c in group],
+                [self.samplers[c] for c in group], [self.train_ex[c] for c in group], self.device,
+                on_step=None if bar is None else lambda: bar.update(1))
+            for c, state, o, row in zip(group, new, opt, rows):
+                self.states[c], self.opt_states[c], stats[c] = state, o, row
         return stats
 
     def _evaluate(self) -> dict[str, Any]:
         task, bs = self.data.task, self.cfg.eval.batch_size
         metric, _ = metrics.PRIMARY[task]
-        personal: dict[str, Any] = {"val": [], "test": []}
+        personal: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
         for group in self._groups(list(range(len(self.clients)))):
-            self._load(group)
-            for split, data in (("val", self.val_ex), ("test", self.test_ex)):
-                rows = evaluate_group(self.model, [data[c] for c in group], task, self.tok.pad_token_id, bs,
-                                      self.device)
-                if task == "math":
-                    k = self.cfg.eval.generate_examples
-                    accs = math_accuracy(self.model, self.tok, [data[c][:k] for c in group], bs,
-                                         self.cfg.eval.max_new_tokens, self.device)
-                    for r, a in zip(rows, accs):
-                        r["accuracy"] = a
-                personal[split] += rows
-        out: dict[str, Any] = {"personal": {
-            split: {"clients": personal[split],
-                    **{key: metrics.means(personal[split], key, self.weights) for key in personal[split][0]
-                       if key != "n"}}
-            for split in ("val", "test")}}
+            rows = client.evaluate_clients(self.model, self.tok, task, self.cfg, [self.states[c] for c in group],
+                                           [self.resolved.gammas[c] for c in group], [self.val_ex[c] for c in group],
+                                           [self.test_ex[c] for c in group], self.device)
+            for split in personal:
+                personal[split] += rows[split]
+        out: dict[str, Any] = {"personal": metrics.personal(personal, self.weights)}
         if self.cfg.eval.global_model and not self.resolved.heterogeneous:
             glob = self.method.global_model(self.states, self.weights)
             self._load([0], [glob])
@@ -204,21 +166,8 @@ class Simulation:
 
     def _record(self, rnd: int, stats: dict[int, Any], ev: dict[str, Any] | None, t_train: float, t_eval: float,
                 t0: float) -> dict[str, Any]:
-        """The fields every round's record has; per-client lists hold None for clients that did not train."""
-
-        def per_client(key: str) -> list[Any]:
-            return [stats[c][key] if c in stats else None for c in range(len(self.clients))]
-
-        return {
-            "round": rnd, "method": self.method.name, "scaling": self.resolved.scaling,
-            "gamma": list(self.resolved.gammas), "rank": list(self.resolved.ranks), "n_averaged": 0,
-            "participants": [], "excluded": [], "trained": [], "uploaded": [],
-            "train_loss": per_client("loss"), "grad_norm_A": per_client("grad_norm_A"),
-            "grad_norm_B": per_client("grad_norm_B"), "grad_norm_A_steps": per_client("grad_norm_A_steps"),
-            "grad_norm_B_steps": per_client("grad_norm_B_steps"), "adapter_out_mean": per_client("out_mean"),
-            "adapter_out_var": per_client("out_var"), "bytes_up": 0, "bytes_down": 0,
-            "train_s": t_train, "eval_s": t_eval, "wall_s": time.perf_counter() - t0, "eval": ev,
-        }
+        return metrics.round_record(rnd, self.method.name, self.resolved, len(self.clients), stats, ev, t_train,
+                                    t_eval, time.perf_counter() - t0)
 
     def _exclude_non_finite(self, members: list[int], stats: dict[int, Any],
                             before: dict[int, tuple[State, ClientOptState]]) -> list[dict[str, Any]]:

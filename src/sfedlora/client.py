@@ -1,0 +1,111 @@
+"""What a client does, for one client or a batched group of them: its fresh adapters, its data order,
+its encoded splits, K local steps, and its personalised evaluation.
+
+Shared by the in-process runner (groups of G clients on one base model) and the Flower ClientApp
+(one client per node), so that both compute the same thing from the same seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sfedlora.config import RunConfig
+from sfedlora.data.batching import ClientSampler, collate, encode_classification, encode_lm
+from sfedlora.data.partition import ClientData
+from sfedlora.evaluate import evaluate_group, math_accuracy
+from sfedlora.hetero import pad_opt_state, pad_state, rank_of, truncate_opt_state, truncate_state
+from sfedlora.inject import init_adapter_state, load_group, read_group
+from sfedlora.optim import ClientOptState, StackedOptimizer
+from sfedlora.train import train_group
+
+State = dict[str, torch.Tensor]
+STAT_KEYS = ("loss", "grad_norm_A", "grad_norm_B", "out_mean", "out_var", "grad_norm_A_steps", "grad_norm_B_steps")
+
+
+def fresh_state(model: Any, cfg: RunConfig, init: str, c: int, rank: int, r_max: int, rnd: int = 0) -> State:
+    """Client c's fresh adapters (B = 0). Shared init draws one A at the largest rank r_max and gives
+    client c its first `rank` rows, so nested ranks share their common rows; independent init seeds per
+    client. `rnd` > 0 re-draws (FLoRA's restarts)."""
+    seed = cfg.seed * 100003 + rnd * 7777 + (0 if init == "shared" else 1 + c)
+    gen = torch.Generator().manual_seed(seed)
+    full = init_adapter_state(model, r_max, gen, cfg.lora.a_init, cfg.lora.a_init_std)
+    return truncate_state(full, rank)
+
+
+def sampler(cfg: RunConfig, c: int, n_train: int) -> ClientSampler:
+    """Client c's endless seeded order over its training examples."""
+    return ClientSampler(n_train, cfg.seed * 7919 + c)
+
+
+@dataclass
+class Encoded:
+    """One client's tokenised splits; evaluation splits sorted by length (batches then pad little)."""
+
+    train: list[dict[str, Any]]
+    val: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+
+
+def encode(data: ClientData, task: str, tok: Any, cfg: RunConfig) -> Encoded:
+    enc = encode_classification if task == "classification" else encode_lm
+    cap = cfg.eval.max_examples or None
+    L = cfg.model.max_length
+    by_len = lambda rows: sorted(rows, key=lambda e: len(e["input_ids"]))
+    return Encoded(enc(data.train, tok, L), by_len(enc(data.val[:cap], tok, L)), by_len(enc(data.test[:cap], tok, L)))
+
+
+def install(model: Any, states: Sequence[State], gammas: Sequence[float], device: torch.device) -> int:
+    """Install a group's adapters, zero-padded to its largest rank; returns that rank."""
+    r_group = max(rank_of(s) for s in states)
+    load_group(model, [pad_state(s, r_group) for s in states], gammas, device)
+    return r_group
+
+
+def train_clients(model: Any, tok: Any, task: str, cfg: RunConfig, trained: frozenset[str],
+                  states: Sequence[State], gammas: Sequence[float], opt_states: Sequence[ClientOptState],
+                  samplers: Sequence[ClientSampler], train_ex: Sequence[Sequence[dict[str, Any]]],
+                  device: torch.device, on_step: Any = None
+                  ) -> tuple[list[State], list[ClientOptState], list[dict[str, Any]]]:
+    """K local steps for a group of clients at once. Returns their new states, optimizer states (empty
+    unless train.optimizer_state=keep) and per-client training statistics."""
+    r_group = install(model, states, gammas, device)
+    opt = StackedOptimizer(cfg.train)
+    keep = cfg.train.optimizer_state == "keep"
+    if keep:
+        opt.load_client_states([pad_opt_state(s, r_group) for s in opt_states], device)
+    b = cfg.train.batch_size
+
+    def next_batch() -> dict[str, torch.Tensor]:
+        examples = [rows[i] for rows, sm in zip(train_ex, samplers) for i in sm.take(b)]
+        if on_step is not None:
+            on_step()
+        return {k: v.to(device) for k, v in collate(examples, tok.pad_token_id).items()}
+
+    result = train_group(model, next_batch, opt, trained, cfg.fed.local_steps, cfg.train, task)
+    ranks = [rank_of(s) for s in states]
+    new_states = [truncate_state(s, r) for s, r in zip(read_group(model), ranks)]
+    new_opt = [truncate_opt_state(opt.client_state(i), r) if keep else {} for i, r in enumerate(ranks)]
+    stats = [{k: getattr(result, k)[i] for k in STAT_KEYS} for i in range(len(states))]
+    return new_states, new_opt, stats
+
+
+def evaluate_clients(model: Any, tok: Any, task: str, cfg: RunConfig, states: Sequence[State],
+                     gammas: Sequence[float], val: Sequence[Sequence[dict[str, Any]]],
+                     test: Sequence[Sequence[dict[str, Any]]], device: torch.device) -> dict[str, list[dict[str, Any]]]:
+    """Each client's own adapters on its own validation and test splits: one row per client and split."""
+    install(model, states, gammas, device)
+    bs = cfg.eval.batch_size
+    out: dict[str, list[dict[str, Any]]] = {}
+    for split, data in (("val", val), ("test", test)):
+        rows = evaluate_group(model, list(data), task, tok.pad_token_id, bs, device)
+        if task == "math":
+            k = cfg.eval.generate_examples
+            accs = math_accuracy(model, tok, [d[:k] for d in data], bs, cfg.eval.max_new_tokens, device)
+            for r, a in zip(rows, accs):
+                r["accuracy"] = a
+        out[split] = rows
+    return out
