@@ -1,0 +1,91 @@
+"""The Flower ClientApp: sfedlora's client training behind Flower's Message API.
+
+Message types (sent by sfedlora's ServerApp):
+  query     register: partition id, data sizes, partition description, adapter schema
+  train     download the server's update, optionally evaluate (the previous round), then train this
+            round if the node takes part, and upload what the method uploads
+  evaluate  download the final update, evaluate the last round, keep the final adapters
+
+The run configuration comes in every message (the server's copy is the only one); the partition comes
+from the node's `--node-config` (partition-id, num-partitions, and optionally node-dir).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from sfedlora.config import config_from_dict
+from sfedlora.flower.node import Node, get_node, node_dir, threads_per_node
+from sfedlora.flower.wire import from_record, to_record
+
+app = ClientApp()
+
+
+def _node(msg: Message, context: Context) -> tuple[Node, dict[str, Any]]:
+    conf = dict(msg.content["config"])
+    cfg_json = str(conf["run"])
+    cfg = config_from_dict(json.loads(cfg_json))
+    nc = context.node_config
+    if "partition-id" not in nc or "num-partitions" not in nc:
+        raise ValueError("start the SuperNode with --node-config 'partition-id=<i> num-partitions=<n>'")
+    threads_per_node()
+    return get_node(cfg_json, cfg, int(nc["partition-id"]), int(nc["num-partitions"])), conf
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    node, conf = _node(msg, context)
+    info = ConfigRecord({"partition": node.partition, "n_train": node.data.n_train,
+                         "description": json.dumps(node.description), "schema": node.schema(),
+                         "task": node.task, "label_names": json.dumps(node.label_names),
+                         "targets": json.dumps(node.targets)})
+    content = RecordDict({"info": info})
+    rank = int(conf.get("initial_rank", 0))
+    if rank:  # server-side DP: the shared starting point that round 1's updates are clipped against
+        start = node.fresh("shared", [rank] * node.cfg.fed.clients)["adapters"]
+        content["initial"] = to_record(node.method.upload(start, 1.0, 1))
+    return Message(content, reply_to=msg)
+
+
+def _load_state(node: Node, context: Context, conf: dict[str, Any]) -> dict[str, Any]:
+    """context.state first; after a SuperNode restart, the node directory; else fresh adapters."""
+    if "adapters" in context.state and "client" in context.state:
+        return node.unpack(from_record(context.state["adapters"]), bytes(context.state["client"]["extra"]))
+    saved = node.load_file(Node.file(node_dir(context.node_config), str(conf["run_key"]), node.partition))
+    return saved if saved is not None else node.fresh(str(conf["init"]), json.loads(str(conf["ranks"])))
+
+
+def _step(msg: Message, context: Context) -> Message:
+    node, conf = _node(msg, context)
+    state = _load_state(node, context, conf)
+    update = from_record(msg.content["update"]) if "update" in msg.content else {}
+    gamma = float(json.loads(str(conf["gammas"]))[node.partition])
+    state, reply = node.step(state, update, int(conf["round"]), gamma, bool(conf["evaluate"]), bool(conf["train"]))
+    context.state["adapters"] = to_record(state["adapters"])
+    context.state["client"] = ConfigRecord({"extra": node.pack(state)})
+    node.save_file(Node.file(node_dir(context.node_config), str(conf["run_key"]), node.partition), state)
+    content = RecordDict({"metrics": MetricRecord({"num-examples": node.data.n_train, "setup_s": node.setup_s,
+                                                   "train_s": reply["train_s"], "eval_s": reply["eval_s"]})})
+    fields: dict[str, Any] = {}
+    if "upload" in reply:
+        content["upload"] = to_record(reply["upload"])
+        fields["stats"] = json.dumps(reply["stats"])
+    if "eval" in reply:
+        fields["eval"] = json.dumps(reply["eval"])
+    content["report"] = ConfigRecord(fields)
+    return Message(content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    return _step(msg, context)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return _step(msg, context)
+

@@ -1,0 +1,339 @@
+"""The server side of a Flower run: register the nodes, then rounds of configure -> send -> check every
+reply -> aggregate (the method's rule, through MethodStrategy), writing the same run folder as the
+in-process runner (config.yaml, partitions.json, metrics.jsonl, summary.json last).
+
+One message per node and round: a round's message carries the server's latest update and, when the
+previous round is evaluated, asks for that evaluation first, so a deployment (one ClientApp process per
+message) starts one process per node and round. A final `evaluate` message evaluates the last round.
+
+Replies are checked before aggregation (wrong keys or shapes, non-finite values, missing or inconsistent
+example counts, errors, no reply in time): a rejected client is logged with its reason and left out of
+the round; the run stops clearly only when fewer than fed.min_clients accepted uploads remain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from sfedlora import checkpoint, metrics
+from sfedlora.aggregate import client_weights, payload_bytes
+from sfedlora.config import RunConfig, to_dict
+from sfedlora.errors import SfedloraError
+from sfedlora.flower.strategy import MethodStrategy
+from sfedlora.flower.wire import (
+    check_upload,
+    consensus,
+    expected_upload,
+    from_record,
+    parse_eval,
+    parse_stats,
+    to_record,
+)
+from sfedlora.methods import get_method
+from sfedlora.resolve import resolve
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class ServerSettings:
+    round_timeout: float = 600.0  # seconds a round waits for replies; a node that misses it is left out
+    node_wait: float = 120.0  # seconds to wait for fed.clients nodes to connect
+    dp_noise_multiplier: float = 0.0  # server-side DP (Flower's fixed-clipping wrapper) when dp_clipping_norm > 0
+    dp_clipping_norm: float = 0.0
+
+
+def run_key(out_dir: Path) -> str:
+    """The name under which nodes keep this run's client state: stable for a run folder."""
+    return hashlib.sha1(str(Path(out_dir).resolve()).encode()).hexdigest()[:12]
+
+
+class FlowerRun:
+    def __init__(self, cfg: RunConfig, out_dir: Path, settings: ServerSettings | None = None,
+                 echo: Callable[[str], None] = print) -> None:
+        self.cfg, self.out_dir, self.settings, self.echo = cfg, Path(out_dir), settings or ServerSettings(), echo
+        self.method = get_method(cfg.fed.method)
+        if self.method.merges_into_base:
+            raise SfedloraError(f"{self.method.name} merges every round's update into each client's base model; "
+                                "the Flower app does not support that yet: use `sfedlora run`")
+        resolve(cfg, self.method, [1] * cfg.fed.clients)  # fail fast on method / init / rank errors
+        s = self.settings
+        if s.dp_clipping_norm > 0:
+            if self.method.name not in ("fedit", "ffa-lora", "fedsa-lora", "fedsa-rslora", "sfed-lora"):
+                raise SfedloraError(f"server-side DP clips each upload against the previous aggregate, which needs "
+                                    f"the same factors every round: use it with fedit, ffa-lora or the FedSA "
+                                    f"family, not {self.method.name}")
+            if cfg.lora.ranks is not None or cfg.lora.rank_set is not None:
+                raise SfedloraError("server-side DP needs equal ranks on all clients")
+            init = self.method.default_init if cfg.lora.init == "auto" else cfg.lora.init
+            if init != "shared":
+                raise SfedloraError("server-side DP clips updates against the previous aggregate, so round 1 needs "
+                                    "a common starting point: set lora.init=shared")
+        if s.dp_noise_multiplier < 0:
+            raise SfedloraError("dp noise multiplier must be >= 0")
+        self.cfg_json = json.dumps(to_dict(cfg), sort_keys=True)
+        self.key = run_key(self.out_dir)
+
+    # ---- registration -------------------------------------------------------------------------------
+    def _wait_for_nodes(self, grid: Any) -> list[int]:
+        deadline = time.monotonic() + self.settings.node_wait
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= self.cfg.fed.clients or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        if len(nodes) < self.cfg.fed.clients:
+            raise SfedloraError(f"{len(nodes)} of the {self.cfg.fed.clients} nodes (fed.clients) connected within "
+                                f"{self.settings.node_wait:.0f} s")
+        return nodes
+
+    def _register(self, grid: Any) -> None:
+        from flwr.app import ConfigRecord, Message, RecordDict
+
+        nodes = self._wait_for_nodes(grid)
+        initial_rank = self.cfg.lora.rank if self.settings.dp_clipping_norm > 0 else 0
+        conf = ConfigRecord({"run": self.cfg_json, "initial_rank": initial_rank})
+        messages = [Message(RecordDict({"config": conf}), dst_node_id=n, message_type="query") for n in nodes]
+        replies = list(grid.send_and_receive(messages, timeout=self.settings.round_timeout))
+        infos: dict[int, dict[str, Any]] = {}
+        for r in replies:
+            nid = r.metadata.src_node_id
+            if r.has_error():
+                self.echo(f"  node {nid} failed to register: {r.error.reason}")
+                continue
+            try:
+                info = dict(r.content["info"])
+                info["partition"], info["n_train"] = int(info["partition"]), int(info["n_train"])
+                infos[nid] = info
+            except (KeyError, TypeError, ValueError) as exc:
+                self.echo(f"  node {nid} sent a malformed registration ({exc}); ignored")
+        agreed, odd = consensus([str(i["schema"]) for i in infos.values()]) if infos else ("{}", [])
+        for pos in odd:
+            nid = list(infos)[pos]
+            self.echo(f"  node {nid} (partition {infos[nid]['partition']}) reports different adapter shapes; ignored")
+        infos = {n: i for pos, (n, i) in enumerate(infos.items()) if pos not in odd}
+        self.node_of: dict[int, int] = {}
+        for nid, info in sorted(infos.items()):
+            p = info["partition"]
+            if p in self.node_of:
+                self.echo(f"  node {nid} claims partition {p}, already taken by node {self.node_of[p]}; ignored")
+                continue
+            self.node_of[p] = nid
+        missing = [p for p in range(self.cfg.fed.clients) if p not in self.node_of]
+        if missing:
+            raise SfedloraError(f"no usable node holds partition(s) {missing}: start one SuperNode per partition "
+                                f"with --node-config 'partition-id=<i> num-partitions={self.cfg.fed.clients}'")
+        self.infos = {p: infos[self.node_of[p]] for p in self.node_of}
+        self.schema = json.loads(agreed)
+        self.sizes = [self.infos[p]["n_train"] for p in range(self.cfg.fed.clients)]
+        first = self.infos[0]
+        self.task, self.label_names = str(first["task"]), json.loads(str(first["label_names"]))
+        self.targets = json.loads(str(first["targets"]))
+        self.initial: State = {}
+        if initial_rank:
+            initials = [r for r in replies if not r.has_error() and "initial" in r.content
+                        and r.metadata.src_node_id in self.node_of.values()]
+            digests = [hashlib.sha1(b"".join(a.data for a in r.content["initial"].values())).hexdigest()
+                       for r in initials]
+            agreed_init, _ = consensus(digests)
+            self.initial = from_record(initials[digests.index(agreed_init)].content["initial"])
+
+    # ---- the run folder -----------------------------------------------------------------------------
+    def _write_header(self) -> dict[str, Any]:
+        r = self.resolved
+        resolved = {"scaling": r.scaling, "init": r.init, "n_averaged": r.n_averaged, "gamma": r.gamma,
+                    "ranks": r.ranks, "gammas": r.gammas, "task": self.task, "label_names": self.label_names,
+                    "targets": self.targets, "device": "nodes", "precision": self.cfg.model.precision,
+                    "engine": "flower", "run_key": self.key,
+                    "dp": {"noise_multiplier": self.settings.dp_noise_multiplier,
+                           "clipping_norm": self.settings.dp_clipping_norm} if self.settings.dp_clipping_norm else None}
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.yaml").write_text(
+            yaml.safe_dump({**to_dict(self.cfg), "resolved": resolved}, sort_keys=False))
+        parts = [json.loads(str(self.infos[p]["description"])) | {"client": p} for p in range(self.cfg.fed.clients)]
+        (self.out_dir / "partitions.json").write_text(json.dumps(parts, indent=1))
+        gamma_text = ", ".join(f"{g:.4g}" for g in sorted(set(r.gammas)))
+        self.echo(f"{self.method.name} on Flower: scaling {r.scaling}, gamma = {gamma_text} "
+                  f"(alpha {self.cfg.lora.alpha}, ranks {sorted(set(r.ranks))}, N {r.n_averaged}), init {r.init}, "
+                  f"{self.cfg.fed.clients} nodes: "
+                  + ", ".join(f"partition {p} -> node {n}" for p, n in sorted(self.node_of.items())))
+        return resolved
+
+    # ---- one exchange -------------------------------------------------------------------------------
+    def _exchange(self, grid: Any, rnd: int, latest: State, evaluate: bool, members: list[int],
+                  final: bool = False) -> tuple[dict[int, Any], float]:
+        from flwr.app import ConfigRecord
+
+        everyone = list(range(self.cfg.fed.clients))
+        recipients = everyone if evaluate else members
+        conf = ConfigRecord({
+            "run": self.cfg_json, "run_key": self.key, "init": self.resolved.init,
+            "ranks": json.dumps(self.resolved.ranks), "gammas": json.dumps(self.resolved.gammas),
+            "round": rnd, "evaluate": evaluate,
+            "participants": json.dumps([self.node_of[p] for p in members]),
+            "recipients": json.dumps([self.node_of[p] for p in recipients]),
+        })
+        arrays = to_record(latest)
+        if final:
+            messages = list(self.strategy.configure_evaluate(rnd, arrays, conf, grid))
+        else:
+            messages = list(self.strategy.configure_train(rnd, arrays, conf, grid))
+        t0 = time.perf_counter()
+        replies = list(grid.send_and_receive(messages, timeout=self.settings.round_timeout))
+        elapsed = time.perf_counter() - t0
+        partition_of = {n: p for p, n in self.node_of.items()}
+        by_partition = {partition_of[r.metadata.src_node_id]: r for r in replies
+                        if r.metadata.src_node_id in partition_of}
+        self.bytes_down = payload_bytes(latest) * len(messages)
+        return by_partition, elapsed
+
+    def _evaluation(self, replies: dict[int, Any]) -> dict[str, Any] | None:
+        rows: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
+        weights: list[float] = []
+        clients: list[int] = []
+        for p in range(self.cfg.fed.clients):
+            r = replies.get(p)
+            parsed = None
+            if r is not None and not r.has_error() and "report" in r.content and "eval" in r.content["report"]:
+                parsed = parse_eval(r.content["report"]["eval"])
+            if parsed is None:
+                self.echo(f"  client {p}: no evaluation in its reply"
+                          + (f" ({r.error.reason})" if r is not None and r.has_error() else ""))
+                continue
+            for split in rows:
+                rows[split].append(parsed[split])
+            weights.append(self.weights[p])
+            clients.append(p)
+        if not clients:
+            return None
+        block = metrics.personal(rows, weights)
+        return {"personal": block, "evaluated_clients": clients}
+
+    def _accept(self, rnd: int, members: list[int], replies: dict[int, Any]) -> tuple[list[Any], list[dict]]:
+        accepted, excluded = [], []
+        for p in members:
+            r = replies.get(p)
+            reason = None
+            if r is None:
+                reason = f"no reply within {self.settings.round_timeout:.0f} s"
+            elif r.has_error():
+                reason = f"client error: {r.error.reason}"
+            else:
+                c = r.content
+                upload = None
+                if "upload" in c:
+                    try:
+                        upload = from_record(c["upload"])
+                    except Exception as exc:  # a hostile reply may not even deserialise
+                        reason = f"undecodable upload ({type(exc).__name__})"
+                n_examples = c["metrics"].get("num-examples") if "metrics" in c else None
+                stats = c["report"].get("stats") if "report" in c else None
+                expected = expected_upload(self.method, self.schema, self.resolved.ranks[p], self.resolved.gammas[p],
+                                           rnd)
+                reason = reason or check_upload(upload, expected, n_examples, self.sizes[p], stats)
+            if reason:
+                excluded.append({"client": p, "reason": reason})
+                self.echo(f"  round {rnd} rejects client {p}: {reason}")
+            else:
+                accepted.append(r)
+        if len(accepted) < self.cfg.fed.min_clients:
+            raise SfedloraError(f"round {rnd}: only {len(accepted)} acceptable uploads (fed.min_clients = "
+                                f"{self.cfg.fed.min_clients}): "
+                                + "; ".join(f"client {e['client']}: {e['reason']}" for e in excluded))
+        return accepted, excluded
+
+    @staticmethod
+    def _timings(replies: dict[int, Any]) -> dict[str, float]:
+        ok = [r.content["metrics"] for r in replies.values() if not r.has_error() and "metrics" in r.content]
+
+        def most(key: str) -> float:
+            vals = [float(m.get(key, 0.0)) for m in ok]
+            return max(vals) if vals else 0.0
+
+        compute = max((float(m.get("setup_s", 0)) + float(m.get("train_s", 0)) + float(m.get("eval_s", 0))
+                       for m in ok), default=0.0)
+        return {"setup_s": most("setup_s"), "train_s": most("train_s"), "eval_s": most("eval_s"), "compute_s": compute}
+
+    # ---- the run ------------------------------------------------------------------------------------
+    def run(self, grid: Any) -> dict[str, Any]:
+        from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+        cfg = self.cfg
+        start = time.perf_counter()
+        self._register(grid)
+        self.resolved = resolve(cfg, self.method, self.sizes)
+        self.weights = client_weights(self.sizes, cfg.fed.weighting)
+        resolved = self._write_header()
+        inner = MethodStrategy(self.method, {self.node_of[p]: self.weights[p] for p in self.node_of})
+        n_round = cfg.fed.clients_per_round or cfg.fed.clients
+        self.strategy = inner if self.settings.dp_clipping_norm <= 0 else DifferentialPrivacyServerSideFixedClipping(
+            inner, self.settings.dp_noise_multiplier, self.settings.dp_clipping_norm, n_round)
+        metric, _ = metrics.PRIMARY[self.task]
+        writer = metrics.JsonlWriter(self.out_dir / "metrics.jsonl")
+        records: list[dict[str, Any]] = []
+
+        def finish(record: dict[str, Any]) -> None:
+            writer.write(record)
+            records.append(record)
+            self.echo(metrics.row(record, metric))
+
+        self.echo(metrics.header(metric))
+        latest: State = dict(self.initial)
+        participation = random.Random(cfg.seed + 17)
+        everyone = list(range(cfg.fed.clients))
+        pending: dict[str, Any] | None = None  # a trained round waiting for its evaluation
+        eval_zero = cfg.eval.initial
+        for rnd in range(1, cfg.fed.rounds + 2):
+            final = rnd == cfg.fed.rounds + 1
+            members = [] if final else (everyone if not cfg.fed.clients_per_round else
+                                        sorted(participation.sample(everyone, cfg.fed.clients_per_round)))
+            evaluate = pending is not None or (rnd == 1 and eval_zero)
+            t0 = time.perf_counter()
+            replies, elapsed = self._exchange(grid, rnd, latest, evaluate, members, final)
+            times = self._timings(replies)
+            if evaluate:
+                ev = self._evaluation(replies)
+                if pending is None:  # round 0: the base model (B = 0) on every client
+                    record = metrics.round_record(0, self.method.name, self.resolved, cfg.fed.clients, {}, ev, 0.0,
+                                                  times["eval_s"], elapsed)
+                    record["flower"] = {"round_trip_s": elapsed, **times}
+                else:
+                    record = {**pending, "eval": ev, "eval_s": times["eval_s"]}
+                finish(record)
+                pending = None
+            if final:
+                break
+            accepted, excluded = self._accept(rnd, members, replies)
+            update_record, _ = self.strategy.aggregate_train(rnd, accepted)
+            update = from_record(update_record) if update_record is not None else {}
+            latest.update(update)  # key-wise: a node that missed rounds receives their composition
+            partition_of = {n: p for p, n in self.node_of.items()}
+            stats = {partition_of[r.metadata.src_node_id]: parse_stats(r.content["report"]["stats"]) for r in accepted}
+            bytes_up = sum(payload_bytes(from_record(r.content["upload"])) for r in accepted)
+            record = metrics.round_record(rnd, self.method.name, self.resolved, cfg.fed.clients, stats, None,
+                                          times["train_s"], 0.0, time.perf_counter() - t0)
+            record.update({"n_averaged": len(accepted), "participants": members, "excluded": excluded,
+                           "trained": sorted(self.method.trained(rnd)), "uploaded": sorted(self.method.uploaded(rnd)),
+                           "bytes_up": bytes_up, "bytes_down": self.bytes_down,
+                           "flower": {"round_trip_s": elapsed, **times}})
+            if rnd % cfg.eval.every == 0 or rnd == cfg.fed.rounds:
+                pending = record
+            else:
+                finish(record)
+        checkpoint.atomic_save({"update": latest, "ranks": self.resolved.ranks, "gammas": self.resolved.gammas,
+                                "targets": self.targets}, self.out_dir / "server.pt")
+        summary = {"method": self.method.name, **resolved, "rank": cfg.lora.rank, "alpha": cfg.lora.alpha,
+                   "clients": cfg.fed.clients, "rounds": cfg.fed.rounds, "seed": cfg.seed,
+                   **metrics.summarise(records, self.task), "wall_s": time.perf_counter() - start}
+        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))  # last: the run is complete
+        return summary
