@@ -1,18 +1,19 @@
 """An in-process Flower Grid for tests: every node is a Context, and a message is answered by calling
-the ClientApp on it directly (no SuperLink, no processes). `tamper` may rewrite a node's replies."""
+the ClientApp on it directly (no SuperLink, no processes). `tamper(partition, reply, message)` may
+rewrite or drop (None) a node's reply; a ClientApp exception becomes an error reply, as in Flower."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 
 class LocalGrid(Grid):
     def __init__(self, client_app, n_nodes: int, node_dir: str,
-                 tamper: Callable[[int, Message], Message | None] | None = None) -> None:
+                 tamper: Callable[[int, Message, Message], Message | None] | None = None) -> None:
         TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # set by Flower's runtime
         self.client_app = client_app
         self.contexts = {
@@ -49,10 +50,13 @@ class LocalGrid(Grid):
         for msg in messages:
             self.sent.append(msg)
             node = msg.metadata.dst_node_id
-            reply = self.client_app(msg, self.contexts[node])
+            try:
+                reply = self.client_app(msg, self.contexts[node])
+            except Exception as exc:
+                reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
             reply.metadata.__dict__["_src_node_id"] = node  # normally set by the SuperNode
             if self.tamper is not None:
-                reply = self.tamper(node - 1000, reply)
+                reply = self.tamper(node - 1000, reply, msg)
             if reply is not None:
                 replies.append(reply)
         return replies

@@ -175,6 +175,110 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flower_config(args: argparse.Namespace) -> tuple[str, list[str], object, object, Path]:
+    """The config file, overrides, parsed config, server settings and run folder of a `flower` command;
+    everything that can be wrong with them is reported before any process starts."""
+    from sfedlora.config import load_config
+    from sfedlora.flower.server import FlowerRun, ServerSettings
+
+    items = list(args.items)
+    name = items.pop(0) if items and "=" not in items[0] else None
+    path = config_path(name)
+    cfg = load_config(path, items)
+    out = Path(args.out) if args.out else Path("runs") / f"flower-{cfg.fed.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and any(p.name not in ("summary.json", "error.txt") for p in out.iterdir()):
+        raise SfedloraError(f"output folder {out} exists and is not empty; choose another --out")
+    settings = ServerSettings(round_timeout=args.round_timeout, node_wait=args.node_wait,
+                              dp_noise_multiplier=args.dp_noise_multiplier, dp_clipping_norm=args.dp_clipping_norm)
+    FlowerRun(cfg, out, settings, echo=lambda s: None)  # validates method, ranks and DP settings
+    return str(path.resolve()), items, cfg, settings, out
+
+
+def _print_summary(summary: dict, out: Path) -> None:
+    last, best = summary["personal"]["last"], summary["personal"]["best"]
+    if last:
+        print(f"personal test {summary['metric']}: last round {last['round']} = {last['test']['weighted']:.4f}; "
+              f"best-on-val round {best['round']} = {best['test']['weighted']:.4f}")
+    print(f"results in {out}/ ({summary['wall_s']:.1f} s)")
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from sfedlora.flower import deploy
+
+    state = Path(getattr(args, "state", "runs/flower-local"))
+    if args.flower_command == "down":
+        stopped = deploy.down(state)
+        print(f"stopped: {', '.join(stopped)}" if stopped else f"nothing running from {state}")
+        return 0
+    if args.flower_command == "up":
+        procs = deploy.up(args.nodes, state, args.port)
+        print(f"SuperLink on 127.0.0.1:{procs['port']} and {args.nodes} SuperNodes (pids in {state}/processes.json); "
+              f"`sfedlora flower submit` runs on it, `sfedlora flower down` stops it")
+        return 0
+    path, items, cfg, settings, out = _flower_config(args)
+    if args.flower_command == "simulate":
+        from sfedlora.flower.simulate import simulate
+
+        summary = simulate(cfg, out, settings, args.cpus_per_client)
+        _print_summary(summary, out)
+        return 0
+    timeout = args.timeout or (cfg.fed.rounds + 2) * settings.round_timeout + settings.node_wait
+    run_settings = {k.replace("_", "-"): v for k, v in asdict(settings).items()}
+    if args.flower_command == "submit":
+        summary = deploy.submit(state, out, path, items, run_settings, timeout)
+    else:
+        print(f"starting a local deployment: SuperLink on 127.0.0.1:{args.port}, {cfg.fed.clients} SuperNodes "
+              f"(logs in {state}/)", flush=True)
+        summary = deploy.run_local(cfg.fed.clients, state, out, path, items, run_settings, timeout, args.port)
+    _print_summary(summary, out)
+    return 0
+
+
+def _flower_parser(sub: argparse._SubParsersAction) -> None:
+    from sfedlora.flower.deploy import DEFAULT_PORT
+
+    flower = sub.add_parser("flower", help="run on Flower: its simulation engine, or a deployment",
+                            description="The same methods on Flower (flwr 1.41 Message API): `simulate` in "
+                            "Flower's simulation engine; `run` starts a local deployment on 127.0.0.1 (one "
+                            "SuperLink, one SuperNode per client), runs, and stops it; `up` / `submit` / `down` do "
+                            "those steps one at a time. Results go to the same run-folder format as `sfedlora run`.")
+    fsub = flower.add_subparsers(dest="flower_command", required=True)
+    for name, text in (("run", "local deployment: start, run, stop (one command)"),
+                       ("simulate", "Flower's simulation engine (Ray), one process tree"),
+                       ("submit", "run on a deployment started with `sfedlora flower up`")):
+        p = fsub.add_parser(name, help=text, description=text + ". CONFIG and key=value overrides as in `run`.")
+        p.add_argument("items", nargs="*", metavar="[CONFIG] key=value")
+        p.add_argument("--out", help="run folder (default: runs/flower-<method>-<time>)")
+        p.add_argument("--round-timeout", type=float, default=600.0,
+                       help="seconds a round waits for replies; a node that misses it is left out (default 600)")
+        p.add_argument("--node-wait", type=float, default=120.0,
+                       help="seconds to wait for fed.clients nodes to connect (default 120)")
+        p.add_argument("--dp-clipping-norm", type=float, default=0.0,
+                       help="> 0: server-side DP with fixed clipping of each upload's update to this L2 norm")
+        p.add_argument("--dp-noise-multiplier", type=float, default=0.0,
+                       help="Gaussian noise std = multiplier * clipping norm / clients, added to the aggregate")
+        if name == "simulate":
+            p.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray CPUs per virtual client")
+        else:
+            p.add_argument("--state", default="runs/flower-local", help="deployment folder: logs, PIDs, node dirs")
+            p.add_argument("--timeout", type=float, default=0.0, help="give up after this many seconds "
+                           "(default: (rounds + 2) x round timeout + node wait)")
+        if name == "run":
+            p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                           help=f"SuperLink port; SuperNode i uses port+1+i (default {DEFAULT_PORT})")
+        p.set_defaults(func=cmd_flower)
+    up = fsub.add_parser("up", help="start a SuperLink and N SuperNodes on 127.0.0.1")
+    up.add_argument("--nodes", type=int, required=True, help="SuperNodes (= fed.clients of the runs)")
+    up.add_argument("--port", type=int, default=DEFAULT_PORT)
+    up.add_argument("--state", default="runs/flower-local")
+    up.set_defaults(func=cmd_flower)
+    down = fsub.add_parser("down", help="stop the processes `up` started (by their recorded PIDs)")
+    down.add_argument("--state", default="runs/flower-local")
+    down.set_defaults(func=cmd_flower)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfedlora", description="Federated LoRA fine-tuning: SFed-LoRA "
                                      "(gamma = alpha*sqrt(N/r)) and its baselines, simulated in one process.")
@@ -244,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="for (b)")
     bench.add_argument("--json", help="also write the numbers to this file")
     bench.set_defaults(func=cmd_bench)
+    _flower_parser(sub)
     data = sub.add_parser("data", help="offline data sets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prep = data_sub.add_parser("prepare", help="fetch and cache an offline data set")

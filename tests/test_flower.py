@@ -1,0 +1,218 @@
+"""sfedlora on Flower: the reply checks by hand, whole runs through the real ClientApp on an in-process
+Grid (equal to the in-process runner; hostile replies rejected; B never sent), and a real local
+deployment (SuperLink + 2 SuperNodes on 127.0.0.1) against the in-process runner."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from flower_grid import LocalGrid
+from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
+
+from sfedlora.config import load_config
+from sfedlora.errors import SfedloraError
+from sfedlora.flower import deploy
+from sfedlora.flower.client_app import app as client_app
+from sfedlora.flower.node import Node
+from sfedlora.flower.server import FlowerRun, ServerSettings, run_key
+from sfedlora.flower.wire import check_upload, consensus, expected_upload, schema_of, template
+from sfedlora.methods import get_method
+from sfedlora.simulation import Simulation
+
+TINY = ["model.name=tiny-bert", "data.task=classification", "data.text_field=sentence",
+        "data.label_field=sentiment", "data.partition=iid", "fed.rounds=2", "fed.local_steps=2",
+        "train.batch_size=4", "eval.batch_size=16", "lora.rank=4", "eval.global_model=false", "train.group_size=1"]
+STATS = json.dumps({"loss": 1.0, "grad_norm_A": 0.1, "grad_norm_B": 0.2, "out_mean": 0.0, "out_var": 0.0,
+                    "grad_norm_A_steps": [0.1], "grad_norm_B_steps": [0.2]})
+
+
+def tiny(sentiment_file, clients=3, *extra):
+    return load_config(None, [f"data.source={sentiment_file}", *TINY, f"fed.clients={clients}", *extra])
+
+
+def node_states(node_root: Path, out: Path, n: int) -> list[dict[str, torch.Tensor]]:
+    key = run_key(out)
+    return [torch.load(Node.file(node_root, key, p), weights_only=False)["adapters"] for p in range(n)]
+
+
+# ---- the reply check, by hand -------------------------------------------------------------------------
+SCHEMA = {"l.lora_A": [1, 6], "l.lora_B": [5, 1], "classifier.weight": [3, 5], "classifier.bias": [3]}
+
+
+def test_schema_and_expected_upload_by_hand():
+    state = template(SCHEMA, 4)
+    assert state["l.lora_A"].shape == (4, 6) and state["l.lora_B"].shape == (5, 4)
+    assert schema_of(state) == SCHEMA
+    assert expected_upload(get_method("sfed-lora"), SCHEMA, 4, 2.0, 1) == {
+        "l.lora_A": (4, 6), "classifier.weight": (3, 5), "classifier.bias": (3,)}
+    assert expected_upload(get_method("flexlora"), SCHEMA, 4, 2.0, 1) == {
+        "l.delta": (5, 6), "classifier.weight": (3, 5), "classifier.bias": (3,)}
+    assert consensus(["a", "b", "a"]) == ("a", [1])
+
+
+@pytest.mark.parametrize("mutate, n_examples, stats, reason", [
+    (lambda u: u, 10, STATS, None),
+    (lambda u: None, 10, STATS, "no upload"),
+    (lambda u: {k: v for k, v in u.items() if k != "classifier.bias"}, 10, STATS, "missing 1 keys"),
+    (lambda u: {**u, "l.lora_B": torch.zeros(5, 4)}, 10, STATS, "1 unexpected keys (first l.lora_B)"),
+    (lambda u: {**u, "l.lora_A": torch.zeros(8, 6)}, 10, STATS, "wrong shape for l.lora_A: (8, 6), expected (4, 6)"),
+    (lambda u: {**u, "l.lora_A": torch.full((4, 6), math.nan)}, 10, STATS, "non-finite values in l.lora_A"),
+    (lambda u: {**u, "l.lora_A": torch.zeros(4, 6, dtype=torch.long)}, 10, STATS, "expected floating point"),
+    (lambda u: u, None, STATS, "missing or invalid example count"),
+    (lambda u: u, 0, STATS, "missing or invalid example count"),
+    (lambda u: u, 999, STATS, "differs from the 10 the node registered"),
+    (lambda u: u, 10, "not json", "malformed training statistics"),
+    (lambda u: u, 10, STATS.replace("1.0", "NaN"), "non-finite training loss"),
+])
+def test_check_upload(mutate, n_examples, stats, reason):
+    expected = expected_upload(get_method("sfed-lora"), SCHEMA, 4, 2.0, 1)
+    upload = {k: torch.zeros(v) for k, v in expected.items()}
+    got = check_upload(mutate(upload), expected, n_examples, 10, stats)
+    assert (got is None) if reason is None else (reason in got)
+
+
+# ---- whole runs on an in-process Grid -----------------------------------------------------------------
+def test_flower_run_equals_in_process_runner(sentiment_file, tmp_path):
+    cfg = tiny(sentiment_file)
+    out = tmp_path / "flower"
+    FlowerRun(cfg, out, echo=lambda s: None).run(LocalGrid(client_app, 3, str(tmp_path / "nodes")))
+    sim = Simulation(cfg, tmp_path / "inproc", echo=lambda s: None, progress=False)
+    sim.run()
+    for p, state in enumerate(node_states(tmp_path / "nodes", out, 3)):
+        assert state.keys() == sim.states[p].keys()
+        for k in state:
+            torch.testing.assert_close(state[k], sim.states[p][k], rtol=1e-5, atol=1e-6)
+    ours = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    theirs = [json.loads(x) for x in (tmp_path / "inproc" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in ours] == [0, 1, 2]
+    for a, b in zip(ours, theirs):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, nan_ok=True) if a["round"] else True
+        assert a["eval"]["personal"]["test"]["accuracy"] == pytest.approx(b["eval"]["personal"]["test"]["accuracy"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["engine"] == "flower" and summary["personal"]["last"]["round"] == 2
+
+
+def test_b_never_leaves_a_client(sentiment_file, tmp_path):
+    cfg = tiny(sentiment_file)
+    seen: list[str] = []
+
+    def spy(partition, reply, msg):
+        for name, record in reply.content.array_records.items():
+            seen.extend(f"{name}:{k}" for k in record)
+        return reply
+
+    grid = LocalGrid(client_app, 3, str(tmp_path / "nodes"), tamper=spy)
+    FlowerRun(cfg, tmp_path / "run", echo=lambda s: None).run(grid)
+    sent = [f"{n}:{k}" for m in grid.sent for n, rec in m.content.array_records.items() for k in rec]
+    assert any(k.endswith(".lora_A") for k in seen) and any(k.endswith(".lora_A") for k in sent)
+    assert not any(k.endswith(".lora_B") for k in seen + sent)
+
+
+def _corrupt(kind):
+    def tamper(partition, reply, msg):
+        if partition != 1 or "upload" not in reply.content:
+            return reply
+        if kind == "drop":
+            return None
+        if kind == "error":
+            return Message(Error(code=0, reason="out of memory"), reply_to=msg)
+        content = reply.content
+        upload = content["upload"].to_torch_state_dict()
+        key = next(k for k in upload if k.endswith(".lora_A"))
+        if kind == "shape":
+            upload[key] = torch.zeros(7, 3)
+        elif kind == "keys":
+            upload["extra.weight"] = torch.zeros(2)
+        elif kind == "nan":
+            upload[key] = torch.full_like(upload[key], math.nan)
+        content["upload"] = ArrayRecord(dict(upload))
+        if kind == "count":
+            content["metrics"] = MetricRecord({"setup_s": 0.0})
+        return reply
+    return tamper
+
+
+@pytest.mark.parametrize("kind, reason", [("shape", "wrong shape"), ("keys", "unexpected keys"),
+                                          ("nan", "non-finite values"), ("count", "example count"),
+                                          ("drop", "no reply within"), ("error", "client error: out of memory")])
+def test_malformed_replies_are_rejected_and_the_round_completes(sentiment_file, tmp_path, kind, reason):
+    cfg = tiny(sentiment_file)
+    lines: list[str] = []
+    grid = LocalGrid(client_app, 3, str(tmp_path / "nodes"), tamper=_corrupt(kind))
+    summary = FlowerRun(cfg, tmp_path / "run", echo=lines.append).run(grid)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for r in records[1:]:
+        assert r["n_averaged"] == 2 and [e["client"] for e in r["excluded"]] == [1]
+        assert reason in r["excluded"][0]["reason"]
+        assert r["train_loss"][1] is None and r["train_loss"][0] is not None
+    assert any("rejects client 1: " in line and reason in line for line in lines)
+    assert summary["personal"]["last"]["round"] == 2
+
+
+def test_too_few_acceptable_replies_stop_the_run_clearly(sentiment_file, tmp_path):
+    cfg = tiny(sentiment_file, 3, "fed.min_clients=3")
+    grid = LocalGrid(client_app, 3, str(tmp_path / "nodes"), tamper=_corrupt("nan"))
+    with pytest.raises(SfedloraError, match=r"round 1: only 2 acceptable uploads \(fed.min_clients = 3\).*client 1"):
+        FlowerRun(cfg, tmp_path / "run", echo=lambda s: None).run(grid)
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_restarted_node_continues_from_its_directory(sentiment_file, tmp_path):
+    """context.state lost between rounds (a SuperNode restart): the node reads its file and the run ends
+    exactly where an uninterrupted one does."""
+    cfg = tiny(sentiment_file)
+
+    def restart(partition, reply, msg):
+        if reply.metadata.message_type == "train":
+            grid.contexts[1000 + partition].state = RecordDict()
+        return reply
+
+    grid = LocalGrid(client_app, 3, str(tmp_path / "nodes"), tamper=restart)
+    FlowerRun(cfg, tmp_path / "run", echo=lambda s: None).run(grid)
+    plain = LocalGrid(client_app, 3, str(tmp_path / "nodes2"))
+    FlowerRun(cfg, tmp_path / "run2", echo=lambda s: None).run(plain)
+    for a, b in zip(node_states(tmp_path / "nodes", tmp_path / "run", 3),
+                    node_states(tmp_path / "nodes2", tmp_path / "run2", 3)):
+        for k in a:
+            assert torch.equal(a[k], b[k])
+
+
+def test_server_side_dp_runs_and_is_recorded(sentiment_file, tmp_path):
+    cfg = tiny(sentiment_file, 3, "lora.init=shared")
+    settings = ServerSettings(dp_noise_multiplier=0.5, dp_clipping_norm=0.1)
+    FlowerRun(cfg, tmp_path / "run", settings, echo=lambda s: None).run(
+        LocalGrid(client_app, 3, str(tmp_path / "nodes")))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["dp"] == {"noise_multiplier": 0.5, "clipping_norm": 0.1}
+    with pytest.raises(SfedloraError, match="lora.init=shared"):
+        FlowerRun(tiny(sentiment_file), tmp_path / "x", settings)
+    with pytest.raises(SfedloraError, match="use `sfedlora run`"):
+        FlowerRun(tiny(sentiment_file, 3, "fed.method=flora"), tmp_path / "y")
+
+
+# ---- a real local deployment ----------------------------------------------------------------------------
+def test_local_deployment_matches_in_process_runner(sentiment_file, tmp_path):
+    """SuperLink + 2 SuperNodes on 127.0.0.1, 2 rounds of SFed-LoRA; every wait bounded; every process
+    started is stopped by its PID; final adapters equal the in-process runner's to float32 tolerance."""
+    overrides = [f"data.source={sentiment_file}", *TINY, "fed.clients=2"]
+    state, out = tmp_path / "deploy", tmp_path / "run"
+    procs = deploy.up(2, state, port=39700)
+    pids = list(procs["pids"].values())
+    try:
+        summary = deploy.submit(state, out, None, overrides, {"round-timeout": 300.0, "node-wait": 60.0}, timeout=400)
+    finally:
+        stopped = deploy.down(state)
+    assert sorted(stopped) == ["superlink", "supernode-0", "supernode-1"]
+    assert not any(deploy._alive(pid) for pid in pids)
+    assert summary["engine"] == "flower" and summary["rounds"] == 2
+    sim = Simulation(load_config(None, overrides), tmp_path / "inproc", echo=lambda s: None, progress=False)
+    sim.run()
+    key = run_key(out)
+    for p in range(2):
+        node = torch.load(Node.file(state / f"node-{p}", key, p), weights_only=False)["adapters"]
+        for k in node:
+            torch.testing.assert_close(node[k], sim.states[p][k], rtol=1e-5, atol=1e-6)
