@@ -202,6 +202,10 @@ def _print_summary(summary: dict, out: Path) -> None:
     print(f"results in {out}/ ({summary['wall_s']:.1f} s)")
 
 
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
 def cmd_flower(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -227,11 +231,12 @@ def cmd_flower(args: argparse.Namespace) -> int:
     timeout = args.timeout or (cfg.fed.rounds + 2) * settings.round_timeout + settings.node_wait
     run_settings = {k.replace("_", "-"): v for k, v in asdict(settings).items()}
     if args.flower_command == "submit":
-        summary = deploy.submit(state, out, path, items, run_settings, timeout)
+        summary = deploy.submit(state, out, path, items, run_settings, timeout, echo=_echo)
     else:
         print(f"starting a local deployment: SuperLink on 127.0.0.1:{args.port}, {cfg.fed.clients} SuperNodes "
               f"(logs in {state}/)", flush=True)
-        summary = deploy.run_local(cfg.fed.clients, state, out, path, items, run_settings, timeout, args.port)
+        summary = deploy.run_local(cfg.fed.clients, state, out, path, items, run_settings, timeout, args.port,
+                                    echo=_echo)
     _print_summary(summary, out)
     return 0
 

@@ -33,7 +33,8 @@ def _node(msg: Message, context: Context) -> tuple[Node, dict[str, Any]]:
     if "partition-id" not in nc or "num-partitions" not in nc:
         raise ValueError("start the SuperNode with --node-config 'partition-id=<i> num-partitions=<n>'")
     threads_per_node()
-    return get_node(cfg_json, cfg, int(nc["partition-id"]), int(nc["num-partitions"])), conf
+    cache = node_dir(nc) / "partitions"
+    return get_node(cfg_json, cfg, int(nc["partition-id"]), int(nc["num-partitions"]), cache), conf
 
 
 @app.query()

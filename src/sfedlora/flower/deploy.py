@@ -19,9 +19,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from sfedlora.errors import SfedloraError
 
@@ -157,8 +160,30 @@ def down(state_dir: Path, grace: float = 10.0) -> list[str]:
     return sorted(alive)
 
 
+def _show_rows(out: Path, shown: int, echo: Callable[[str], None]) -> int:
+    """Echo the rounds the ServerApp has written since the last call (its own output goes to its log)."""
+    from sfedlora import metrics
+
+    path = out / "metrics.jsonl"
+    if not path.exists() or not (out / "config.yaml").exists():
+        return shown
+    lines = [x for x in path.read_text().splitlines() if x.strip()]
+    if len(lines) > shown:
+        task = yaml.safe_load((out / "config.yaml").read_text())["resolved"]["task"]
+        metric, _ = metrics.PRIMARY[task]
+        if shown == 0:
+            echo(metrics.header(metric))
+        for line in lines[shown:]:
+            try:
+                echo(metrics.row(json.loads(line), metric))
+            except ValueError:  # a line being written
+                return shown
+        shown = len(lines)
+    return shown
+
+
 def submit(state_dir: Path, out: Path, config: str | None, overrides: list[str], settings: dict[str, Any],
-           timeout: float) -> dict[str, Any]:
+           timeout: float, echo: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """`flwr run` the sfedlora App on the running deployment and wait (at most `timeout` seconds) for the
     run folder's outcome. Returns summary.json; raises with error.txt's text when the ServerApp failed."""
     import tomli_w
@@ -188,8 +213,11 @@ def submit(state_dir: Path, out: Path, config: str | None, overrides: list[str],
     if done.returncode != 0 or not started:
         raise SfedloraError("flwr run did not start the run:\n" + (done.stdout + done.stderr).strip())
     deadline = time.monotonic() + timeout
+    shown = 0
     while time.monotonic() < deadline:
+        shown = _show_rows(out, shown, echo)
         if (out / "summary.json").exists():
+            _show_rows(out, shown, echo)
             return json.loads((out / "summary.json").read_text())
         if (out / "error.txt").exists():
             raise SfedloraError("the ServerApp failed: " + (out / "error.txt").read_text().strip())
@@ -200,10 +228,11 @@ def submit(state_dir: Path, out: Path, config: str | None, overrides: list[str],
 
 
 def run_local(nodes: int, state_dir: Path, out: Path, config: str | None, overrides: list[str],
-              settings: dict[str, Any], timeout: float, port: int = DEFAULT_PORT) -> dict[str, Any]:
+              settings: dict[str, Any], timeout: float, port: int = DEFAULT_PORT,
+              echo: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """up -> submit -> down, stopping every process it started whatever happens."""
     up(nodes, state_dir, port)
     try:
-        return submit(state_dir, out, config, overrides, settings, timeout)
+        return submit(state_dir, out, config, overrides, settings, timeout, echo)
     finally:
         down(state_dir)

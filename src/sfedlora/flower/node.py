@@ -10,6 +10,7 @@ model come from caches, nothing is converted again.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -20,9 +21,9 @@ from typing import Any
 import torch
 
 from sfedlora import checkpoint, client
-from sfedlora.config import RunConfig
+from sfedlora.config import RunConfig, to_dict
 from sfedlora.data.cache import cache_dir
-from sfedlora.data.partition import describe, make_clients
+from sfedlora.data.partition import ClientData, describe, make_clients
 from sfedlora.data.sources import load_task
 from sfedlora.errors import SfedloraError
 from sfedlora.flower.wire import schema_of
@@ -43,7 +44,7 @@ def node_dir(node_config: Any) -> Path:
 class Node:
     """Client `partition` of a run, as one Flower node sees it."""
 
-    def __init__(self, cfg: RunConfig, partition: int, num_partitions: int) -> None:
+    def __init__(self, cfg: RunConfig, partition: int, num_partitions: int, cache: Path | None = None) -> None:
         if num_partitions != cfg.fed.clients:
             raise SfedloraError(f"this node was started with num-partitions={num_partitions} but the run has "
                                 f"fed.clients={cfg.fed.clients}")
@@ -53,14 +54,8 @@ class Node:
         self.cfg, self.partition = cfg, partition
         self.method = get_method(cfg.fed.method)
         self.device = resolve_device(cfg.model.device)
+        self.task, self.label_names, self.data, self.description = self._partition(cfg, partition, cache)
         torch.manual_seed(cfg.seed)  # as the in-process runner: the same task head initialisation
-        task_data = load_task(cfg.data, cfg.seed)
-        self.task, self.label_names = task_data.task, task_data.label_names
-        clients = make_clients(task_data.records, cfg.fed.clients, cfg.data, cfg.seed)
-        self.data = clients[partition]
-        key = "label" if self.task == "classification" else (
-            cfg.data.partition_by if cfg.data.partition_by in task_data.records[0] else cfg.data.category_field)
-        self.description = describe([self.data], key, self.label_names or None)[0] | {"client": partition}
         precision = resolve_precision(cfg.model.precision, self.device)
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.model, self.tok = load_model(cfg.model.name, self.task, max(2, len(self.label_names)), dtype)
@@ -69,6 +64,31 @@ class Node:
         self.model.to(self.device)
         self.encoded = client.encode(self.data, self.task, self.tok, cfg)
         self.setup_s = time.perf_counter() - t0
+
+    @staticmethod
+    def _partition(cfg: RunConfig, partition: int, cache: Path | None) -> tuple[str, list[str], ClientData, dict]:
+        """This node's share of the task: drawn once (as the in-process runner draws all clients), then read
+        from `cache` (a deployment builds a Node per message; the draw costs seconds, the read milliseconds)."""
+        ident = json.dumps({"data": to_dict(cfg)["data"], "seed": cfg.seed, "clients": cfg.fed.clients}, sort_keys=True)
+        digest = hashlib.sha1(ident.encode()).hexdigest()[:16]
+        path = None if cache is None else cache / f"partition-{digest}-{partition}.json"
+        if path is not None and path.exists():
+            saved = json.loads(path.read_text())
+            return (saved["task"], saved["label_names"], ClientData(saved["train"], saved["val"], saved["test"]),
+                    saved["description"])
+        task_data = load_task(cfg.data, cfg.seed)
+        data = make_clients(task_data.records, cfg.fed.clients, cfg.data, cfg.seed)[partition]
+        key = "label" if task_data.task == "classification" else (
+            cfg.data.partition_by if cfg.data.partition_by in task_data.records[0] else cfg.data.category_field)
+        description = describe([data], key, task_data.label_names or None)[0] | {"client": partition}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps({"task": task_data.task, "label_names": task_data.label_names,
+                                       "train": data.train, "val": data.val, "test": data.test,
+                                       "description": description}))
+            os.replace(tmp, path)
+        return task_data.task, task_data.label_names, data, description
 
     # ---- the client's state -------------------------------------------------------------------------
     def fresh(self, init: str, ranks: list[int]) -> dict[str, Any]:
@@ -145,12 +165,12 @@ class Node:
 _CACHE: dict[tuple[str, int], Node] = {}
 
 
-def get_node(cfg_json: str, cfg: RunConfig, partition: int, num_partitions: int) -> Node:
+def get_node(cfg_json: str, cfg: RunConfig, partition: int, num_partitions: int, cache: Path | None = None) -> Node:
     """The process's Node for this run and partition (one model per process; built on first use)."""
     key = (cfg_json, partition)
     if key not in _CACHE:
         _CACHE.clear()  # a worker that moves to another partition or run drops the old one
-        _CACHE[key] = Node(cfg, partition, num_partitions)
+        _CACHE[key] = Node(cfg, partition, num_partitions, cache)
     else:
         _CACHE[key].setup_s = 0.0
     return _CACHE[key]
