@@ -133,6 +133,7 @@ class FlowerRun:
         if missing:
             raise SfedloraError(f"no usable node holds partition(s) {missing}: start one SuperNode per partition "
                                 f"with --node-config 'partition-id=<i> num-partitions={self.cfg.fed.clients}'")
+        self.partition_of = {n: p for p, n in self.node_of.items()}
         self.infos = {p: infos[self.node_of[p]] for p in self.node_of}
         self.schema = json.loads(agreed)
         self.sizes = [self.infos[p]["n_train"] for p in range(self.cfg.fed.clients)]
@@ -191,9 +192,8 @@ class FlowerRun:
         t0 = time.perf_counter()
         replies = list(grid.send_and_receive(messages, timeout=self.settings.round_timeout))
         elapsed = time.perf_counter() - t0
-        partition_of = {n: p for p, n in self.node_of.items()}
-        by_partition = {partition_of[r.metadata.src_node_id]: r for r in replies
-                        if r.metadata.src_node_id in partition_of}
+        by_partition = {self.partition_of[r.metadata.src_node_id]: r for r in replies
+                        if r.metadata.src_node_id in self.partition_of}
         self.bytes_down = payload_bytes(latest) * len(messages)
         return by_partition, elapsed
 
@@ -317,8 +317,8 @@ class FlowerRun:
             update_record, _ = self.strategy.aggregate_train(rnd, accepted)
             update = from_record(update_record) if update_record is not None else {}
             latest.update(update)  # key-wise: a node that missed rounds receives their composition
-            partition_of = {n: p for p, n in self.node_of.items()}
-            stats = {partition_of[r.metadata.src_node_id]: parse_stats(r.content["report"]["stats"]) for r in accepted}
+            stats = {self.partition_of[r.metadata.src_node_id]: parse_stats(r.content["report"]["stats"])
+                     for r in accepted}
             bytes_up = sum(payload_bytes(from_record(r.content["upload"])) for r in accepted)
             record = metrics.round_record(rnd, self.method.name, self.resolved, cfg.fed.clients, stats, None,
                                           times["train_s"], 0.0, time.perf_counter() - t0)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from sfedlora.client import STAT_KEYS
 from sfedlora.inject import factor_kind
 from sfedlora.methods import FederatedMethod
 
@@ -108,22 +109,19 @@ def check_upload(upload: State | None, expected: dict[str, tuple], n_examples: A
     return None
 
 
-STAT_FIELDS = ("loss", "grad_norm_A", "grad_norm_B", "out_mean", "out_var", "grad_norm_A_steps", "grad_norm_B_steps")
-
-
 def parse_stats(text: Any) -> dict[str, Any] | None:
-    """A client's training statistics (JSON with STAT_FIELDS), or None if they are malformed."""
+    """A client's training statistics (JSON with client.STAT_KEYS), or None if they are malformed."""
     if not isinstance(text, str):
         return None
     try:
         stats = json.loads(text)
     except ValueError:
         return None
-    if not isinstance(stats, dict) or any(f not in stats for f in STAT_FIELDS):
+    if not isinstance(stats, dict) or any(f not in stats for f in STAT_KEYS):
         return None
     if not isinstance(stats["loss"], (int, float)):
         return None
-    return {f: stats[f] for f in STAT_FIELDS}
+    return {f: stats[f] for f in STAT_KEYS}
 
 
 def parse_eval(text: Any) -> dict[str, dict[str, Any]] | None:
