@@ -219,8 +219,10 @@ class FlowerRun:
         block = metrics.personal(rows, weights)
         return {"personal": block, "evaluated_clients": clients}
 
-    def _accept(self, rnd: int, members: list[int], replies: dict[int, Any]) -> tuple[list[Any], list[dict]]:
-        accepted, excluded = [], []
+    def _accept(self, rnd: int, members: list[int],
+                replies: dict[int, Any]) -> tuple[list[Any], list[dict], int]:
+        """The acceptable replies, the rejected clients with reasons, and the accepted uploads' bytes."""
+        accepted, excluded, bytes_up = [], [], 0
         for p in members:
             r = replies.get(p)
             reason = None
@@ -246,11 +248,12 @@ class FlowerRun:
                 self.echo(f"  round {rnd} rejects client {p}: {reason}")
             else:
                 accepted.append(r)
+                bytes_up += payload_bytes(upload)
         if len(accepted) < self.cfg.fed.min_clients:
             raise SfedloraError(f"round {rnd}: only {len(accepted)} acceptable uploads (fed.min_clients = "
                                 f"{self.cfg.fed.min_clients}): "
                                 + "; ".join(f"client {e['client']}: {e['reason']}" for e in excluded))
-        return accepted, excluded
+        return accepted, excluded, bytes_up
 
     @staticmethod
     def _timings(replies: dict[int, Any]) -> dict[str, float]:
@@ -313,13 +316,12 @@ class FlowerRun:
                 pending = None
             if final:
                 break
-            accepted, excluded = self._accept(rnd, members, replies)
+            accepted, excluded, bytes_up = self._accept(rnd, members, replies)
             update_record, _ = self.strategy.aggregate_train(rnd, accepted)
             update = from_record(update_record) if update_record is not None else {}
             latest.update(update)  # key-wise: a node that missed rounds receives their composition
             stats = {self.partition_of[r.metadata.src_node_id]: parse_stats(r.content["report"]["stats"])
                      for r in accepted}
-            bytes_up = sum(payload_bytes(from_record(r.content["upload"])) for r in accepted)
             record = metrics.round_record(rnd, self.method.name, self.resolved, cfg.fed.clients, stats, None,
                                           times["train_s"], 0.0, time.perf_counter() - t0)
             record.update({"n_averaged": len(accepted), "participants": members, "excluded": excluded,

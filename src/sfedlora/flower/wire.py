@@ -109,15 +109,21 @@ def check_upload(upload: State | None, expected: dict[str, tuple], n_examples: A
     return None
 
 
-def parse_stats(text: Any) -> dict[str, Any] | None:
-    """A client's training statistics (JSON with client.STAT_KEYS), or None if they are malformed."""
+def _json_object(text: Any) -> dict[str, Any] | None:
+    """A JSON object sent as a string by a client, or None if it is anything else."""
     if not isinstance(text, str):
         return None
     try:
-        stats = json.loads(text)
+        value = json.loads(text)
     except ValueError:
         return None
-    if not isinstance(stats, dict) or any(f not in stats for f in STAT_KEYS):
+    return value if isinstance(value, dict) else None
+
+
+def parse_stats(text: Any) -> dict[str, Any] | None:
+    """A client's training statistics (JSON with client.STAT_KEYS), or None if they are malformed."""
+    stats = _json_object(text)
+    if stats is None or any(f not in stats for f in STAT_KEYS):
         return None
     if not isinstance(stats["loss"], (int, float)):
         return None
@@ -126,12 +132,7 @@ def parse_stats(text: Any) -> dict[str, Any] | None:
 
 def parse_eval(text: Any) -> dict[str, dict[str, Any]] | None:
     """A client's evaluation rows {"val": row, "test": row}, or None if malformed."""
-    if not isinstance(text, str):
-        return None
-    try:
-        rows = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(rows, dict) or not all(isinstance(rows.get(s), dict) for s in ("val", "test")):
+    rows = _json_object(text)
+    if rows is None or not all(isinstance(rows.get(s), dict) for s in ("val", "test")):
         return None
     return rows
