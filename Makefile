@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/sfedlora run $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
 clean:

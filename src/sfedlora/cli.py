@@ -39,8 +39,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.items:
             raise SfedloraError("--resume continues a run with the config it was started with; give no CONFIG or "
                                 "overrides")
-        cfg, _ = run_config(Path(args.resume))
-        summary = Simulation(cfg, Path(args.resume), progress=not args.quiet).run(resume=True)
+        from sfedlora.grouping import GroupPlan
+
+        cfg, resolved = run_config(Path(args.resume))
+        groups = GroupPlan(**resolved["groups"]) if "groups" in resolved else None  # the run keeps its G
+        summary = Simulation(cfg, Path(args.resume), progress=not args.quiet, groups=groups).run(resume=True)
         print(f"results in {args.resume}/ ({summary['wall_s']:.1f} s after resuming)")
         return 0
     items = list(args.items)
@@ -75,12 +78,44 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_memory(args: argparse.Namespace) -> int:
+    import json
+
+    from sfedlora.memory import memory_account, memory_overrides, workload_config
+
+    n = args.clients or 100
+    overrides = memory_overrides(n, args.rank, args.steps, args.batch, args.seq) + list(args.set)
+    print(f"memory {args.workload}: N={n} clients, r={args.rank}, one round of K={args.steps} AdamW steps (state "
+          f"kept), {args.batch} x {args.seq} tokens per client step", flush=True)
+    r = memory_account(workload_config(args.workload), overrides, echo=lambda s: print(s, flush=True))
+    mb = lambda x: f"{x / 2**20:>9.1f} MiB"
+    g = r["groups"]
+    free = f", {g['free_bytes'] / 2**30:.1f} GiB free" if g["rule"] == "auto" else ""
+    print(f"device {r['device']}, precision {r['precision']}; groups of {g['train']} clients per training step "
+          f"({g['rule']}{free})")
+    t, pc = r["terms"], r["per_client"]
+    print(f"  base model, held once                          {mb(t['base_model'])}")
+    print(f"  {n} x adapter ({pc['adapter'] / 2**10:.1f} KiB each){'':<14}{mb(t['adapters'])}")
+    print(f"  {n} x optimizer state ({pc['optimizer_state'] / 2**10:.1f} KiB each){'':<6}{mb(t['optimizer_state'])}")
+    print(f"  one group's activations ({r['rows_per_group_step']} rows x {r['bytes_per_row'] / 2**20:.2f} MiB)"
+          f"{'':<4}{mb(t['group_activations'])}")
+    print(f"  predicted                                      {mb(r['predicted'])}")
+    print(f"measured: peak growth of this process            {mb(r['measured_growth'])}  "
+          f"(after set-up {r['after_setup'] / 2**20:.1f} MiB, round peak {r['round_peak'] / 2**20:.1f} MiB)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1))
+    print(f"measured - predicted (data, tokenizer, runtime, allocator): {r['other'] / 2**20:.1f} MiB")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from sfedlora.bench import BenchConfig, run_bench
 
-    cfg = BenchConfig(workload=args.workload, clients=args.clients, rank=args.rank, steps=args.steps,
+    if args.memory:
+        return cmd_bench_memory(args)
+    cfg = BenchConfig(workload=args.workload, clients=args.clients or 4, rank=args.rank, steps=args.steps,
                       batch=args.batch, seq=args.seq, repeats=args.repeats, precision=args.precision)
     print(f"bench {cfg.workload}: N={cfg.clients} clients, r={cfg.rank}, K={cfg.steps} steps, "
           f"{cfg.batch} x {cfg.seq} tokens per client step, {cfg.repeats} timed rounds each", flush=True)
@@ -344,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "alternating; print tokens/s, GFLOP/s against a measured GEMM ceiling, peak memory, "
                            "the adapters' max difference, and the ratio b/a last.")
     bench.add_argument("--workload", choices=("smollm2-135m", "minilm-l6"), default="smollm2-135m")
-    bench.add_argument("--clients", type=int, default=4)
+    bench.add_argument("--clients", type=int, default=None, help="N (default 4; with --memory 100)")
     bench.add_argument("--rank", type=int, default=16)
     bench.add_argument("--steps", type=int, default=3, help="local steps per round")
     bench.add_argument("--batch", type=int, default=2, help="examples per client per step")
@@ -352,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="timed rounds of each (after one warm-up)")
     bench.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="for (b)")
     bench.add_argument("--json", help="also write the numbers to this file")
+    bench.add_argument("--memory", action="store_true",
+                       help="instead: one real round of N clients (default 100); the memory the engine claims "
+                       "(base once + one group's activations + N x (adapter + optimizer state)) against the "
+                       "process's measured peak")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="--memory: a run-config override, e.g. --set train.group_size=10 (repeatable)")
     bench.set_defaults(func=cmd_bench)
     _flower_parser(sub)
     data = sub.add_parser("data", help="offline data sets")

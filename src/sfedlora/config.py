@@ -19,7 +19,7 @@ from sfedlora.errors import SfedloraError
 @dataclass
 class ModelConfig:
     name: str = "minilm-l6"  # minilm-l6 | smollm2-135m | tiny-bert | tiny-llama | a hub id | a local path
-    precision: str = "fp32"  # fp32 | bf16 (bf16 frozen base, fp32 adapters) | auto (bf16 only where it is fast)
+    precision: str = "auto"  # auto (bf16 where it is fast, else fp32) | fp32 | bf16 (bf16 frozen base, fp32 adapters)
     max_length: int = 128  # tokens per example after truncation
     device: str = "auto"  # auto | cpu | cuda
 
@@ -86,7 +86,8 @@ class TrainConfig:
     batch_size: int = 8  # examples per client per local step
     grad_clip: float | None = 1.0  # per-client global-norm clip; null = off
     optimizer_state: str = "reset"  # reset (fresh each round) | keep (carried across rounds per client)
-    group_size: int = 0  # clients trained together in one batched step; 0 = all
+    group_size: int | str = "auto"  # clients per batched step: auto (from free memory) | 0 = all | G
+    group_memory: float = 0.5  # auto: share of the free memory the groups' activations may use
 
 
 @dataclass
@@ -132,7 +133,7 @@ POSITIVE = {"lora.rank": "LoRA rank", "lora.alpha": "LoRA alpha", "fed.clients":
             "eval.batch_size": "eval batch size", "data.dirichlet_alpha": "Dirichlet alpha",
             "train.eps": "AdamW eps"}
 NON_NEGATIVE = ("checkpoint_every", "fed.min_clients",
-                "lora.dropout", "train.momentum", "train.weight_decay", "train.group_size", "data.max_examples",
+                "lora.dropout", "train.momentum", "train.weight_decay", "data.max_examples",
                 "data.min_partition_size", "fed.clients_per_round", "eval.max_examples",
                 "eval.generate_examples", "data.val_fraction", "data.test_fraction")
 
@@ -222,6 +223,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise SfedloraError("data.val_fraction + data.test_fraction must be < 1")
     if len(cfg.train.betas) != 2 or not all(0 <= b < 1 for b in cfg.train.betas):
         raise SfedloraError(f"train.betas must be two numbers in [0, 1), got {cfg.train.betas}")
+    g = cfg.train.group_size
+    if (isinstance(g, str) and g != "auto") or (isinstance(g, int) and g < 0):
+        raise SfedloraError(f"train.group_size must be auto, 0 (all clients) or a number of clients >= 1, got {g!r}")
+    if not 0 < cfg.train.group_memory <= 1:
+        raise SfedloraError(f"train.group_memory must be in (0, 1], got {cfg.train.group_memory}")
     if cfg.train.grad_clip is not None and cfg.train.grad_clip <= 0:
         raise SfedloraError(f"train.grad_clip must be > 0 or null, got {cfg.train.grad_clip}")
     if cfg.lora.ranks is not None and cfg.lora.rank_set is not None:

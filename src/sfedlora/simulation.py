@@ -23,12 +23,15 @@ from tqdm import tqdm
 from sfedlora import checkpoint, client, metrics
 from sfedlora.aggregate import client_weights, payload_bytes, select
 from sfedlora.config import RunConfig, to_dict
+from sfedlora.data.batching import collate
 from sfedlora.data.partition import ClientData, describe, make_clients
 from sfedlora.data.sources import TaskData, load_task
 from sfedlora.errors import SfedloraError
 from sfedlora.evaluate import evaluate_group, math_accuracy
+from sfedlora.grouping import GroupPlan, busy_group, eval_group, free_bytes, memory_caps, saved_activation_bytes
 from sfedlora.hetero import spectrum_stats
-from sfedlora.inject import inject_adapters, lora_layers
+from sfedlora.inject import group_parameters, inject_adapters, lora_layers
+from sfedlora.losses import group_loss
 from sfedlora.methods import get_method
 from sfedlora.models import load_model
 from sfedlora.optim import ClientOptState
@@ -43,7 +46,7 @@ def _print(line: str) -> None:
 
 class Simulation:
     def __init__(self, cfg: RunConfig, out_dir: Path, echo: Callable[[str], None] = _print,
-                 progress: bool = True) -> None:
+                 progress: bool = True, groups: GroupPlan | None = None) -> None:
         self.cfg, self.out_dir, self.echo, self.progress = cfg, Path(out_dir), echo, progress
         self.method = get_method(cfg.fed.method)
         self.resolved = resolve(cfg, self.method, [1] * cfg.fed.clients)  # fail fast on method/init errors
@@ -66,6 +69,7 @@ class Simulation:
         self.weights = client_weights([d.n_train for d in self.clients], cfg.fed.weighting)
         self.participation_rng = random.Random(cfg.seed + 17)
         self.merged: dict[str, torch.Tensor] = {}  # FLoRA: sum of the updates merged into W0 so far
+        self.groups = groups or self._plan_groups()  # a resumed run passes the plan it recorded
 
     # ---- set-up -------------------------------------------------------------------------------------
     def _encode(self) -> None:
@@ -85,8 +89,38 @@ class Simulation:
         states = states if states is not None else [self.states[c] for c in clients]
         client.install(self.model, states, [self.resolved.gammas[c] for c in clients], self.device)
 
-    def _groups(self, members: list[int]) -> list[list[int]]:
-        g = self.cfg.train.group_size or len(members)
+    def _plan_groups(self) -> GroupPlan:
+        """G for training and evaluation: as configured, or (auto) enough clients to keep the device busy
+        within the memory free now that the model and every client's state are in place (sfedlora.grouping)."""
+        g, n = self.cfg.train.group_size, len(self.clients)
+        if g != "auto":
+            return GroupPlan(train=min(g or n, n), eval=min(g or n, n), rule="fixed" if g else "all")
+        b, eb = self.cfg.train.batch_size, self.cfg.eval.batch_size
+        per_row = self.bytes_per_row()
+        free = free_bytes(self.device)
+        budget = int(self.cfg.train.group_memory * free)
+        cap, eval_cap = memory_caps(per_row, budget, b, eb, n)
+        row_tokens = len(self._longest()["input_ids"])
+        g_train = busy_group(self.device.type, row_tokens, b, cap)
+        return GroupPlan(train=g_train, eval=eval_group(g_train, b, eb, eval_cap), rule="auto", cap=cap,
+                         row_tokens=row_tokens, bytes_per_row=per_row, free_bytes=free, budget_bytes=budget)
+
+    def _longest(self) -> dict[str, Any]:
+        return max((ex for rows in self.train_ex for ex in rows), key=lambda e: len(e["input_ids"]))
+
+    def bytes_per_row(self) -> int:
+        """Activation bytes one training row saves for backward, worst case: a batch of the longest training
+        example, the widest client's adapters, A, B and head all trained (train_group sets them per round)."""
+        b = self.cfg.train.batch_size
+        batch = {k: v.to(self.device) for k, v in collate([self._longest()] * b, self.tok.pad_token_id).items()}
+        self._load([max(range(len(self.clients)), key=lambda c: self.resolved.ranks[c])])
+        for p in group_parameters(self.model).values():
+            p.requires_grad_(True)
+        saved = saved_activation_bytes(self.model, lambda: group_loss(self.model, batch, 1, self.data.task))
+        return -(-saved // b)
+
+    def _groups(self, members: list[int], kind: str = "train") -> list[list[int]]:
+        g = self.groups.train if kind == "train" else self.groups.eval
         return [members[i:i + g] for i in range(0, len(members), g)]
 
     def _participants(self) -> list[int]:
@@ -112,7 +146,7 @@ class Simulation:
         task, bs = self.data.task, self.cfg.eval.batch_size
         metric, _ = metrics.PRIMARY[task]
         personal: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
-        for group in self._groups(list(range(len(self.clients)))):
+        for group in self._groups(list(range(len(self.clients))), "eval"):
             rows = client.evaluate_clients(self.model, self.tok, task, self.cfg, [self.states[c] for c in group],
                                            [self.resolved.gammas[c] for c in group], [self.val_ex[c] for c in group],
                                            [self.test_ex[c] for c in group], self.device)
@@ -260,7 +294,7 @@ class Simulation:
                     "n_averaged": self.resolved.n_averaged, "gamma": self.resolved.gamma,
                     "ranks": self.resolved.ranks, "gammas": self.resolved.gammas,
                     "task": self.data.task, "label_names": self.data.label_names, "targets": self.targets,
-                    "device": str(self.device), "precision": self.precision}
+                    "device": str(self.device), "precision": self.precision, "groups": self.groups.as_dict()}
         (self.out_dir / "config.yaml").write_text(
             yaml.safe_dump({**to_dict(cfg), "resolved": resolved}, sort_keys=False))
         key = "label" if self.data.task == "classification" else (

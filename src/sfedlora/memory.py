@@ -1,0 +1,125 @@
+"""`sfedlora bench --memory`: what N simulated clients cost in memory, predicted and measured.
+
+The engine's claim: a run costs the base model once, plus one group's activations, plus N x (adapter +
+optimizer state), whatever N is. This runs one real round of the in-process runner (AdamW, optimizer
+state kept across rounds so that all N states are alive at once) and sets the claim's terms, each
+computed from the tensors themselves, against the process's measured memory: peak resident memory on
+the CPU (sampled every 5 ms), torch's peak allocated memory on CUDA.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sfedlora.bench import PeakRSS
+from sfedlora.config import load_config
+from sfedlora.grouping import SAFETY
+from sfedlora.inject import group_parameters
+
+WORKLOAD_CONFIGS = {"minilm-l6": "default.yaml", "smollm2-135m": "smollm2-instruct.yaml"}
+
+
+def memory_overrides(clients: int, rank: int, steps: int, batch: int, seq: int) -> list[str]:
+    """One round, AdamW with kept state, IID data big enough for `clients`, little evaluation."""
+    return [f"fed.clients={clients}", "fed.rounds=1", f"fed.local_steps={steps}", f"lora.rank={rank}",
+            f"train.batch_size={batch}", f"model.max_length={seq}", "train.optimizer=adamw",
+            "train.optimizer_state=keep", "data.partition=iid", f"data.max_examples={clients * 50}",
+            "data.min_partition_size=10", "eval.initial=false", "eval.max_examples=2", "eval.global_model=false",
+            "checkpoint_every=0"]
+
+
+def tensor_bytes(tensors: Any) -> int:
+    """Bytes of every tensor in a (nested) dict / list of tensors."""
+    if isinstance(tensors, torch.Tensor):
+        return tensors.nbytes
+    if isinstance(tensors, dict):
+        return sum(tensor_bytes(v) for v in tensors.values())
+    if isinstance(tensors, (list, tuple)):
+        return sum(tensor_bytes(v) for v in tensors)
+    return 0
+
+
+def base_model_bytes(model: torch.nn.Module) -> int:
+    """Parameters and buffers of the frozen model, without the installed group's adapters and head."""
+    group = {p.untyped_storage().data_ptr() for p in group_parameters(model).values()}
+    seen: dict[int, int] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in group:
+            seen[ptr] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+class DeviceMemory:
+    """Current and peak memory of this process on its device: resident memory on CPU, allocated on CUDA."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def now(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device)
+        return PeakRSS._rss()
+
+    def peak_of(self, fn: Callable[[], Any]) -> tuple[Any, int]:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            out = fn()
+            return out, torch.cuda.max_memory_allocated(self.device)
+        with PeakRSS() as mem:
+            out = fn()
+        return out, mem.peak
+
+
+def workload_config(workload: str) -> Path:
+    """The packaged run config a bench workload stands for."""
+    return Path(__file__).parent / "configs" / WORKLOAD_CONFIGS[workload]
+
+
+def memory_account(config: Path, overrides: list[str], echo: Callable[[str], None] = print) -> dict[str, Any]:
+    from sfedlora.resolve import resolve_device
+    from sfedlora.simulation import Simulation
+
+    cfg = load_config(config, overrides)
+    meter = DeviceMemory(resolve_device(cfg.model.device))
+    start = meter.now()  # this process before the model and the data (imports done)
+    with tempfile.TemporaryDirectory(prefix="sfedlora-memory-") as tmp:
+        t0 = time.perf_counter()
+        sim, setup_peak = meter.peak_of(lambda: Simulation(cfg, Path(tmp) / "run", echo=lambda s: None,
+                                                           progress=False))
+        after_setup = meter.now()
+        echo(f"  set-up: {time.perf_counter() - t0:.1f} s; groups {sim.groups.train} (train) / {sim.groups.eval} "
+             f"(eval) clients, rule {sim.groups.rule}")
+        t1 = time.perf_counter()
+        _, round_peak = meter.peak_of(sim.run)
+        echo(f"  one round of {cfg.fed.clients} clients: {time.perf_counter() - t1:.1f} s")
+        after_round = meter.now()
+    n, b = cfg.fed.clients, cfg.train.batch_size
+    plan = sim.groups
+    rows = plan.train * b
+    per_row = plan.bytes_per_row
+    if not per_row:  # a fixed group size: count one row's activations as the auto plan does
+        per_row = sim.bytes_per_row()
+    terms = {
+        "base_model": base_model_bytes(sim.model),
+        "adapters": tensor_bytes(sim.states),
+        "optimizer_state": tensor_bytes(sim.opt_states),
+        "group_activations": rows * per_row,
+    }
+    predicted = sum(terms.values())
+    measured = max(setup_peak, round_peak) - start
+    return {"model": cfg.model.name, "device": str(meter.device), "clients": n,
+            "n_labels": len(sim.data.label_names), "precision": sim.precision,
+            "groups": plan.as_dict(), "rows_per_group_step": rows, "bytes_per_row": per_row,
+            "terms": terms, "per_client": {"adapter": terms["adapters"] // n, "optimizer_state":
+                                           terms["optimizer_state"] // n},
+            "predicted": predicted, "predicted_with_safety": predicted + int((SAFETY - 1) * rows * per_row),
+            "measured_growth": measured, "start": start, "after_setup": after_setup - start,
+            "setup_peak": setup_peak - start, "round_peak": round_peak - start, "after_round": after_round - start,
+            "other": measured - predicted}
