@@ -84,7 +84,8 @@ def cmd_bench_memory(args: argparse.Namespace) -> int:
     from sfedlora.memory import memory_account, memory_overrides, workload_config
 
     n = args.clients or 100
-    overrides = memory_overrides(n, args.rank, args.steps, args.batch, args.seq) + list(args.set)
+    overrides = [*memory_overrides(n, args.rank, args.steps, args.batch, args.seq),
+                 f"model.precision={args.precision}", *args.set]
     print(f"memory {args.workload}: N={n} clients, r={args.rank}, one round of K={args.steps} AdamW steps (state "
           f"kept), {args.batch} x {args.seq} tokens per client step", flush=True)
     r = memory_account(workload_config(args.workload), overrides, echo=lambda s: print(s, flush=True))
@@ -385,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch", type=int, default=2, help="examples per client per step")
     bench.add_argument("--seq", type=int, default=128, help="tokens per example")
     bench.add_argument("--repeats", type=int, default=3, help="timed rounds of each (after one warm-up)")
-    bench.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="for (b)")
+    bench.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                       help="for (b); with --memory, the run's")
     bench.add_argument("--json", help="also write the numbers to this file")
     bench.add_argument("--memory", action="store_true",
                        help="instead: one real round of N clients (default 100); the memory the engine claims "
