@@ -48,7 +48,7 @@ class PeakRSS:
     """Peak resident memory of this process while the block runs (sampled every 5 ms)."""
 
     def __enter__(self) -> PeakRSS:
-        self.peak = self._rss()
+        self.peak = self.rss()
         self._stop = False
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -60,11 +60,12 @@ class PeakRSS:
 
     def _watch(self) -> None:
         while not self._stop:
-            self.peak = max(self.peak, self._rss())
+            self.peak = max(self.peak, self.rss())
             time.sleep(0.005)
 
     @staticmethod
-    def _rss() -> int:
+    def rss() -> int:
+        """This process's resident memory now, in bytes (Linux /proc)."""
         pages = int(Path("/proc/self/statm").read_text().split()[1])
         return pages * 4096
 

@@ -65,7 +65,7 @@ class DeviceMemory:
     def now(self) -> int:
         if self.device.type == "cuda":
             return torch.cuda.memory_allocated(self.device)
-        return PeakRSS._rss()
+        return PeakRSS.rss()
 
     def peak_of(self, fn: Callable[[], Any]) -> tuple[Any, int]:
         if self.device.type == "cuda":
