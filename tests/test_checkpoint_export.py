@@ -23,7 +23,7 @@ from sfedlora.inject import load_group
 from sfedlora.scaling import scaling
 from sfedlora.simulation import Simulation
 
-BASE = ["model.name=tiny-bert", "data.task=classification", "data.text_field=sentence",
+BASE = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
         "data.label_field=sentiment", "data.partition=iid", "fed.clients=3", "train.batch_size=4", "lora.rank=4",
         "eval.max_examples=8"]
 

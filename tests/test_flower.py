@@ -23,7 +23,7 @@ from sfedlora.flower.wire import check_upload, consensus, expected_upload, schem
 from sfedlora.methods import get_method
 from sfedlora.simulation import Simulation
 
-TINY = ["model.name=tiny-bert", "data.task=classification", "data.text_field=sentence",
+TINY = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
         "data.label_field=sentiment", "data.partition=iid", "fed.rounds=2", "fed.local_steps=2",
         "train.batch_size=4", "eval.batch_size=16", "lora.rank=4", "eval.global_model=false", "train.group_size=1"]
 STATS = json.dumps({"loss": 1.0, "grad_norm_A": 0.1, "grad_norm_B": 0.2, "out_mean": 0.0, "out_var": 0.0,

@@ -13,7 +13,7 @@ from sfedlora.grouping import GroupPlan, busy_group, eval_group, memory_caps, sa
 from sfedlora.memory import memory_account, tensor_bytes
 from sfedlora.simulation import Simulation
 
-TINY = ["model.name=tiny-bert", "data.task=classification", "data.text_field=sentence",
+TINY = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
         "data.label_field=sentiment", "data.partition=iid", "fed.clients=3", "fed.rounds=1", "fed.local_steps=2",
         "train.batch_size=4", "eval.batch_size=16", "lora.rank=4", "eval.global_model=false"]
 

@@ -120,7 +120,8 @@ def test_spectrum_stats():
 
 @pytest.mark.parametrize("method", ["raflora", "hetlora", "flora", "flexlora", "sfed-lora"])
 def test_heterogeneous_run(method, sentiment_file, tmp_path):
-    cfg = load_config(None, [f"data.source={sentiment_file}", "model.name=tiny-bert", "data.task=classification",
+    cfg = load_config(None, [f"data.source={sentiment_file}", "model.name=tiny-bert", "model.precision=fp32",
+                             "data.task=classification",
                              "data.text_field=sentence", "data.label_field=sentiment", "data.partition=iid",
                              "fed.clients=3", "fed.rounds=2", "fed.local_steps=2", "train.batch_size=4",
                              "lora.ranks=[2,4,8]", f"fed.method={method}"])
@@ -138,7 +139,7 @@ def test_equal_rank_methods_refuse_heterogeneous_ranks(sentiment_file, tmp_path)
     from sfedlora.errors import SfedloraError
 
     cfg = load_config(None, [f"data.source={sentiment_file}", "data.task=classification", "fed.clients=3",
-                             "lora.ranks=[2,4,8]", "fed.method=fedit", "model.name=tiny-bert",
+                             "lora.ranks=[2,4,8]", "fed.method=fedit", "model.name=tiny-bert", "model.precision=fp32",
                              "data.text_field=sentence", "data.label_field=sentiment"])
     with pytest.raises(SfedloraError, match="needs equal ranks"):
         Simulation(cfg, tmp_path / "run", echo=lambda s: None, progress=False)
@@ -148,7 +149,7 @@ def test_report_plots_rank_collapse(sentiment_file, tmp_path):
     from sfedlora.report import build_report
 
     for method in ("hetlora", "raflora"):
-        cfg = load_config(None, [f"data.source={sentiment_file}", "model.name=tiny-bert",
+        cfg = load_config(None, [f"data.source={sentiment_file}", "model.name=tiny-bert", "model.precision=fp32",
                                  "data.task=classification", "data.text_field=sentence",
                                  "data.label_field=sentiment", "data.partition=iid", "fed.clients=2",
                                  "fed.rounds=2", "fed.local_steps=1", "train.batch_size=4", "lora.rank_set=[2,4]",

@@ -21,6 +21,7 @@ name: tiny
 quick:
   set:
     model.name: tiny-bert
+    model.precision: fp32
     data.source: {sentiment_file}
     data.task: classification
     data.text_field: sentence

@@ -16,7 +16,8 @@ from sfedlora.models import smollm2_tokenizer
 from sfedlora.optim import StackedOptimizer
 from sfedlora.simulation import Simulation
 
-LM = ["model.name=tiny-llama", "data.partition=iid", "fed.clients=2", "fed.rounds=1", "fed.local_steps=1",
+LM = ["model.name=tiny-llama", "model.precision=fp32", "data.partition=iid", "fed.clients=2", "fed.rounds=1",
+      "fed.local_steps=1",
       "train.batch_size=2", "eval.batch_size=4", "lora.rank=2", "model.max_length=48", "eval.max_examples=3"]
 
 

@@ -126,7 +126,8 @@ class Peer:
         for state, client_batches in zip(states, batches):
             set_peft_model_state_dict(self.model, state)
             params = [p for p in self.model.parameters() if p.requires_grad]
-            opt = torch.optim.AdamW(params, lr=tcfg.lr, betas=tuple(tcfg.betas), eps=tcfg.eps, weight_decay=0.0)
+            opt = torch.optim.AdamW(params, lr=tcfg.lr, betas=(tcfg.betas[0], tcfg.betas[1]), eps=tcfg.eps,
+                                    weight_decay=0.0)
             for batch in client_batches:
                 b = {k: v.to(self.device) for k, v in batch.items()}
                 if "label" in b:

@@ -6,8 +6,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sfedlora.errors import SfedloraError
+
+if TYPE_CHECKING:
+    from sfedlora.config import RunConfig
+    from sfedlora.flower.server import ServerSettings
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DATA_NAMES = ("multiemo", "vitaminc", "natural-instructions", "gsm-symbolic", "all")
@@ -211,7 +216,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flower_config(args: argparse.Namespace) -> tuple[str, list[str], object, object, Path]:
+def _flower_config(args: argparse.Namespace) -> tuple[str, list[str], RunConfig, ServerSettings, Path]:
     """The config file, overrides, parsed config, server settings and run folder of a `flower` command;
     everything that can be wrong with them is reported before any process starts."""
     from sfedlora.config import load_config

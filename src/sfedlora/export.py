@@ -76,7 +76,8 @@ def build_peft_model(run_dir: Path, client: int) -> tuple[Any, Any, dict[str, An
     lora_alpha, use_rslora = peft_alpha(resolved["scaling"], gamma, rank, cfg.lora.alpha, resolved["n_averaged"])
     heads = [n for n, mod in named.items() if isinstance(mod, torch.nn.Linear) and _is_head(n)] \
         if task == "classification" else []
-    lcfg = LoraConfig(r=rank, lora_alpha=lora_alpha, use_rslora=use_rslora, lora_dropout=0.0,
+    lcfg = LoraConfig(r=rank, lora_alpha=lora_alpha,  # type: ignore[arg-type]  # PEFT's hint says int; floats work
+                      use_rslora=use_rslora, lora_dropout=0.0,
                       target_modules=list(saved["targets"]), modules_to_save=heads or None,
                       task_type="SEQ_CLS" if task == "classification" else "CAUSAL_LM")
     peft_model = get_peft_model(model, lcfg)

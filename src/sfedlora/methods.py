@@ -7,6 +7,7 @@ averaged by every method). Rounds are numbered from 1. The arithmetic is in sfed
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import ClassVar
@@ -62,8 +63,8 @@ class FederatedMethod:
         if all(f"{m}.lora_A" in update and f"{m}.lora_B" in update for m in modules):
             return {m: update[f"{m}.lora_B"] @ update[f"{m}.lora_A"] for m in modules}
         w = normalise(weights)
-        return {m: sum(wi * g * c[f"{m}.lora_B"] @ c[f"{m}.lora_A"] for wi, g, c in zip(w, gammas, clients))
-                for m in modules}  # type: ignore[misc]
+        return {m: functools.reduce(torch.add, [wi * g * c[f"{m}.lora_B"] @ c[f"{m}.lora_A"]
+                                                for wi, g, c in zip(w, gammas, clients)]) for m in modules}
 
     def global_model(self, clients: Sequence[State], weights: Sequence[float]) -> State:
         """The model evaluated as 'global': the weighted mean of the clients' states after download.

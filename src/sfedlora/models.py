@@ -99,15 +99,17 @@ def _tiny(name: str, task: str, num_labels: int) -> tuple[Any, Any]:
     torch.manual_seed(0)
     if name == "tiny-bert":
         tok = AutoTokenizer.from_pretrained(model_path("minilm-l6"))
-        cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=256, num_labels=num_labels)
+        bert = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=256)
+        bert.num_labels = num_labels
         if task != "classification":
             raise SfedloraError("tiny-bert is an encoder: use it with a classification task")
-        return AutoModelForSequenceClassification.from_config(cfg), tok
+        return AutoModelForSequenceClassification.from_config(bert), tok
     tok = smollm2_tokenizer()
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
-                      num_labels=num_labels, pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+                      pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    cfg.num_labels = num_labels
     if task == "classification":
         return AutoModelForSequenceClassification.from_config(cfg), tok
     return AutoModelForCausalLM.from_config(cfg), tok

@@ -85,8 +85,7 @@ def _mean_clients(values: list[Any]) -> float | None:
 
 def metric_curve(run: Run) -> tuple[list[float], list[float]]:
     metric, _ = PRIMARY[run.task]
-    pts = [(r["round"], _personal(r, metric)) for r in run.records]
-    pts = [(x, y) for x, y in pts if y is not None]
+    pts = [(r["round"], y) for r in run.records if (y := _personal(r, metric)) is not None]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -107,8 +106,8 @@ def grad_norm_curve(run: Run) -> tuple[list[float], list[float]]:
 
 def moment_curve(key: str) -> Callable[[Run], tuple[list[float], list[float]]]:
     def curve(run: Run) -> tuple[list[float], list[float]]:
-        pts = [(r["round"], _mean_clients(r[key])) for r in run.records if r["round"] > 0]
-        pts = [(x, abs(y) if key == "adapter_out_mean" else y) for x, y in pts if y is not None]
+        pts = [(r["round"], abs(y) if key == "adapter_out_mean" else y) for r in run.records
+               if r["round"] > 0 and (y := _mean_clients(r[key])) is not None]
         return [p[0] for p in pts], [p[1] for p in pts]
     return curve
 

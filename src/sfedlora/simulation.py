@@ -93,7 +93,7 @@ class Simulation:
         """G for training and evaluation: as configured, or (auto) enough clients to keep the device busy
         within the memory free now that the model and every client's state are in place (sfedlora.grouping)."""
         g, n = self.cfg.train.group_size, len(self.clients)
-        if g != "auto":
+        if isinstance(g, int):
             return GroupPlan(train=min(g or n, n), eval=min(g or n, n), rule="fixed" if g else "all")
         b, eb = self.cfg.train.batch_size, self.cfg.eval.batch_size
         per_row = self.bytes_per_row()

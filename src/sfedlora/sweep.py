@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ def load_spec(name: str, size: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return spec, section
 
 
-def plan(name: str, size: str, out: Path, extra: list[str] = ()) -> list[PlannedRun]:
+def plan(name: str, size: str, out: Path, extra: Sequence[str] = ()) -> list[PlannedRun]:
     """Expand the spec's grid into runs (validating every config before anything runs)."""
     from sfedlora.cli import config_path
     from sfedlora.config import load_config
@@ -99,7 +100,7 @@ def plan(name: str, size: str, out: Path, extra: list[str] = ()) -> list[Planned
     also = section.get("also") or []
     if not isinstance(also, list) or not all(isinstance(a, dict) for a in also):
         raise SfedloraError(f"{spec_path(name)}: {size}.also must be a list of mappings of config keys")
-    runs = []
+    runs: list[PlannedRun] = []
     for values in [*points, *also]:
         point = [f"{k}={_value_text(v)}" for k, v in values.items()]
         label = "_".join(_slug(k, v) for k, v in values.items()) or "run"

@@ -9,7 +9,7 @@ length, with `weight` 0 on filler rows used to even out clients that ran out of 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -93,7 +93,7 @@ class ClientSampler:
         self.epoch = 0
 
     def take(self, b: int) -> list[int]:
-        out = []
+        out: list[int] = []
         while len(out) < b:
             if self.pos >= len(self.order):
                 self.order = list(range(self.n))
@@ -105,16 +105,20 @@ class ClientSampler:
         return out
 
 
-def grouped_chunks(per_client: Sequence[Sequence[dict[str, Any]]], batch_size: int):
+def grouped_chunks(per_client: Sequence[Sequence[dict[str, Any]]],
+                   batch_size: int) -> Iterator[tuple[list[dict[str, Any]], list[float]]]:
     """Evaluation batches over a group: each client contributes `batch_size` rows per batch, filler
     rows (weight 0) where a client has run out. Yields (examples in client-major order, weights)."""
     steps = max((len(x) + batch_size - 1) // batch_size for x in per_client)
+    any_example = next((rows[0] for rows in per_client if rows), None)
     for s in range(steps):
-        examples, weights = [], []
+        examples: list[dict[str, Any]] = []
+        weights: list[float] = []
         for rows in per_client:
             chunk = list(rows[s * batch_size:(s + 1) * batch_size])
             real = len(chunk)
-            filler = rows[0] if rows else None
+            filler = rows[0] if rows else any_example
+            assert filler is not None  # steps > 0 only when some client has rows
             chunk += [filler] * (batch_size - real)
             examples += chunk
             weights += [1.0] * real + [0.0] * (batch_size - real)

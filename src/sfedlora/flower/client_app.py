@@ -52,10 +52,16 @@ def query(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+def _blob(value: Any) -> bytes:
+    if not isinstance(value, bytes):
+        raise ValueError(f"this node's saved client state is not bytes but {type(value).__name__}")
+    return value
+
+
 def _load_state(node: Node, context: Context, conf: dict[str, Any]) -> dict[str, Any]:
     """context.state first; after a SuperNode restart, the node directory; else fresh adapters."""
     if "adapters" in context.state and "client" in context.state:
-        return node.unpack(from_record(context.state["adapters"]), bytes(context.state["client"]["extra"]))
+        return node.unpack(from_record(context.state["adapters"]), _blob(context.state["client"]["extra"]))
     saved = node.load_file(Node.file(node_dir(context.node_config), str(conf["run_key"]), node.partition))
     return saved if saved is not None else node.fresh(str(conf["init"]), json.loads(str(conf["ranks"])))
 

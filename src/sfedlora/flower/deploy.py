@@ -198,7 +198,8 @@ def submit(state_dir: Path, out: Path, config: str | None, overrides: list[str],
     if app_dir.exists():
         shutil.rmtree(app_dir)
     app_dir.mkdir()
-    shutil.copy(resources.files("sfedlora.flower") / "app" / "pyproject.toml", app_dir / "pyproject.toml")
+    template = resources.files("sfedlora.flower") / "app" / "pyproject.toml"
+    (app_dir / "pyproject.toml").write_bytes(template.read_bytes())
     run_config = {"config": str(Path(config).resolve()) if config and Path(config).exists() else (config or ""),
                   "overrides": shlex.join(overrides), "out": str(out), **settings}
     (state_dir / "run-config.toml").write_text(tomli_w.dumps(run_config))

@@ -243,12 +243,12 @@ class FlowerRun:
                 expected = expected_upload(self.method, self.schema, self.resolved.ranks[p], self.resolved.gammas[p],
                                            rnd)
                 reason = reason or check_upload(upload, expected, n_examples, self.sizes[p], stats)
-            if reason:
-                excluded.append({"client": p, "reason": reason})
-                self.echo(f"  round {rnd} rejects client {p}: {reason}")
-            else:
+            if reason is None and upload is not None:
                 accepted.append(r)
                 bytes_up += payload_bytes(upload)
+            else:
+                excluded.append({"client": p, "reason": reason})
+                self.echo(f"  round {rnd} rejects client {p}: {reason}")
         if len(accepted) < self.cfg.fed.min_clients:
             raise SfedloraError(f"round {rnd}: only {len(accepted)} acceptable uploads (fed.min_clients = "
                                 f"{self.cfg.fed.min_clients}): "
@@ -320,8 +320,8 @@ class FlowerRun:
             update_record, _ = self.strategy.aggregate_train(rnd, accepted)
             update = from_record(update_record) if update_record is not None else {}
             latest.update(update)  # key-wise: a node that missed rounds receives their composition
-            stats = {self.partition_of[r.metadata.src_node_id]: parse_stats(r.content["report"]["stats"])
-                     for r in accepted}
+            stats = {self.partition_of[r.metadata.src_node_id]: s for r in accepted  # checked in _accept
+                     if (s := parse_stats(r.content["report"]["stats"])) is not None}
             record = metrics.round_record(rnd, self.method.name, self.resolved, cfg.fed.clients, stats, None,
                                           times["train_s"], 0.0, time.perf_counter() - t0)
             record.update({"n_averaged": len(accepted), "participants": members, "excluded": excluded,

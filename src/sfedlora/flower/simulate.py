@@ -32,7 +32,7 @@ def simulate(cfg: RunConfig, out: Path, settings: ServerSettings | None = None,
         if (out / name).exists():
             (out / name).unlink()
     cpus = os.cpu_count() or 1
-    backend = {"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+    backend: dict[str, Any] = {"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
                "init_args": {"num_cpus": cpus, "include_dashboard": False, "log_to_driver": True}}
     run_simulation(server_app=make_server_app(cfg, out, settings), client_app=client_app,
                    num_supernodes=cfg.fed.clients, backend_config=backend)
