@@ -11,7 +11,6 @@ import torch
 
 from sfedlora.config import TrainConfig, load_config
 from sfedlora.data.batching import IGNORE, encode_lm
-from sfedlora.evaluate import extract_answer, score_math
 from sfedlora.models import smollm2_tokenizer
 from sfedlora.optim import StackedOptimizer
 from sfedlora.simulation import Simulation
@@ -59,12 +58,6 @@ def test_response_only_labels():
     n_prompt = len(ex["prompt_ids"])
     assert ex["labels"][:n_prompt] == [IGNORE] * n_prompt
     assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:] and ex["labels"][-1] == tok.eos_token_id
-
-
-def test_math_scoring():
-    assert extract_answer("so 3 + 4 = 7\n#### 7") == "7"
-    assert extract_answer("the total is 1,234 apples.") == "1234"
-    assert score_math("#### 12", "12") == 1.0 and score_math("#### 13", "12") == 0.0
 
 
 def test_sentence_pairs_bf16_and_partial_participation(sentiment_file, tmp_path):

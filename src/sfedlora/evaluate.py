@@ -1,19 +1,19 @@
 """Evaluation of a group of installed clients, each on its own examples, in batched forwards.
 
 Metrics: loss (mean per example for classification, per response token for LM), accuracy
-(classification; math by greedy decoding), perplexity = exp(token loss) for LM tasks.
+(classification; math: exact match of the final answer of a greedy decoding, sfedlora.answers),
+perplexity = exp(token loss) for LM tasks.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from sfedlora.answers import same_answer
 from sfedlora.data.batching import collate, grouped_chunks
 from sfedlora.losses import classification_terms, lm_terms
 
@@ -47,34 +47,6 @@ def evaluate_group(model: Any, per_client: Sequence[Sequence[dict[str, Any]]], t
     return out
 
 
-NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
-
-
-def extract_answer(text: str) -> str:
-    """The final answer of a worked solution: after '####' if present, else the last number."""
-    if "####" in text:
-        text = text.split("####", 1)[1]
-        found = NUMBER.search(text)
-    else:
-        matches = NUMBER.findall(text)
-        found = None
-        if matches:
-            return matches[-1].replace(",", "").rstrip(".")
-    return found.group(0).replace(",", "").rstrip(".") if found else text.strip()
-
-
-@functools.lru_cache(maxsize=1)
-def _gsm_scorer() -> Any:
-    import reasoning_gym
-
-    return reasoning_gym.create_dataset("gsm_symbolic", size=1, seed=0)
-
-
-def score_math(prediction: str, answer: str) -> float:
-    """reasoning-gym's gsm_symbolic scorer on the extracted final answer: 1.0 if correct, else 0."""
-    return float(_gsm_scorer().score_answer(extract_answer(prediction), {"answer": answer}) == 1.0)
-
-
 @torch.inference_mode()
 def math_accuracy(model: Any, tok: Any, per_client: Sequence[Sequence[dict[str, Any]]], batch_size: int,
                   max_new_tokens: int, device: torch.device | str) -> list[float]:
@@ -89,6 +61,6 @@ def math_accuracy(model: Any, tok: Any, per_client: Sequence[Sequence[dict[str, 
         per = len(examples) // c
         for i, (ex, w, text) in enumerate(zip(examples, weights, texts)):
             if w > 0:
-                correct[i // per] += score_math(text, ex["answer"])
+                correct[i // per] += float(same_answer(text, ex["answer"]))
                 total[i // per] += 1
     return [a / max(t, 1) for a, t in zip(correct, total)]
