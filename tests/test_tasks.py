@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from sfedlora.client import decode_sample
 from sfedlora.config import TrainConfig, load_config
 from sfedlora.data.batching import IGNORE, encode_lm
 from sfedlora.models import smollm2_tokenizer
@@ -45,11 +46,27 @@ def test_instruction_tuning_reports_perplexity(math_file, tmp_path):
 
 
 def test_math_reports_decoding_accuracy(math_file, tmp_path):
-    _, summary = run(tmp_path, f"data.source={math_file}", "data.task=math", "data.prompt_field=question",
-                     "data.response_field=worked", "data.answer_field=final", "eval.generate_examples=2",
-                     "eval.max_new_tokens=3", *LM)
+    sim, summary = run(tmp_path, f"data.source={math_file}", "data.task=math", "data.prompt_field=question",
+                       "data.response_field=worked", "data.answer_field=final", "eval.generate_examples=2",
+                       "eval.max_new_tokens=3", *LM)
     assert summary["metric"] == "accuracy"
     assert 0.0 <= summary["personal"]["last"]["test"]["weighted"] <= 1.0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for r in records:  # the decoded sample's size is recorded with every evaluation
+        assert [row["n_decoded"] for row in r["eval"]["personal"]["test"]["clients"]] == [2, 2]
+    for e in sim.encoded:  # drawn from the evaluated split, fixed at set-up: the same sample every round
+        assert len(e.decode["test"]) == 2 and all(ex in e.test for ex in e.decode["test"])
+
+
+def test_decoded_sample_represents_the_split_not_its_shortest_examples():
+    """Splits are sorted by length for batching; the decoded sample is drawn before that (seeded), so its
+    mean length is the split's, not the shortest k's (which biased accuracy up: 115 vs 177 tokens)."""
+    rows = [{"prompt_ids": [0] * n, "input_ids": [0] * n} for n in range(1, 101)]  # mean length 50.5
+    for seed in range(5):
+        sample = decode_sample(rows, 20, seed)
+        assert sample == decode_sample(rows, 20, seed) and len(sample) == 20  # seeded: same every call
+        assert 35 < sum(len(ex["prompt_ids"]) for ex in sample) / 20 < 66  # the 20 shortest: 10.5
+    assert len(decode_sample(rows, 0, 0)) == 100 and len(decode_sample(rows, 500, 0)) == 100  # 0 or more: all
 
 
 def test_response_only_labels():

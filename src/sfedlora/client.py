@@ -7,8 +7,9 @@ Shared by the in-process runner (groups of G clients on one base model) and the 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,19 +44,34 @@ def sampler(cfg: RunConfig, c: int, n_train: int) -> ClientSampler:
 
 @dataclass
 class Encoded:
-    """One client's tokenised splits; evaluation splits sorted by length (batches then pad little)."""
+    """One client's tokenised splits; evaluation splits sorted by length (batches then pad little).
+    Math: `decode[split]` is the seeded sample of that split decoded for accuracy, the same every round."""
 
     train: list[dict[str, Any]]
     val: list[dict[str, Any]]
     test: list[dict[str, Any]]
+    decode: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
-def encode(data: ClientData, task: str, tok: Any, cfg: RunConfig) -> Encoded:
+def decode_sample(rows: Sequence[dict[str, Any]], k: int, seed: int) -> list[dict[str, Any]]:
+    """A seeded uniform sample of k rows (all rows if k is 0 or at least their number), drawn before any
+    sorting, so that it represents the split; returned sorted by prompt length for batching."""
+    chosen = list(rows) if not k or k >= len(rows) else random.Random(seed).sample(list(rows), k)
+    return sorted(chosen, key=lambda e: len(e["prompt_ids"]))
+
+
+def encode(data: ClientData, task: str, tok: Any, cfg: RunConfig, c: int) -> Encoded:
+    """Client c's splits, tokenised; evaluation capped at eval.max_examples per split (the split's own
+    seeded order), and for math the decoded sample of eval.generate_examples per split."""
     enc = encode_classification if task == "classification" else encode_lm
     cap = cfg.eval.max_examples or None
     L = cfg.model.max_length
+    val, test = enc(data.val[:cap], tok, L), enc(data.test[:cap], tok, L)
     by_len = lambda rows: sorted(rows, key=lambda e: len(e["input_ids"]))
-    return Encoded(enc(data.train, tok, L), by_len(enc(data.val[:cap], tok, L)), by_len(enc(data.test[:cap], tok, L)))
+    decode = {} if task != "math" else {
+        split: decode_sample(rows, cfg.eval.generate_examples, cfg.seed * 1000003 + 2 * c + i)
+        for i, (split, rows) in enumerate((("val", val), ("test", test)))}
+    return Encoded(enc(data.train, tok, L), by_len(val), by_len(test), decode)
 
 
 def install(model: Any, states: Sequence[State], gammas: Sequence[float], device: torch.device) -> int:
@@ -94,18 +110,23 @@ def train_clients(model: Any, tok: Any, task: str, cfg: RunConfig, trained: froz
 
 
 def evaluate_clients(model: Any, tok: Any, task: str, cfg: RunConfig, states: Sequence[State],
-                     gammas: Sequence[float], val: Sequence[Sequence[dict[str, Any]]],
-                     test: Sequence[Sequence[dict[str, Any]]], device: torch.device) -> dict[str, list[dict[str, Any]]]:
+                     gammas: Sequence[float], encoded: Sequence[Encoded],
+                     device: torch.device) -> dict[str, list[dict[str, Any]]]:
     """Each client's own adapters on its own validation and test splits: one row per client and split."""
     install(model, states, gammas, device)
+    return {split: evaluate_split(model, tok, task, cfg, [getattr(e, split) for e in encoded],
+                                  [e.decode.get(split, []) for e in encoded], device)
+            for split in ("val", "test")}
+
+
+def evaluate_split(model: Any, tok: Any, task: str, cfg: RunConfig, examples: Sequence[Sequence[dict[str, Any]]],
+                   decoded: Sequence[Sequence[dict[str, Any]]], device: torch.device) -> list[dict[str, Any]]:
+    """One row per installed client: loss and accuracy or perplexity on `examples`; math adds the accuracy of
+    greedy decoding on `decoded` and its size (`n_decoded`)."""
     bs = cfg.eval.batch_size
-    out: dict[str, list[dict[str, Any]]] = {}
-    for split, data in (("val", val), ("test", test)):
-        rows = evaluate_group(model, list(data), task, tok.pad_token_id, bs, device)
-        if task == "math":
-            k = cfg.eval.generate_examples
-            accs = math_accuracy(model, tok, [d[:k] for d in data], bs, cfg.eval.max_new_tokens, device)
-            for r, a in zip(rows, accs):
-                r["accuracy"] = a
-        out[split] = rows
-    return out
+    rows = evaluate_group(model, list(examples), task, tok.pad_token_id, bs, device)
+    if task == "math":
+        accs = math_accuracy(model, tok, list(decoded), bs, cfg.eval.max_new_tokens, device)
+        for r, a, d in zip(rows, accs, decoded):
+            r["accuracy"], r["n_decoded"] = a, len(d)
+    return rows

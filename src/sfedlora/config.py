@@ -97,7 +97,8 @@ class EvalConfig:
     batch_size: int = 16  # per client
     max_examples: int = 0  # cap per client and split; 0 = all
     global_model: bool = True  # also evaluate the global model on the pooled test split
-    generate_examples: int = 16  # math: examples per client decoded greedily for accuracy
+    generate_examples: int = 16  # math: a seeded sample of this many examples per client and split is decoded
+    #                              greedily for accuracy, the same every round; 0 = all
     max_new_tokens: int = 160
 
 

@@ -27,7 +27,6 @@ from sfedlora.data.batching import collate
 from sfedlora.data.partition import ClientData, describe, make_clients
 from sfedlora.data.sources import TaskData, load_task
 from sfedlora.errors import SfedloraError
-from sfedlora.evaluate import evaluate_group, math_accuracy
 from sfedlora.grouping import GroupPlan, busy_group, eval_group, free_bytes, memory_caps, saved_activation_bytes
 from sfedlora.hetero import spectrum_stats
 from sfedlora.inject import group_parameters, inject_adapters, lora_layers
@@ -73,10 +72,8 @@ class Simulation:
 
     # ---- set-up -------------------------------------------------------------------------------------
     def _encode(self) -> None:
-        encoded = [client.encode(d, self.data.task, self.tok, self.cfg) for d in self.clients]
-        self.train_ex = [e.train for e in encoded]
-        self.val_ex = [e.val for e in encoded]
-        self.test_ex = [e.test for e in encoded]
+        self.encoded = [client.encode(d, self.data.task, self.tok, self.cfg, c) for c, d in enumerate(self.clients)]
+        self.train_ex = [e.train for e in self.encoded]
 
     def _init_states(self, rnd: int = 0) -> list[State]:
         """Fresh adapters (B = 0) for every client; `rnd` > 0 re-draws (FLoRA's restarts)."""
@@ -143,13 +140,13 @@ class Simulation:
         return stats
 
     def _evaluate(self) -> dict[str, Any]:
-        task, bs = self.data.task, self.cfg.eval.batch_size
+        task = self.data.task
         metric, _ = metrics.PRIMARY[task]
         personal: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
         for group in self._groups(list(range(len(self.clients))), "eval"):
             rows = client.evaluate_clients(self.model, self.tok, task, self.cfg, [self.states[c] for c in group],
-                                           [self.resolved.gammas[c] for c in group], [self.val_ex[c] for c in group],
-                                           [self.test_ex[c] for c in group], self.device)
+                                           [self.resolved.gammas[c] for c in group],
+                                           [self.encoded[c] for c in group], self.device)
             for split in personal:
                 personal[split] += rows[split]
         out: dict[str, Any] = {"personal": metrics.personal(personal, self.weights)}
@@ -157,14 +154,13 @@ class Simulation:
             glob = self.method.global_model(self.states, self.weights)
             self._load([0], [glob])
             out["global"] = {}
-            for split, data in (("val", self.val_ex), ("test", self.test_ex)):
-                pooled = sorted((ex for rows in data for ex in rows), key=lambda e: len(e["input_ids"]))
-                row = evaluate_group(self.model, [pooled], task, self.tok.pad_token_id, bs, self.device)[0]
-                if task == "math":
-                    k = self.cfg.eval.generate_examples
-                    row["accuracy"] = math_accuracy(self.model, self.tok, [[ex for rows in data for ex in rows[:k]]],
-                                                    bs, self.cfg.eval.max_new_tokens, self.device)[0]
-                out["global"][split] = row
+            for split in ("val", "test"):  # the clients' splits pooled, and their decoded samples pooled
+                pooled = sorted((ex for e in self.encoded for ex in getattr(e, split)),
+                                key=lambda ex: len(ex["input_ids"]))
+                decoded = sorted((ex for e in self.encoded for ex in e.decode.get(split, [])),
+                                 key=lambda ex: len(ex["prompt_ids"]))
+                out["global"][split] = client.evaluate_split(self.model, self.tok, task, self.cfg, [pooled], [decoded],
+                                                             self.device)[0]
         assert metric in out["personal"]["test"]
         return out
 

@@ -62,7 +62,7 @@ class Node:
         self.targets = inject_adapters(self.model, cfg.lora.targets, cfg.lora.dropout,
                                        head=self.task == "classification")
         self.model.to(self.device)
-        self.encoded = client.encode(self.data, self.task, self.tok, cfg)
+        self.encoded = client.encode(self.data, self.task, self.tok, cfg, partition)
         self.setup_s = time.perf_counter() - t0
 
     @staticmethod
@@ -142,7 +142,7 @@ class Node:
         t0 = time.perf_counter()
         if evaluate:
             rows = client.evaluate_clients(self.model, self.tok, self.task, self.cfg, [state["adapters"]], [gamma],
-                                           [self.encoded.val], [self.encoded.test], self.device)
+                                           [self.encoded], self.device)
             reply["eval"] = {split: rows[split][0] for split in ("val", "test")}
         t1 = time.perf_counter()
         if train:
