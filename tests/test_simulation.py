@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from sfedlora.config import load_config
@@ -62,3 +64,33 @@ def test_ffa_lora_keeps_the_shared_a(sentiment_file, tmp_path):
     for k in keys(initial[0], "lora_A"):
         for c in range(3):
             assert torch.equal(sim.states[c][k], initial[0][k])
+
+
+def test_evaluation_is_deterministic_with_adapter_dropout(sentiment_file, tmp_path):
+    """lora.dropout > 0: training applies it (two steps from the same state differ by the dropout masks),
+    evaluation never does (three evaluations of one model agree exactly), in both runners' code paths."""
+    sim, _ = run_with_spy(sentiment_file, tmp_path, "fed.method=sfed-lora", "lora.dropout=0.5", "fed.rounds=1")
+    assert any(bool(v.abs().sum() > 0) for k, v in sim.states[0].items() if k.endswith("lora_B"))
+    evaluations = [sim._evaluate()["personal"] for _ in range(3)]
+    assert evaluations[0] == evaluations[1] == evaluations[2]
+    assert not any(m.training for m in sim.model.modules())  # training left everything in eval mode
+    before, sampler = dict(sim.states[0]), copy.deepcopy(sim.samplers[0])
+    losses = []
+    for seed in (1, 2):  # the same state and batches, different dropout masks
+        sim.states[0], sim.samplers[0] = dict(before), copy.deepcopy(sampler)
+        torch.manual_seed(seed)
+        losses.append(sim._train(2, [0], None)[0]["loss"])
+    assert losses[0] != losses[1]
+
+
+def test_flower_node_evaluation_is_deterministic_with_adapter_dropout(sentiment_file):
+    from sfedlora.flower.node import Node
+
+    cfg = load_config(None, [f"data.source={sentiment_file}", *TINY, "lora.dropout=0.5"])
+    node = Node(cfg, 0, 3)
+    state = node.fresh("independent", [4, 4, 4])
+    g = torch.Generator().manual_seed(0)
+    state["adapters"] = {k: torch.randn(v.shape, generator=g) if k.endswith("lora_B") else v
+                         for k, v in state["adapters"].items()}
+    replies = [node.step(state, {}, 1, 2.0, evaluate=True, train=False)[1]["eval"] for _ in range(3)]
+    assert replies[0] == replies[1] == replies[2]

@@ -25,7 +25,9 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str,
 @torch.inference_mode()
 def evaluate_group(model: Any, per_client: Sequence[Sequence[dict[str, Any]]], task: str, pad_id: int,
                    batch_size: int, device: torch.device | str) -> list[dict[str, float]]:
-    """Loss and accuracy or perplexity for each installed client on its own list of examples."""
+    """Loss and accuracy or perplexity for each installed client on its own list of examples (eval mode:
+    no dropout anywhere, so the same model gives the same numbers every time)."""
+    model.eval()
     c = len(per_client)
     sums = torch.zeros(c, 4, dtype=torch.float64)  # loss sum, loss count, correct, examples
     terms = classification_terms if task == "classification" else lm_terms
@@ -50,7 +52,8 @@ def evaluate_group(model: Any, per_client: Sequence[Sequence[dict[str, Any]]], t
 @torch.inference_mode()
 def math_accuracy(model: Any, tok: Any, per_client: Sequence[Sequence[dict[str, Any]]], batch_size: int,
                   max_new_tokens: int, device: torch.device | str) -> list[float]:
-    """Greedy-decoding accuracy per installed client on its examples (prompt only, left padded)."""
+    """Greedy-decoding accuracy per installed client on its examples (prompt only, left padded; eval mode)."""
+    model.eval()
     c = len(per_client)
     correct, total = [0.0] * c, [0.0] * c
     for examples, weights in grouped_chunks(per_client, batch_size):

@@ -72,8 +72,8 @@ def inject_adapters(model: nn.Module, targets: str | Sequence[str], dropout: flo
             f"LoRA targets {list(suffixes)} match no linear module of this model; its linear layers "
             f"end in: {examples}"
         )
-    for name, module in chosen:
-        _set_submodule(model, name, StackedLoRALinear(module, dropout=dropout))
+    for name, module in chosen:  # new layers take the model's mode (eval after loading: no dropout)
+        _set_submodule(model, name, StackedLoRALinear(module, dropout=dropout).train(model.training))
     if head:
         heads = [(n, m) for n, m in linears if _is_head(n)]
         if not heads:

@@ -35,6 +35,7 @@ from sfedlora.methods import get_method
 from sfedlora.models import load_model
 from sfedlora.optim import ClientOptState
 from sfedlora.resolve import resolve, resolve_device, resolve_precision
+from sfedlora.train import adapters_training
 
 State = dict[str, torch.Tensor]
 
@@ -113,7 +114,8 @@ class Simulation:
         self._load([max(range(len(self.clients)), key=lambda c: self.resolved.ranks[c])])
         for p in group_parameters(self.model).values():
             p.requires_grad_(True)
-        saved = saved_activation_bytes(self.model, lambda: group_loss(self.model, batch, 1, self.data.task))
+        with adapters_training(self.model):  # as in training: the adapters' dropout saves its masks
+            saved = saved_activation_bytes(self.model, lambda: group_loss(self.model, batch, 1, self.data.task))
         return -(-saved // b)
 
     def _groups(self, members: list[int], kind: str = "train") -> list[list[int]]:

@@ -1,12 +1,14 @@
 """The client local loop: K steps for a group of clients at once, on their stacked adapters.
 
-Every step: one forward/backward over the client-major batch, per-client gradient norms of A and B
+Adapters train in train mode (their dropout on), the frozen base in eval mode. Every step: one
+forward/backward over the client-major batch, per-client gradient norms of A and B
 (before clipping), per-client global-norm clipping, one per-client optimiser step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +42,29 @@ def per_client_sq_norm(grads: list[torch.Tensor], n_clients: int, device: torch.
     return total
 
 
+@contextmanager
+def adapters_training(model: Any) -> Iterator[None]:
+    """The adapters in train mode (lora.dropout applies) while the block runs, back in eval mode after.
+    The frozen base model stays in eval mode throughout: its own dropout is off, as it is frozen, and
+    batched training equals sequential training only with a deterministic base."""
+    layers = list(lora_layers(model).values())
+    for layer in layers:
+        layer.train()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.eval()
+
+
 def train_group(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], optimizer: StackedOptimizer,
                 trained: frozenset[str], steps: int, cfg: TrainConfig, task: str) -> GroupStats:
+    with adapters_training(model):
+        return _train_steps(model, next_batch, optimizer, trained, steps, cfg, task)
+
+
+def _train_steps(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], optimizer: StackedOptimizer,
+                 trained: frozenset[str], steps: int, cfg: TrainConfig, task: str) -> GroupStats:
     params = group_parameters(model)
     for key, p in params.items():
         p.requires_grad_(factor_kind(key) in trained)
