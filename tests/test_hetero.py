@@ -11,7 +11,7 @@ from conftest import tiny_llama
 from test_batched_equals_peft import lm_batches, run_sfedlora
 
 from sfedlora.config import TrainConfig, load_config
-from sfedlora.hetero import pad_state, partition_weights, spectrum_stats, truncate_state
+from sfedlora.hetero import overlay, pad_state, partition_weights, spectrum_stats, truncate_state
 from sfedlora.inject import init_adapter_state, inject_adapters
 from sfedlora.methods import get_method
 from sfedlora.simulation import Simulation
@@ -133,6 +133,38 @@ def test_heterogeneous_run(method, sentiment_file, tmp_path):
     assert records[1]["rank"] == [2, 4, 8] and 0 <= records[1]["energy_beyond_rmin"] <= 1
     if method == "sfed-lora":  # gamma_i = alpha * sqrt(N / r_i)
         assert records[1]["gamma"] == pytest.approx([8 * (3 / r) ** 0.5 for r in (2, 4, 8)])
+
+
+def test_overlay_and_download_keep_the_rows_an_update_lacks():
+    """Under partial participation a round's update only reaches the participants' largest rank: a client
+    of rank 8 that receives a rank-4 update takes its 4 rows (A) / columns (B) and keeps its own others."""
+    old = {A: torch.arange(8.0).view(8, 1).repeat(1, 3), B: torch.ones(3, 8), "head.bias": torch.zeros(2)}
+    new = {A: torch.full((4, 3), -1.0), B: torch.full((3, 4), 5.0), "head.bias": torch.ones(2)}
+    out = overlay(old, new)
+    assert out[A][:, 0].tolist() == [-1, -1, -1, -1, 4, 5, 6, 7] and out[B][0].tolist() == [5] * 4 + [1] * 4
+    assert out["head.bias"].tolist() == [1, 1] and old[A][0, 0] == 0  # old itself is untouched
+    assert overlay(new, old)[A][:, 0].tolist() == list(range(8))  # a wider update replaces all rows
+    for name in ("raflora", "hetlora", "sfed-lora"):
+        got = get_method(name).download(old, {A: new[A], "head.bias": new["head.bias"]}, 1.0, 1)
+        assert got[A][:, 0].tolist() == [-1, -1, -1, -1, 4, 5, 6, 7] and torch.equal(got[B], old[B])
+        small = {A: old[A][:2], B: old[B][:, :2], "head.bias": old["head.bias"]}
+        assert get_method(name).download(small, new, 1.0, 1)[A].shape == (2, 3)  # cut to its own rank
+
+
+@pytest.mark.parametrize("method", ["raflora", "hetlora", "sfed-lora"])
+def test_heterogeneous_ranks_with_one_client_per_round(method, sentiment_file, tmp_path):
+    """Ranks [2, 4, 8] and one client per round (the crash: 'start (0) + length (8) exceeds dimension size')."""
+    cfg = load_config(None, [f"data.source={sentiment_file}", "model.name=tiny-bert", "model.precision=fp32",
+                             "data.task=classification", "data.text_field=sentence", "data.label_field=sentiment",
+                             "data.partition=iid", "fed.clients=3", "fed.clients_per_round=1", "fed.rounds=4",
+                             "fed.local_steps=2", "train.batch_size=4", "lora.ranks=[2,4,8]", f"fed.method={method}"])
+    sim = Simulation(cfg, tmp_path / "run", echo=lambda s: None, progress=False)
+    sim.run()
+    a_key = next(k for k in sim.states[0] if k.endswith("lora_A"))
+    assert [sim.states[c][a_key].shape[0] for c in range(3)] == [2, 4, 8]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [len(r["participants"]) for r in records[1:]] == [1, 1, 1, 1]
+    assert len({r["participants"][0] for r in records[1:]}) > 1  # ranks differing between rounds occurred
 
 
 def test_equal_rank_methods_refuse_heterogeneous_ranks(sentiment_file, tmp_path):

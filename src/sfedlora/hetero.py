@@ -56,6 +56,23 @@ def truncate_state(state: State, rank: int, stacked: bool = False) -> State:
     return out
 
 
+def overlay(old: State, new: State) -> State:
+    """`old` with `new` written over it, key by key. Where both have an entry with a rank dimension, new's
+    leading rows of A (columns of B) replace old's and old's further rows stay: the result has the larger of
+    the two ranks. A round's update under partial participation only reaches the participants' largest
+    rank, so a client (or the server's store of the latest update) keeps the rows nobody sent this round."""
+    out = dict(old)
+    for k, v in new.items():
+        d = rank_dim(k)
+        if k not in old or d is None or v.shape[d] >= old[k].shape[d]:
+            out[k] = v
+        else:
+            merged = old[k].clone()
+            merged.narrow(d, 0, v.shape[d]).copy_(v)
+            out[k] = merged
+    return out
+
+
 def partitions(ranks: Sequence[int]) -> list[tuple[int, int]]:
     """Rank partitions [l, h) between consecutive distinct ranks: (2, 4, 8) -> [0,2), [2,4), [4,8)."""
     bounds = sorted(set(ranks))

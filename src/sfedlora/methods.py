@@ -16,7 +16,7 @@ import torch
 
 from sfedlora.aggregate import normalise, select, weighted_mean
 from sfedlora.errors import SfedloraError
-from sfedlora.hetero import rank_of, rank_partitioned_mean, truncate_state, zero_padded_mean
+from sfedlora.hetero import overlay, rank_of, rank_partitioned_mean, truncate_state, zero_padded_mean
 from sfedlora.inject import factor_kind
 
 State = dict[str, torch.Tensor]
@@ -51,9 +51,10 @@ class FederatedMethod:
         return weighted_mean(uploads, weights)
 
     def download(self, client: State, update: State, gamma: float, rnd: int) -> State:
-        """A client's state after receiving the server's update: uploaded factors are replaced, cut to
-        the client's own rank where the update is wider (heterogeneous ranks)."""
-        return {**client, **truncate_state(update, rank_of(client))}
+        """A client's state after receiving the server's update: uploaded factors are replaced, cut to the
+        client's own rank where the update is wider; where it is narrower (heterogeneous ranks, partial
+        participation) the client keeps its own further rows (hetero.overlay)."""
+        return truncate_state(overlay(client, update), rank_of(client))
 
     def global_delta(self, update: State, clients: Sequence[State], gammas: Sequence[float],
                      weights: Sequence[float]) -> dict[str, torch.Tensor]:

@@ -39,6 +39,7 @@ from sfedlora.flower.wire import (
     parse_stats,
     to_record,
 )
+from sfedlora.hetero import overlay
 from sfedlora.methods import get_method
 from sfedlora.resolve import resolve
 
@@ -319,7 +320,7 @@ class FlowerRun:
             accepted, excluded, bytes_up = self._accept(rnd, members, replies)
             update_record, _ = self.strategy.aggregate_train(rnd, accepted)
             update = from_record(update_record) if update_record is not None else {}
-            latest.update(update)  # key-wise: a node that missed rounds receives their composition
+            latest = overlay(latest, update)  # a node that missed rounds receives their composition
             stats = {self.partition_of[r.metadata.src_node_id]: s for r in accepted  # checked in _accept
                      if (s := parse_stats(r.content["report"]["stats"])) is not None}
             record = metrics.round_record(rnd, self.method.name, self.resolved, cfg.fed.clients, stats, None,
