@@ -12,7 +12,7 @@ from test_batched_equals_peft import lm_batches, run_sfedlora
 
 from sfedlora.config import TrainConfig, load_config
 from sfedlora.hetero import overlay, pad_state, partition_weights, spectrum_stats, truncate_state
-from sfedlora.inject import init_adapter_state, inject_adapters
+from sfedlora.inject import init_adapter_state, inject_adapters, lora_layers
 from sfedlora.methods import get_method
 from sfedlora.simulation import Simulation
 
@@ -190,3 +190,61 @@ def test_report_plots_rank_collapse(sentiment_file, tmp_path):
     build_report([tmp_path / "runs"], tmp_path / "rep")
     assert (tmp_path / "rep" / "energy_beyond_rmin.png").stat().st_size > 0
     assert "Rank collapse" in (tmp_path / "rep" / "report.md").read_text()
+
+
+FLORA_BF16 = ["model.name=tiny-bert", "model.precision=bf16", "data.task=classification", "data.text_field=sentence",
+              "data.label_field=sentiment", "data.partition=iid", "fed.clients=3", "fed.rounds=3",
+              "fed.local_steps=2", "train.batch_size=4", "lora.ranks=[2,4,8]", "fed.method=flora",
+              "eval.max_examples=8"]
+
+
+def _bf16_sim(sentiment_file, out, *extra):
+    import warnings
+
+    cfg = load_config(None, [f"data.source={sentiment_file}", *FLORA_BF16, *extra])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 emulated on an AVX2 CPU
+        return Simulation(cfg, out, echo=lambda s: None, progress=False)
+
+
+def test_flora_keeps_small_merged_updates_in_a_bf16_model(sentiment_file, tmp_path):
+    """Ten updates of 8e-6 merged into bf16 weights of ~0.02 (a bf16 step there is ~1e-4): each adapted
+    weight is W0 + their fp32 sum, nothing rounded away (before: every update was lost)."""
+    sim = _bf16_sim(sentiment_file, tmp_path / "run")
+    layer_name, layer = next(iter(lora_layers(sim.model).items()))
+    w0 = layer.base_layer.weight.detach().float().clone()
+    assert layer.base_layer.weight.dtype == torch.bfloat16
+    update = {f"{layer_name}.delta": torch.full(w0.shape, 8e-6)}
+    for _ in range(10):
+        sim._merge(update)
+    expected = w0 + sim.merged[layer_name]
+    assert torch.equal(layer.base_layer.weight, expected)
+    torch.testing.assert_close(layer.base_layer.weight - w0, torch.full(w0.shape, 8e-5), rtol=1e-3, atol=1e-9)
+
+
+def test_flora_bf16_resume_equals_uninterrupted(sentiment_file, tmp_path):
+    """A FLoRA run in bf16 killed after round 2's checkpoint and resumed ends bit-identical to one that ran
+    straight through: the merged weights are rebuilt from W0 and the same fp32 sum."""
+    straight = _bf16_sim(sentiment_file, tmp_path / "straight")
+    straight.run()
+    crashed = _bf16_sim(sentiment_file, tmp_path / "crashed")
+    original = crashed._round
+
+    def crash(rnd, bar):
+        if rnd == 3:
+            raise KeyboardInterrupt("killed in round 3")
+        return original(rnd, bar)
+
+    crashed._round = crash
+    with pytest.raises(KeyboardInterrupt):
+        crashed.run()
+    resumed = _bf16_sim(sentiment_file, tmp_path / "crashed")
+    resumed.run(resume=True)
+    for a, b in zip(straight.states, resumed.states):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    for (name, la), lb in zip(lora_layers(straight.model).items(), lora_layers(resumed.model).values()):
+        assert la.base_layer.weight.dtype == torch.float32 and torch.equal(la.base_layer.weight, lb.base_layer.weight)
+        assert torch.equal(straight.merged[name], resumed.merged[name])
+    rows = [json.loads(x)["eval"]["personal"]["test"] for x in (tmp_path / "straight" / "metrics.jsonl").open()]
+    again = [json.loads(x)["eval"]["personal"]["test"] for x in (tmp_path / "crashed" / "metrics.jsonl").open()]
+    assert rows == again

@@ -9,6 +9,7 @@ would get alone. C = 1 is the ordinary single-adapter case.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -30,6 +31,19 @@ class StackedLoRALinear(nn.Module):
         # Adapter output moments (sum, sum of squares, count) per client, filled while track_moments.
         self.track_moments = False
         self.moments: torch.Tensor | None = None
+        self.w0: torch.Tensor | None = None  # the loaded weight, kept once updates are merged into it
+
+    def merge_base(self, total: torch.Tensor) -> None:
+        """Set the frozen weight to W0 + `total`, the fp32 sum of every update merged so far (FLoRA).
+
+        The sum is added to the weight as loaded, afresh each time, never accumulated in the weight itself:
+        a bf16 weight would round updates away (at weights ~0.02, 8e-5 loses ~32%, 8e-6 ~90%), and a resumed
+        run rebuilds the same bits from the same sum. The merged weight is fp32: in a bf16 model this layer
+        keeps an fp32 master and computes its base product in fp32."""
+        if self.w0 is None:
+            self.w0 = self.base_layer.weight.detach().clone()
+        weight = self.w0.float() + total.to(self.w0.device, torch.float32)
+        self.base_layer.weight = nn.Parameter(weight, requires_grad=False)
 
     @property
     def n_clients(self) -> int:
@@ -65,7 +79,11 @@ class StackedLoRALinear(nn.Module):
         return out.reshape(*lead, self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base = self.base_layer(x)
+        w, bias = self.base_layer.weight, self.base_layer.bias
+        if w.dtype == x.dtype:
+            base = self.base_layer(x)
+        else:  # an fp32 master weight (merge_base) in a bf16 model
+            base = F.linear(x.to(w.dtype), w, None if bias is None else bias.to(w.dtype)).to(x.dtype)
         if self.n_clients == 0:
             return base
         if x.shape[0] % self.n_clients:

@@ -237,17 +237,18 @@ class Simulation:
         return {key: sum(s[key] for s in stats) / len(stats) for key in ("energy_beyond_rmin", "effective_rank")}
 
     def _merge(self, update: State) -> None:
-        deltas = {k[: -len(".delta")]: v for k, v in update.items() if k.endswith(".delta")}
-        for m, d in deltas.items():
-            self.merged[m] = self.merged[m] + d if m in self.merged else d.clone()
-        self._apply_to_base(deltas)
+        """FLoRA: add the round's dW to the fp32 sum of merged updates; every adapted weight becomes W0 + sum."""
+        for key, d in update.items():
+            if key.endswith(".delta"):
+                m = key[: -len(".delta")]
+                self.merged[m] = self.merged[m] + d if m in self.merged else d.clone()
+        self._apply_merged()
 
-    def _apply_to_base(self, deltas: dict[str, torch.Tensor]) -> None:
+    def _apply_merged(self) -> None:
         layers = lora_layers(self.model)
         with torch.no_grad():
-            for m, delta in deltas.items():
-                base = layers[m].base_layer.weight
-                base.add_(delta.to(base.device, base.dtype))
+            for m, total in self.merged.items():
+                layers[m].merge_base(total)
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def _snapshot(self, rnd: int) -> dict[str, Any]:
@@ -258,7 +259,7 @@ class Simulation:
     def _restore(self, snap: dict[str, Any]) -> int:
         self.states, self.opt_states = snap["states"], snap["opt_states"]
         self.merged = snap["merged"]
-        self._apply_to_base(self.merged)
+        self._apply_merged()
         for sm, (rng_state, order, pos, epoch) in zip(self.samplers, snap["samplers"]):
             sm.rng.setstate(rng_state)
             sm.order, sm.pos, sm.epoch = order, pos, epoch
