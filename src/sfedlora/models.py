@@ -65,18 +65,28 @@ def smollm2_dir() -> Path:
 
 
 def smollm2_tokenizer() -> Any:
-    """SmolLM2's tokenizer: from the converted folder if it exists, else straight from the GGUF file
-    (a few seconds, no model conversion), so tiny-llama needs no 40 s conversion."""
+    """SmolLM2's tokenizer: from the converted model folder if it exists, else from a tokenizer-only folder
+    made once from the GGUF file (reading the GGUF takes seconds; no model conversion, so tiny-llama needs
+    no 40 s conversion)."""
     from transformers import AutoTokenizer
 
-    converted = cache_dir("models") / "smollm2-135m"
-    if (converted / "tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(str(converted))
+    for folder in (cache_dir("models") / "smollm2-135m", cache_dir("models") / "smollm2-135m-tokenizer"):
+        if (folder / "tokenizer.json").exists():
+            return AutoTokenizer.from_pretrained(str(folder))
     pkg = _package_dir("smollm2-135m")
     ggufs = sorted(pkg.glob("*.gguf"))
     if not ggufs:
         raise SfedloraError(f"no .gguf file in {pkg}")
-    return AutoTokenizer.from_pretrained(str(pkg), gguf_file=ggufs[0].name)
+    tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=ggufs[0].name)
+    target = cache_dir("models") / "smollm2-135m-tokenizer"
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tok.save_pretrained(tmp)
+    if not (target / "tokenizer.json").exists():
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    else:  # another process made it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tok
 
 
 def model_path(name: str) -> str:
