@@ -55,6 +55,9 @@ class Oracle:
     def __init__(self, tok, responses: dict[tuple[int, ...], str]) -> None:
         self.tok, self.responses = tok, responses
 
+    def eval(self):
+        return self
+
     def generate(self, input_ids, attention_mask, max_new_tokens, **_):
         rows = []
         for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):

@@ -63,15 +63,16 @@ def decode_sample(rows: Sequence[dict[str, Any]], k: int, seed: int) -> list[dic
 def encode(data: ClientData, task: str, tok: Any, cfg: RunConfig, c: int) -> Encoded:
     """Client c's splits, tokenised; evaluation capped at eval.max_examples per split (the split's own
     seeded order), and for math the decoded sample of eval.generate_examples per split."""
-    enc = encode_classification if task == "classification" else encode_lm
+    L, template = cfg.model.max_length, cfg.data.template
+    enc = (lambda rows: encode_classification(rows, tok, L)) if task == "classification" else (
+        lambda rows: encode_lm(rows, tok, L, template))
     cap = cfg.eval.max_examples or None
-    L = cfg.model.max_length
-    val, test = enc(data.val[:cap], tok, L), enc(data.test[:cap], tok, L)
+    val, test = enc(data.val[:cap]), enc(data.test[:cap])
     by_len = lambda rows: sorted(rows, key=lambda e: len(e["input_ids"]))
     decode = {} if task != "math" else {
         split: decode_sample(rows, cfg.eval.generate_examples, cfg.seed * 1000003 + 2 * c + i)
         for i, (split, rows) in enumerate((("val", val), ("test", test)))}
-    return Encoded(enc(data.train, tok, L), by_len(val), by_len(test), decode)
+    return Encoded(enc(data.train), by_len(val), by_len(test), decode)
 
 
 def install(model: Any, states: Sequence[State], gammas: Sequence[float], device: torch.device) -> int:

@@ -50,10 +50,13 @@ class DataConfig:
     text_field: str = "text"
     text_pair_field: str | None = None
     label_field: str = "label"
-    prompt_field: str = "prompt"
+    prompt_field: str = "prompt"  # the instruction
+    input_field: str = "input"  # optional context of the instruction (Alpaca's `input`); absent or empty: none
     response_field: str = "response"
     answer_field: str = "answer"
     category_field: str = "category"
+    template: str = "alpaca"  # instruction/math prompt format: alpaca (with ### Input when present) | chat (the
+    #                           tokenizer's chat template, for instruct models)
     labels: list[str] | None = None  # keep only these labels, in this order
     max_examples: int = 2000  # records drawn (seeded) before partitioning; 0 = all
     partition: str = "dirichlet"  # iid | dirichlet
@@ -124,6 +127,7 @@ CHOICES = {
     "lora.rank_rule": ("cycle", "by_size"),
     "data.task": (None, "classification", "instruction", "math"),
     "data.partition": ("iid", "dirichlet"),
+    "data.template": ("alpaca", "chat"),
     "fed.weighting": ("samples", "uniform"),
     "train.optimizer": ("sgd", "adamw"),
     "train.optimizer_state": ("reset", "keep"),

@@ -5,10 +5,13 @@ PEFT has a single scaling per adapter: lora_alpha / r, or lora_alpha / sqrt(r) w
 gamma is expressed in those terms exactly: for sfed, use_rslora=True and lora_alpha = alpha*sqrt(N)
 (so lora_alpha/sqrt(r) = alpha*sqrt(N/r)); for rslora, use_rslora=True and lora_alpha = alpha; for every
 other rule lora_alpha = gamma * r. For the FedSA family a client's model is its own B with the shared A.
+Beside each folder, sfedlora.json records the run, the client, its rank and gamma, and (instruction and
+math tasks) the prompt format the model was trained with (data.template).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import torch
 import yaml
 
 from sfedlora.config import RunConfig, config_from_dict
+from sfedlora.data import prompts
 from sfedlora.errors import SfedloraError
 from sfedlora.inject import _is_head
 from sfedlora.models import load_model, model_path
@@ -83,20 +87,23 @@ def build_peft_model(run_dir: Path, client: int) -> tuple[Any, Any, dict[str, An
     peft_model = get_peft_model(model, lcfg)
     copy_into_peft(peft_model, state)
     peft_model.peft_config["default"].base_model_name_or_path = model_path(cfg.model.name)
-    info = {"client": client, "rank": rank, "gamma": gamma, "scaling": resolved["scaling"],
-            "lora_alpha": lora_alpha, "use_rslora": use_rslora, "task": task, "heads": heads}
+    info = {"client": client, "method": cfg.fed.method, "rank": rank, "gamma": gamma, "scaling": resolved["scaling"],
+            "lora_alpha": lora_alpha, "use_rslora": use_rslora, "task": task, "heads": heads,
+            "model": cfg.model.name, "precision": resolved.get("precision"),
+            "prompt_format": None if task == "classification" else prompts.describe(cfg.data.template)}
     return peft_model.eval(), tok, info
 
 
 def export(run_dir: Path, client: int, out: Path, merged: bool = True) -> dict[str, Any]:
     peft_model, tok, info = build_peft_model(run_dir, client)
     out.mkdir(parents=True, exist_ok=True)
+    folders = [out / "adapter"] + ([out / "merged"] if merged else [])
     peft_model.save_pretrained(out / "adapter")
-    tok.save_pretrained(out / "adapter")
     if merged:
-        model = peft_model.merge_and_unload()
-        model.save_pretrained(out / "merged")
-        tok.save_pretrained(out / "merged")
+        peft_model.merge_and_unload().save_pretrained(out / "merged")
+    for folder in folders:  # the tokenizer, and how this model was trained and is prompted
+        tok.save_pretrained(folder)
+        (folder / "sfedlora.json").write_text(json.dumps({**info, "run": str(Path(run_dir).resolve())}, indent=1))
     return info
 
 

@@ -1,7 +1,8 @@
 """Tokenisation and client-major batching.
 
 An example is a dict of token lists: classification {input_ids, [token_type_ids], label}; language
-modelling {input_ids, labels} with labels = -100 on prompt tokens (loss on response tokens only).
+modelling {input_ids, labels, prompt_ids, [answer]} in a prompt format (data.prompts), with labels = -100
+on prompt tokens (loss on response tokens only).
 A group batch stacks b examples of client 0, then b of client 1, ... (client-major), padded to one
 length, with `weight` 0 on filler rows used to even out clients that ran out of examples.
 """
@@ -14,12 +15,9 @@ from typing import Any
 
 import torch
 
-PROMPT_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
+from sfedlora.data.prompts import check_template, render
+
 IGNORE = -100
-
-
-def format_prompt(prompt: str) -> str:
-    return PROMPT_TEMPLATE.format(prompt=prompt.strip())
 
 
 def encode_classification(records: Sequence[dict[str, Any]], tok: Any, max_length: int) -> list[dict[str, Any]]:
@@ -35,14 +33,21 @@ def encode_classification(records: Sequence[dict[str, Any]], tok: Any, max_lengt
     return out
 
 
-def encode_lm(records: Sequence[dict[str, Any]], tok: Any, max_length: int) -> list[dict[str, Any]]:
-    """Prompt (template) + response + EOS; the prompt is cut from the left and the response from the
-    right so that at least half of max_length stays for the response when both are long."""
-    prompts = tok([format_prompt(r["prompt"]) for r in records], add_special_tokens=True)["input_ids"]
-    responses = tok([r["response"] for r in records], add_special_tokens=False)["input_ids"]
+def encode_lm(records: Sequence[dict[str, Any]], tok: Any, max_length: int,
+              template: str = "alpaca") -> list[dict[str, Any]]:
+    """Prompt + response in the prompt format `template` (data.prompts), labels on the response only; the
+    prompt is cut from the left and the response from the right so that at least half of max_length stays
+    for the response when both are long."""
+    check_template(template, tok)
+    texts = [render(r, template, tok) for r in records]
+    # alpaca: the tokenizer's own special tokens (BOS) and an EOS after the response; chat: the template
+    # already holds every special token, its end-of-turn mark included
+    prompts = tok([p for p, _ in texts], add_special_tokens=template == "alpaca")["input_ids"]
+    responses = tok([a for _, a in texts], add_special_tokens=False)["input_ids"]
+    eos = [tok.eos_token_id] if template == "alpaca" else []
     out = []
     for r, p, a in zip(records, prompts, responses):
-        a = list(a) + [tok.eos_token_id]
+        a = list(a) + eos
         if len(p) + len(a) > max_length:
             a = a[: max(max_length // 2, max_length - len(p))]
             p = p[-(max_length - len(a)):] if max_length > len(a) else []

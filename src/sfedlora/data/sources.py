@@ -2,8 +2,8 @@
 
 Task types and their record fields:
   classification   text, [text_pair], label (int)          metric: accuracy
-  instruction      prompt, response, [category]             metric: perplexity on response tokens
-  math             prompt, response (worked), answer        metrics: perplexity, greedy-decoding accuracy
+  instruction      prompt, [input], response, [category]    metric: perplexity on response tokens
+  math             prompt, [input], response (worked), answer   metrics: perplexity, greedy-decoding accuracy
 
 Sources: the offline `multiemo`, `vitaminc`, `natural-instructions` (BIG-bench sdist), `gsm-symbolic`
 (reasoning-gym); a local .json / .jsonl / .csv file; any Hugging Face dataset name (`hf:` prefix
@@ -77,8 +77,8 @@ def _hub(name: str, subset: str | None, split: str) -> list[dict[str, Any]]:
 
 def _rename(rows: list[dict[str, Any]], cfg: DataConfig, task: str, source: str) -> list[dict[str, Any]]:
     mapping = {"text": cfg.text_field, "text_pair": cfg.text_pair_field, "label": cfg.label_field,
-               "prompt": cfg.prompt_field, "response": cfg.response_field, "answer": cfg.answer_field,
-               "category": cfg.category_field}
+               "prompt": cfg.prompt_field, "input": cfg.input_field, "response": cfg.response_field,
+               "answer": cfg.answer_field, "category": cfg.category_field}
     present = set(rows[0]) if rows else set()
     for std in TASK_FIELDS[task]:
         if mapping[std] not in present:

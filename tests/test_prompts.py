@@ -1,0 +1,92 @@
+"""Prompt formats: Alpaca with its `### Input:` section when a record has an input (the Alpaca presets
+dropped it: "Summarize the following text" arrived without the text), the tokenizer's chat template, the
+loss on response tokens only, and the format recorded in the run and beside the export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from sfedlora.cli import main
+from sfedlora.config import load_config
+from sfedlora.data.batching import IGNORE, encode_lm
+from sfedlora.data.prompts import ALPACA_INPUT, ALPACA_NO_INPUT
+from sfedlora.data.sources import load_task
+from sfedlora.errors import SfedloraError
+from sfedlora.models import smollm2_tokenizer
+
+ALPACA = [  # records as tatsu-lab/alpaca serves them: instruction, input (often empty), output
+    {"instruction": "Summarize the following text.", "input": "The quick brown fox jumps over the lazy dog.",
+     "output": "A fox jumps over a dog."},
+    {"instruction": "Give three tips for staying healthy.", "input": "",
+     "output": "Eat well, exercise, sleep."},
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return smollm2_tokenizer()
+
+
+@pytest.fixture
+def alpaca_file(tmp_path):
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ALPACA * 12))
+    return path
+
+
+def alpaca_records(path):
+    cfg = load_config(None, [f"data.source={path}", "data.task=instruction", "data.prompt_field=instruction",
+                             "data.response_field=output", "data.input_field=input"])
+    return load_task(cfg.data, seed=0).records
+
+
+def test_alpaca_template_includes_the_input(alpaca_file, tok):
+    records = alpaca_records(alpaca_file)
+    with_input = next(r for r in records if r["input"])
+    without = next(r for r in records if not r["input"])
+    (ex,) = encode_lm([with_input], tok, max_length=256)
+    prompt = tok.decode(ex["prompt_ids"])
+    assert prompt.endswith(ALPACA_INPUT.format(instruction="Summarize the following text.",
+                                               input="The quick brown fox jumps over the lazy dog."))
+    (ex,) = encode_lm([without], tok, max_length=256)
+    assert tok.decode(ex["prompt_ids"]).endswith(ALPACA_NO_INPUT.format(
+        instruction="Give three tips for staying healthy.")) and "### Input" not in tok.decode(ex["prompt_ids"])
+    response = [t for t in ex["labels"] if t != IGNORE]
+    assert tok.decode(response) == "Eat well, exercise, sleep." + tok.eos_token  # loss on the response only
+
+
+def test_chat_template_marks_the_assistant_turn(tok):
+    record = {"prompt": "Summarize the following text.", "input": "A long text.", "response": "Short."}
+    (ex,) = encode_lm([record], tok, max_length=256, template="chat")
+    prompt = tok.decode(ex["prompt_ids"])
+    assert "<|im_start|>user\nSummarize the following text.\n\nA long text.<|im_end|>" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert tok.decode([t for t in ex["labels"] if t != IGNORE]) == "Short.<|im_end|>\n"
+    assert ex["input_ids"] == ex["prompt_ids"] + [t for t in ex["labels"] if t != IGNORE]
+
+
+def test_chat_template_needs_a_tokenizer_that_has_one(tok, monkeypatch):
+    monkeypatch.setattr(tok, "chat_template", None)
+    with pytest.raises(SfedloraError, match="data.template=alpaca"):
+        encode_lm([{"prompt": "x", "response": "y"}], tok, max_length=32, template="chat")
+    with pytest.raises(SfedloraError, match="data.template must be one of"):
+        load_config(None, ["data.template=vicuna"])
+
+
+@pytest.mark.parametrize("template", ["alpaca", "chat"])
+def test_template_is_recorded_in_the_run_and_the_export(template, alpaca_file, tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", f"data.source={alpaca_file}", "data.task=instruction", "data.prompt_field=instruction",
+                 "data.response_field=output", "model.name=tiny-llama", "model.precision=fp32", "data.partition=iid",
+                 "fed.clients=2", "fed.rounds=1", "fed.local_steps=1", "train.batch_size=2", "lora.rank=2",
+                 "eval.max_examples=2", f"data.template={template}", "--out", str(out), "--quiet"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["template"] == template
+    assert main(["export", str(out), "--client", "0", "--out", str(tmp_path / "exp")]) == 0
+    for folder in ("adapter", "merged"):
+        info = json.loads((tmp_path / "exp" / folder / "sfedlora.json").read_text())
+        assert info["prompt_format"]["template"] == template and info["method"] == "sfed-lora"
+    if template == "alpaca":
+        assert info["prompt_format"]["prompt_input"] == ALPACA_INPUT
