@@ -19,7 +19,7 @@ from sfedlora.flower import deploy
 from sfedlora.flower.client_app import app as client_app
 from sfedlora.flower.node import Node
 from sfedlora.flower.server import FlowerRun, ServerSettings, run_key
-from sfedlora.flower.wire import check_upload, consensus, expected_upload, schema_of, template
+from sfedlora.flower.wire import check_upload, consensus, expected_upload, parse_eval, schema_of, template
 from sfedlora.methods import get_method
 from sfedlora.simulation import Simulation
 
@@ -73,6 +73,20 @@ def test_check_upload(mutate, n_examples, stats, reason):
     upload = {k: torch.zeros(v) for k, v in expected.items()}
     got = check_upload(mutate(upload), expected, n_examples, 10, stats)
     assert (got is None) if reason is None else (reason in got)
+
+
+ROW = {"loss": 1.0, "n": 4, "accuracy": 0.5}
+
+
+@pytest.mark.parametrize("row, ok", [
+    (ROW, True),
+    ({**ROW, "n": 5}, False),  # more examples than the node registered for the split: it would outweigh others
+    ({**ROW, "n": -1}, False), ({**ROW, "n": 2.5}, False), ({**ROW, "loss": math.nan}, False),
+    ({**ROW, "accuracy": "high"}, False), ({"accuracy": 0.5, "n": 4}, False),
+])
+def test_parse_eval_checks_the_counts_that_weight_a_client(row, ok):
+    got = parse_eval(json.dumps({"val": ROW, "test": row}), {"val": 4, "test": 4})
+    assert (got is not None) == ok
 
 
 # ---- whole runs on an in-process Grid -----------------------------------------------------------------

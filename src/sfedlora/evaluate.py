@@ -7,7 +7,6 @@ perplexity = exp(token loss) for LM tasks.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from sfedlora.answers import same_answer
 from sfedlora.data.batching import collate, grouped_chunks
 from sfedlora.losses import classification_terms, lm_terms
+from sfedlora.metrics import perplexity
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
@@ -40,11 +40,12 @@ def evaluate_group(model: Any, per_client: Sequence[Sequence[dict[str, Any]]], t
     out = []
     for s in sums.tolist():
         loss = s[0] / max(s[1], 1)
-        row = {"loss": loss, "n": s[3]}
+        row = {"loss": loss, "n": int(s[3])}
         if task == "classification":
             row["accuracy"] = s[2] / max(s[3], 1)
         else:
-            row["perplexity"] = math.exp(min(loss, 50.0))
+            row["tokens"] = int(s[1])
+            row["perplexity"] = perplexity(loss)
         out.append(row)
     return out
 

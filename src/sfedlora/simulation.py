@@ -151,7 +151,7 @@ class Simulation:
                                            [self.encoded[c] for c in group], self.device)
             for split in personal:
                 personal[split] += rows[split]
-        out: dict[str, Any] = {"personal": metrics.personal(personal, self.weights)}
+        out: dict[str, Any] = {"personal": metrics.personal(personal)}
         if self.cfg.eval.global_model and not self.resolved.heterogeneous:
             glob = self.method.global_model(self.states, self.weights)
             self._load([0], [glob])

@@ -200,24 +200,23 @@ class FlowerRun:
 
     def _evaluation(self, replies: dict[int, Any]) -> dict[str, Any] | None:
         rows: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
-        weights: list[float] = []
         clients: list[int] = []
         for p in range(self.cfg.fed.clients):
             r = replies.get(p)
             parsed = None
             if r is not None and not r.has_error() and "report" in r.content and "eval" in r.content["report"]:
-                parsed = parse_eval(r.content["report"]["eval"])
+                sizes = json.loads(str(self.infos[p]["description"]))  # the split sizes it registered
+                parsed = parse_eval(r.content["report"]["eval"], {s: int(sizes[s]) for s in rows})
             if parsed is None:
-                self.echo(f"  client {p}: no evaluation in its reply"
+                self.echo(f"  client {p}: no valid evaluation in its reply"
                           + (f" ({r.error.reason})" if r is not None and r.has_error() else ""))
                 continue
             for split in rows:
                 rows[split].append(parsed[split])
-            weights.append(self.weights[p])
             clients.append(p)
         if not clients:
             return None
-        block = metrics.personal(rows, weights)
+        block = metrics.personal(rows)
         return {"personal": block, "evaluated_clients": clients}
 
     def _accept(self, rnd: int, members: list[int],

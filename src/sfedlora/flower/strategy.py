@@ -16,8 +16,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from sfedlora.flower.wire import from_record, to_record
+from sfedlora.flower.wire import from_record, parse_eval, to_record
 from sfedlora.methods import FederatedMethod
+from sfedlora.metrics import means
 
 
 class MethodStrategy(Strategy):
@@ -51,21 +52,18 @@ class MethodStrategy(Strategy):
         return self._messages(arrays, config, "evaluate")
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Sample-weighted mean of each numeric test metric over the clients that reported one."""
-        rows: list[tuple[float, dict[str, Any]]] = []
+        """Each test metric over the clients that reported a valid evaluation, weighted by what each
+        evaluated (metrics.means): for Flower's own log; the run folder has the full record."""
+        rows: list[dict[str, Any]] = []
         for r in replies:
             if r.has_error() or "report" not in r.content or "eval" not in r.content["report"]:
                 continue
-            try:
-                test = json.loads(str(r.content["report"]["eval"]))["test"]
-            except (ValueError, KeyError, TypeError):
-                continue
-            rows.append((self.weight_of_node.get(r.metadata.src_node_id, 0.0), test))
+            parsed = parse_eval(r.content["report"]["eval"], {"val": 2**62, "test": 2**62})
+            if parsed is not None:
+                rows.append(parsed["test"])
         if not rows:
             return None
-        total = sum(w for w, _ in rows) or 1.0
-        keys = [k for k, v in rows[0][1].items() if isinstance(v, (int, float)) and k != "n"]
-        return MetricRecord({k: sum(w * float(row.get(k, 0.0)) for w, row in rows) / total for k in keys})
+        return MetricRecord({k: v["weighted"] for k, v in means(rows).items()})
 
     def summary(self) -> None:
         from logging import INFO

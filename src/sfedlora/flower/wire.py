@@ -19,6 +19,7 @@ import torch
 from sfedlora.client import STAT_KEYS
 from sfedlora.inject import factor_kind
 from sfedlora.methods import FederatedMethod
+from sfedlora.metrics import COUNTS
 
 State = dict[str, torch.Tensor]
 Schema = dict[str, list[int]]
@@ -130,9 +131,22 @@ def parse_stats(text: Any) -> dict[str, Any] | None:
     return {f: stats[f] for f in STAT_KEYS}
 
 
-def parse_eval(text: Any) -> dict[str, dict[str, Any]] | None:
-    """A client's evaluation rows {"val": row, "test": row}, or None if malformed."""
+def parse_eval(text: Any, sizes: dict[str, int]) -> dict[str, dict[str, Any]] | None:
+    """A client's evaluation rows {"val": row, "test": row}, or None if malformed: every row needs a finite
+    loss and numeric metrics, and its counts (which weight it in the means over clients) must be
+    non-negative integers, with at most `sizes[split]` examples (what the node registered)."""
     rows = _json_object(text)
     if rows is None or not all(isinstance(rows.get(s), dict) for s in ("val", "test")):
         return None
-    return rows
+    for split in ("val", "test"):
+        row = rows[split]
+        if "loss" not in row or "n" not in row:
+            return None
+        for k, v in row.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                return None
+            if k in COUNTS and (not isinstance(v, int) or v < 0):
+                return None
+        if row["n"] > sizes[split]:
+            return None
+    return {s: rows[s] for s in ("val", "test")}
