@@ -3,12 +3,15 @@
 (a) peer: clients one after another through one Hugging Face PEFT model, each client's adapter loaded
     into it (set_peft_model_state_dict) and saved back (get_peft_model_state_dict) around its K local
     steps, HF's own loss (full-vocabulary logits), torch.optim.AdamW: FederatedScope-LLM / OpenFedLLM.
+    Timed with its base in fp32 and, when (b) runs in bf16, also in bf16 (fp32 adapters, as PEFT makes
+    them): a comparison is only fair at the same precision.
 (b) sfedlora: all clients' adapters stacked, one batched forward/backward per local step, logits only
     where the loss needs them, per-client AdamW, at the precision the config resolves to.
 Both run in one process on the same batches and initial adapters, alternating, for `repeats` rounds
 each. Reported: tokens per second, achieved GFLOP/s (nominal 4 x linear-layer parameters per token:
 forward plus input gradients through the frozen base) against a measured GEMM ceiling, peak RSS per
-phase, the max difference between (a)'s and (b)'s adapters after one round in fp32, and b/a last.
+phase, the max difference between the adapters of (b) and of (a) at (b)'s precision after one round, and
+last the ratio b/a against the peer at (b)'s precision (and against the fp32 peer beside it).
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ from sfedlora.models import load_model
 from sfedlora.optim import StackedOptimizer
 from sfedlora.train import train_group
 
-TARGETS = {"smollm2-135m": ["q_proj", "v_proj"], "minilm-l6": ["query", "value"]}
+TARGETS = {"smollm2-135m": ["q_proj", "v_proj"], "minilm-l6": ["query", "value"],
+           "tiny-llama": ["q_proj", "v_proj"], "tiny-bert": ["query", "value"]}  # tiny: tests and smoke runs
 
 
 @dataclass
 class BenchConfig:
-    workload: str = "smollm2-135m"  # smollm2-135m (instruction tuning) | minilm-l6 (classification)
+    workload: str = "smollm2-135m"  # smollm2-135m (instruction tuning) | minilm-l6 (classification) | tiny-*
     clients: int = 4
     rank: int = 16
     steps: int = 3
@@ -70,16 +74,29 @@ class PeakRSS:
         return pages * 4096
 
 
-def gemm_ceiling(dtype: torch.dtype, n: int = 2048, device: str = "cpu") -> float:
+def _matmul_rate(n: int, dtype: torch.dtype, device: str, reps: int) -> float:
+    """GFLOP/s of an (n x n) @ (n x n) product, after two untimed warm-up products."""
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(2):
         a @ b
-    t, reps = time.perf_counter(), 4
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
     for _ in range(reps):
         a @ b
     if device == "cuda":
         torch.cuda.synchronize()
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def gemm_ceiling(dtype: torch.dtype, n: int = 2048, device: str = "cpu", budget_s: float = 5.0) -> float:
+    """The GEMM throughput a precision reaches here: GFLOP/s of n x n products (4 timed). Where that would
+    take longer than `budget_s` (bf16 emulated on an AVX2 CPU runs at ~0.2 GFLOP/s: minutes at n = 2048),
+    n is halved until it fits, judged by a probe at n = 256; the rate is then that of the smaller size."""
+    probe = _matmul_rate(256, dtype, device, reps=1)
+    while n > 256 and 2 * n**3 * 5 / (probe * 1e9) > budget_s:
+        n //= 2
+    return _matmul_rate(n, dtype, device, reps=4)
 
 
 def make_batches(cfg: BenchConfig, vocab: int, task: str) -> list[list[dict[str, torch.Tensor]]]:
@@ -149,21 +166,25 @@ def to_peft(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
+    """Time the peer and sfedlora's engine on the same workload, alternating. The peer runs in fp32 (how
+    peers are usually run) and, when (b) runs in bf16, also with its base in bf16 as a user of a bf16-fast
+    device would load it: the same-precision ratio is the fair one, and the one reported last."""
     from sfedlora.resolve import resolve_device, resolve_precision
 
-    task = "classification" if cfg.workload == "minilm-l6" else "instruction"
+    task = "classification" if cfg.workload in ("minilm-l6", "tiny-bert") else "instruction"
     device = resolve_device("auto")
     precision = resolve_precision(cfg.precision, device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}
     tcfg = TrainConfig(optimizer="adamw", lr=1e-3, grad_clip=None)
     torch.manual_seed(cfg.seed)
-    ours, tok = load_model(cfg.workload, task, 4, torch.bfloat16 if precision == "bf16" else torch.float32)
+    ours, tok = load_model(cfg.workload, task, 4, dtype[precision])
     inject_adapters(ours, TARGETS[cfg.workload])
     ours.to(device)
     init = [init_adapter_state(ours, cfg.rank, torch.Generator().manual_seed(cfg.seed + c)) for c in range(cfg.clients)]
     batches = make_batches(cfg, len(tok), task)
     tokens = cfg.clients * cfg.steps * cfg.batch * cfg.seq
     nominal = 4 * linear_params(ours) * tokens  # FLOPs of one round
-    peer = Peer(cfg, task, torch.float32, device)  # the peer as it is run: fp32
+    peers = {f"a_{p}": Peer(cfg, task, dtype[p], device) for p in sorted({"fp32", precision})}
 
     def ours_round() -> list[dict[str, torch.Tensor]]:
         load_group(ours, init, [1.0] * cfg.clients, device)  # gamma = lora_alpha / r = 1, as the peer's
@@ -179,28 +200,29 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
         train_group(ours, next_batch, StackedOptimizer(tcfg), frozenset({"A", "B"}), cfg.steps, tcfg, task)
         return read_group(ours)
 
-    times: dict[str, list[float]] = {"a": [], "b": []}
-    peaks: dict[str, int] = {"a": 0, "b": 0}
+    names = [*peers, "b"]
+    times: dict[str, list[float]] = {k: [] for k in names}
+    peaks: dict[str, int] = dict.fromkeys(names, 0)
     results: dict[str, Any] = {}
     for rep in range(cfg.repeats + 1):  # the first round of each is a warm-up, not timed
-        for name in ("a", "b"):
+        for name in names:
             with PeakRSS() as mem:
                 t = time.perf_counter()
-                res = peer.round([to_peft(s) for s in init], batches, tcfg) if name == "a" else ours_round()
+                res = ours_round() if name == "b" else peers[name].round([to_peft(s) for s in init], batches, tcfg)
                 elapsed = time.perf_counter() - t
             if rep:
                 times[name].append(elapsed)
                 peaks[name] = max(peaks[name], mem.peak)
             results[name] = res
             echo(f"  {'warm-up' if not rep else f'round {rep}'} {name}: {elapsed:.2f} s")
-    diff = max(float((v - results["a"][c][peft_key(k)].to(v.device)).abs().max())
+    same = f"a_{precision}"
+    diff = max(float((v - results[same][c][peft_key(k)].to(v.device)).abs().max())
                for c in range(cfg.clients) for k, v in results["b"][c].items())
-    ceiling = {"fp32": gemm_ceiling(torch.float32, device=device.type)}
-    if precision == "bf16":
-        ceiling["bf16"] = gemm_ceiling(torch.bfloat16, device=device.type)
+    ceiling = {p: gemm_ceiling(dtype[p], device=device.type) for p in sorted({"fp32", precision})}
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"config": cfg.__dict__, "device": str(device), "precision_b": precision, "tokens_per_round": tokens,
             "seconds": med, "tokens_per_s": {k: tokens / v for k, v in med.items()},
             "gflops": {k: nominal / v / 1e9 for k, v in med.items()}, "ceiling_gflops": ceiling,
-            "peak_rss_gb": {k: v / 1e9 for k, v in peaks.items()}, "max_adapter_diff": diff,
-            "ratio_b_over_a": med["a"] / med["b"]}
+            "peak_rss_gb": {k: v / 1e9 for k, v in peaks.items()},
+            "max_adapter_diff": diff,  # (b) against the peer at (b)'s precision, after one round
+            "ratio_same_precision": med[same] / med["b"], "ratio_fp32_peer": med["a_fp32"] / med["b"]}
