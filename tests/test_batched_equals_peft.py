@@ -11,6 +11,7 @@ from peft import LoraConfig, get_peft_model
 from sfedlora.config import TrainConfig
 from sfedlora.export import copy_into_peft
 from sfedlora.inject import init_adapter_state, inject_adapters, load_group, read_group
+from sfedlora.losses import prepare_fast_logits
 from sfedlora.optim import StackedOptimizer
 from sfedlora.scaling import scaling
 from sfedlora.train import train_group
@@ -37,6 +38,8 @@ def lm_batches(seed: int = 0) -> list[list[dict[str, torch.Tensor]]]:
 
 
 def run_sfedlora(model, batches, states, gamma, cfg: TrainConfig, task: str):
+    if task != "classification":
+        assert prepare_fast_logits(model)  # as load_model does: the fast LM loss is what is compared
     inject_adapters(model, "qv", head=task == "classification")
     load_group(model, states, [gamma] * len(states))
     opt = StackedOptimizer(cfg)

@@ -166,3 +166,26 @@ def test_too_few_finite_clients_stop_the_run(sentiment_file, tmp_path):
     with pytest.raises(SfedloraError, match="only 2 clients left"):
         sim.run()
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_head_without_bias_stays_without_one_and_exports(sentiment_file, tmp_path):
+    """LLaMA's classification head `score` has no bias: none is added (before: a trained bias the export
+    could not place, KeyError), and the export reproduces the run's logits in plain PEFT."""
+    from peft import PeftModel
+
+    from sfedlora.models import load_model
+
+    run = tmp_path / "run"
+    cfg = load_config(None, [f"data.source={sentiment_file}", *BASE, "model.name=tiny-llama", "fed.rounds=1",
+                             "fed.local_steps=2"])
+    sim = Simulation(cfg, run, echo=lambda s: None, progress=False)
+    sim.run()
+    assert "score.weight" in sim.states[0] and not any(k.endswith("score.bias") for k in sim.states[0])
+    assert main(["export", str(run), "--client", "0", "--out", str(tmp_path / "exp"), "--no-merged"]) == 0
+    ids = torch.randint(1, 1000, (2, 9), generator=torch.Generator().manual_seed(0))
+    load_group(sim.model, [sim.states[0]], [sim.resolved.gammas[0]])
+    with torch.no_grad():
+        ours = sim.model(input_ids=ids).logits
+        base, _ = load_model("tiny-llama", "classification", 3)
+        peft = PeftModel.from_pretrained(base, str(tmp_path / "exp" / "adapter")).eval()
+        torch.testing.assert_close(peft(input_ids=ids).logits, ours, rtol=1e-5, atol=1e-5)

@@ -2,7 +2,8 @@
 
 A client's adapter state is a flat dict[str, Tensor]:
     "<module>.lora_A" (r, d_in), "<module>.lora_B" (d_out, r)   for every adapted linear layer
-    "<head>.weight" (out, in), "<head>.bias" (out,)             for a trainable task head, if any
+    "<head>.weight" (out, in), ["<head>.bias" (out,)]           for a trainable task head, if any (a bias
+                                                                only where the model's head has one)
 A group of C clients is the same dict with a leading client dimension, see load_group/read_group.
 """
 
@@ -114,7 +115,8 @@ def init_adapter_state(model: nn.Module, rank: int, generator: torch.Generator, 
         state[f"{name}.lora_B"] = torch.zeros(d_out, rank)
     for name, head in head_layers(model).items():
         state[f"{name}.weight"] = head.init_weight.clone()
-        state[f"{name}.bias"] = head.init_bias.clone()
+        if head.init_bias is not None:
+            state[f"{name}.bias"] = head.init_bias.clone()
     return state
 
 
@@ -127,8 +129,8 @@ def load_group(model: nn.Module, states: Sequence[dict[str, torch.Tensor]], gamm
         b = torch.stack([s[f"{name}.lora_B"] for s in states]).to(device)
         layer.set_adapters(a, b, gamma)
     for name, head in head_layers(model).items():
-        head.set_weights(torch.stack([s[f"{name}.weight"] for s in states]).to(device),
-                         torch.stack([s[f"{name}.bias"] for s in states]).to(device))
+        bias = None if head.init_bias is None else torch.stack([s[f"{name}.bias"] for s in states]).to(device)
+        head.set_weights(torch.stack([s[f"{name}.weight"] for s in states]).to(device), bias)
 
 
 def group_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -139,7 +141,8 @@ def group_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
         params[f"{name}.lora_B"] = layer.lora_B
     for name, head in head_layers(model).items():
         params[f"{name}.weight"] = head.weight
-        params[f"{name}.bias"] = head.bias
+        if head.bias is not None:
+            params[f"{name}.bias"] = head.bias
     return params
 
 

