@@ -99,3 +99,33 @@ def test_presets_pick_the_right_modules():
 def test_target_matching_nothing_is_a_clear_error():
     with pytest.raises(SfedloraError, match="match no linear module"):
         inject_adapters(tiny_llama(), ["not_a_module"])
+
+
+def test_adapter_output_moments_leave_padding_out():
+    """The same tokens with and without right padding give the same adapter output mean and variance (before:
+    padded positions, whose adapter outputs are not zero, were counted)."""
+    from sfedlora.config import TrainConfig
+    from sfedlora.optim import StackedOptimizer
+    from sfedlora.train import train_group
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 64, (2, 6), generator=g)
+    padded = torch.cat([ids, torch.zeros(2, 4, dtype=torch.long)], 1)
+    mask = torch.cat([torch.ones(2, 6, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long)], 1)
+    stats = []
+    for inputs, attention in ((ids, torch.ones_like(ids)), (padded, mask)):
+        model = tiny_llama()
+        inject_adapters(model, "qv")
+        state = init_adapter_state(model, 4, torch.Generator().manual_seed(1))
+        state = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(2)) if k.endswith("lora_B") else v
+                 for k, v in state.items()}
+        load_group(model, [state], [1.0])
+        labels = inputs.clone()
+        labels[attention == 0] = -100
+        batch = {"input_ids": inputs, "attention_mask": attention, "labels": labels, "weight": torch.ones(2)}
+        stats.append(train_group(model, lambda b=batch: b, StackedOptimizer(TrainConfig(optimizer="sgd", lr=0.0)),
+                                 frozenset({"A", "B"}), 1, TrainConfig(grad_clip=None), "instruction"))
+    assert stats[0].out_var[0] > 0
+    assert stats[1].out_mean == pytest.approx(stats[0].out_mean, rel=1e-5)
+    assert stats[1].out_var == pytest.approx(stats[0].out_var, rel=1e-5)
+    assert stats[1].loss == pytest.approx(stats[0].loss, rel=1e-5)

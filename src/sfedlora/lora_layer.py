@@ -28,8 +28,9 @@ class StackedLoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.zeros(0, 0, self.in_features), requires_grad=False)
         self.lora_B = nn.Parameter(torch.zeros(0, self.out_features, 0), requires_grad=False)
         self.register_buffer("gamma", torch.zeros(0), persistent=False)
-        # Adapter output moments (sum, sum of squares, count) per client, filled while track_moments.
-        self.track_moments = False
+        # Adapter output moments (sum, sum of squares, count) per client, accumulated over the real tokens
+        # while `moment_mask` (C, n*seq: 1 for a token, 0 for padding and filler rows) is set.
+        self.moment_mask: torch.Tensor | None = None
         self.moments: torch.Tensor | None = None
         self.w0: torch.Tensor | None = None  # the loaded weight, kept once updates are merged into it
 
@@ -69,12 +70,11 @@ class StackedLoRALinear(nn.Module):
         xs = self.dropout(x).reshape(c, -1, self.in_features).to(self.lora_A.dtype)  # (C, n*seq, d_in)
         h = torch.bmm(xs, self.lora_A.transpose(1, 2))  # (C, n*seq, r)
         out = torch.bmm(h, self.lora_B.transpose(1, 2)) * self.gamma.view(c, 1, 1)  # (C, n*seq, d_out)
-        if self.track_moments:
+        if self.moment_mask is not None:
             with torch.no_grad():
-                stats = torch.stack(
-                    [out.sum(dim=(1, 2)), out.square().sum(dim=(1, 2)), torch.full_like(self.gamma, out[0].numel())],
-                    dim=1,
-                ).double()  # (C, 3)
+                w = self.moment_mask.to(out.dtype)  # (C, n*seq)
+                stats = torch.stack([(out.sum(-1) * w).sum(1), (out.square().sum(-1) * w).sum(1),
+                                     w.sum(1) * self.out_features], dim=1).double()  # (C, 3)
                 self.moments = stats if self.moments is None else self.moments + stats
         return out.reshape(*lead, self.out_features)
 

@@ -29,7 +29,7 @@ class GroupStats:
     grad_norm_B: list[float]
     grad_norm_A_steps: list[list[float]]  # [client][step], for per-iteration plots
     grad_norm_B_steps: list[list[float]]
-    out_mean: list[float]
+    out_mean: list[float]  # of the adapter outputs gamma B A x over every adapted layer and real token (no padding)
     out_var: list[float]
     tokens: int
 
@@ -44,7 +44,8 @@ def per_client_sq_norm(grads: list[torch.Tensor], n_clients: int, device: torch.
 
 @contextmanager
 def adapters_training(model: Any) -> Iterator[None]:
-    """The adapters in train mode (lora.dropout applies) while the block runs, back in eval mode after.
+    """The adapters in train mode (lora.dropout applies) while the block runs, back in eval mode (and not
+    tracking output moments) after.
     The frozen base model stays in eval mode throughout: its own dropout is off, as it is frozen, and
     batched training equals sequential training only with a deterministic base."""
     layers = list(lora_layers(model).values())
@@ -55,6 +56,7 @@ def adapters_training(model: Any) -> Iterator[None]:
     finally:
         for layer in layers:
             layer.eval()
+            layer.moment_mask = None
 
 
 def train_group(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], optimizer: StackedOptimizer,
@@ -73,13 +75,16 @@ def _train_steps(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], 
     c, device = any_param.shape[0], any_param.device
     layers = list(lora_layers(model).values())
     for layer in layers:
-        layer.track_moments, layer.moments = True, None
+        layer.moments = None
     loss_acc = torch.zeros(c, device=device)
     norm_steps: dict[str, list[torch.Tensor]] = {"A": [], "B": []}
     tokens = 0
     for _ in range(steps):
         batch = next_batch()
         tokens += int(batch["attention_mask"].sum())
+        real = batch["attention_mask"] * (batch["weight"] > 0).unsqueeze(1)  # (rows, seq): no padding, no filler
+        for layer in layers:
+            layer.moment_mask = real.reshape(c, -1)  # client-major rows: (C, n*seq), as the layer's input
         losses = group_loss(model, batch, c, task)  # (C,)
         losses.sum().backward()
         loss_acc += losses.detach()
@@ -98,7 +103,6 @@ def _train_steps(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], 
             p.grad = None
     moments = torch.zeros(c, 3, dtype=torch.float64, device=device)
     for layer in layers:
-        layer.track_moments = False
         if layer.moments is not None:
             moments += layer.moments
     count = moments[:, 2].clamp_min(1)
