@@ -65,7 +65,9 @@ def test_flora_stack_is_the_sum_of_weighted_products():
                 B: torch.randn(6, r, generator=g, dtype=torch.float64)} for r in ranks]
     m = get_method("flora")
     uploads = [m.upload(c, gm, 1) for c, gm in zip(clients, gammas)]
-    delta = m.aggregate(uploads, w, 1)["m.delta"]
+    update = m.aggregate(uploads, w, 1)
+    assert update["m.stack_A"].shape == (14, 5) and update["m.stack_B"].shape == (6, 14)  # rank 2 + 4 + 8
+    delta = m.merged(update)["m"]
     expected = sum(wi * gm * c[B] @ c[A] for wi, gm, c in zip(w, gammas, clients))
     torch.testing.assert_close(delta, expected, rtol=1e-12, atol=1e-12)
 
@@ -129,6 +131,9 @@ def test_heterogeneous_run(method, sentiment_file, tmp_path):
     sim.run()
     a_key = next(k for k in sim.states[0] if k.endswith("lora_A"))
     assert [sim.states[c][a_key].shape[0] for c in range(3)] == [2, 4, 8]
+    assert all(s.keys() == sim.states[0].keys() and all(k.endswith(("lora_A", "lora_B", ".weight", ".bias"))
+                                                         for k in s)
+               for s in sim.states)  # no server-only entry (FLoRA's dW, FlexLoRA's SVD) stays on a client
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[1]["rank"] == [2, 4, 8] and 0 <= records[1]["energy_beyond_rmin"] <= 1
     if method == "sfed-lora":  # gamma_i = alpha * sqrt(N / r_i)
@@ -214,7 +219,8 @@ def test_flora_keeps_small_merged_updates_in_a_bf16_model(sentiment_file, tmp_pa
     layer_name, layer = next(iter(lora_layers(sim.model).items()))
     w0 = layer.base_layer.weight.detach().float().clone()
     assert layer.base_layer.weight.dtype == torch.bfloat16
-    update = {f"{layer_name}.delta": torch.full(w0.shape, 8e-6)}
+    d_out, d_in = w0.shape  # an update whose stacked factors multiply to 8e-6 everywhere
+    update = {f"{layer_name}.stack_A": torch.full((1, d_in), 8e-6), f"{layer_name}.stack_B": torch.ones(d_out, 1)}
     for _ in range(10):
         sim._merge(update)
     expected = w0 + sim.merged[layer_name]

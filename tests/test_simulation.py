@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import torch
 
@@ -94,3 +95,29 @@ def test_flower_node_evaluation_is_deterministic_with_adapter_dropout(sentiment_
                          for k, v in state["adapters"].items()}
     replies = [node.step(state, {}, 1, 2.0, evaluate=True, train=False)[1]["eval"] for _ in range(3)]
     assert replies[0] == replies[1] == replies[2]
+
+
+def test_bytes_down_counts_what_the_round_participants_download(sentiment_file, tmp_path):
+    """Two of four clients per round: bytes_down is the update (A and the head, for the FedSA family) sent to
+    those two, not to all four (before: clients that did not take part were counted)."""
+    sim, _ = run_with_spy(sentiment_file, tmp_path, "fed.method=sfed-lora", "fed.clients=4",
+                          "fed.clients_per_round=2")
+    per_client = 4 * sum(v.numel() for k, v in sim.states[0].items() if not k.endswith("lora_B"))  # fp32 A + head
+    for r in [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").open()][1:]:
+        assert len(r["participants"]) == 2 and r["bytes_down"] == 2 * per_client == r["bytes_up"]
+
+
+def test_bytes_down_of_heterogeneous_ranks_is_each_participants_share(sentiment_file, tmp_path):
+    """raFLoRA sends each participant its own rank's rows; FlexLoRA its top-r factors; FLoRA the whole stack."""
+    for method in ("raflora", "flexlora", "flora"):
+        sim, _ = run_with_spy(sentiment_file, tmp_path / method, f"fed.method={method}", "lora.ranks=[2,4,8]",
+                              "fed.clients_per_round=1", "fed.rounds=3")
+        records = [json.loads(x) for x in (tmp_path / method / "run" / "metrics.jsonl").open()][1:]
+        layers = {k[: -len(".lora_A")]: v.shape[1] for k, v in sim.states[0].items() if k.endswith("lora_A")}
+        d_out = {k[: -len(".lora_B")]: v.shape[0] for k, v in sim.states[0].items() if k.endswith("lora_B")}
+        head = sum(v.numel() for k, v in sim.states[0].items() if "lora_" not in k)
+        for r in records:
+            rank = [2, 4, 8][r["participants"][0]]
+            factors = sum(rank * (d_in + d_out[m]) for m, d_in in layers.items())
+            expected = {"raflora": factors, "flora": factors, "flexlora": factors + rank * len(layers)}[method]
+            assert r["bytes_down"] == 4 * (expected + head), method  # FlexLoRA adds the r singular values

@@ -49,10 +49,11 @@ def pad_state(state: State, r_max: int) -> State:
 
 
 def truncate_state(state: State, rank: int, stacked: bool = False) -> State:
+    """The first `rank` rows of A and columns of B (all of them where there are fewer)."""
     out = {}
     for k, v in state.items():
         d = rank_dim(k, stacked)
-        out[k] = v.narrow(d, 0, rank).clone() if d is not None else v
+        out[k] = v.narrow(d, 0, min(rank, v.shape[d])).clone() if d is not None else v
     return out
 
 

@@ -154,9 +154,12 @@ def read_group(model: nn.Module) -> list[dict[str, torch.Tensor]]:
 
 
 def factor_kind(key: str) -> str:
-    """'A', 'B' or 'head' for a key of an adapter state."""
+    """'A', 'B' or 'head' for a key of an adapter state; 'server' for what only a server's update holds
+    (FLoRA's stacked modules, FlexLoRA's dW and singular factors), which no client keeps."""
     if key.endswith(".lora_A"):
         return "A"
     if key.endswith(".lora_B"):
         return "B"
-    return "head"
+    if key.endswith((".weight", ".bias")):
+        return "head"
+    return "server"

@@ -56,6 +56,15 @@ class FederatedMethod:
         participation) the client keeps its own further rows (hetero.overlay)."""
         return truncate_state(overlay(client, update), rank_of(client))
 
+    def sent_to(self, update: State, rank: int) -> State:
+        """What a client of rank `rank` receives of the round's update (its size is that client's share of
+        the round's bytes_down): here the update cut to the client's rank."""
+        return truncate_state(update, rank)
+
+    def merged(self, update: State) -> dict[str, torch.Tensor]:
+        """Per adapted module, the dW that methods merging into the base (merges_into_base) add to W0."""
+        return {}
+
     def global_delta(self, update: State, clients: Sequence[State], gammas: Sequence[float],
                      weights: Sequence[float]) -> dict[str, torch.Tensor]:
         """The aggregated update per adapted module (d_out, d_in), for rank-collapse measurements: B A
@@ -187,23 +196,31 @@ class FLoRA(FederatedMethod):
         return {k: (gamma * v if factor_kind(k) == "B" else v) for k, v in client.items()}
 
     def aggregate(self, uploads: Sequence[State], weights: Sequence[float], rnd: int) -> State:
+        """The stacked modules every client receives: A_i stacked by rows, w_i gamma_i B_i by columns."""
         w = normalise(weights)
         out: State = weighted_mean([select(u, {"head"}) for u in uploads], w) if select(uploads[0], {"head"}) else {}
         for key in uploads[0]:
             if factor_kind(key) != "A":
                 continue
             m = key[: -len(".lora_A")]
-            a_stack = torch.cat([u[f"{m}.lora_A"] for u in uploads], 0)  # (sum r_i, d_in)
-            b_stack = torch.cat([wi * u[f"{m}.lora_B"] for wi, u in zip(w, uploads)], 1)  # (d_out, sum r_i)
-            out[f"{m}.delta"] = b_stack @ a_stack  # = sum_i w_i gamma_i B_i A_i
+            out[f"{m}.stack_A"] = torch.cat([u[f"{m}.lora_A"] for u in uploads], 0)  # (sum r_i, d_in)
+            out[f"{m}.stack_B"] = torch.cat([wi * u[f"{m}.lora_B"] for wi, u in zip(w, uploads)], 1)  # (d_out, sum r_i)
         return out
 
+    def merged(self, update: State) -> dict[str, torch.Tensor]:
+        """dW = B_stack A_stack = sum_i w_i gamma_i B_i A_i, per module."""
+        return {k[: -len(".stack_A")]: update[k[: -len("A")] + "B"] @ v for k, v in update.items()
+                if k.endswith(".stack_A")}
+
     def download(self, client: State, update: State, gamma: float, rnd: int) -> State:
-        return {**client, **select(update, {"head"})}  # the runner merges deltas and re-initialises A, B
+        return {**client, **select(update, {"head"})}  # the runner merges dW and re-initialises A, B
+
+    def sent_to(self, update: State, rank: int) -> State:
+        return update  # every client merges the whole stack, whatever its own rank
 
     def global_delta(self, update: State, clients: Sequence[State], gammas: Sequence[float],
                      weights: Sequence[float]) -> dict[str, torch.Tensor]:
-        return {k[: -len(".delta")]: v for k, v in update.items() if k.endswith(".delta")}
+        return self.merged(update)
 
 
 class FlexLoRA(FederatedMethod):
@@ -231,6 +248,14 @@ class FlexLoRA(FederatedMethod):
             u, s, vh = torch.linalg.svd(out.pop(key).double(), full_matrices=False)
             m = key[: -len(".delta")]
             out[f"{m}.svd_U"], out[f"{m}.svd_S"], out[f"{m}.svd_Vh"] = u.float(), s.float(), vh.float()
+        return out
+
+    def sent_to(self, update: State, rank: int) -> State:
+        """The top-`rank` singular factors of each module's dW (and the head)."""
+        out = {}
+        for k, v in update.items():
+            part = k.rsplit(".", 1)[-1]
+            out[k] = v[:, :rank] if part == "svd_U" else v[:rank] if part in ("svd_S", "svd_Vh") else v
         return out
 
     def download(self, client: State, update: State, gamma: float, rnd: int) -> State:

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from sfedlora.aggregate import payload_bytes
+
 PRIMARY = {"classification": ("accuracy", True), "instruction": ("perplexity", False), "math": ("accuracy", True)}
 
 
@@ -76,6 +78,12 @@ def round_record(rnd: int, method: str, resolved: Any, n_clients: int, stats: di
         "adapter_out_var": per_client("out_var"), "bytes_up": 0, "bytes_down": 0,
         "train_s": t_train, "eval_s": t_eval, "wall_s": wall_s, "eval": ev,
     }
+
+
+def bytes_down(method: Any, update: dict[str, Any], ranks: list[int]) -> int:
+    """What the round's participants (of these ranks) download of its update, as fp32 values: each gets
+    method.sent_to(update, its rank). Clients that did not take part are not counted."""
+    return sum(payload_bytes(method.sent_to(update, r)) for r in ranks)
 
 
 class JsonlWriter:

@@ -187,7 +187,7 @@ class Simulation:
             self.states = [{**fresh[c], **select(s, {"head"})} for c, s in enumerate(self.states)]
             self.opt_states = [{} for _ in self.clients]
         bytes_up = sum(payload_bytes(u) for u in uploads)
-        bytes_down = payload_bytes(update) * len(self.clients)
+        bytes_down = metrics.bytes_down(self.method, update, [self.resolved.ranks[c] for c in members])
         t1 = time.perf_counter()
         last = rnd == self.cfg.fed.rounds
         ev = self._evaluate() if (rnd % self.cfg.eval.every == 0 or last) else None
@@ -238,10 +238,8 @@ class Simulation:
 
     def _merge(self, update: State) -> None:
         """FLoRA: add the round's dW to the fp32 sum of merged updates; every adapted weight becomes W0 + sum."""
-        for key, d in update.items():
-            if key.endswith(".delta"):
-                m = key[: -len(".delta")]
-                self.merged[m] = self.merged[m] + d if m in self.merged else d.clone()
+        for m, d in self.method.merged(update).items():
+            self.merged[m] = self.merged[m] + d if m in self.merged else d
         self._apply_merged()
 
     def _apply_merged(self) -> None:

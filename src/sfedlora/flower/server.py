@@ -195,7 +195,7 @@ class FlowerRun:
         elapsed = time.perf_counter() - t0
         by_partition = {self.partition_of[r.metadata.src_node_id]: r for r in replies
                         if r.metadata.src_node_id in self.partition_of}
-        self.bytes_down = payload_bytes(latest) * len(messages)
+        self.wire_bytes_down = payload_bytes(latest) * len(messages)  # what this exchange sent, evaluation included
         return by_partition, elapsed
 
     def _evaluation(self, replies: dict[int, Any]) -> dict[str, Any] | None:
@@ -324,10 +324,12 @@ class FlowerRun:
                      if (s := parse_stats(r.content["report"]["stats"])) is not None}
             record = metrics.round_record(rnd, self.method.name, self.resolved, cfg.fed.clients, stats, None,
                                           times["train_s"], 0.0, time.perf_counter() - t0)
-            record.update({"n_averaged": len(accepted), "participants": members, "excluded": excluded,
+            averaged = sorted(self.partition_of[r.metadata.src_node_id] for r in accepted)
+            down = metrics.bytes_down(self.method, update, [self.resolved.ranks[p] for p in averaged])
+            record.update({"n_averaged": len(accepted), "participants": averaged, "excluded": excluded,
                            "trained": sorted(self.method.trained(rnd)), "uploaded": sorted(self.method.uploaded(rnd)),
-                           "bytes_up": bytes_up, "bytes_down": self.bytes_down,
-                           "flower": {"round_trip_s": elapsed, **times}})
+                           "bytes_up": bytes_up, "bytes_down": down,
+                           "flower": {"round_trip_s": elapsed, "wire_bytes_down": self.wire_bytes_down, **times}})
             if rnd % cfg.eval.every == 0 or rnd == cfg.fed.rounds:
                 pending = record
             else:
