@@ -60,6 +60,7 @@ def test_methods_lists_citations(capsys):
         (["data.text_field=body"], "has no field 'body'"),
         (["data.partition=dirichlet", "data.min_partition_size=70"], "Dirichlet split"),
         (["fed.method=ffa-lora", "lora.init=independent"], "lora.init=shared"),
+        (["fed.method=rolora", "lora.init=independent"], "averages B in round 1 while each client keeps its own A"),
     ],
 )
 def test_bad_input_is_one_clear_message(extra, message, sentiment_file, tmp_path, capsys):

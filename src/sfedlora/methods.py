@@ -31,6 +31,7 @@ class FederatedMethod:
     default_scaling: ClassVar[str] = "lora"
     default_init: ClassVar[str] = "shared"
     requires_shared_init: ClassVar[bool] = False
+    shared_init_reason: ClassVar[str] = ""  # why, where requires_shared_init
     heterogeneous_ranks: ClassVar[bool] = False  # can clients hold different ranks?
     merges_into_base: ClassVar[bool] = False  # FLoRA: the update is added to W0, adapters restart
 
@@ -101,6 +102,7 @@ class FFALoRA(FederatedMethod):
     name = "ffa-lora"
     citation = "Sun et al., Improving LoRA in Privacy-preserving Federated Learning, ICLR 2024"
     requires_shared_init = True
+    shared_init_reason = "freezes A, so every client must start from the same A"
 
     def trained(self, rnd: int) -> frozenset[str]:
         return frozenset({"B", "head"})
@@ -144,10 +146,15 @@ class SFedLoRA(FedSALoRA):
 
 class RoLoRA(FederatedMethod):
     """RoLoRA: alternating optimisation; B trains (and is averaged) in odd rounds, A in even rounds.
-    Chen et al., "Robust Federated Finetuning of LLMs via Alternating Optimization of LoRA", NeurIPS 2025."""
+    Chen et al., "Robust Federated Finetuning of LLMs via Alternating Optimization of LoRA", NeurIPS 2025.
+    Round 1 averages B while every client still holds its initial A, so the clients must share that A (as
+    the paper's clients do): with independent A's the mean B would be paired with A's it was not trained on."""
 
     name = "rolora"
     citation = "Chen et al., Robust Federated Finetuning of LLMs via Alternating Optimization of LoRA, NeurIPS 2025"
+    requires_shared_init = True
+    shared_init_reason = ("averages B in round 1 while each client keeps its own A, so every client must start "
+                          "from the same A")
 
     def trained(self, rnd: int) -> frozenset[str]:
         return frozenset({"B", "head"}) if rnd % 2 == 1 else frozenset({"A", "head"})

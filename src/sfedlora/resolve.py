@@ -94,8 +94,7 @@ def resolve(cfg: RunConfig, method: FederatedMethod, n_train: list[int]) -> Reso
     rule = method.default_scaling if cfg.lora.scaling == "auto" else cfg.lora.scaling
     init = method.default_init if cfg.lora.init == "auto" else cfg.lora.init
     if method.requires_shared_init and init != "shared":
-        raise SfedloraError(f"{method.name} freezes A, so every client must start from the same A: "
-                            f"set lora.init=shared (or auto)")
+        raise SfedloraError(f"{method.name} {method.shared_init_reason}: set lora.init=shared (or auto)")
     ranks = assign_ranks(cfg, n_train)
     if len(set(ranks)) > 1 and not method.heterogeneous_ranks:
         raise SfedloraError(f"{method.name} needs equal ranks on all clients (got {ranks}); for heterogeneous "
