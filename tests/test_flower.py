@@ -126,6 +126,23 @@ def test_heterogeneous_ranks_with_one_client_per_round_equal_the_in_process_runn
             torch.testing.assert_close(state[k], sim.states[p][k], rtol=1e-5, atol=1e-6)
 
 
+def test_flower_run_records_the_precision_its_nodes_resolved(sentiment_file, tmp_path, monkeypatch):
+    """model.precision=auto is resolved on each node: the run folder records what it became (before: 'auto')."""
+    import warnings
+
+    import yaml
+
+    from sfedlora import resolve
+
+    monkeypatch.setattr(resolve, "cpu_flags", lambda: "flags : avx2 avx512f avx512_bf16")
+    cfg = tiny(sentiment_file, 2, "model.precision=auto", "fed.rounds=1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        FlowerRun(cfg, tmp_path / "run", echo=lambda s: None).run(LocalGrid(client_app, 2, str(tmp_path / "nodes")))
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["resolved"]
+    assert resolved["precision"] == "bf16" and resolved["device"] == "cpu"
+
+
 def test_b_never_leaves_a_client(sentiment_file, tmp_path):
     cfg = tiny(sentiment_file)
     seen: list[str] = []

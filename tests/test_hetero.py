@@ -11,7 +11,7 @@ from conftest import tiny_llama
 from test_batched_equals_peft import lm_batches, run_sfedlora
 
 from sfedlora.config import TrainConfig, load_config
-from sfedlora.hetero import overlay, pad_state, partition_weights, spectrum_stats, truncate_state
+from sfedlora.hetero import overlay, pad_state, partition_n, partition_weights, spectrum_stats, truncate_state
 from sfedlora.inject import init_adapter_state, inject_adapters, lora_layers
 from sfedlora.methods import get_method
 from sfedlora.simulation import Simulation
@@ -170,6 +170,40 @@ def test_heterogeneous_ranks_with_one_client_per_round(method, sentiment_file, t
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [len(r["participants"]) for r in records[1:]] == [1, 1, 1, 1]
     assert len({r["participants"][0] for r in records[1:]}) > 1  # ranks differing between rounds occurred
+
+
+def test_partition_n_by_hand():
+    assert partition_n([2, 4, 8], 3) == pytest.approx([3.0, 2.4, 8 / (2 / 3 + 2 / 2 + 4 / 1)])
+    assert partition_n([4, 4, 4], 3) == [3.0, 3.0, 3.0]  # equal ranks: the participants, as the paper's N
+    assert partition_n([4, 4, 4, 4], 2) == [2.0, 2.0, 2.0, 2.0]  # 2 of 4 per round
+    assert partition_n([2, 4, 8], 1) == [1.0, 1.0, 1.0]  # one client per round: nothing is averaged
+
+
+@pytest.mark.parametrize(("scaling_n", "expected_n"), [("participants", [3.0, 3.0, 3.0]),
+                                                      ("partition", [3.0, 2.4, 8 / (2 / 3 + 1 + 4)])])
+def test_sfed_n_under_heterogeneous_ranks_is_a_recorded_choice(scaling_n, expected_n, sentiment_file, tmp_path):
+    import yaml
+
+    cfg = load_config(None, [f"data.source={sentiment_file}", "model.name=tiny-bert", "model.precision=fp32",
+                             "data.task=classification", "data.text_field=sentence", "data.label_field=sentiment",
+                             "data.partition=iid", "fed.clients=3", "fed.rounds=1", "fed.local_steps=1",
+                             "train.batch_size=4", "lora.ranks=[2,4,8]", "fed.method=sfed-lora",
+                             f"lora.scaling_n={scaling_n}"])
+    Simulation(cfg, tmp_path / "run", echo=lambda s: None, progress=False).run()
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["resolved"]
+    assert resolved["scaling_n"] == scaling_n and resolved["n_scaling"] == pytest.approx(expected_n)
+    assert resolved["gammas"] == pytest.approx([8 * (n / r) ** 0.5 for n, r in zip(expected_n, (2, 4, 8))])
+
+
+def test_partition_n_needs_rank_partitioned_averaging(sentiment_file, tmp_path):
+    from sfedlora.errors import SfedloraError
+
+    cfg = load_config(None, [f"data.source={sentiment_file}", "data.task=classification", "fed.clients=3",
+                             "lora.ranks=[2,4,8]", "fed.method=hetlora", "lora.scaling=sfed",
+                             "lora.scaling_n=partition", "model.name=tiny-bert", "data.text_field=sentence",
+                             "data.label_field=sentiment"])
+    with pytest.raises(SfedloraError, match="rank-partitioned"):
+        Simulation(cfg, tmp_path / "run", echo=lambda s: None, progress=False)
 
 
 def test_equal_rank_methods_refuse_heterogeneous_ranks(sentiment_file, tmp_path):

@@ -38,7 +38,8 @@ def test_sfed_is_rslora_times_sqrt_n():
     [
         ({"rule": "bogus", "alpha": 8, "rank": 8, "n_clients": 2}, "unknown scaling rule"),
         ({"rule": "sfed", "alpha": 8, "rank": 0, "n_clients": 2}, "rank must be an integer >= 1"),
-        ({"rule": "sfed", "alpha": 8, "rank": 8, "n_clients": 0}, "N must be an integer >= 1"),
+        ({"rule": "sfed", "alpha": 8, "rank": 8, "n_clients": 0}, "N must be a finite number >= 1"),
+        ({"rule": "sfed", "alpha": 8, "rank": 8, "n_clients": 0.5}, "N must be a finite number >= 1"),
         ({"rule": "sfed", "alpha": 0, "rank": 8, "n_clients": 2}, "alpha must be a finite number > 0"),
         ({"rule": "sfed", "alpha": -1.0, "rank": 8, "n_clients": 2}, "alpha must be a finite number > 0"),
     ],

@@ -32,6 +32,8 @@ class LoraConfig:
     rank_rule: str = "cycle"  # cycle (client c gets rank_set[c % len]) | by_size (more data, higher rank)
     alpha: float = 8.0
     scaling: str = "auto"  # auto (the method's own) | lora | rslora | sfed | custom | none
+    scaling_n: str = "participants"  # N in sfed/custom under heterogeneous ranks: participants (the paper's: clients
+    #   per round, for every rank) | partition (per client, the clients that average its A's rows: hetero.partition_n)
     scaling_a: float = 0.5  # custom: gamma = alpha * N**a / r**b
     scaling_b: float = 0.5
     targets: str | list[str] = "qv"  # qv | all-attention | a list of module-name suffixes
@@ -123,6 +125,7 @@ CHOICES = {
     "model.device": ("auto", "cpu", "cuda"),
     "lora.scaling": ("auto", "lora", "rslora", "sfed", "custom", "none"),
     "lora.init": ("auto", "shared", "independent"),
+    "lora.scaling_n": ("participants", "partition"),
     "lora.a_init": ("kaiming", "gaussian"),
     "lora.rank_rule": ("cycle", "by_size"),
     "data.task": (None, "classification", "instruction", "math"),

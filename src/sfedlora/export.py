@@ -36,7 +36,7 @@ def run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
     return config_from_dict(raw), resolved
 
 
-def peft_alpha(rule: str, gamma: float, rank: int, alpha: float, n: int) -> tuple[float, bool]:
+def peft_alpha(rule: str, gamma: float, rank: int, alpha: float, n: float) -> tuple[float, bool]:
     """(lora_alpha, use_rslora) for PEFT such that PEFT's scaling equals gamma."""
     if rule == "sfed":
         return alpha * math.sqrt(n), True
@@ -77,7 +77,8 @@ def build_peft_model(run_dir: Path, client: int) -> tuple[Any, Any, dict[str, An
     with torch.no_grad():
         for m, delta in saved.get("merged", {}).items():  # FLoRA's merged updates are part of W0
             named[m].weight.add_(delta)
-    lora_alpha, use_rslora = peft_alpha(resolved["scaling"], gamma, rank, cfg.lora.alpha, resolved["n_averaged"])
+    n = resolved["n_scaling"][client] if "n_scaling" in resolved else resolved["n_averaged"]  # N in its gamma
+    lora_alpha, use_rslora = peft_alpha(resolved["scaling"], gamma, rank, cfg.lora.alpha, n)
     heads = [n for n, mod in named.items() if isinstance(mod, torch.nn.Linear) and _is_head(n)] \
         if task == "classification" else []
     lcfg = LoraConfig(r=rank, lora_alpha=lora_alpha,  # type: ignore[arg-type]  # PEFT's hint says int; floats work

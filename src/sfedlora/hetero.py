@@ -80,6 +80,22 @@ def partitions(ranks: Sequence[int]) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in zip([0, *bounds[:-1]], bounds)]
 
 
+def partition_n(ranks: Sequence[int], per_round: int) -> list[float]:
+    """Per client, the effective number of clients its A is averaged over under rank-partitioned averaging
+    (lora.scaling_n=partition). Row k of A, in partition [l, h), is averaged over the clients with r_j >= h,
+    of which per_round / len(ranks) take part in a round on average (at least 1 counted): N_k. Averaging N_k
+    independent draws shrinks that row's square by 1/N_k, so ||A_i||^2 shrinks by mean_k 1/N_k over the
+    client's r_i rows, and its N is their harmonic mean, N_i = r_i / sum_k 1/N_k. Equal ranks: N = per_round.
+    Ranks (2, 4, 8), all taking part: 3, 4 / (2/3 + 2/2) = 2.4, 8 / (2/3 + 2/2 + 4/1) = 1.41."""
+    n = len(ranks)
+    out = []
+    for r in ranks:
+        inv = sum((hi - lo) / max(1.0, sum(rj >= hi for rj in ranks) * per_round / n)
+                  for lo, hi in partitions(ranks) if hi <= r)
+        out.append(r / inv)
+    return out
+
+
 def partition_weights(ranks: Sequence[int], weights: Sequence[float]) -> list[tuple[tuple[int, int], list[float]]]:
     """Per partition [l, h): the weights renormalised over the clients that have it (r_i >= h)."""
     w = normalise(weights)

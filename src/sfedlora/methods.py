@@ -33,6 +33,7 @@ class FederatedMethod:
     requires_shared_init: ClassVar[bool] = False
     shared_init_reason: ClassVar[str] = ""  # why, where requires_shared_init
     heterogeneous_ranks: ClassVar[bool] = False  # can clients hold different ranks?
+    rank_partitioned: ClassVar[bool] = False  # averages each rank partition over the clients that have it
     merges_into_base: ClassVar[bool] = False  # FLoRA: the update is added to W0, adapters restart
 
     def trained(self, rnd: int) -> frozenset[str]:
@@ -116,6 +117,7 @@ class FedSALoRA(FederatedMethod):
     citation = "Guo et al., Selective Aggregation for Low-Rank Adaptation in Federated Learning, ICLR 2025"
     default_init = "independent"
     heterogeneous_ranks = True
+    rank_partitioned = True
 
     def uploaded(self, rnd: int) -> frozenset[str]:
         return frozenset({"A", "head"})
@@ -182,6 +184,7 @@ class RaFLoRA(FederatedMethod):
     citation = ("Wu et al., Preventing Rank Collapse in Federated Low-Rank Adaptation with Client Heterogeneity, "
                 "arXiv 2602.13486")
     heterogeneous_ranks = True
+    rank_partitioned = True
 
     def aggregate(self, uploads: Sequence[State], weights: Sequence[float], rnd: int) -> State:
         return rank_partitioned_mean(uploads, weights)

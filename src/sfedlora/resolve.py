@@ -6,11 +6,13 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from sfedlora.config import RunConfig
 from sfedlora.errors import SfedloraError
+from sfedlora.hetero import partition_n
 from sfedlora.methods import FederatedMethod
 from sfedlora.scaling import scaling
 
@@ -58,9 +60,11 @@ class Resolved:
 
     scaling: str
     init: str
-    n_averaged: int
+    n_averaged: int  # clients per round
     ranks: list[int]  # per client
-    gammas: list[float]  # per client: gamma_i = scaling(rule, alpha, r_i, N)
+    gammas: list[float]  # per client: gamma_i = scaling(rule, alpha, r_i, N_i)
+    n_scaling: list[float]  # per client: the N_i in its gamma (lora.scaling_n)
+    scaling_n: str = "participants"
 
     @property
     def gamma(self) -> float:
@@ -70,6 +74,11 @@ class Resolved:
     @property
     def heterogeneous(self) -> bool:
         return len(set(self.ranks)) > 1
+
+    def as_record(self) -> dict[str, Any]:
+        """The fields config.yaml's `resolved` section and summary.json carry for it."""
+        return {"scaling": self.scaling, "init": self.init, "n_averaged": self.n_averaged, "gamma": self.gamma,
+                "ranks": self.ranks, "gammas": self.gammas, "scaling_n": self.scaling_n, "n_scaling": self.n_scaling}
 
 
 def assign_ranks(cfg: RunConfig, n_train: list[int]) -> list[int]:
@@ -100,5 +109,14 @@ def resolve(cfg: RunConfig, method: FederatedMethod, n_train: list[int]) -> Reso
         raise SfedloraError(f"{method.name} needs equal ranks on all clients (got {ranks}); for heterogeneous "
                             f"ranks use hetlora, raflora, flora, flexlora or the FedSA family")
     n = cfg.fed.clients_per_round or cfg.fed.clients
-    gammas = [scaling(rule, cfg.lora.alpha, r, n, cfg.lora.scaling_a, cfg.lora.scaling_b) for r in ranks]
-    return Resolved(scaling=rule, init=init, n_averaged=n, ranks=ranks, gammas=gammas)
+    if cfg.lora.scaling_n == "partition":
+        if not method.rank_partitioned:
+            raise SfedloraError("lora.scaling_n=partition counts the clients that average each rank partition: use "
+                                f"it with raflora or the FedSA family, whose aggregation is rank-partitioned, not "
+                                f"{method.name}")
+        n_i = partition_n(ranks, n)
+    else:
+        n_i = [float(n)] * len(ranks)
+    gammas = [scaling(rule, cfg.lora.alpha, r, ni, cfg.lora.scaling_a, cfg.lora.scaling_b) for r, ni in zip(ranks, n_i)]
+    return Resolved(scaling=rule, init=init, n_averaged=n, ranks=ranks, gammas=gammas, n_scaling=n_i,
+                    scaling_n=cfg.lora.scaling_n)

@@ -1,6 +1,7 @@
 """The LoRA scaling factor gamma: the single place where it is computed.
 
-Rules (alpha > 0, rank r >= 1, N >= 1 clients whose A is averaged in a round):
+Rules (alpha > 0, rank r >= 1, N >= 1 clients whose A is averaged in a round; an effective, non-integer N
+is allowed, see hetero.partition_n):
 
     lora    gamma = alpha / r                 (Hu et al., 2022)
     rslora  gamma = alpha / sqrt(r)           (Kalajdzievski, 2023, arXiv 2312.03732)
@@ -18,14 +19,14 @@ from sfedlora.errors import SfedloraError
 RULES = ("lora", "rslora", "sfed", "custom", "none")
 
 
-def scaling(rule: str, alpha: float, rank: int, n_clients: int = 1, a: float = 0.5, b: float = 0.5) -> float:
+def scaling(rule: str, alpha: float, rank: int, n_clients: float = 1, a: float = 0.5, b: float = 0.5) -> float:
     """Return gamma for one adapter of rank `rank` when `n_clients` adapters' A are averaged."""
     if rule not in RULES:
         raise SfedloraError(f"unknown scaling rule {rule!r}; choose one of {', '.join(RULES)}")
     if isinstance(rank, bool) or int(rank) != rank or rank < 1:
         raise SfedloraError(f"LoRA rank must be an integer >= 1, got {rank!r}")
-    if isinstance(n_clients, bool) or int(n_clients) != n_clients or n_clients < 1:
-        raise SfedloraError(f"number of averaged clients N must be an integer >= 1, got {n_clients!r}")
+    if isinstance(n_clients, bool) or not isinstance(n_clients, (int, float)) or not 1 <= n_clients < math.inf:
+        raise SfedloraError(f"number of averaged clients N must be a finite number >= 1, got {n_clients!r}")
     if not alpha > 0 or not math.isfinite(alpha):
         raise SfedloraError(f"lora alpha must be a finite number > 0, got {alpha!r}")
     if rule == "lora":

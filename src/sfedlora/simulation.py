@@ -287,11 +287,9 @@ class Simulation:
             self.echo(f"resuming {self.out_dir} at round {first}" if snap else
                       f"no checkpoint in {self.out_dir}: starting it again from round {first}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {"scaling": self.resolved.scaling, "init": self.resolved.init,
-                    "n_averaged": self.resolved.n_averaged, "gamma": self.resolved.gamma,
-                    "ranks": self.resolved.ranks, "gammas": self.resolved.gammas,
-                    "task": self.data.task, "label_names": self.data.label_names, "targets": self.targets,
-                    "device": str(self.device), "precision": self.precision, "groups": self.groups.as_dict()}
+        resolved = {**self.resolved.as_record(), "task": self.data.task, "label_names": self.data.label_names,
+                    "targets": self.targets, "device": str(self.device), "precision": self.precision,
+                    "groups": self.groups.as_dict()}
         (self.out_dir / "config.yaml").write_text(
             yaml.safe_dump({**to_dict(cfg), "resolved": resolved}, sort_keys=False))
         key = "label" if self.data.task == "classification" else (

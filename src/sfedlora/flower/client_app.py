@@ -43,7 +43,8 @@ def query(msg: Message, context: Context) -> Message:
     info = ConfigRecord({"partition": node.partition, "n_train": node.data.n_train,
                          "description": json.dumps(node.description), "schema": node.schema(),
                          "task": node.task, "label_names": json.dumps(node.label_names),
-                         "targets": json.dumps(node.targets)})
+                         "targets": json.dumps(node.targets), "device": str(node.device),
+                         "precision": node.precision})
     content = RecordDict({"info": info})
     rank = int(conf.get("initial_rank", 0))
     if rank:  # server-side DP: the shared starting point that round 1's updates are clipped against

@@ -56,8 +56,8 @@ class Node:
         self.device = resolve_device(cfg.model.device)
         self.task, self.label_names, self.data, self.description = self._partition(cfg, partition, cache)
         torch.manual_seed(cfg.seed)  # as the in-process runner: the same task head initialisation
-        precision = resolve_precision(cfg.model.precision, self.device)
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.precision = resolve_precision(cfg.model.precision, self.device)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self.model, self.tok = load_model(cfg.model.name, self.task, max(2, len(self.label_names)), dtype)
         self.targets = inject_adapters(self.model, cfg.lora.targets, cfg.lora.dropout,
                                        head=self.task == "classification")

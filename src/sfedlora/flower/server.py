@@ -150,12 +150,17 @@ class FlowerRun:
             agreed_init, _ = consensus(digests)
             self.initial = from_record(initials[digests.index(agreed_init)].content["initial"])
 
+    def _nodes_agree(self, key: str) -> Any:
+        """A setting every node resolved for itself (device, precision): the value if they agree, else the
+        list per partition."""
+        values = [str(self.infos[p].get(key, "unknown")) for p in range(self.cfg.fed.clients)]
+        return values[0] if len(set(values)) == 1 else values
+
     # ---- the run folder -----------------------------------------------------------------------------
     def _write_header(self) -> dict[str, Any]:
         r = self.resolved
-        resolved = {"scaling": r.scaling, "init": r.init, "n_averaged": r.n_averaged, "gamma": r.gamma,
-                    "ranks": r.ranks, "gammas": r.gammas, "task": self.task, "label_names": self.label_names,
-                    "targets": self.targets, "device": "nodes", "precision": self.cfg.model.precision,
+        resolved = {**r.as_record(), "task": self.task, "label_names": self.label_names, "targets": self.targets,
+                    "device": self._nodes_agree("device"), "precision": self._nodes_agree("precision"),
                     "engine": "flower", "run_key": self.key,
                     "dp": {"noise_multiplier": self.settings.dp_noise_multiplier,
                            "clipping_norm": self.settings.dp_clipping_norm} if self.settings.dp_clipping_norm else None}
