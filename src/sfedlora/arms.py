@@ -1,0 +1,159 @@
+"""Finished runs read from their folders, and grouped into arms: runs whose settings are equal in everything
+but the seed. An arm's spread is its seed-to-seed spread; runs that differ in any other setting (data,
+partition, adapter placement, precision, ...) are never averaged together.
+
+A run's settings are its config.yaml flattened to dotted keys, with what `auto` became in its place
+(precision, scaling rule, init) and one `rank` key: the rank, or the set of ranks of a heterogeneous run
+("2,4,8"). Keys that do not change results (seed, name, checkpointing, group sizes) are left out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sfedlora.errors import SfedloraError
+from sfedlora.metrics import read_jsonl
+
+NOT_RESULTS = ("seed", "name", "checkpoint_every", "train.group_size", "train.group_memory", "model.device")
+RANK_KEYS = ("lora.rank", "lora.ranks", "lora.rank_set")
+HEAD_ONLY = "head-only (gamma=0)"
+# Keys dropped from an arm's label when the other varying keys determine them (e.g. a method's own scaling).
+DERIVED = ("lora.scaling", "lora.init", "lora.rank_rule", "lora.scaling_n")
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+    @property
+    def resolved(self) -> dict[str, Any]:
+        return self.config.get("resolved", {})
+
+    @property
+    def task(self) -> str:
+        return str(self.resolved["task"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+    @property
+    def trained(self) -> bool:
+        """False for the head-only baseline (gamma = 0: the adapters get no gradient)."""
+        return self.resolved.get("scaling") != "none"
+
+    def settings(self) -> dict[str, Any]:
+        flat = _flatten({k: v for k, v in self.config.items() if k != "resolved"})
+        res = self.resolved
+        for key in RANK_KEYS:
+            flat.pop(key, None)
+        ranks = res.get("ranks") or [self.config["lora"]["rank"]]
+        flat["rank"] = ranks[0] if len(set(ranks)) == 1 else ",".join(str(r) for r in sorted(set(ranks)))
+        for key, name in (("model.precision", "precision"), ("lora.scaling", "scaling"), ("lora.init", "init")):
+            if name in res:
+                flat[key] = res[name]
+        if res.get("scaling") == "none":
+            flat["fed.method"] = HEAD_ONLY
+        for key in NOT_RESULTS:
+            flat.pop(key, None)
+        return flat
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = ",".join(map(str, v)) if isinstance(v, list) else v
+    return out
+
+
+def find_runs(dirs: Sequence[Path]) -> list[Run]:
+    runs = []
+    for d in dirs:
+        if not d.exists():
+            raise SfedloraError(f"{d} does not exist")
+        for summary in sorted(d.rglob("summary.json")):
+            folder = summary.parent
+            if not (folder / "metrics.jsonl").exists() or not (folder / "config.yaml").exists():
+                continue
+            runs.append(Run(folder, yaml.safe_load((folder / "config.yaml").read_text()),
+                            read_jsonl(folder / "metrics.jsonl"), json.loads(summary.read_text())))
+    if not runs:
+        raise SfedloraError(f"no finished runs (folders with summary.json) under {', '.join(map(str, dirs))}")
+    return runs
+
+
+@dataclass
+class Arm:
+    """Runs with equal settings, one per distinct seed."""
+
+    settings: dict[str, Any]  # every setting of the arm
+    label: dict[str, Any]  # the settings that tell it from the other arms (display name -> value)
+    runs: list[Run] = field(default_factory=list)
+    duplicates: list[Path] = field(default_factory=list)  # further runs of a seed the arm already has
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+    def name(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.label.items()) or "all runs"
+
+
+SPECIAL_NAMES = {"data.source": "data", "model.name": "model"}
+
+
+def display_names(keys: Sequence[str]) -> dict[str, str]:
+    """Short names for dotted keys: the last part, unless two keys share it; data.source is 'data' and
+    model.name 'model'."""
+    last = [SPECIAL_NAMES.get(k, k.rsplit(".", 1)[-1]) for k in keys]
+    return {k: short if last.count(short) == 1 else k for k, short in zip(keys, last)}
+
+
+def _determined(key: str, others: Sequence[str], settings: Sequence[dict[str, Any]]) -> bool:
+    """Whether the values of `others` determine the value of `key` in these settings."""
+    seen: dict[tuple, Any] = {}
+    for s in settings:
+        ctx = tuple(repr(s.get(o)) for o in others)
+        if seen.setdefault(ctx, repr(s.get(key))) != repr(s.get(key)):
+            return False
+    return True
+
+
+def group_arms(runs: Sequence[Run]) -> tuple[list[Arm], list[str], dict[str, Any]]:
+    """The arms, the dotted keys that tell them apart (in config order), and the settings every run shares."""
+    all_settings = [r.settings() for r in runs]
+    keys = list(dict.fromkeys(k for s in all_settings for k in s))
+    varying = [k for k in keys if len({repr(s.get(k)) for s in all_settings}) > 1]
+    common = {k: all_settings[0].get(k) for k in keys if k not in varying}
+    shown = list(varying)
+    for key in DERIVED:  # a method's own scaling, say, adds nothing to its label
+        if key in shown and _determined(key, [k for k in shown if k != key], all_settings):
+            shown.remove(key)
+    names = display_names(shown)
+    arms: dict[tuple, Arm] = {}
+    for run, s in zip(runs, all_settings):
+        ident = tuple(repr(s.get(k)) for k in varying)
+        arm = arms.setdefault(ident, Arm(settings=s, label={names[k]: s.get(k) for k in shown}))
+        if run.seed in arm.seeds:
+            arm.duplicates.append(run.path)
+        else:
+            arm.runs.append(run)
+    ordered = sorted(arms.values(), key=lambda a: [_sort_key(v) for v in a.label.values()])
+    return ordered, shown, common
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, str(value))
