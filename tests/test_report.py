@@ -63,7 +63,8 @@ def test_a_seed_counts_once(tmp_path):
     (arm,), _, _ = group_arms(find_runs([tmp_path / "runs"]))
     assert sorted(arm.seeds) == [0, 1] and len(arm.duplicates) == 1
     build_report([tmp_path / "runs"], tmp_path / "rep")
-    assert "Left out, as repeats of a seed their arm already has: 1 run(s)" in (tmp_path / "rep" / "report.md").read_text()
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "Left out, as repeats of a seed their arm already has: 1 run(s)" in md
 
 
 def test_a_plain_method_comparison_is_plotted_and_labelled(tmp_path):
