@@ -90,16 +90,22 @@ def test_parse_eval_checks_the_counts_that_weight_a_client(row, ok):
 
 
 # ---- whole runs on an in-process Grid -----------------------------------------------------------------
-def test_flower_run_equals_in_process_runner(sentiment_file, tmp_path):
-    cfg = tiny(sentiment_file)
+def run_both_and_compare_adapters(cfg, tmp_path) -> Path:
+    """The config on Flower (in-process Grid) and in the in-process runner: every node's final adapters equal
+    the runner's. Returns the Flower run folder."""
     out = tmp_path / "flower"
-    FlowerRun(cfg, out, echo=lambda s: None).run(LocalGrid(client_app, 3, str(tmp_path / "nodes")))
+    FlowerRun(cfg, out, echo=lambda s: None).run(LocalGrid(client_app, cfg.fed.clients, str(tmp_path / "nodes")))
     sim = Simulation(cfg, tmp_path / "inproc", echo=lambda s: None, progress=False)
     sim.run()
-    for p, state in enumerate(node_states(tmp_path / "nodes", out, 3)):
+    for p, state in enumerate(node_states(tmp_path / "nodes", out, cfg.fed.clients)):
         assert state.keys() == sim.states[p].keys()
         for k in state:
             torch.testing.assert_close(state[k], sim.states[p][k], rtol=1e-5, atol=1e-6)
+    return out
+
+
+def test_flower_run_equals_in_process_runner(sentiment_file, tmp_path):
+    out = run_both_and_compare_adapters(tiny(sentiment_file), tmp_path)
     ours = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     theirs = [json.loads(x) for x in (tmp_path / "inproc" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in ours] == [0, 1, 2]
@@ -116,14 +122,7 @@ def test_heterogeneous_ranks_with_one_client_per_round_equal_the_in_process_runn
     send, nodes keep theirs, and the final adapters equal the in-process runner's."""
     cfg = tiny(sentiment_file, 3, "lora.ranks=[2,4,8]", "fed.clients_per_round=1", "fed.rounds=4",
                f"fed.method={method}")
-    out = tmp_path / "flower"
-    FlowerRun(cfg, out, echo=lambda s: None).run(LocalGrid(client_app, 3, str(tmp_path / "nodes")))
-    sim = Simulation(cfg, tmp_path / "inproc", echo=lambda s: None, progress=False)
-    sim.run()
-    for p, state in enumerate(node_states(tmp_path / "nodes", out, 3)):
-        assert state.keys() == sim.states[p].keys()
-        for k in state:
-            torch.testing.assert_close(state[k], sim.states[p][k], rtol=1e-5, atol=1e-6)
+    run_both_and_compare_adapters(cfg, tmp_path)
 
 
 def test_flower_run_records_the_precision_its_nodes_resolved(sentiment_file, tmp_path, monkeypatch):
