@@ -83,3 +83,16 @@ def test_no_traceback_from_the_console_script(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "sfedlora.cli", "run", "lora.rank=-1"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "lora.rank" in proc.stderr
+
+
+def test_a_folder_named_like_a_built_in_config_or_spec_is_not_read_as_one(tmp_path, monkeypatch):
+    """`sfedlora run default` and `sfedlora sweep rank-sweep` from a folder that holds run folders called
+    `default` and `rank-sweep` (before: "cannot read config default: Is a directory")."""
+    from sfedlora.cli import CONFIG_DIR, config_path
+    from sfedlora.sweep import EXPERIMENT_DIR, spec_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()
+    (tmp_path / "rank-sweep").mkdir()
+    assert config_path("default") == CONFIG_DIR / "default.yaml"
+    assert spec_path("rank-sweep") == EXPERIMENT_DIR / "rank-sweep.yaml"

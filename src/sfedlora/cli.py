@@ -26,7 +26,7 @@ def config_path(name: str | None) -> Path:
     if name is None:
         return CONFIG_DIR / "default.yaml"
     path = Path(name)
-    if path.exists() or path.suffix in (".yaml", ".yml"):
+    if path.is_file() or path.suffix in (".yaml", ".yml"):  # a folder that happens to share a name is not one
         return path
     if (CONFIG_DIR / f"{name}.yaml").exists():
         return CONFIG_DIR / f"{name}.yaml"

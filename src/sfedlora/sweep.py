@@ -50,7 +50,7 @@ def builtin_specs() -> list[str]:
 
 def spec_path(name: str) -> Path:
     path = Path(name)
-    if path.exists():
+    if path.is_file():  # a run folder named like a built-in spec (rank-sweep/) is not a spec
         return path
     if (EXPERIMENT_DIR / f"{name}.yaml").exists():
         return EXPERIMENT_DIR / f"{name}.yaml"
