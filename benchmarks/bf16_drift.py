@@ -24,11 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from sfedlora.allocator import tune_malloc
-from sfedlora.cli import config_path
-from sfedlora.config import load_config
-from sfedlora.metrics import PRIMARY
-from sfedlora.resolve import cpu_has_fast_bf16, resolve_device
+from sfedlora.config import config_path, load_config
+from sfedlora.core.metrics import PRIMARY
+from sfedlora.runtime.allocator import tune_malloc
+from sfedlora.runtime.resolve import cpu_has_fast_bf16, resolve_device
 from sfedlora.simulation import Simulation
 
 PRODUCTS = {F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.bmm,

@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from sfedlora.answers import extract_answer, same_answer
+from sfedlora.client.answers import extract_answer, same_answer
+from sfedlora.client.evaluate import math_accuracy
 from sfedlora.config import load_config
 from sfedlora.data.batching import encode_lm
 from sfedlora.data.sources import load_task
-from sfedlora.evaluate import math_accuracy
-from sfedlora.models import smollm2_tokenizer
+from sfedlora.runtime.models import smollm2_tokenizer
 
 # The first two records of GSM8K's train split (openai/gsm8k, config `main`), as the hub serves them.
 GSM8K = [

@@ -8,13 +8,13 @@ import torch
 from conftest import tiny_bert, tiny_llama
 from peft import LoraConfig, get_peft_model
 
+from sfedlora.adapters.inject import init_adapter_state, inject_adapters, load_group, read_group
+from sfedlora.client.losses import prepare_fast_logits
+from sfedlora.client.optim import StackedOptimizer
+from sfedlora.client.train import train_group
 from sfedlora.config import TrainConfig
-from sfedlora.export import copy_into_peft
-from sfedlora.inject import init_adapter_state, inject_adapters, load_group, read_group
-from sfedlora.losses import prepare_fast_logits
-from sfedlora.optim import StackedOptimizer
-from sfedlora.scaling import scaling
-from sfedlora.train import train_group
+from sfedlora.core.scaling import scaling
+from sfedlora.tools.export import copy_into_peft
 
 C, K, BATCH, SEQ, RANK = 3, 4, 2, 10, 4
 

@@ -15,13 +15,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sfedlora.adapters.inject import load_group
 from sfedlora.cli import main
 from sfedlora.config import load_config
+from sfedlora.core.scaling import scaling
 from sfedlora.errors import SfedloraError
-from sfedlora.export import build_peft_model, peft_alpha
-from sfedlora.inject import load_group
-from sfedlora.scaling import scaling
 from sfedlora.simulation import Simulation
+from sfedlora.tools.export import build_peft_model, peft_alpha
 
 BASE = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
         "data.label_field=sentiment", "data.partition=iid", "fed.clients=3", "train.batch_size=4", "lora.rank=4",
@@ -66,7 +66,7 @@ def test_export_loads_in_plain_peft_with_the_same_logits(method, extra, sentimen
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from sfedlora.models import load_model
+    from sfedlora.runtime.models import load_model
 
     run = tmp_path / "run"
     cfg = load_config(None, [f"data.source={sentiment_file}", *BASE, "fed.rounds=2", "fed.local_steps=3",
@@ -173,7 +173,7 @@ def test_a_head_without_bias_stays_without_one_and_exports(sentiment_file, tmp_p
     could not place, KeyError), and the export reproduces the run's logits in plain PEFT."""
     from peft import PeftModel
 
-    from sfedlora.models import load_model
+    from sfedlora.runtime.models import load_model
 
     run = tmp_path / "run"
     cfg = load_config(None, [f"data.source={sentiment_file}", *BASE, "model.name=tiny-llama", "fed.rounds=1",

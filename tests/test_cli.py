@@ -88,8 +88,8 @@ def test_no_traceback_from_the_console_script(tmp_path):
 def test_a_folder_named_like_a_built_in_config_or_spec_is_not_read_as_one(tmp_path, monkeypatch):
     """`sfedlora run default` and `sfedlora sweep rank-sweep` from a folder that holds run folders called
     `default` and `rank-sweep` (before: "cannot read config default: Is a directory")."""
-    from sfedlora.cli import CONFIG_DIR, config_path
-    from sfedlora.sweep import EXPERIMENT_DIR, spec_path
+    from sfedlora.config import CONFIG_DIR, config_path
+    from sfedlora.tools.sweep import EXPERIMENT_DIR, spec_path
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "default").mkdir()

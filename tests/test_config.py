@@ -16,7 +16,6 @@ def test_defaults_and_overrides():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("fed.method=bogus", "unknown method 'bogus'"),
         ("lora.scaling=bogus", "lora.scaling must be one of"),
         ("lora.rank=0", r"LoRA rank \(lora.rank\) must be > 0"),
         ("fed.clients=0", r"number of clients N \(fed.clients\) must be > 0"),
@@ -32,6 +31,17 @@ def test_defaults_and_overrides():
 def test_bad_values(override, message):
     with pytest.raises(SfedloraError, match=message):
         load_config(None, [override])
+
+
+def test_method_choices_are_checked_against_the_registry():
+    """config.py knows no methods (they sit above it); runtime.resolve.check refuses an unknown one, with the
+    registry's names, before any data or model is loaded."""
+    from sfedlora.methods import METHODS
+    from sfedlora.runtime.resolve import check
+
+    with pytest.raises(SfedloraError, match="unknown method 'bogus'; choose one of " + ", ".join(METHODS)):
+        check(load_config(None, ["fed.method=bogus"]))
+    assert check(load_config(None, ["fed.method=raflora"])).name == "raflora"
 
 
 def test_unreadable_and_invalid_files(tmp_path):

@@ -131,7 +131,7 @@ def test_flower_run_records_the_precision_its_nodes_resolved(sentiment_file, tmp
 
     import yaml
 
-    from sfedlora import resolve
+    from sfedlora.runtime import resolve
 
     monkeypatch.setattr(resolve, "cpu_flags", lambda: "flags : avx2 avx512f avx512_bf16")
     cfg = tiny(sentiment_file, 2, "model.precision=auto", "fed.rounds=1")

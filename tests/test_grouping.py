@@ -7,10 +7,10 @@ import pytest
 import torch
 import yaml
 
+from sfedlora.bench.memory import memory_account, tensor_bytes
 from sfedlora.config import load_config
 from sfedlora.errors import SfedloraError
-from sfedlora.grouping import GroupPlan, busy_group, eval_group, memory_caps, saved_activation_bytes
-from sfedlora.memory import memory_account, tensor_bytes
+from sfedlora.runtime.grouping import GroupPlan, busy_group, eval_group, memory_caps, saved_activation_bytes
 from sfedlora.simulation import Simulation
 
 TINY = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
@@ -81,7 +81,7 @@ def test_auto_plan_is_recorded_and_leaves_the_random_stream_alone(sentiment_file
 
 
 def test_memory_account_terms_by_hand(sentiment_file):
-    from sfedlora.memory import memory_overrides
+    from sfedlora.bench.memory import memory_overrides
 
     overrides = memory_overrides(3, 4, 1, 4, 32) + [f"data.source={sentiment_file}", *TINY[:5]]
     r = memory_account(None, overrides, echo=lambda s: None)

@@ -10,9 +10,11 @@ import torch
 from conftest import tiny_llama
 from test_batched_equals_peft import lm_batches, run_sfedlora
 
+from sfedlora.adapters.inject import init_adapter_state, inject_adapters, lora_layers
 from sfedlora.config import TrainConfig, load_config
-from sfedlora.hetero import overlay, pad_state, partition_n, partition_weights, spectrum_stats, truncate_state
-from sfedlora.inject import init_adapter_state, inject_adapters, lora_layers
+from sfedlora.core.aggregate import partition_n, partition_weights
+from sfedlora.core.spectrum import spectrum_stats
+from sfedlora.core.state import overlay, pad_state, truncate_state
 from sfedlora.methods import get_method
 from sfedlora.simulation import Simulation
 
@@ -217,7 +219,7 @@ def test_equal_rank_methods_refuse_heterogeneous_ranks(sentiment_file, tmp_path)
 
 
 def test_report_plots_rank_collapse(sentiment_file, tmp_path):
-    from sfedlora.report import build_report
+    from sfedlora.tools.report import build_report
 
     for method in ("hetlora", "raflora"):
         cfg = load_config(None, [f"data.source={sentiment_file}", "model.name=tiny-bert", "model.precision=fp32",

@@ -5,9 +5,9 @@ import torch
 from conftest import tiny_bert, tiny_llama
 from torch import nn
 
+from sfedlora.adapters.inject import init_adapter_state, inject_adapters, load_group, lora_layers, read_group
+from sfedlora.adapters.layer import StackedLoRALinear
 from sfedlora.errors import SfedloraError
-from sfedlora.inject import init_adapter_state, inject_adapters, load_group, lora_layers, read_group
-from sfedlora.lora_layer import StackedLoRALinear
 
 
 def test_b_zero_means_base_output_lm():
@@ -104,9 +104,9 @@ def test_target_matching_nothing_is_a_clear_error():
 def test_adapter_output_moments_leave_padding_out():
     """The same tokens with and without right padding give the same adapter output mean and variance (before:
     padded positions, whose adapter outputs are not zero, were counted)."""
+    from sfedlora.client.optim import StackedOptimizer
+    from sfedlora.client.train import train_group
     from sfedlora.config import TrainConfig
-    from sfedlora.optim import StackedOptimizer
-    from sfedlora.train import train_group
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 64, (2, 6), generator=g)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sfedlora.aggregate import client_weights, weighted_mean
+from sfedlora.core.aggregate import client_weights, weighted_mean
 from sfedlora.methods import METHODS, get_method
 
 A, B = "layer.lora_A", "layer.lora_B"

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from sfedlora.config import load_config
-from sfedlora.metrics import means, personal
+from sfedlora.core.metrics import means, personal
 from sfedlora.simulation import Simulation
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sfedlora import losses
-from sfedlora.allocator import tune_malloc
 from sfedlora.cli import main
+from sfedlora.client import losses
+from sfedlora.runtime.allocator import tune_malloc
 
 
 def test_chunked_cross_entropy_equals_full(monkeypatch):

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from sfedlora import resolve
+from sfedlora.adapters.inject import load_group
 from sfedlora.config import load_config
-from sfedlora.inject import load_group
+from sfedlora.runtime import resolve
 from sfedlora.simulation import Simulation
 
 AVX2 = "flags\t\t: fpu vme de pse tsc msr pae mce sse sse2 ssse3 fma avx avx2 bmi1 bmi2"
@@ -68,7 +68,7 @@ def test_bf16_run_exports_an_adapter_that_reproduces_it(sentiment_file, tmp_path
     from peft import PeftModel
 
     from sfedlora.cli import main
-    from sfedlora.models import load_model
+    from sfedlora.runtime.models import load_model
 
     cfg = load_config(None, [f"data.source={sentiment_file}", *TINY, "model.precision=bf16", "fed.rounds=2"])
     with warnings.catch_warnings():

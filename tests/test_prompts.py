@@ -15,7 +15,7 @@ from sfedlora.data.batching import IGNORE, encode_lm
 from sfedlora.data.prompts import ALPACA_INPUT, ALPACA_NO_INPUT
 from sfedlora.data.sources import load_task
 from sfedlora.errors import SfedloraError
-from sfedlora.models import smollm2_tokenizer
+from sfedlora.runtime.models import smollm2_tokenizer
 
 ALPACA = [  # records as tatsu-lab/alpaca serves them: instruction, input (often empty), output
     {"instruction": "Summarize the following text.", "input": "The quick brown fox jumps over the lazy dog.",

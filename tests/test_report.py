@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sfedlora.arms import find_runs, group_arms
 from sfedlora.config import load_config, to_dict
-from sfedlora.metrics import summarise
-from sfedlora.report import arms_table, build_report
+from sfedlora.runtime.records import summarise
+from sfedlora.tools.arms import find_runs, group_arms
+from sfedlora.tools.report import arms_table, build_report
 
 
 def fake_run(folder: Path, overrides: list[str], curve: list[float], ranks: list[int] | None = None) -> Path:

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
+from sfedlora.core.scaling import scaling
 from sfedlora.errors import SfedloraError
-from sfedlora.scaling import scaling
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ import math
 import pytest
 
 from sfedlora.cli import main
-from sfedlora.diagnose import DiagnoseConfig, simulate, slope
 from sfedlora.errors import SfedloraError
-from sfedlora.sweep import plan
+from sfedlora.tools.diagnose import DiagnoseConfig, simulate, slope
+from sfedlora.tools.sweep import plan
 
 
 @pytest.fixture

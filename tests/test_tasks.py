@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from sfedlora.client import decode_sample
+from sfedlora.client.local import decode_sample
+from sfedlora.client.optim import StackedOptimizer
 from sfedlora.config import TrainConfig, load_config
 from sfedlora.data.batching import IGNORE, encode_lm
-from sfedlora.models import smollm2_tokenizer
-from sfedlora.optim import StackedOptimizer
+from sfedlora.runtime.models import smollm2_tokenizer
 from sfedlora.simulation import Simulation
 
 LM = ["model.name=tiny-llama", "model.precision=fp32", "data.partition=iid", "fed.clients=2", "fed.rounds=1",

@@ -8,30 +8,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sfedlora.config import builtin_configs, config_path
 from sfedlora.errors import SfedloraError
 
 if TYPE_CHECKING:
     from sfedlora.config import RunConfig
     from sfedlora.flower.server import ServerSettings
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 DATA_NAMES = ("multiemo", "vitaminc", "natural-instructions", "gsm-symbolic", "all")
-
-
-def builtin_configs() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-
-
-def config_path(name: str | None) -> Path:
-    if name is None:
-        return CONFIG_DIR / "default.yaml"
-    path = Path(name)
-    if path.is_file() or path.suffix in (".yaml", ".yml"):  # a folder that happens to share a name is not one
-        return path
-    if (CONFIG_DIR / f"{name}.yaml").exists():
-        return CONFIG_DIR / f"{name}.yaml"
-    raise SfedloraError(f"no config file {name!r} and no built-in config of that name "
-                        f"(built-in: {', '.join(builtin_configs())})")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -39,12 +23,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sfedlora.simulation import Simulation
 
     if args.resume:
-        from sfedlora.export import run_config
+        from sfedlora.tools.export import run_config
 
         if args.items:
             raise SfedloraError("--resume continues a run with the config it was started with; give no CONFIG or "
                                 "overrides")
-        from sfedlora.grouping import GroupPlan
+        from sfedlora.runtime.grouping import GroupPlan
 
         cfg, resolved = run_config(Path(args.resume))
         groups = GroupPlan(**resolved["groups"]) if "groups" in resolved else None  # the run keeps its G
@@ -72,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sfedlora.export import export
+    from sfedlora.tools.export import export
 
     info = export(Path(args.run), args.client, Path(args.out), merged=not args.no_merged)
     print(f"client {info['client']}: rank {info['rank']}, gamma {info['gamma']:.6g} ({info['scaling']}) as PEFT "
@@ -86,7 +70,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_bench_memory(args: argparse.Namespace) -> int:
     import json
 
-    from sfedlora.memory import WORKLOAD_CONFIGS, memory_account, memory_overrides, workload_config
+    from sfedlora.bench.memory import WORKLOAD_CONFIGS, memory_account, memory_overrides, workload_config
 
     if args.workload not in WORKLOAD_CONFIGS:
         raise SfedloraError(f"--memory measures a real workload: {' or '.join(WORKLOAD_CONFIGS)}")
@@ -119,7 +103,7 @@ def cmd_bench_memory(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from sfedlora.bench import BenchConfig, run_bench
+    from sfedlora.bench.peer import BenchConfig, run_bench
 
     if args.memory:
         return cmd_bench_memory(args)
@@ -149,9 +133,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
     for name, cls in METHODS.items():
         m = cls()
-        trains = "/".join(sorted(m.trained(1) - {"head"}))
-        if name == "rolora":
-            trains = "B (odd rounds) / A (even rounds)"
+        odd, even = ("/".join(sorted(m.trained(t) - {"head"})) for t in (1, 2))
+        trains = odd if odd == even else f"{odd} (odd rounds) / {even} (even rounds)"
         print(f"{name:<13} scaling {cls.default_scaling:<7} trains {trains:<32} uploads "
               f"{'/'.join(sorted(m.uploaded(1) - {'head'}))}")
         print(f"{'':<13} {cls.citation}")
@@ -176,7 +159,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from sfedlora.sweep import load_spec, plan, run_sweep
+    from sfedlora.tools.sweep import load_spec, plan, run_sweep
 
     spec, _ = load_spec(args.spec, args.size)
     name = spec.get("name", Path(args.spec).stem)
@@ -192,7 +175,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sfedlora.report import build_report
+    from sfedlora.tools.report import build_report
 
     dirs = [Path(d) for d in args.dirs]
     out = Path(args.out) if args.out else dirs[0] / "report"
@@ -204,7 +187,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     import json
 
-    from sfedlora.diagnose import DiagnoseConfig, plot, run_diagnose, slope_table
+    from sfedlora.tools.diagnose import DiagnoseConfig, plot, run_diagnose, slope_table
 
     cfg = DiagnoseConfig(width=args.width, rounds=args.rounds, steps=args.steps, lr=args.lr, seed=args.seed)
     if args.quick:
@@ -353,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_export)
     methods = sub.add_parser("methods", help="list the federated LoRA methods and their papers")
     methods.set_defaults(func=cmd_methods)
-    from sfedlora.sweep import SIZES, builtin_specs
+    from sfedlora.tools.sweep import SIZES, builtin_specs
 
     sweep = sub.add_parser("sweep", help="run an experiment grid (resumable)", description=(
         "Expand an experiment spec's grid into runs and run them one after another; finished runs (with "
@@ -418,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sfedlora.allocator import tune_malloc
+    from sfedlora.runtime.allocator import tune_malloc
 
     args = build_parser().parse_args(argv)
     tune_malloc()  # SFEDLORA_MALLOC_TUNING=0 turns it off

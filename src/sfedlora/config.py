@@ -220,10 +220,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key in NON_NEGATIVE:
         if _get(cfg, key) < 0:
             raise SfedloraError(f"{key} must be >= 0, got {_get(cfg, key)!r}")
-    from sfedlora.methods import METHODS
-
-    if cfg.fed.method not in METHODS:
-        raise SfedloraError(f"unknown method {cfg.fed.method!r}; choose one of {', '.join(METHODS)}")
     if cfg.fed.clients_per_round > cfg.fed.clients:
         raise SfedloraError(f"fed.clients_per_round ({cfg.fed.clients_per_round}) exceeds fed.clients "
                             f"({cfg.fed.clients})")
@@ -249,6 +245,27 @@ def validate(cfg: RunConfig) -> RunConfig:
     if isinstance(cfg.lora.targets, list) and not cfg.lora.targets:
         raise SfedloraError("lora.targets must name at least one module")
     return cfg
+
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def builtin_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+
+def config_path(name: str | None) -> Path:
+    if name is None:
+        return CONFIG_DIR / "default.yaml"
+    path = Path(name)
+    if path.is_file() or path.suffix in (".yaml", ".yml"):  # a folder that happens to share a name is not one
+        return path
+    if (CONFIG_DIR / f"{name}.yaml").exists():
+        return CONFIG_DIR / f"{name}.yaml"
+    raise SfedloraError(f"no config file {name!r} and no built-in config of that name "
+                        f"(built-in: {', '.join(builtin_configs())})")
+
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -20,22 +20,31 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from sfedlora import checkpoint, client, metrics
-from sfedlora.aggregate import client_weights, payload_bytes, select
+from sfedlora.adapters.inject import group_parameters, inject_adapters, lora_layers
+from sfedlora.client import local as client
+from sfedlora.client.losses import group_loss
+from sfedlora.client.optim import ClientOptState
+from sfedlora.client.train import adapters_training
 from sfedlora.config import RunConfig, to_dict
+from sfedlora.core import metrics
+from sfedlora.core.aggregate import client_weights
+from sfedlora.core.spectrum import spectrum_stats
+from sfedlora.core.state import payload_bytes, select
 from sfedlora.data.batching import collate
 from sfedlora.data.partition import ClientData, describe, make_clients
 from sfedlora.data.sources import TaskData, load_task
 from sfedlora.errors import SfedloraError
-from sfedlora.grouping import GroupPlan, busy_group, eval_group, free_bytes, memory_caps, saved_activation_bytes
-from sfedlora.hetero import spectrum_stats
-from sfedlora.inject import group_parameters, inject_adapters, lora_layers
-from sfedlora.losses import group_loss
-from sfedlora.methods import get_method
-from sfedlora.models import load_model
-from sfedlora.optim import ClientOptState
-from sfedlora.resolve import resolve, resolve_device, resolve_precision
-from sfedlora.train import adapters_training
+from sfedlora.runtime import checkpoint, protocol, records
+from sfedlora.runtime.grouping import (
+    GroupPlan,
+    busy_group,
+    eval_group,
+    free_bytes,
+    memory_caps,
+    saved_activation_bytes,
+)
+from sfedlora.runtime.models import load_model
+from sfedlora.runtime.resolve import check, resolve, resolve_device, resolve_precision
 
 State = dict[str, torch.Tensor]
 
@@ -48,8 +57,7 @@ class Simulation:
     def __init__(self, cfg: RunConfig, out_dir: Path, echo: Callable[[str], None] = _print,
                  progress: bool = True, groups: GroupPlan | None = None) -> None:
         self.cfg, self.out_dir, self.echo, self.progress = cfg, Path(out_dir), echo, progress
-        self.method = get_method(cfg.fed.method)
-        self.resolved = resolve(cfg, self.method, [1] * cfg.fed.clients)  # fail fast on method/init errors
+        self.method = check(cfg)  # fail fast on method / init / rank errors
         self.device = resolve_device(cfg.model.device)
         torch.manual_seed(cfg.seed)
         # Everything that can fail on user input happens before the run folder is created.
@@ -89,7 +97,7 @@ class Simulation:
 
     def _plan_groups(self) -> GroupPlan:
         """G for training and evaluation: as configured, or (auto) enough clients to keep the device busy
-        within the memory free now that the model and every client's state are in place (sfedlora.grouping)."""
+        within the memory free now that the model and every client's state are in place (sfedlora.runtime.grouping)."""
         g, n = self.cfg.train.group_size, len(self.clients)
         if isinstance(g, int):
             return GroupPlan(train=min(g or n, n), eval=min(g or n, n), rule="fixed" if g else "all")
@@ -187,7 +195,7 @@ class Simulation:
             self.states = [{**fresh[c], **select(s, {"head"})} for c, s in enumerate(self.states)]
             self.opt_states = [{} for _ in self.clients]
         bytes_up = sum(payload_bytes(u) for u in uploads)
-        bytes_down = metrics.bytes_down(self.method, update, [self.resolved.ranks[c] for c in members])
+        bytes_down = protocol.bytes_down(self.method, update, [self.resolved.ranks[c] for c in members])
         t1 = time.perf_counter()
         last = rnd == self.cfg.fed.rounds
         ev = self._evaluate() if (rnd % self.cfg.eval.every == 0 or last) else None
@@ -198,7 +206,7 @@ class Simulation:
 
     def _record(self, rnd: int, stats: dict[int, Any], ev: dict[str, Any] | None, t_train: float, t_eval: float,
                 t0: float) -> dict[str, Any]:
-        return metrics.round_record(rnd, self.method.name, self.resolved, len(self.clients), stats, ev, t_train,
+        return records.round_record(rnd, self.method.name, self.resolved, len(self.clients), stats, ev, t_train,
                                     t_eval, time.perf_counter() - t0)
 
     def _exclude_non_finite(self, members: list[int], stats: dict[int, Any],
@@ -276,14 +284,14 @@ class Simulation:
         """Run all rounds; with resume=True continue a run folder from its last checkpoint."""
         cfg = self.cfg
         first = 0 if cfg.eval.initial else 1
-        records: list[dict[str, Any]] = []
+        history: list[dict[str, Any]] = []
         if resume:
             snap = checkpoint.load(self.out_dir)
             if (self.out_dir / "summary.json").exists():
                 raise SfedloraError(f"{self.out_dir} is a finished run (it has summary.json); nothing to resume")
             if snap is not None:
                 first = self._restore(snap) + 1
-                records = [r for r in metrics.read_jsonl(self.out_dir / "metrics.jsonl") if r["round"] < first]
+                history = [r for r in records.read_jsonl(self.out_dir / "metrics.jsonl") if r["round"] < first]
             self.echo(f"resuming {self.out_dir} at round {first}" if snap else
                       f"no checkpoint in {self.out_dir}: starting it again from round {first}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -311,19 +319,19 @@ class Simulation:
             self.echo(f"  client {p['client']}: train {p['train']:>5} val {p['val']:>4} test {p['test']:>4}  "
                       f"{hist or ''}")
         metric, _ = metrics.PRIMARY[self.data.task]
-        writer = metrics.JsonlWriter(self.out_dir / "metrics.jsonl")
-        for r in records:  # a resumed run keeps the rounds its checkpoint covers
+        writer = records.JsonlWriter(self.out_dir / "metrics.jsonl")
+        for r in history:  # a resumed run keeps the rounds its checkpoint covers
             writer.write(r)
         n_groups = len(self._groups(list(range(cfg.fed.clients_per_round or cfg.fed.clients))))
-        self.echo(metrics.header(metric))
+        self.echo(records.header(metric))
         bar = tqdm(total=(cfg.fed.rounds - max(first - 1, 0)) * n_groups * cfg.fed.local_steps, desc="local steps",
                    unit="step", disable=not self.progress, leave=False)
         start = time.perf_counter()
         for rnd in range(first, cfg.fed.rounds + 1):
             record = self._round(rnd, bar) if rnd else self._round_zero()
             writer.write(record)
-            records.append(record)
-            (bar.write if self.progress else self.echo)(metrics.row(record, metric))
+            history.append(record)
+            (bar.write if self.progress else self.echo)(records.row(record, metric))
             sys.stdout.flush()  # rows show up as rounds finish, also when stdout is a file
             if cfg.checkpoint_every and (rnd % cfg.checkpoint_every == 0 or rnd == cfg.fed.rounds):
                 checkpoint.save(self.out_dir, self._snapshot(rnd))
@@ -332,6 +340,6 @@ class Simulation:
                                 "merged": self.merged, "targets": self.targets}, self.out_dir / "adapters.pt")
         summary = {"method": self.method.name, **resolved, "rank": cfg.lora.rank, "alpha": cfg.lora.alpha,
                    "clients": cfg.fed.clients, "rounds": cfg.fed.rounds, "seed": cfg.seed,
-                   **metrics.summarise(records, self.data.task), "wall_s": time.perf_counter() - start}
+                   **records.summarise(history, self.data.task), "wall_s": time.perf_counter() - start}
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))  # last: the run is complete
         return summary

@@ -162,7 +162,8 @@ def down(state_dir: Path, grace: float = 10.0) -> list[str]:
 
 def _show_rows(out: Path, shown: int, echo: Callable[[str], None]) -> int:
     """Echo the rounds the ServerApp has written since the last call (its own output goes to its log)."""
-    from sfedlora import metrics
+    from sfedlora.core.metrics import PRIMARY
+    from sfedlora.runtime import records
 
     path = out / "metrics.jsonl"
     if not path.exists() or not (out / "config.yaml").exists():
@@ -170,12 +171,12 @@ def _show_rows(out: Path, shown: int, echo: Callable[[str], None]) -> int:
     lines = [x for x in path.read_text().splitlines() if x.strip()]
     if len(lines) > shown:
         task = yaml.safe_load((out / "config.yaml").read_text())["resolved"]["task"]
-        metric, _ = metrics.PRIMARY[task]
+        metric, _ = PRIMARY[task]
         if shown == 0:
-            echo(metrics.header(metric))
+            echo(records.header(metric))
         for line in lines[shown:]:
             try:
-                echo(metrics.row(json.loads(line), metric))
+                echo(records.row(json.loads(line), metric))
             except ValueError:  # a line being written
                 return shown
         shown = len(lines)

@@ -20,17 +20,18 @@ from typing import Any
 
 import torch
 
-from sfedlora import checkpoint, client
+from sfedlora.adapters.inject import inject_adapters
+from sfedlora.client import local as client
 from sfedlora.config import RunConfig, to_dict
 from sfedlora.data.cache import cache_dir
 from sfedlora.data.partition import ClientData, describe, make_clients
 from sfedlora.data.sources import load_task
 from sfedlora.errors import SfedloraError
 from sfedlora.flower.wire import schema_of
-from sfedlora.inject import inject_adapters
 from sfedlora.methods import get_method
-from sfedlora.models import load_model
-from sfedlora.resolve import resolve_device, resolve_precision
+from sfedlora.runtime import checkpoint
+from sfedlora.runtime.models import load_model
+from sfedlora.runtime.resolve import resolve_device, resolve_precision
 
 State = dict[str, torch.Tensor]
 

@@ -25,9 +25,10 @@ from typing import Any
 import torch
 import yaml
 
-from sfedlora import checkpoint, metrics
-from sfedlora.aggregate import client_weights, payload_bytes
 from sfedlora.config import RunConfig, to_dict
+from sfedlora.core import metrics
+from sfedlora.core.aggregate import client_weights
+from sfedlora.core.state import overlay, payload_bytes
 from sfedlora.errors import SfedloraError
 from sfedlora.flower.strategy import MethodStrategy
 from sfedlora.flower.wire import (
@@ -39,9 +40,9 @@ from sfedlora.flower.wire import (
     parse_stats,
     to_record,
 )
-from sfedlora.hetero import overlay
-from sfedlora.methods import get_method
-from sfedlora.resolve import resolve
+from sfedlora.methods import names
+from sfedlora.runtime import checkpoint, protocol, records
+from sfedlora.runtime.resolve import check, resolve
 
 State = dict[str, torch.Tensor]
 
@@ -63,17 +64,16 @@ class FlowerRun:
     def __init__(self, cfg: RunConfig, out_dir: Path, settings: ServerSettings | None = None,
                  echo: Callable[[str], None] = print) -> None:
         self.cfg, self.out_dir, self.settings, self.echo = cfg, Path(out_dir), settings or ServerSettings(), echo
-        self.method = get_method(cfg.fed.method)
+        self.method = check(cfg)  # fail fast on method / init / rank errors
         if self.method.merges_into_base:
             raise SfedloraError(f"{self.method.name} merges every round's update into each client's base model; "
                                 "the Flower app does not support that yet: use `sfedlora run`")
-        resolve(cfg, self.method, [1] * cfg.fed.clients)  # fail fast on method / init / rank errors
         s = self.settings
         if s.dp_clipping_norm > 0:
-            if self.method.name not in ("fedit", "ffa-lora", "fedsa-lora", "fedsa-rslora", "sfed-lora"):
+            if not self.method.dp_compatible:
                 raise SfedloraError(f"server-side DP clips each upload against the previous aggregate, which needs "
-                                    f"the same factors every round: use it with fedit, ffa-lora or the FedSA "
-                                    f"family, not {self.method.name}")
+                                    f"the same factors every round: use it with one of "
+                                    f"{', '.join(names(lambda m: m.dp_compatible))}, not {self.method.name}")
             if cfg.lora.ranks is not None or cfg.lora.rank_set is not None:
                 raise SfedloraError("server-side DP needs equal ranks on all clients")
             init = self.method.default_init if cfg.lora.init == "auto" else cfg.lora.init
@@ -287,15 +287,15 @@ class FlowerRun:
         self.strategy = inner if self.settings.dp_clipping_norm <= 0 else DifferentialPrivacyServerSideFixedClipping(
             inner, self.settings.dp_noise_multiplier, self.settings.dp_clipping_norm, n_round)
         metric, _ = metrics.PRIMARY[self.task]
-        writer = metrics.JsonlWriter(self.out_dir / "metrics.jsonl")
-        records: list[dict[str, Any]] = []
+        writer = records.JsonlWriter(self.out_dir / "metrics.jsonl")
+        history: list[dict[str, Any]] = []
 
         def finish(record: dict[str, Any]) -> None:
             writer.write(record)
-            records.append(record)
-            self.echo(metrics.row(record, metric))
+            history.append(record)
+            self.echo(records.row(record, metric))
 
-        self.echo(metrics.header(metric))
+        self.echo(records.header(metric))
         latest: State = dict(self.initial)
         participation = random.Random(cfg.seed + 17)
         everyone = list(range(cfg.fed.clients))
@@ -312,7 +312,7 @@ class FlowerRun:
             if evaluate:
                 ev = self._evaluation(replies)
                 if pending is None:  # round 0: the base model (B = 0) on every client
-                    record = metrics.round_record(0, self.method.name, self.resolved, cfg.fed.clients, {}, ev, 0.0,
+                    record = records.round_record(0, self.method.name, self.resolved, cfg.fed.clients, {}, ev, 0.0,
                                                   times["eval_s"], elapsed)
                     record["flower"] = {"round_trip_s": elapsed, **times}
                 else:
@@ -327,10 +327,10 @@ class FlowerRun:
             latest = overlay(latest, update)  # a node that missed rounds receives their composition
             stats = {self.partition_of[r.metadata.src_node_id]: s for r in accepted  # checked in _accept
                      if (s := parse_stats(r.content["report"]["stats"])) is not None}
-            record = metrics.round_record(rnd, self.method.name, self.resolved, cfg.fed.clients, stats, None,
+            record = records.round_record(rnd, self.method.name, self.resolved, cfg.fed.clients, stats, None,
                                           times["train_s"], 0.0, time.perf_counter() - t0)
             averaged = sorted(self.partition_of[r.metadata.src_node_id] for r in accepted)
-            down = metrics.bytes_down(self.method, update, [self.resolved.ranks[p] for p in averaged])
+            down = protocol.bytes_down(self.method, update, [self.resolved.ranks[p] for p in averaged])
             record.update({"n_averaged": len(accepted), "participants": averaged, "excluded": excluded,
                            "trained": sorted(self.method.trained(rnd)), "uploaded": sorted(self.method.uploaded(rnd)),
                            "bytes_up": bytes_up, "bytes_down": down,
@@ -343,6 +343,6 @@ class FlowerRun:
                                 "targets": self.targets}, self.out_dir / "server.pt")
         summary = {"method": self.method.name, **resolved, "rank": cfg.lora.rank, "alpha": cfg.lora.alpha,
                    "clients": cfg.fed.clients, "rounds": cfg.fed.rounds, "seed": cfg.seed,
-                   **metrics.summarise(records, self.task), "wall_s": time.perf_counter() - start}
+                   **records.summarise(history, self.task), "wall_s": time.perf_counter() - start}
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))  # last: the run is complete
         return summary

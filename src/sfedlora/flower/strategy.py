@@ -16,9 +16,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from sfedlora.core.metrics import means
 from sfedlora.flower.wire import from_record, parse_eval, to_record
 from sfedlora.methods import FederatedMethod
-from sfedlora.metrics import means
 
 
 class MethodStrategy(Strategy):

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from sfedlora.client import STAT_KEYS
-from sfedlora.inject import factor_kind
+from sfedlora.client.local import STAT_KEYS
+from sfedlora.core.metrics import COUNTS
+from sfedlora.core.state import factor_kind
 from sfedlora.methods import FederatedMethod
-from sfedlora.metrics import COUNTS
 
 State = dict[str, torch.Tensor]
 Schema = dict[str, list[int]]

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from sfedlora.adapters.head import StackedHead
+from sfedlora.adapters.layer import StackedLoRALinear
 from sfedlora.errors import SfedloraError
-from sfedlora.head import StackedHead
-from sfedlora.lora_layer import StackedLoRALinear
 
 # Suffixes of module names. LLaMA-style and BERT-style names both appear; a model matches one family.
 TARGET_PRESETS: dict[str, tuple[str, ...]] = {
@@ -151,15 +151,3 @@ def read_group(model: nn.Module) -> list[dict[str, torch.Tensor]]:
     params = group_parameters(model)
     n = next(iter(params.values())).shape[0]
     return [{k: v[c].detach().to("cpu", copy=True) for k, v in params.items()} for c in range(n)]
-
-
-def factor_kind(key: str) -> str:
-    """'A', 'B' or 'head' for a key of an adapter state; 'server' for what only a server's update holds
-    (FLoRA's stacked modules, FlexLoRA's dW and singular factors), which no client keeps."""
-    if key.endswith(".lora_A"):
-        return "A"
-    if key.endswith(".lora_B"):
-        return "B"
-    if key.endswith((".weight", ".bias")):
-        return "head"
-    return "server"

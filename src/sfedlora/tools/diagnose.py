@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from sfedlora.scaling import scaling
+from sfedlora.core.scaling import scaling
 
 QUANTITIES = ("out_rms_seen", "out_rms", "in_grad_rms", "grad_norm_A", "grad_norm_B")
 

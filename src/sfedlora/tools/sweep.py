@@ -28,7 +28,7 @@ import yaml
 
 from sfedlora.errors import SfedloraError
 
-EXPERIMENT_DIR = Path(__file__).parent / "experiments"
+EXPERIMENT_DIR = Path(__file__).parent.parent / "experiments"
 SIZES = ("quick", "paper")
 
 
@@ -88,8 +88,8 @@ def load_spec(name: str, size: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def plan(name: str, size: str, out: Path, extra: Sequence[str] = ()) -> list[PlannedRun]:
     """Expand the spec's grid into runs (validating every config before anything runs)."""
-    from sfedlora.cli import config_path
-    from sfedlora.config import load_config
+    from sfedlora.config import config_path, load_config
+    from sfedlora.runtime.resolve import check
 
     spec, section = load_spec(name, size)
     base = config_path(section.get("base"))
@@ -105,7 +105,7 @@ def plan(name: str, size: str, out: Path, extra: Sequence[str] = ()) -> list[Pla
         point = [f"{k}={_value_text(v)}" for k, v in values.items()]
         label = "_".join(_slug(k, v) for k, v in values.items()) or "run"
         overrides = [*fixed, *point, *extra]
-        load_config(base, overrides)  # fail before the first run, not in the middle of the sweep
+        check(load_config(base, overrides))  # fail before the first run, not in the middle of the sweep
         if any(r.label == label for r in runs):
             raise SfedloraError(f"{spec_path(name)}: two runs of the sweep are both named {label}")
         runs.append(PlannedRun(folder=out / label, base=base, overrides=overrides, label=label))

@@ -19,11 +19,11 @@ from typing import Any
 import torch
 import yaml
 
+from sfedlora.adapters.inject import _is_head
 from sfedlora.config import RunConfig, config_from_dict
 from sfedlora.data import prompts
 from sfedlora.errors import SfedloraError
-from sfedlora.inject import _is_head
-from sfedlora.models import load_model, model_path
+from sfedlora.runtime.models import load_model, model_path
 
 
 def run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:

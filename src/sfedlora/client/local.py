@@ -14,14 +14,14 @@ from typing import Any
 
 import torch
 
+from sfedlora.adapters.inject import init_adapter_state, load_group, read_group
+from sfedlora.client.evaluate import evaluate_group, math_accuracy
+from sfedlora.client.optim import ClientOptState, StackedOptimizer
+from sfedlora.client.train import train_group
 from sfedlora.config import RunConfig
+from sfedlora.core.state import pad_opt_state, pad_state, rank_of, truncate_opt_state, truncate_state
 from sfedlora.data.batching import ClientSampler, collate, encode_classification, encode_lm
 from sfedlora.data.partition import ClientData
-from sfedlora.evaluate import evaluate_group, math_accuracy
-from sfedlora.hetero import pad_opt_state, pad_state, rank_of, truncate_opt_state, truncate_state
-from sfedlora.inject import init_adapter_state, load_group, read_group
-from sfedlora.optim import ClientOptState, StackedOptimizer
-from sfedlora.train import train_group
 
 State = dict[str, torch.Tensor]
 STAT_KEYS = ("loss", "grad_norm_A", "grad_norm_B", "out_mean", "out_var", "grad_norm_A_steps", "grad_norm_B_steps")

@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
+from sfedlora.adapters.inject import group_parameters, lora_layers
+from sfedlora.client.losses import group_loss
+from sfedlora.client.optim import StackedOptimizer
 from sfedlora.config import TrainConfig
-from sfedlora.inject import factor_kind, group_parameters, lora_layers
-from sfedlora.losses import group_loss
-from sfedlora.optim import StackedOptimizer
+from sfedlora.core.state import factor_kind
 
 
 @dataclass

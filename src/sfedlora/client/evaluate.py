@@ -1,7 +1,7 @@
 """Evaluation of a group of installed clients, each on its own examples, in batched forwards.
 
 Metrics: loss (mean per example for classification, per response token for LM), accuracy
-(classification; math: exact match of the final answer of a greedy decoding, sfedlora.answers),
+(classification; math: exact match of the final answer of a greedy decoding, sfedlora.client.answers),
 perplexity = exp(token loss) for LM tasks.
 """
 
@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from sfedlora.answers import same_answer
+from sfedlora.client.answers import same_answer
+from sfedlora.client.losses import classification_terms, lm_terms
+from sfedlora.core.metrics import perplexity
 from sfedlora.data.batching import collate, grouped_chunks
-from sfedlora.losses import classification_terms, lm_terms
-from sfedlora.metrics import perplexity
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 
 from sfedlora.config import RunConfig
+from sfedlora.core.aggregate import partition_n
+from sfedlora.core.scaling import scaling
 from sfedlora.errors import SfedloraError
-from sfedlora.hetero import partition_n
-from sfedlora.methods import FederatedMethod
-from sfedlora.scaling import scaling
+from sfedlora.methods import FederatedMethod, get_method, names
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,6 +99,14 @@ def assign_ranks(cfg: RunConfig, n_train: list[int]) -> list[int]:
     return [cfg.lora.rank] * n
 
 
+def check(cfg: RunConfig) -> FederatedMethod:
+    """Everything about a config that needs the methods and no data: the method exists, and its init,
+    ranks and scaling choices fit it. Returns the method. (config.validate checks the config alone.)"""
+    method = get_method(cfg.fed.method)
+    resolve(cfg, method, [1] * cfg.fed.clients)
+    return method
+
+
 def resolve(cfg: RunConfig, method: FederatedMethod, n_train: list[int]) -> Resolved:
     rule = method.default_scaling if cfg.lora.scaling == "auto" else cfg.lora.scaling
     init = method.default_init if cfg.lora.init == "auto" else cfg.lora.init
@@ -107,13 +115,13 @@ def resolve(cfg: RunConfig, method: FederatedMethod, n_train: list[int]) -> Reso
     ranks = assign_ranks(cfg, n_train)
     if len(set(ranks)) > 1 and not method.heterogeneous_ranks:
         raise SfedloraError(f"{method.name} needs equal ranks on all clients (got {ranks}); for heterogeneous "
-                            f"ranks use hetlora, raflora, flora, flexlora or the FedSA family")
+                            f"ranks use one of {', '.join(names(lambda m: m.heterogeneous_ranks))}")
     n = cfg.fed.clients_per_round or cfg.fed.clients
     if cfg.lora.scaling_n == "partition":
         if not method.rank_partitioned:
             raise SfedloraError("lora.scaling_n=partition counts the clients that average each rank partition: use "
-                                f"it with raflora or the FedSA family, whose aggregation is rank-partitioned, not "
-                                f"{method.name}")
+                                f"it with a method whose aggregation is rank-partitioned "
+                                f"({', '.join(names(lambda m: m.rank_partitioned))}), not {method.name}")
         n_i = partition_n(ranks, n)
     else:
         n_i = [float(n)] * len(ranks)

@@ -1,6 +1,6 @@
 """Reports from run folders: PNG figures, markdown tables and one self-contained HTML page.
 
-Runs are grouped into arms (sfedlora.arms): equal settings but the seed. A table row is an arm: its best-
+Runs are grouped into arms (sfedlora.tools.arms): equal settings but the seed. A table row is an arm: its best-
 on-validation personalised test metric (and last round's, and the global model's), mean and standard
 deviation over its distinct seeds, with the seed count. Figures always include the metric per round of
 every arm; where the arms vary in rank, number of clients, scaling rule or adapter placement, figures with
@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sfedlora.arms import Arm, Run, display_names, find_runs, group_arms
+from sfedlora.core.metrics import PRIMARY
 from sfedlora.errors import SfedloraError
-from sfedlora.metrics import PRIMARY
+from sfedlora.tools.arms import Arm, Run, display_names, find_runs, group_arms
 
 Curve = Callable[[Run], tuple[list[float], list[float]]]
 

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from sfedlora.errors import SfedloraError
-from sfedlora.metrics import read_jsonl
+from sfedlora.runtime.records import read_jsonl
 
 NOT_RESULTS = ("seed", "name", "checkpoint_every", "train.group_size", "train.group_memory", "model.device")
 RANK_KEYS = ("lora.rank", "lora.ranks", "lora.rank_set")

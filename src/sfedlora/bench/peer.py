@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
+from sfedlora.adapters.inject import init_adapter_state, inject_adapters, load_group, read_group
+from sfedlora.client.optim import StackedOptimizer
+from sfedlora.client.train import train_group
 from sfedlora.config import TrainConfig
-from sfedlora.inject import init_adapter_state, inject_adapters, load_group, read_group
-from sfedlora.models import load_model
-from sfedlora.optim import StackedOptimizer
-from sfedlora.train import train_group
+from sfedlora.runtime.models import load_model
 
 TARGETS = {"smollm2-135m": ["q_proj", "v_proj"], "minilm-l6": ["query", "value"],
            "tiny-llama": ["q_proj", "v_proj"], "tiny-bert": ["query", "value"]}  # tiny: tests and smoke runs
@@ -169,7 +169,7 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
     """Time the peer and sfedlora's engine on the same workload, alternating. The peer runs in fp32 (how
     peers are usually run) and, when (b) runs in bf16, also with its base in bf16 as a user of a bf16-fast
     device would load it: the same-precision ratio is the fair one, and the one reported last."""
-    from sfedlora.resolve import resolve_device, resolve_precision
+    from sfedlora.runtime.resolve import resolve_device, resolve_precision
 
     task = "classification" if cfg.workload in ("minilm-l6", "tiny-bert") else "instruction"
     device = resolve_device("auto")

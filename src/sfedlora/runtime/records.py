@@ -1,9 +1,8 @@
 """Run records: one JSON line per round, a summary chosen by the evaluation protocol, a console table.
 
-Protocol (DESIGN.md): personalised metrics are each client's own adapters on its own held-out split;
-means over clients are reported uniform and weighted by what each client evaluated (examples; tokens for
-LM losses and perplexity, which is exp of the mean token loss like the global model's); the best round
-is chosen on the validation split and reported on the test split, next to the last round.
+Protocol (docs/evaluation.md): personalised metrics are each client's own adapters on its own held-out
+split, averaged over clients (sfedlora.core.metrics); the best round is chosen on the validation split and
+reported on the test split, next to the last round.
 """
 
 from __future__ import annotations
@@ -13,51 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sfedlora.aggregate import payload_bytes
-
-PRIMARY = {"classification": ("accuracy", True), "instruction": ("perplexity", False), "math": ("accuracy", True)}
-
-
-COUNTS = ("n", "tokens", "n_decoded")  # what a client evaluated: examples, response tokens, decoded examples
-
-
-def weight_key(metric: str, row: dict[str, Any]) -> str:
-    """The count a per-client metric is weighted by: tokens for an LM's token loss, decoded examples for math
-    accuracy, evaluated examples otherwise."""
-    if metric == "loss" and "tokens" in row:
-        return "tokens"
-    if metric == "accuracy" and "n_decoded" in row:
-        return "n_decoded"
-    return "n"
-
-
-def means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Each metric of per-client evaluation rows averaged over the clients that evaluated something:
-    `uniform` (every client counts once) and `weighted` (by what each client evaluated, see weight_key: the
-    pooled value over all their examples). Perplexity is exp of the matching mean token loss (of the
-    token-weighted one: exp of the pooled loss, as the global model's perplexity is computed), never a mean
-    of the clients' perplexities."""
-    out: dict[str, dict[str, float]] = {}
-    for key in rows[0] if rows else []:
-        if key in COUNTS or key == "perplexity":
-            continue
-        pairs = [(r[key], r[weight_key(key, r)]) for r in rows if r[weight_key(key, r)] > 0]
-        total = sum(w for _, w in pairs)
-        out[key] = {"uniform": sum(v for v, _ in pairs) / len(pairs) if pairs else math.nan,
-                    "weighted": sum(v * w for v, w in pairs) / total if pairs else math.nan}
-    if rows and "perplexity" in rows[0]:
-        out["perplexity"] = {k: perplexity(v) for k, v in out["loss"].items()}
-    return out
-
-
-def perplexity(token_loss: float) -> float:
-    """exp of a mean token loss (capped at exp(50), finite); nan stays nan."""
-    return token_loss if math.isnan(token_loss) else math.exp(min(token_loss, 50.0))
-
-
-def personal(rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The personalised block of a round's evaluation: per-client rows of each split and their means."""
-    return {split: {"clients": rows[split], **means(rows[split])} for split in ("val", "test")}
+from sfedlora.core.metrics import PRIMARY
 
 
 def round_record(rnd: int, method: str, resolved: Any, n_clients: int, stats: dict[int, dict[str, Any]],
@@ -78,12 +33,6 @@ def round_record(rnd: int, method: str, resolved: Any, n_clients: int, stats: di
         "adapter_out_var": per_client("out_var"), "bytes_up": 0, "bytes_down": 0,
         "train_s": t_train, "eval_s": t_eval, "wall_s": wall_s, "eval": ev,
     }
-
-
-def bytes_down(method: Any, update: dict[str, Any], ranks: list[int]) -> int:
-    """What the round's participants (of these ranks) download of its update, as fp32 values: each gets
-    method.sent_to(update, its rank). Clients that did not take part are not counted."""
-    return sum(payload_bytes(method.sent_to(update, r)) for r in ranks)
 
 
 class JsonlWriter:

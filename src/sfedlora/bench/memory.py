@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from sfedlora.bench import PeakRSS
-from sfedlora.config import load_config
-from sfedlora.grouping import SAFETY
-from sfedlora.inject import group_parameters
+from sfedlora.adapters.inject import group_parameters
+from sfedlora.bench.peer import PeakRSS
+from sfedlora.config import CONFIG_DIR, load_config
+from sfedlora.runtime.grouping import SAFETY
 
 WORKLOAD_CONFIGS = {"minilm-l6": "default.yaml", "smollm2-135m": "smollm2-instruct.yaml"}
 
@@ -79,11 +79,11 @@ class DeviceMemory:
 
 def workload_config(workload: str) -> Path:
     """The packaged run config a bench workload stands for."""
-    return Path(__file__).parent / "configs" / WORKLOAD_CONFIGS[workload]
+    return CONFIG_DIR / WORKLOAD_CONFIGS[workload]
 
 
 def memory_account(config: Path, overrides: list[str], echo: Callable[[str], None] = print) -> dict[str, Any]:
-    from sfedlora.resolve import resolve_device
+    from sfedlora.runtime.resolve import resolve_device
     from sfedlora.simulation import Simulation
 
     cfg = load_config(config, overrides)

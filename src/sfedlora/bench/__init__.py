@@ -1,0 +1,1 @@
+"""Benchmarks: the batched engine against the sequential peer, and what N clients cost in memory."""

@@ -1,0 +1,2 @@
+"""The math of federated LoRA: adapter state, the scaling factor, aggregation, spectra. Imports no model
+and no engine code."""
