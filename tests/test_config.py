@@ -55,3 +55,45 @@ def test_unreadable_and_invalid_files(tmp_path):
     scalar.write_text("42\n")
     with pytest.raises(SfedloraError, match="must be a mapping"):
         load_config(scalar)
+
+
+def test_the_generated_reference_is_current():
+    """docs/configuration.md is generated from the schema; regenerate it with
+    `sfedlora config --reference > docs/configuration.md` when this fails."""
+    from pathlib import Path
+
+    from sfedlora.config.reference import reference
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert docs.read_text() == reference(), "docs/configuration.md is stale"
+
+
+def _flat(tree, prefix=""):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def test_presets_state_only_what_they_change():
+    """One source of defaults: the schema. A preset restating a default would hide a later change of it."""
+    import yaml
+
+    from sfedlora.config import CONFIG_DIR, builtin_configs, config_path, to_dict
+
+    defaults = dict(_flat(to_dict(load_config(None))))
+    presets = sorted(CONFIG_DIR.glob("*.yaml"))
+    assert presets and builtin_configs() == sorted(["default", *(p.stem for p in presets)])
+    for path in presets:
+        loaded = dict(_flat(to_dict(load_config(path))))  # values as the schema types them (8 == 8.0)
+        same = [k for k in dict(_flat(yaml.safe_load(path.read_text()))) if loaded[k] == defaults[k]]
+        assert not same, f"{path.name} restates defaults: {same}"
+        assert config_path(path.stem) == path
+    assert config_path("default") is None and load_config(config_path("default")) == load_config(None)
+
+
+def test_every_field_has_help_text():
+    from sfedlora.config.load import checks
+
+    assert all(f.metadata.get("help") for f in checks().values())

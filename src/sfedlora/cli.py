@@ -55,6 +55,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from sfedlora.config import load_config, to_dict
+    from sfedlora.config.reference import reference
+
+    if args.reference:
+        print(reference(), end="")
+        return 0
+    items = list(args.items)
+    name = items.pop(0) if items and "=" not in items[0] else None
+    print(yaml.safe_dump(to_dict(load_config(config_path(name), items)), sort_keys=False), end="")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from sfedlora.tools.export import export
 
@@ -220,7 +235,7 @@ def _flower_config(args: argparse.Namespace) -> tuple[str, list[str], RunConfig,
     settings = ServerSettings(round_timeout=args.round_timeout, node_wait=args.node_wait,
                               dp_noise_multiplier=args.dp_noise_multiplier, dp_clipping_norm=args.dp_clipping_norm)
     FlowerRun(cfg, out, settings, echo=lambda s: None)  # validates method, ranks and DP settings
-    return str(path.resolve()), items, cfg, settings, out
+    return (str(path.resolve()) if path else ""), items, cfg, settings, out
 
 
 def _print_summary(summary: dict, out: Path) -> None:
@@ -326,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--resume", metavar="DIR", help="continue an interrupted run folder from its last checkpoint")
     run.set_defaults(func=cmd_run)
+    conf = sub.add_parser("config", help="print the configuration a run would use, or the config reference",
+                          description="Print, as YAML, the full configuration `sfedlora run [CONFIG] [key=value ...]` "
+                          "would use (defaults, the config file, then the overrides); --reference prints the "
+                          "markdown reference of every key (docs/configuration.md).")
+    conf.add_argument("items", nargs="*", metavar="[CONFIG] key=value")
+    conf.add_argument("--reference", action="store_true", help="the reference of every key, as markdown")
+    conf.set_defaults(func=cmd_config)
     exp = sub.add_parser("export", help="export a client's model: PEFT adapter folder and merged model",
                          description="Write RUN's client I as a PEFT adapter folder (OUT/adapter) and a merged "
                          "model (OUT/merged). For the FedSA family a client's model is its own B with the shared A.")

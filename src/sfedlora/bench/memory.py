@@ -19,10 +19,10 @@ import torch
 
 from sfedlora.adapters.inject import group_parameters
 from sfedlora.bench.peer import PeakRSS
-from sfedlora.config import CONFIG_DIR, load_config
+from sfedlora.config import config_path, load_config
 from sfedlora.runtime.grouping import SAFETY
 
-WORKLOAD_CONFIGS = {"minilm-l6": "default.yaml", "smollm2-135m": "smollm2-instruct.yaml"}
+WORKLOAD_CONFIGS = {"minilm-l6": "default", "smollm2-135m": "smollm2-instruct"}  # built-in config names
 
 
 def memory_overrides(clients: int, rank: int, steps: int, batch: int, seq: int) -> list[str]:
@@ -77,12 +77,12 @@ class DeviceMemory:
         return out, mem.peak
 
 
-def workload_config(workload: str) -> Path:
-    """The packaged run config a bench workload stands for."""
-    return CONFIG_DIR / WORKLOAD_CONFIGS[workload]
+def workload_config(workload: str) -> Path | None:
+    """The built-in run config a bench workload stands for (None: the defaults)."""
+    return config_path(WORKLOAD_CONFIGS[workload])
 
 
-def memory_account(config: Path, overrides: list[str], echo: Callable[[str], None] = print) -> dict[str, Any]:
+def memory_account(config: Path | None, overrides: list[str], echo: Callable[[str], None] = print) -> dict[str, Any]:
     from sfedlora.runtime.resolve import resolve_device
     from sfedlora.simulation import Simulation
 

@@ -35,7 +35,7 @@ SIZES = ("quick", "paper")
 @dataclass
 class PlannedRun:
     folder: Path
-    base: Path
+    base: Path | None  # None: the defaults
     overrides: list[str]
     label: str
 

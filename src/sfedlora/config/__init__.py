@@ -1,0 +1,27 @@
+"""The run configuration: typed dataclasses that own their defaults and help text (schema), loading from
+YAML with dotted overrides and validation (load), and the generated docs reference (reference)."""
+
+from sfedlora.config.load import (
+    CONFIG_DIR,
+    DEFAULT,
+    builtin_configs,
+    config_from_dict,
+    config_path,
+    load_config,
+    parse_override,
+    to_dict,
+    validate,
+)
+from sfedlora.config.schema import (
+    DataConfig,
+    EvalConfig,
+    FedConfig,
+    LoraConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
+
+__all__ = ["CONFIG_DIR", "DEFAULT", "DataConfig", "EvalConfig", "FedConfig", "LoraConfig", "ModelConfig", "RunConfig",
+           "TrainConfig", "builtin_configs", "config_from_dict", "config_path", "load_config", "parse_override",
+           "to_dict", "validate"]

