@@ -59,7 +59,7 @@ def run(config: Path, precision: str, overrides: list[str], emulate: bool) -> tu
             sim.run()
         print(f"  {precision}: {time.perf_counter() - t:.1f} s", flush=True)
         records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-        return records, PRIMARY[sim.data.task][0]
+        return records, PRIMARY[sim.task][0]
 
 
 def main() -> None:

@@ -18,40 +18,32 @@ if TYPE_CHECKING:
 DATA_NAMES = ("multiemo", "vitaminc", "natural-instructions", "gsm-symbolic", "all")
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from sfedlora.config import load_config
-    from sfedlora.simulation import Simulation
+    from sfedlora import api
 
     if args.resume:
-        from sfedlora.tools.export import run_config
-
         if args.items:
             raise SfedloraError("--resume continues a run with the config it was started with; give no CONFIG or "
                                 "overrides")
-        from sfedlora.runtime.grouping import GroupPlan
-
-        cfg, resolved = run_config(Path(args.resume))
-        groups = GroupPlan(**resolved["groups"]) if "groups" in resolved else None  # the run keeps its G
-        summary = Simulation(cfg, Path(args.resume), progress=not args.quiet, groups=groups).run(resume=True)
-        print(f"results in {args.resume}/ ({summary['wall_s']:.1f} s after resuming)")
+        result = api.resume(args.resume, progress=not args.quiet, echo=_say)
+        print(f"results in {args.resume}/ ({result.summary['wall_s'] if result.summary else 0:.1f} s after resuming)")
         return 0
     items = list(args.items)
     name = items.pop(0) if items and "=" not in items[0] else None
-    cfg = load_config(config_path(name), items)
-    out = Path(args.out) if args.out else Path("runs") / (
-        f"{cfg.name or 'run'}-{cfg.fed.method}-r{cfg.lora.rank}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.exists() and any(out.iterdir()):
-        raise SfedloraError(f"output folder {out} exists and is not empty; choose another --out")
-    summary = Simulation(cfg, out, progress=not args.quiet).run()
-    metric = summary["metric"]
+    cfg = api._config(name, items)
+    out = Path(args.out) if args.out else api.default_out(cfg)
+    result = api.run(cfg, out=out, progress=not args.quiet, echo=_say)
+    metric = result.summary["metric"] if result.summary else ""
     for scope in ("personal", "global"):
-        last, best = summary[scope]["last"], summary[scope]["best"]
-        if last:
-            lv = last["test"]["weighted"] if isinstance(last["test"], dict) else last["test"]
-            bv = best["test"]["weighted"] if isinstance(best["test"], dict) else best["test"]
-            print(f"{scope:>8} test {metric}: last round {last['round']} = {lv:.4f}; "
-                  f"best-on-val round {best['round']} = {bv:.4f}")
-    print(f"results in {out}/ ({summary['wall_s']:.1f} s)")
+        last, best = result.metric(scope, "last"), result.metric(scope, "best")
+        if last is not None and result.summary:
+            print(f"{scope:>8} test {metric}: last round {result.summary[scope]['last']['round']} = {last:.4f}; "
+                  f"best-on-val round {result.summary[scope]['best']['round']} = {best:.4f}")
+    print(f"results in {out}/ ({result.summary['wall_s'] if result.summary else 0:.1f} s)")
     return 0
 
 

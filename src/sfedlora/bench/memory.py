@@ -115,7 +115,7 @@ def memory_account(config: Path | None, overrides: list[str], echo: Callable[[st
     predicted = sum(terms.values())
     measured = max(setup_peak, round_peak) - start
     return {"model": cfg.model.name, "device": str(meter.device), "clients": n,
-            "n_labels": len(sim.data.label_names), "precision": sim.precision,
+            "n_labels": len(sim.setup.label_names), "precision": sim.resolved.precision,
             "groups": plan.as_dict(), "rows_per_group_step": rows, "bytes_per_row": per_row,
             "terms": terms, "per_client": {"adapter": terms["adapters"] // n, "optimizer_state":
                                            terms["optimizer_state"] // n},

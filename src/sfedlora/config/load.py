@@ -162,7 +162,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML config (or the defaults), apply dotted overrides, validate."""
+    """Read a YAML config (a path or a built-in name; None: the defaults), apply dotted overrides, validate."""
+    if isinstance(path, str):
+        path = config_path(path)
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)

@@ -42,9 +42,7 @@ def query(msg: Message, context: Context) -> Message:
     node, conf = _node(msg, context)
     info = ConfigRecord({"partition": node.partition, "n_train": node.data.n_train,
                          "description": json.dumps(node.description), "schema": node.schema(),
-                         "task": node.task, "label_names": json.dumps(node.label_names),
-                         "targets": json.dumps(node.targets), "device": str(node.device),
-                         "precision": node.precision})
+                         "found": json.dumps(node.found)})
     content = RecordDict({"info": info})
     rank = int(conf.get("initial_rank", 0))
     if rank:  # server-side DP: the shared starting point that round 1's updates are clipped against
@@ -81,7 +79,10 @@ def _step(msg: Message, context: Context) -> Message:
     fields: dict[str, Any] = {}
     if "upload" in reply:
         content["upload"] = to_record(reply["upload"])
+    if "stats" in reply:
         fields["stats"] = json.dumps(reply["stats"])
+    if "excluded" in reply:  # its round was not usable (protocol step 3): it says why, and uploads nothing
+        fields["excluded"] = str(reply["excluded"])
     if "eval" in reply:
         fields["eval"] = json.dumps(reply["eval"])
     content["report"] = ConfigRecord(fields)

@@ -10,7 +10,6 @@ model come from caches, nothing is converted again.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -20,18 +19,14 @@ from typing import Any
 
 import torch
 
-from sfedlora.adapters.inject import inject_adapters
 from sfedlora.client import local as client
-from sfedlora.config import RunConfig, to_dict
+from sfedlora.config import RunConfig
 from sfedlora.data.cache import cache_dir
-from sfedlora.data.partition import ClientData, describe, make_clients
-from sfedlora.data.sources import load_task
 from sfedlora.errors import SfedloraError
 from sfedlora.flower.wire import schema_of
-from sfedlora.methods import get_method
 from sfedlora.runtime import checkpoint
-from sfedlora.runtime.models import load_model
-from sfedlora.runtime.resolve import resolve_device, resolve_precision
+from sfedlora.runtime.protocol import non_finite
+from sfedlora.runtime.setup import setup
 
 State = dict[str, torch.Tensor]
 
@@ -53,43 +48,12 @@ class Node:
             raise SfedloraError(f"partition-id {partition} is outside 0..{num_partitions - 1}")
         t0 = time.perf_counter()
         self.cfg, self.partition = cfg, partition
-        self.method = get_method(cfg.fed.method)
-        self.device = resolve_device(cfg.model.device)
-        self.task, self.label_names, self.data, self.description = self._partition(cfg, partition, cache)
-        torch.manual_seed(cfg.seed)  # as the in-process runner: the same task head initialisation
-        self.precision = resolve_precision(cfg.model.precision, self.device)
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        self.model, self.tok = load_model(cfg.model.name, self.task, max(2, len(self.label_names)), dtype)
-        self.targets = inject_adapters(self.model, cfg.lora.targets, cfg.lora.dropout,
-                                       head=self.task == "classification")
-        self.model.to(self.device)
-        self.encoded = client.encode(self.data, self.task, self.tok, cfg, partition)
+        s = setup(cfg, partitions=[partition], cache=cache)  # the same set-up as the in-process runner's
+        self.method, self.model, self.tok, self.device, self.precision = s.method, s.model, s.tok, s.device, s.precision
+        self.task, self.label_names, self.targets, self.found = s.task, s.label_names, s.targets, s.found()
+        self.data, self.description = s.clients[partition], s.descriptions[partition]
+        self.encoded = s.encoded[partition]
         self.setup_s = time.perf_counter() - t0
-
-    @staticmethod
-    def _partition(cfg: RunConfig, partition: int, cache: Path | None) -> tuple[str, list[str], ClientData, dict]:
-        """This node's share of the task: drawn once (as the in-process runner draws all clients), then read
-        from `cache` (a deployment builds a Node per message; the draw costs seconds, the read milliseconds)."""
-        ident = json.dumps({"data": to_dict(cfg)["data"], "seed": cfg.seed, "clients": cfg.fed.clients}, sort_keys=True)
-        digest = hashlib.sha1(ident.encode()).hexdigest()[:16]
-        path = None if cache is None else cache / f"partition-{digest}-{partition}.json"
-        if path is not None and path.exists():
-            saved = json.loads(path.read_text())
-            return (saved["task"], saved["label_names"], ClientData(saved["train"], saved["val"], saved["test"]),
-                    saved["description"])
-        task_data = load_task(cfg.data, cfg.seed)
-        data = make_clients(task_data.records, cfg.fed.clients, cfg.data, cfg.seed)[partition]
-        key = "label" if task_data.task == "classification" else (
-            cfg.data.partition_by if cfg.data.partition_by in task_data.records[0] else cfg.data.category_field)
-        description = describe([data], key, task_data.label_names or None)[0] | {"client": partition}
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps({"task": task_data.task, "label_names": task_data.label_names,
-                                       "train": data.train, "val": data.val, "test": data.test,
-                                       "description": description}))
-            os.replace(tmp, path)
-        return task_data.task, task_data.label_names, data, description
 
     # ---- the client's state -------------------------------------------------------------------------
     def fresh(self, init: str, ranks: list[int]) -> dict[str, Any]:
@@ -146,19 +110,19 @@ class Node:
                                            [self.encoded], self.device)
             reply["eval"] = {split: rows[split][0] for split in ("val", "test")}
         t1 = time.perf_counter()
-        if train:
+        if train:  # protocol steps 2-4
             before = state
             new, opt, stats = client.train_clients(
                 self.model, self.tok, self.task, self.cfg, self.method.trained(rnd), [state["adapters"]], [gamma],
                 [state["opt"]], [state["sampler"]], [self.encoded.train], self.device)
             state = {**state, "adapters": new[0], "opt": opt[0], "round": rnd}
-            reply["upload"] = self.method.upload(state["adapters"], gamma, rnd)
             reply["stats"] = stats[0]
-            finite = all(bool(torch.isfinite(v).all()) for v in state["adapters"].values())
-            if not (finite and torch.isfinite(torch.tensor(stats[0]["loss"]))):
-                # As the in-process runner: a non-finite client goes back to its state before the round;
-                # the server rejects its upload and says why.
+            reason = non_finite(stats[0]["loss"], state["adapters"])
+            if reason:  # back to the state before the round (its data order moves on), and nothing to aggregate
                 state = {**before, "sampler": state["sampler"]}
+                reply["excluded"] = reason
+            else:
+                reply["upload"] = self.method.upload(state["adapters"], gamma, rnd)
         reply["eval_s"], reply["train_s"] = t1 - t0, time.perf_counter() - t1
         return state, reply
 

@@ -1,6 +1,6 @@
-"""The server side of a Flower run: register the nodes, then rounds of configure -> send -> check every
-reply -> aggregate (the method's rule, through MethodStrategy), writing the same run folder as the
-in-process runner (config.yaml, partitions.json, metrics.jsonl, summary.json last).
+"""The server side of a Flower run: register the nodes, then the rounds of the protocol (runtime.protocol:
+the same Server selects, aggregates through MethodStrategy and records as in the in-process runner) over
+Flower messages, writing the same run folder (runtime.rundir).
 
 One message per node and round: a round's message carries the server's latest update and, when the
 previous round is evaluated, asks for that evaluation first, so a deployment (one ClientApp process per
@@ -15,20 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
-
 from sfedlora.config import RunConfig, to_dict
-from sfedlora.core import metrics
-from sfedlora.core.aggregate import client_weights
-from sfedlora.core.state import overlay, payload_bytes
+from sfedlora.core.metrics import PRIMARY, personal
+from sfedlora.core.state import State, payload_bytes
 from sfedlora.errors import SfedloraError
 from sfedlora.flower.strategy import MethodStrategy
 from sfedlora.flower.wire import (
@@ -41,10 +36,9 @@ from sfedlora.flower.wire import (
     to_record,
 )
 from sfedlora.methods import names
-from sfedlora.runtime import checkpoint, protocol, records
-from sfedlora.runtime.resolve import check, resolve
-
-State = dict[str, torch.Tensor]
+from sfedlora.runtime import records, rundir
+from sfedlora.runtime.protocol import Exchange, Server
+from sfedlora.runtime.resolve import Resolved, check, resolve
 
 
 @dataclass
@@ -138,9 +132,8 @@ class FlowerRun:
         self.infos = {p: infos[self.node_of[p]] for p in self.node_of}
         self.schema = json.loads(agreed)
         self.sizes = [self.infos[p]["n_train"] for p in range(self.cfg.fed.clients)]
-        first = self.infos[0]
-        self.task, self.label_names = str(first["task"]), json.loads(str(first["label_names"]))
-        self.targets = json.loads(str(first["targets"]))
+        self.descriptions = [json.loads(str(self.infos[p]["description"])) | {"client": p}
+                             for p in range(self.cfg.fed.clients)]
         self.initial: State = {}
         if initial_rank:
             initials = [r for r in replies if not r.has_error() and "initial" in r.content
@@ -150,35 +143,23 @@ class FlowerRun:
             agreed_init, _ = consensus(digests)
             self.initial = from_record(initials[digests.index(agreed_init)].content["initial"])
 
-    def _nodes_agree(self, key: str) -> Any:
-        """A setting every node resolved for itself (device, precision): the value if they agree, else the
-        list per partition."""
-        values = [str(self.infos[p].get(key, "unknown")) for p in range(self.cfg.fed.clients)]
-        return values[0] if len(set(values)) == 1 else values
-
-    # ---- the run folder -----------------------------------------------------------------------------
-    def _write_header(self) -> dict[str, Any]:
-        r = self.resolved
-        resolved = {**r.as_record(), "task": self.task, "label_names": self.label_names, "targets": self.targets,
-                    "device": self._nodes_agree("device"), "precision": self._nodes_agree("precision"),
-                    "engine": "flower", "run_key": self.key,
-                    "dp": {"noise_multiplier": self.settings.dp_noise_multiplier,
-                           "clipping_norm": self.settings.dp_clipping_norm} if self.settings.dp_clipping_norm else None}
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.yaml").write_text(
-            yaml.safe_dump({**to_dict(self.cfg), "resolved": resolved}, sort_keys=False))
-        parts = [json.loads(str(self.infos[p]["description"])) | {"client": p} for p in range(self.cfg.fed.clients)]
-        (self.out_dir / "partitions.json").write_text(json.dumps(parts, indent=1))
-        gamma_text = ", ".join(f"{g:.4g}" for g in sorted(set(r.gammas)))
-        self.echo(f"{self.method.name} on Flower: scaling {r.scaling}, gamma = {gamma_text} "
-                  f"(alpha {self.cfg.lora.alpha}, ranks {sorted(set(r.ranks))}, N {r.n_averaged}), init {r.init}, "
-                  f"{self.cfg.fed.clients} nodes: "
-                  + ", ".join(f"partition {p} -> node {n}" for p, n in sorted(self.node_of.items())))
-        return resolved
+    def _describe(self) -> Resolved:
+        """The run description: the method's resolution from the registered sizes, and what the nodes found at
+        set-up (device and precision: the value if every node agrees, else one per partition)."""
+        found = [json.loads(str(self.infos[p]["found"])) for p in range(self.cfg.fed.clients)]
+        merged: dict[str, Any] = {k: v if all(f[k] == v for f in found) else [f[k] for f in found]
+                                  for k, v in found[0].items()}
+        sizes = [{k: int(d[k]) for k in ("train", "val", "test")} for d in self.descriptions]
+        dp = ({"noise_multiplier": self.settings.dp_noise_multiplier, "clipping_norm": self.settings.dp_clipping_norm}
+              if self.settings.dp_clipping_norm else None)
+        return replace(resolve(self.cfg, self.method, self.sizes), **merged, sizes=sizes, engine="flower",
+                       extra={"run_key": self.key, "dp": dp})
 
     # ---- one exchange -------------------------------------------------------------------------------
-    def _exchange(self, grid: Any, rnd: int, latest: State, evaluate: bool, members: list[int],
-                  final: bool = False) -> tuple[dict[int, Any], float]:
+    def _exchange(self, grid: Any, rnd: int, evaluate: bool, members: list[int],
+                  final: bool = False) -> tuple[dict[int, Any], float, int]:
+        """Send the round's messages (the latest update to every recipient) and collect the replies by
+        partition; also returns how long that took and the bytes the messages carried."""
         from flwr.app import ConfigRecord
 
         everyone = list(range(self.cfg.fed.clients))
@@ -190,6 +171,7 @@ class FlowerRun:
             "participants": json.dumps([self.node_of[p] for p in members]),
             "recipients": json.dumps([self.node_of[p] for p in recipients]),
         })
+        latest = self.server.latest
         arrays = to_record(latest)
         if final:
             messages = list(self.strategy.configure_evaluate(rnd, arrays, conf, grid))
@@ -200,8 +182,7 @@ class FlowerRun:
         elapsed = time.perf_counter() - t0
         by_partition = {self.partition_of[r.metadata.src_node_id]: r for r in replies
                         if r.metadata.src_node_id in self.partition_of}
-        self.wire_bytes_down = payload_bytes(latest) * len(messages)  # what this exchange sent, evaluation included
-        return by_partition, elapsed
+        return by_partition, elapsed, payload_bytes(latest) * len(messages)
 
     def _evaluation(self, replies: dict[int, Any]) -> dict[str, Any] | None:
         rows: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
@@ -210,7 +191,7 @@ class FlowerRun:
             r = replies.get(p)
             parsed = None
             if r is not None and not r.has_error() and "report" in r.content and "eval" in r.content["report"]:
-                sizes = json.loads(str(self.infos[p]["description"]))  # the split sizes it registered
+                sizes = self.descriptions[p]  # the split sizes it registered
                 parsed = parse_eval(r.content["report"]["eval"], {s: int(sizes[s]) for s in rows})
             if parsed is None:
                 self.echo(f"  client {p}: no valid evaluation in its reply"
@@ -221,23 +202,27 @@ class FlowerRun:
             clients.append(p)
         if not clients:
             return None
-        block = metrics.personal(rows)
-        return {"personal": block, "evaluated_clients": clients}
+        ev: dict[str, Any] = {"personal": personal(rows)}
+        if len(clients) < self.cfg.fed.clients:  # which rows are whose, where some are missing
+            ev["evaluated_clients"] = clients
+        return ev
 
-    def _accept(self, rnd: int, members: list[int],
-                replies: dict[int, Any]) -> tuple[list[Any], list[dict], int]:
-        """The acceptable replies, the rejected clients with reasons, and the accepted uploads' bytes."""
-        accepted, excluded, bytes_up = [], [], 0
+    def _accept(self, rnd: int, members: list[int], replies: dict[int, Any]) -> tuple[Exchange, list[Any]]:
+        """Protocol step 3 on the server: every participant's reply checked (wire.check_upload) or its own
+        report that its round was not usable. Returns the exchange and the accepted replies."""
+        ex = Exchange(selected=members)
+        accepted = []
         for p in members:
             r = replies.get(p)
-            reason = None
+            reason, upload = None, None
             if r is None:
                 reason = f"no reply within {self.settings.round_timeout:.0f} s"
             elif r.has_error():
                 reason = f"client error: {r.error.reason}"
+            elif "report" in r.content and "excluded" in r.content["report"]:
+                reason = str(r.content["report"]["excluded"])
             else:
                 c = r.content
-                upload = None
                 if "upload" in c:
                     try:
                         upload = from_record(c["upload"])
@@ -248,17 +233,15 @@ class FlowerRun:
                 expected = expected_upload(self.method, self.schema, self.resolved.ranks[p], self.resolved.gammas[p],
                                            rnd)
                 reason = reason or check_upload(upload, expected, n_examples, self.sizes[p], stats)
-            if reason is None and upload is not None:
+            parsed = None if reason or r is None else parse_stats(r.content["report"]["stats"])
+            if reason is None and upload is not None and parsed is not None:
+                ex.uploads[p], ex.stats[p] = upload, parsed
                 accepted.append(r)
-                bytes_up += payload_bytes(upload)
             else:
-                excluded.append({"client": p, "reason": reason})
-                self.echo(f"  round {rnd} rejects client {p}: {reason}")
-        if len(accepted) < self.cfg.fed.min_clients:
-            raise SfedloraError(f"round {rnd}: only {len(accepted)} acceptable uploads (fed.min_clients = "
-                                f"{self.cfg.fed.min_clients}): "
-                                + "; ".join(f"client {e['client']}: {e['reason']}" for e in excluded))
-        return accepted, excluded, bytes_up
+                ex.excluded.append({"client": p, "reason": reason})
+                self.echo(f"  round {rnd} excludes client {p}: {reason}")
+        self.server.require(rnd, ex)
+        return ex, accepted
 
     @staticmethod
     def _timings(replies: dict[int, Any]) -> dict[str, float]:
@@ -279,15 +262,18 @@ class FlowerRun:
         cfg = self.cfg
         start = time.perf_counter()
         self._register(grid)
-        self.resolved = resolve(cfg, self.method, self.sizes)
-        self.weights = client_weights(self.sizes, cfg.fed.weighting)
-        resolved = self._write_header()
-        inner = MethodStrategy(self.method, {self.node_of[p]: self.weights[p] for p in self.node_of})
+        self.resolved = self._describe()
+        self.server = Server(cfg, self.method, self.resolved)
+        self.server.latest = dict(self.initial)
+        writer = rundir.start(self.out_dir, cfg, self.resolved, self.descriptions)
+        for line in records.describe_run(f"{self.method.name} on Flower", self.resolved, cfg, self.descriptions):
+            self.echo(line)
+        self.echo("  nodes: " + ", ".join(f"partition {p} -> node {n}" for p, n in sorted(self.node_of.items())))
+        inner = MethodStrategy(self.method, {self.node_of[p]: self.server.weights[p] for p in self.node_of})
         n_round = cfg.fed.clients_per_round or cfg.fed.clients
         self.strategy = inner if self.settings.dp_clipping_norm <= 0 else DifferentialPrivacyServerSideFixedClipping(
             inner, self.settings.dp_noise_multiplier, self.settings.dp_clipping_norm, n_round)
-        metric, _ = metrics.PRIMARY[self.task]
-        writer = records.JsonlWriter(self.out_dir / "metrics.jsonl")
+        metric, _ = PRIMARY[self.resolved.task]
         history: list[dict[str, Any]] = []
 
         def finish(record: dict[str, Any]) -> None:
@@ -296,53 +282,36 @@ class FlowerRun:
             self.echo(records.row(record, metric))
 
         self.echo(records.header(metric))
-        latest: State = dict(self.initial)
-        participation = random.Random(cfg.seed + 17)
-        everyone = list(range(cfg.fed.clients))
         pending: dict[str, Any] | None = None  # a trained round waiting for its evaluation
-        eval_zero = cfg.eval.initial
         for rnd in range(1, cfg.fed.rounds + 2):
             final = rnd == cfg.fed.rounds + 1
-            members = [] if final else (everyone if not cfg.fed.clients_per_round else
-                                        sorted(participation.sample(everyone, cfg.fed.clients_per_round)))
-            evaluate = pending is not None or (rnd == 1 and eval_zero)
+            members = [] if final else self.server.select()  # step 1
+            evaluate = pending is not None or (rnd == 1 and cfg.eval.initial)
             t0 = time.perf_counter()
-            replies, elapsed = self._exchange(grid, rnd, latest, evaluate, members, final)
+            replies, elapsed, wire = self._exchange(grid, rnd, evaluate, members, final)  # steps 6 (lazily) and 2-4
             times = self._timings(replies)
+            flower = {"round_trip_s": elapsed, "wire_bytes_down": wire, **times}
             if evaluate:
                 ev = self._evaluation(replies)
                 if pending is None:  # round 0: the base model (B = 0) on every client
-                    record = records.round_record(0, self.method.name, self.resolved, cfg.fed.clients, {}, ev, 0.0,
-                                                  times["eval_s"], elapsed)
-                    record["flower"] = {"round_trip_s": elapsed, **times}
+                    record = {**self.server.record(0, Exchange(selected=[]), {}, ev, 0.0, times["eval_s"], elapsed),
+                              "flower": flower}
                 else:
                     record = {**pending, "eval": ev, "eval_s": times["eval_s"]}
                 finish(record)
                 pending = None
             if final:
                 break
-            accepted, excluded, bytes_up = self._accept(rnd, members, replies)
-            update_record, _ = self.strategy.aggregate_train(rnd, accepted)
-            update = from_record(update_record) if update_record is not None else {}
-            latest = overlay(latest, update)  # a node that missed rounds receives their composition
-            stats = {self.partition_of[r.metadata.src_node_id]: s for r in accepted  # checked in _accept
-                     if (s := parse_stats(r.content["report"]["stats"])) is not None}
-            record = records.round_record(rnd, self.method.name, self.resolved, cfg.fed.clients, stats, None,
-                                          times["train_s"], 0.0, time.perf_counter() - t0)
-            averaged = sorted(self.partition_of[r.metadata.src_node_id] for r in accepted)
-            down = protocol.bytes_down(self.method, update, [self.resolved.ranks[p] for p in averaged])
-            record.update({"n_averaged": len(accepted), "participants": averaged, "excluded": excluded,
-                           "trained": sorted(self.method.trained(rnd)), "uploaded": sorted(self.method.uploaded(rnd)),
-                           "bytes_up": bytes_up, "bytes_down": down,
-                           "flower": {"round_trip_s": elapsed, "wire_bytes_down": self.wire_bytes_down, **times}})
+            ex, accepted = self._accept(rnd, members, replies)
+            update_record, _ = self.strategy.aggregate_train(rnd, accepted)  # step 5, through Flower's strategy
+            update = self.server.adopt(from_record(update_record) if update_record is not None else {})
+            record = {**self.server.record(rnd, ex, update, None, times["train_s"], 0.0, time.perf_counter() - t0),
+                      "flower": flower}  # step 7
             if rnd % cfg.eval.every == 0 or rnd == cfg.fed.rounds:
                 pending = record
             else:
                 finish(record)
-        checkpoint.atomic_save({"update": latest, "ranks": self.resolved.ranks, "gammas": self.resolved.gammas,
-                                "targets": self.targets}, self.out_dir / "server.pt")
-        summary = {"method": self.method.name, **resolved, "rank": cfg.lora.rank, "alpha": cfg.lora.alpha,
-                   "clients": cfg.fed.clients, "rounds": cfg.fed.rounds, "seed": cfg.seed,
-                   **records.summarise(history, self.task), "wall_s": time.perf_counter() - start}
-        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))  # last: the run is complete
+        rundir.save_server(self.out_dir, self.server.latest, self.resolved)
+        summary = records.summary(self.method.name, self.resolved, cfg, history, time.perf_counter() - start)
+        rundir.finish(self.out_dir, summary)
         return summary

@@ -65,13 +65,17 @@ class FederatedMethod:
         """Per adapted module, the dW that methods merging into the base (merges_into_base) add to W0."""
         return {}
 
-    def global_delta(self, update: State, clients: Sequence[State], gammas: Sequence[float],
+    def global_delta(self, update: State, clients: Sequence[State] | None, gammas: Sequence[float],
                      weights: Sequence[float]) -> dict[str, torch.Tensor]:
         """The aggregated update per adapted module (d_out, d_in), for rank-collapse measurements: B A
-        of the server's factors where it holds both, else sum_i w_i gamma_i B_i A_i over the clients."""
-        modules = [k[: -len(".lora_A")] for k in clients[0] if factor_kind(k) == "A"]
+        of the server's factors where it holds both, else sum_i w_i gamma_i B_i A_i over the clients
+        (the clients' states after the download; none given: nothing can be said)."""
+        keys = clients[0] if clients else update
+        modules = list(dict.fromkeys(k.rsplit(".", 1)[0] for k in keys if factor_kind(k) in ("A", "B")))
         if all(f"{m}.lora_A" in update and f"{m}.lora_B" in update for m in modules):
             return {m: update[f"{m}.lora_B"] @ update[f"{m}.lora_A"] for m in modules}
+        if not clients:
+            return {}
         w = normalise(weights)
         return {m: functools.reduce(torch.add, [wi * g * c[f"{m}.lora_B"] @ c[f"{m}.lora_A"]
                                                 for wi, g, c in zip(w, gammas, clients)]) for m in modules}

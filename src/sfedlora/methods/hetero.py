@@ -81,7 +81,7 @@ class FLoRA(FederatedMethod):
     def sent_to(self, update: State, rank: int) -> State:
         return update  # every client merges the whole stack, whatever its own rank
 
-    def global_delta(self, update: State, clients: Sequence[State], gammas: Sequence[float],
+    def global_delta(self, update: State, clients: Sequence[State] | None, gammas: Sequence[float],
                      weights: Sequence[float]) -> dict[str, torch.Tensor]:
         return self.merged(update)
 
@@ -132,7 +132,7 @@ class FlexLoRA(FederatedMethod):
             new[f"{m}.lora_A"] = root[:, None] * update[f"{m}.svd_Vh"][:r]
         return new
 
-    def global_delta(self, update: State, clients: Sequence[State], gammas: Sequence[float],
+    def global_delta(self, update: State, clients: Sequence[State] | None, gammas: Sequence[float],
                      weights: Sequence[float]) -> dict[str, torch.Tensor]:
         modules = [k[: -len(".svd_S")] for k in update if k.endswith(".svd_S")]
         return {m: (update[f"{m}.svd_U"] * update[f"{m}.svd_S"]) @ update[f"{m}.svd_Vh"] for m in modules}

@@ -30,8 +30,12 @@ def save(run_dir: Path, state: dict[str, Any]) -> None:
     atomic_save(state, Path(run_dir) / NAME)
 
 
+def load_file(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def load(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / NAME
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return load_file(path)

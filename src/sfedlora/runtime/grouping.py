@@ -38,6 +38,12 @@ from typing import Any
 
 import torch
 
+from sfedlora.adapters.inject import group_parameters
+from sfedlora.client.local import install
+from sfedlora.client.losses import group_loss
+from sfedlora.client.train import adapters_training
+from sfedlora.data.batching import collate
+
 SAFETY = 2.0
 CPU_STEP_TOKENS = 512
 
@@ -139,3 +145,33 @@ def saved_activation_bytes(model: torch.nn.Module, run_forward: Any) -> int:
         out = run_forward()
     del out
     return sum(seen.values())
+
+
+def bytes_per_row(model: torch.nn.Module, tok: Any, task: str, longest: dict[str, Any], batch_size: int,
+                  widest: dict[str, torch.Tensor], gamma: float, device: torch.device) -> int:
+    """Activation bytes one training row saves for backward, worst case: a batch of the longest training
+    example, the widest client's adapters, A, B and head all trained (training sets them per round)."""
+    batch = {k: v.to(device) for k, v in collate([longest] * batch_size, tok.pad_token_id).items()}
+    install(model, [widest], [gamma], device)
+    for p in group_parameters(model).values():
+        p.requires_grad_(True)
+    with adapters_training(model):  # as in training: the adapters' dropout saves its masks
+        saved = saved_activation_bytes(model, lambda: group_loss(model, batch, 1, task))
+    return -(-saved // batch_size)
+
+
+def plan(group_size: int | str, group_memory: float, batch_size: int, eval_batch_size: int, n_clients: int,
+         device: torch.device, measure: Any, row_tokens: int) -> GroupPlan:
+    """G for training and evaluation: as configured (a number; 0 = all), or (auto) enough clients to keep
+    the device busy within the memory free now that the model and every client's state are in place.
+    `measure()` returns bytes_per_row (run only for auto); `row_tokens` is the worst-case row's length."""
+    if isinstance(group_size, int):
+        g = min(group_size or n_clients, n_clients)
+        return GroupPlan(train=g, eval=g, rule="fixed" if group_size else "all")
+    per_row = measure()
+    free = free_bytes(device)
+    budget = int(group_memory * free)
+    cap, eval_cap = memory_caps(per_row, budget, batch_size, eval_batch_size, n_clients)
+    g_train = busy_group(device.type, row_tokens, batch_size, cap)
+    return GroupPlan(train=g_train, eval=eval_group(g_train, batch_size, eval_batch_size, eval_cap), rule="auto",
+                     cap=cap, row_tokens=row_tokens, bytes_per_row=per_row, free_bytes=free, budget_bytes=budget)

@@ -98,6 +98,21 @@ def model_path(name: str) -> str:
     return name
 
 
+def revision(name: str, model: Any) -> str | None:
+    """What identifies the weights a run used: the offline package's version, or the hub commit a model was
+    loaded at (transformers records it as config._commit_hash); None for tiny and local models."""
+    if name in PIP_NAMES:
+        from importlib.metadata import PackageNotFoundError, version
+
+        package = PIP_NAMES[name].split("==")[0]
+        try:
+            return f"{package}=={version(package)}"
+        except PackageNotFoundError:
+            return None
+    commit = getattr(model.config, "_commit_hash", None)
+    return str(commit) if commit else None
+
+
 def _tiny(name: str, task: str, num_labels: int) -> tuple[Any, Any]:
     from transformers import (
         AutoModelForCausalLM,

@@ -1,13 +1,52 @@
-"""The round protocol both runners follow: select participants, local update, upload, aggregate, download,
-record. Pure steps over states and messages; the in-process runner executes them batched, the Flower apps
-over Flower messages."""
+"""The round protocol both runners follow, as steps over states and messages. The in-process runner
+(sfedlora.simulation) executes them with its clients batched; the Flower apps (sfedlora.flower) execute the
+same steps over Flower messages. Neither has a second copy of any step.
+
+A round t:
+  1. select      the server samples the round's participants, seeded (all of them under full participation)
+  2. update      each participant trains the factors method.trained(t) for K local steps (client.local)
+  3. check       a participant whose loss or adapters turned non-finite goes back to its state before the
+                 round and is left out of the aggregation, with the reason recorded
+  4. upload      method.upload: what the method sends (A and the head for the FedSA family; B never leaves)
+  5. aggregate   method.aggregate over the accepted uploads, weighted by fed.weighting
+  6. download    method.download of the update into every client's state (a Flower node downloads the
+                 latest update when its next message arrives, which gives the same state)
+  7. record      one record of the round (Server.record), from what both runners know
+"""
 
 from __future__ import annotations
 
+import math
+import random
+from dataclasses import dataclass, field
 from typing import Any
 
-from sfedlora.core.state import State, payload_bytes
+import torch
+
+from sfedlora.config import RunConfig
+from sfedlora.core.aggregate import client_weights
+from sfedlora.core.spectrum import spectrum_stats
+from sfedlora.core.state import State, overlay, payload_bytes
+from sfedlora.errors import SfedloraError
 from sfedlora.methods import FederatedMethod
+from sfedlora.runtime.records import round_record
+from sfedlora.runtime.resolve import Resolved
+
+
+def select(rng: random.Random, n_clients: int, per_round: int) -> list[int]:
+    """Step 1: the round's participants, sorted; everyone when per_round is 0."""
+    everyone = list(range(n_clients))
+    return everyone if not per_round else sorted(rng.sample(everyone, per_round))
+
+
+def non_finite(loss: float, state: State) -> str | None:
+    """Step 3: why a client's round cannot be aggregated, or None."""
+    if not math.isfinite(loss):
+        return f"non-finite training loss {loss}"
+    bad = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        return f"non-finite values in {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+    return None
 
 
 def bytes_down(method: FederatedMethod, update: State, ranks: list[int]) -> int:
@@ -16,4 +55,79 @@ def bytes_down(method: FederatedMethod, update: State, ranks: list[int]) -> int:
     return sum(payload_bytes(method.sent_to(update, r)) for r in ranks)
 
 
-__all__ = ["bytes_down", "Any"]
+def spectrum(method: FederatedMethod, update: State, clients: list[State] | None, gammas: list[float],
+             weights: list[float], r_min: int) -> dict[str, float]:
+    """Rank-collapse diagnostics of the aggregated update, averaged over adapted modules: the share of its
+    energy beyond the smallest client rank, and its effective rank. Empty where the update alone does not
+    determine dW and the clients' states are not at hand (a Flower server never holds a FedSA client's B)."""
+    deltas = method.global_delta(update, clients, gammas, weights)
+    stats = [spectrum_stats(d, r_min) for d in (deltas or {}).values()]
+    if not stats:
+        return {}
+    return {key: sum(s[key] for s in stats) / len(stats) for key in ("energy_beyond_rmin", "effective_rank")}
+
+
+@dataclass
+class Exchange:
+    """What the server gathered in one round."""
+
+    selected: list[int]
+    uploads: dict[int, State] = field(default_factory=dict)  # accepted, by client
+    stats: dict[int, dict[str, Any]] = field(default_factory=dict)  # training statistics, by client
+    excluded: list[dict[str, Any]] = field(default_factory=list)  # {"client", "reason"}
+
+
+class Server:
+    """The server's side of the protocol, whatever carries the messages: who takes part (step 1), the
+    aggregate (step 5) and the record (step 7). Keeps the latest update by rows (core.state.overlay), which
+    is what a client that missed rounds downloads."""
+
+    def __init__(self, cfg: RunConfig, method: FederatedMethod, resolved: Resolved) -> None:
+        self.cfg, self.method, self.resolved = cfg, method, resolved
+        self.weights = client_weights([s["train"] for s in resolved.sizes], cfg.fed.weighting)
+        self.rng = random.Random(cfg.seed + 17)
+        self.latest: State = {}
+
+    def select(self) -> list[int]:
+        return select(self.rng, self.cfg.fed.clients, self.cfg.fed.clients_per_round)
+
+    def require(self, rnd: int, exchange: Exchange) -> None:
+        """Too few acceptable uploads (fed.min_clients) stop the run, with every client's reason."""
+        if len(exchange.uploads) < self.cfg.fed.min_clients:
+            hint = (". Lower train.lr or enable train.grad_clip" if any("non-finite" in e["reason"] for e in
+                                                                          exchange.excluded) else "")
+            raise SfedloraError(f"round {rnd}: only {len(exchange.uploads)} acceptable uploads (fed.min_clients = "
+                                f"{self.cfg.fed.min_clients}): "
+                                + "; ".join(f"client {e['client']}: {e['reason']}" for e in exchange.excluded) + hint)
+
+    def aggregate(self, rnd: int, exchange: Exchange) -> State:
+        """Step 5: the method's aggregate of the accepted uploads."""
+        accepted = sorted(exchange.uploads)
+        return self.adopt(self.method.aggregate([exchange.uploads[c] for c in accepted],
+                                                [self.weights[c] for c in accepted], rnd))
+
+    def adopt(self, update: State) -> State:
+        """Keep a round's update as the latest (a runner that aggregates elsewhere, e.g. through a Flower
+        strategy that adds differential privacy, hands it over here)."""
+        self.latest = overlay(self.latest, update)
+        return update
+
+    def record(self, rnd: int, exchange: Exchange, update: State, ev: dict[str, Any] | None, t_train: float,
+               t_eval: float, wall_s: float, clients: list[State] | None = None) -> dict[str, Any]:
+        """The round's record. `clients`: every client's state after the download, where the runner holds them
+        (the in-process runner), for the spectrum of updates that need them."""
+        r = self.resolved
+        accepted = sorted(exchange.uploads)
+        out = round_record(rnd, self.method.name, r, self.cfg.fed.clients, exchange.stats, ev, t_train, t_eval, wall_s)
+        if rnd == 0:
+            return out
+        out.update({
+            "n_averaged": len(accepted), "participants": accepted, "excluded": exchange.excluded,
+            "trained": sorted(self.method.trained(rnd)), "uploaded": sorted(self.method.uploaded(rnd)),
+            "bytes_up": sum(payload_bytes(exchange.uploads[c]) for c in accepted),
+            "bytes_down": bytes_down(self.method, update, [r.ranks[c] for c in accepted]),
+        })
+        held = None if clients is None else [clients[c] for c in accepted]
+        out.update(spectrum(self.method, update, held, [r.gammas[c] for c in accepted],
+                            [self.weights[c] for c in accepted], min(r.ranks)))
+        return out

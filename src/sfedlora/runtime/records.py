@@ -80,6 +80,31 @@ def summarise(records: list[dict[str, Any]], task: str) -> dict[str, Any]:
     return out
 
 
+def summary(method: str, resolved: Any, cfg: Any, history: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    """summary.json: the run description, the main settings, and the last and best-on-validation rounds."""
+    return {"method": method, **resolved.as_record(), "rank": cfg.lora.rank, "alpha": cfg.lora.alpha,
+            "clients": cfg.fed.clients, "rounds": cfg.fed.rounds, "seed": cfg.seed,
+            **summarise(history, resolved.task), "wall_s": wall_s}
+
+
+def describe_run(method: str, resolved: Any, cfg: Any, descriptions: list[dict[str, Any]]) -> list[str]:
+    """The console's opening lines: the method and what its settings resolved to, then every client's data."""
+    r = resolved
+    rank_text = r.ranks[0] if not r.heterogeneous else r.ranks
+    gamma_text = f"{r.gamma:.4g}" if not r.heterogeneous else "[" + ", ".join(f"{g:.4g}" for g in r.gammas) + "]"
+    lines = [f"{method}: scaling {r.scaling}, gamma = {gamma_text} (alpha {cfg.lora.alpha}, r {rank_text}, "
+             f"N {r.n_averaged}), init {r.init}, {len(r.targets)} adapted modules, {r.task} on {cfg.data.source}, "
+             f"device {r.device}, {r.precision}"]
+    for p in descriptions:
+        hist = p["histogram"]
+        if len(hist) > 6:  # e.g. 61 instruction subtasks: show the largest
+            top = sorted(hist.items(), key=lambda kv: -kv[1])[:4]
+            hist = f"{len(p['histogram'])} values, largest: " + ", ".join(f"{k} {v}" for k, v in top)
+        lines.append(f"  client {p['client']}: train {p['train']:>5} val {p['val']:>4} test {p['test']:>4}  "
+                     f"{hist or ''}")
+    return lines
+
+
 COLUMNS = ("round", "train_loss", "val", "test", "global", "|gA|", "|gB|", "out_var", "up_MB", "sec")
 
 

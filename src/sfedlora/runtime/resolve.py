@@ -1,10 +1,10 @@
 """What a run's `auto` settings and per-client values become: device, precision, scaling rule, init,
-per-client ranks and gammas. Resolved once, recorded in config.yaml and in every record."""
+per-client ranks and gammas; and the typed description of a run that holds them (Resolved)."""
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from sfedlora.core.aggregate import partition_n
 from sfedlora.core.scaling import scaling
 from sfedlora.errors import SfedloraError
 from sfedlora.methods import FederatedMethod, get_method, names
+from sfedlora.runtime.grouping import GroupPlan
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,8 +57,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 @dataclass
 class Resolved:
-    """What `auto` settings became for this run; recorded in config.yaml and every record."""
+    """The resolved, typed description of a run: what its `auto` settings became and what set-up found.
+    Built once (runtime.setup for the in-process runner and a Flower node; a Flower server fills the set-up
+    fields from its nodes' registrations), written once to config.yaml's `resolved` section, read back by
+    --resume and export (from_record)."""
 
+    # the method's choices (resolve)
     scaling: str
     init: str
     n_averaged: int  # clients per round
@@ -65,6 +70,19 @@ class Resolved:
     gammas: list[float]  # per client: gamma_i = scaling(rule, alpha, r_i, N_i)
     n_scaling: list[float]  # per client: the N_i in its gamma (lora.scaling_n)
     scaling_n: str = "participants"
+    # what set-up found
+    task: str = ""
+    label_names: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)  # adapted modules
+    model: str = ""  # model.name as configured
+    model_path: str = ""  # where it was loaded from (a hub id, a local or converted folder)
+    revision: str | None = None  # the hub commit, or the offline package's version
+    device: str = ""
+    precision: str = ""  # fp32 | bf16: what the frozen base ran in
+    sizes: list[dict[str, int]] = field(default_factory=list)  # per client: train / val / test examples
+    groups: GroupPlan | None = None  # the in-process runner's group sizes
+    engine: str = "simulation"  # simulation | flower
+    extra: dict[str, Any] = field(default_factory=dict)  # engine-specific (Flower: run key, DP settings)
 
     @property
     def gamma(self) -> float:
@@ -76,9 +94,20 @@ class Resolved:
         return len(set(self.ranks)) > 1
 
     def as_record(self) -> dict[str, Any]:
-        """The fields config.yaml's `resolved` section and summary.json carry for it."""
-        return {"scaling": self.scaling, "init": self.init, "n_averaged": self.n_averaged, "gamma": self.gamma,
-                "ranks": self.ranks, "gammas": self.gammas, "scaling_n": self.scaling_n, "n_scaling": self.n_scaling}
+        """config.yaml's `resolved` section (summary.json carries it too)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("groups", "extra")}
+        out["gamma"] = self.gamma
+        out["groups"] = None if self.groups is None else self.groups.as_dict()
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_record(cls, raw: dict[str, Any]) -> Resolved:
+        known = {f.name for f in fields(cls)} - {"groups", "extra"}
+        kwargs = {k: v for k, v in raw.items() if k in known}
+        kwargs.setdefault("n_scaling", [float(raw.get("n_averaged", 1))] * len(raw.get("ranks", [])))  # older runs
+        groups = raw.get("groups")
+        extra = {k: v for k, v in raw.items() if k not in known | {"groups", "gamma"}}
+        return cls(**kwargs, groups=GroupPlan(**groups) if groups else None, extra=extra)
 
 
 def assign_ranks(cfg: RunConfig, n_train: list[int]) -> list[int]:

@@ -17,23 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from sfedlora.adapters.inject import _is_head
-from sfedlora.config import RunConfig, config_from_dict
 from sfedlora.data import prompts
 from sfedlora.errors import SfedloraError
+from sfedlora.runtime import rundir
 from sfedlora.runtime.models import load_model, model_path
-
-
-def run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
-    """The config a run used (without its `resolved` section) and that section."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        raise SfedloraError(f"{run_dir} is not a run folder (no config.yaml)")
-    raw = yaml.safe_load(path.read_text())
-    resolved = raw.pop("resolved", {})
-    return config_from_dict(raw), resolved
 
 
 def peft_alpha(rule: str, gamma: float, rank: int, alpha: float, n: float) -> tuple[float, bool]:
@@ -62,23 +51,21 @@ def build_peft_model(run_dir: Path, client: int) -> tuple[Any, Any, dict[str, An
     """A PEFT model for `client` holding exactly its adapters (and head), plus the tokenizer."""
     from peft import LoraConfig, get_peft_model
 
-    cfg, resolved = run_config(run_dir)
-    final = Path(run_dir) / "adapters.pt"
-    if not final.exists():
-        raise SfedloraError(f"{run_dir} has no adapters.pt: the run did not finish (resume it with --resume)")
-    saved = torch.load(final, map_location="cpu", weights_only=False)
+    cfg, resolved = rundir.read(run_dir)
+    if resolved.engine != "simulation":
+        raise SfedloraError(f"{run_dir} is a {resolved.engine} run: its clients' adapters are on their nodes")
+    saved = rundir.load_adapters(run_dir)
     n_clients = len(saved["states"])
     if not 0 <= client < n_clients:
         raise SfedloraError(f"--client must be in 0..{n_clients - 1}, got {client}")
     state, rank, gamma = saved["states"][client], saved["ranks"][client], saved["gammas"][client]
-    task = resolved["task"]
-    model, tok = load_model(cfg.model.name, task, max(2, len(resolved.get("label_names") or [])), torch.float32)
+    task = resolved.task
+    model, tok = load_model(cfg.model.name, task, max(2, len(resolved.label_names)), torch.float32)
     named = dict(model.named_modules())
     with torch.no_grad():
         for m, delta in saved.get("merged", {}).items():  # FLoRA's merged updates are part of W0
             named[m].weight.add_(delta)
-    n = resolved["n_scaling"][client] if "n_scaling" in resolved else resolved["n_averaged"]  # N in its gamma
-    lora_alpha, use_rslora = peft_alpha(resolved["scaling"], gamma, rank, cfg.lora.alpha, n)
+    lora_alpha, use_rslora = peft_alpha(resolved.scaling, gamma, rank, cfg.lora.alpha, resolved.n_scaling[client])
     heads = [n for n, mod in named.items() if isinstance(mod, torch.nn.Linear) and _is_head(n)] \
         if task == "classification" else []
     lcfg = LoraConfig(r=rank, lora_alpha=lora_alpha,  # type: ignore[arg-type]  # PEFT's hint says int; floats work
@@ -88,9 +75,9 @@ def build_peft_model(run_dir: Path, client: int) -> tuple[Any, Any, dict[str, An
     peft_model = get_peft_model(model, lcfg)
     copy_into_peft(peft_model, state)
     peft_model.peft_config["default"].base_model_name_or_path = model_path(cfg.model.name)
-    info = {"client": client, "method": cfg.fed.method, "rank": rank, "gamma": gamma, "scaling": resolved["scaling"],
+    info = {"client": client, "method": cfg.fed.method, "rank": rank, "gamma": gamma, "scaling": resolved.scaling,
             "lora_alpha": lora_alpha, "use_rslora": use_rslora, "task": task, "heads": heads,
-            "model": cfg.model.name, "precision": resolved.get("precision"),
+            "model": cfg.model.name, "revision": resolved.revision, "precision": resolved.precision,
             "prompt_format": None if task == "classification" else prompts.describe(cfg.data.template)}
     return peft_model.eval(), tok, info
 

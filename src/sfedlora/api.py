@@ -1,0 +1,98 @@
+"""sfedlora's Python API: what the CLI does, as functions (docs/api.md).
+
+    import sfedlora
+    result = sfedlora.run("vitaminc", overrides=["fed.rounds=3"], out="runs/vc")
+    result.summary["personal"]["best"], result.records[-1]["eval"], result.path
+    sfedlora.export(result.path, client=0, out="exported/vc-0")
+    again = sfedlora.load_run("runs/vc")
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sfedlora.config import RunConfig, config_path, load_config
+from sfedlora.errors import SfedloraError
+from sfedlora.runtime import rundir
+from sfedlora.runtime.resolve import Resolved
+
+
+@dataclass
+class RunResult:
+    """A run folder, read: its config, run description, per-round records and summary (None while the run is
+    unfinished)."""
+
+    path: Path
+    config: RunConfig
+    resolved: Resolved
+    records: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+
+    def metric(self, scope: str = "personal", which: str = "best", split: str = "test") -> float | None:
+        """The run's primary metric (accuracy or perplexity): `personal` (weighted mean over clients) or
+        `global`, at the `best` (on validation) or `last` evaluated round, on `split`."""
+        if self.summary is None or not self.summary[scope][which]:
+            return None
+        value = self.summary[scope][which][split]
+        return float(value["weighted"] if isinstance(value, dict) else value)
+
+
+def _config(config: str | Path | RunConfig | None, overrides: Sequence[str]) -> RunConfig:
+    if isinstance(config, RunConfig):
+        if overrides:
+            raise SfedloraError("give overrides with a config file or name, or set them on the RunConfig object")
+        return config
+    return load_config(config_path(None if config is None else str(config)), list(overrides))
+
+
+def default_out(cfg: RunConfig) -> Path:
+    return Path("runs") / f"{cfg.name or 'run'}-{cfg.fed.method}-r{cfg.lora.rank}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run(config: str | Path | RunConfig | None = None, overrides: Sequence[str] = (), out: str | Path | None = None,
+        progress: bool = False, echo: Callable[[str], None] | None = None) -> RunResult:
+    """Run one federated fine-tuning in this process. `config`: a YAML path, a built-in name (`default`,
+    `vitaminc`, ...), a RunConfig, or None for the defaults; `overrides`: dotted `key=value` strings; `out`:
+    the run folder (default runs/<name>-<method>-r<rank>-<time>; it must not hold anything yet)."""
+    from sfedlora.simulation import Simulation
+
+    cfg = _config(config, overrides)
+    folder = Path(out) if out is not None else default_out(cfg)
+    if folder.exists() and any(folder.iterdir()):
+        raise SfedloraError(f"output folder {folder} exists and is not empty; choose another")
+    Simulation(cfg, folder, echo=echo or (lambda s: None), progress=progress).run()
+    return load_run(folder)
+
+
+def resume(path: str | Path, progress: bool = False, echo: Callable[[str], None] | None = None) -> RunResult:
+    """Continue an interrupted run folder from its last checkpoint, with the config and group sizes it
+    recorded; the result equals an uninterrupted run's."""
+    from sfedlora.simulation import Simulation
+
+    folder = Path(path)
+    cfg, resolved = rundir.read(folder)
+    if resolved.engine != "simulation":
+        raise SfedloraError(f"{folder} is a {resolved.engine} run: resume it with the runner that made it")
+    Simulation(cfg, folder, echo=echo or (lambda s: None), progress=progress, resolved=resolved).run(resume=True)
+    return load_run(folder)
+
+
+def load_run(path: str | Path) -> RunResult:
+    """Read a run folder (finished or not)."""
+    folder = Path(path)
+    cfg, resolved = rundir.read(folder)
+    records = rundir.records(folder) if (folder / rundir.METRICS).exists() else []
+    return RunResult(folder, cfg, resolved, records, rundir.summary(folder) if rundir.finished(folder) else None)
+
+
+def export(run: str | Path | RunResult, client: int, out: str | Path, merged: bool = True) -> dict[str, Any]:
+    """Write client `client` of a finished run as a PEFT adapter folder (out/adapter) and, with `merged`, a
+    model with the adapter merged in (out/merged). Returns what was written (rank, gamma, PEFT's alpha...)."""
+    from sfedlora.tools.export import export as write
+
+    folder = run.path if isinstance(run, RunResult) else Path(run)
+    return write(folder, client, Path(out), merged=merged)

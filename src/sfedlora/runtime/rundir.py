@@ -1,0 +1,87 @@
+"""The run folder, written and read in one place by both runners and every tool.
+
+  config.yaml      the full config, plus `resolved`: the run description (runtime.resolve.Resolved)
+  partitions.json  per client: train / val / test sizes and its label or category histogram
+  metrics.jsonl    one record per round (runtime.records), appended as rounds finish
+  checkpoint.pt    what --resume continues from (in-process runs; runtime.checkpoint)
+  adapters.pt      every client's final adapters (in-process runs; what export reads)
+  server.pt        the server's last aggregate (Flower runs: the clients' adapters stay on their nodes)
+  summary.json     written last: a folder without it is unfinished
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sfedlora.config import RunConfig, config_from_dict, to_dict
+from sfedlora.errors import SfedloraError
+from sfedlora.runtime import checkpoint
+from sfedlora.runtime.records import JsonlWriter, read_jsonl
+from sfedlora.runtime.resolve import Resolved
+
+CONFIG, PARTITIONS, METRICS, SUMMARY = "config.yaml", "partitions.json", "metrics.jsonl", "summary.json"
+ADAPTERS, SERVER = "adapters.pt", "server.pt"
+
+
+def start(out: Path, cfg: RunConfig, resolved: Resolved, descriptions: list[dict[str, Any]],
+          keep: Sequence[dict[str, Any]] = ()) -> JsonlWriter:
+    """Create the folder, write the config with the run description and the partitions, and open
+    metrics.jsonl with the records in `keep` (a resumed run's rounds so far)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG).write_text(yaml.safe_dump({**to_dict(cfg), "resolved": resolved.as_record()}, sort_keys=False))
+    (out / PARTITIONS).write_text(json.dumps(descriptions, indent=1))
+    writer = JsonlWriter(out / METRICS)
+    for record in keep:
+        writer.write(record)
+    return writer
+
+
+def read(out: Path) -> tuple[RunConfig, Resolved]:
+    """The config a run used and its run description."""
+    path = Path(out) / CONFIG
+    if not path.exists():
+        raise SfedloraError(f"{out} is not a run folder (no {CONFIG})")
+    raw = yaml.safe_load(path.read_text())
+    resolved = raw.pop("resolved", {})
+    return config_from_dict(raw), Resolved.from_record(resolved)
+
+
+def records(out: Path) -> list[dict[str, Any]]:
+    return read_jsonl(Path(out) / METRICS)
+
+
+def finished(out: Path) -> bool:
+    return (Path(out) / SUMMARY).exists()
+
+
+def summary(out: Path) -> dict[str, Any]:
+    if not finished(out):
+        raise SfedloraError(f"{out} has no {SUMMARY}: the run did not finish")
+    return json.loads((Path(out) / SUMMARY).read_text())
+
+
+def finish(out: Path, summary: dict[str, Any]) -> None:
+    """summary.json, last: from now on the folder is a finished run."""
+    (Path(out) / SUMMARY).write_text(json.dumps(summary, indent=1))
+
+
+def save_adapters(out: Path, states: list[dict[str, Any]], resolved: Resolved, merged: dict[str, Any]) -> None:
+    checkpoint.atomic_save({"states": states, "ranks": resolved.ranks, "gammas": resolved.gammas, "merged": merged,
+                            "targets": resolved.targets}, Path(out) / ADAPTERS)
+
+
+def load_adapters(out: Path) -> dict[str, Any]:
+    path = Path(out) / ADAPTERS
+    if not path.exists():
+        raise SfedloraError(f"{out} has no {ADAPTERS}: the run did not finish (resume it with --resume)")
+    return checkpoint.load_file(path)
+
+
+def save_server(out: Path, update: dict[str, Any], resolved: Resolved) -> None:
+    checkpoint.atomic_save({"update": update, "ranks": resolved.ranks, "gammas": resolved.gammas,
+                            "targets": resolved.targets}, Path(out) / SERVER)

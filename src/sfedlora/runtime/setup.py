@@ -1,0 +1,125 @@
+"""The one set-up every entry point uses: the config checked against the methods, the data drawn and split
+over clients, the base model loaded at the precision the device supports with the adapters injected, and
+each held client's examples encoded; with what set-up found recorded for the run description (Resolved).
+
+The in-process runner holds every client; a Flower node holds its own partition, drawn as the in-process
+runner draws all of them and kept in a cache (a deployment builds a node per message: the draw costs
+seconds, the read milliseconds). `bench` and `export` use the model part alone (load_base).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sfedlora.adapters.inject import inject_adapters
+from sfedlora.client.local import Encoded, encode
+from sfedlora.config import RunConfig, to_dict
+from sfedlora.data.partition import ClientData, describe, make_clients
+from sfedlora.data.sources import load_task
+from sfedlora.methods import FederatedMethod
+from sfedlora.runtime.models import load_model, model_path, revision
+from sfedlora.runtime.resolve import Resolved, check, resolve, resolve_device, resolve_precision
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Setup:
+    """What a process needs to run clients: the method, its clients' data and encoded examples, the model."""
+
+    cfg: RunConfig
+    method: FederatedMethod
+    task: str
+    label_names: list[str]
+    clients: dict[int, ClientData]  # the clients this process holds, by index
+    descriptions: dict[int, dict[str, Any]]  # per held client: sizes and its label / category histogram
+    model: Any
+    tok: Any
+    targets: list[str]
+    device: torch.device
+    precision: str
+    encoded: dict[int, Encoded] = field(default_factory=dict)
+
+    def found(self) -> dict[str, Any]:
+        """What set-up found, for the run description (Resolved)."""
+        path = model_path(self.cfg.model.name) if self.cfg.model.name not in ("tiny-bert", "tiny-llama") else ""
+        return {"task": self.task, "label_names": self.label_names, "targets": self.targets,
+                "model": self.cfg.model.name, "model_path": path, "revision": revision(self.cfg.model.name, self.model),
+                "device": str(self.device), "precision": self.precision}
+
+    def resolve(self) -> Resolved:
+        """The run description of an in-process run (every client held)."""
+        order = sorted(self.clients)
+        sizes = [{k: self.descriptions[c][k] for k in ("train", "val", "test")} for c in order]
+        r = resolve(self.cfg, self.method, [self.clients[c].n_train for c in order])
+        return replace(r, **self.found(), sizes=sizes)
+
+
+def _histogram_key(task: str, records: list[dict[str, Any]], cfg: RunConfig) -> str:
+    if task == "classification":
+        return "label"
+    return cfg.data.partition_by if cfg.data.partition_by in records[0] else cfg.data.category_field
+
+
+def load_clients(cfg: RunConfig, partitions: list[int] | None = None,
+                 cache: Path | None = None) -> tuple[str, list[str], dict[int, ClientData], dict[int, dict[str, Any]]]:
+    """(task, label names, clients, descriptions) for the given client indices (all by default). With a
+    cache folder, each client's share is kept there after the first draw and read back afterwards."""
+    wanted = list(range(cfg.fed.clients)) if partitions is None else list(partitions)
+    ident = json.dumps({"data": to_dict(cfg)["data"], "seed": cfg.seed, "clients": cfg.fed.clients}, sort_keys=True)
+    digest = hashlib.sha1(ident.encode()).hexdigest()[:16]
+    paths = {c: None if cache is None else cache / f"partition-{digest}-{c}.json" for c in wanted}
+    if all(p is not None and p.exists() for p in paths.values()):
+        saved = {c: json.loads(p.read_text()) for c, p in paths.items() if p is not None}
+        first = saved[wanted[0]]
+        return (first["task"], first["label_names"],
+                {c: ClientData(s["train"], s["val"], s["test"]) for c, s in saved.items()},
+                {c: s["description"] for c, s in saved.items()})
+    data = load_task(cfg.data, cfg.seed)
+    every = make_clients(data.records, cfg.fed.clients, cfg.data, cfg.seed)
+    key = _histogram_key(data.task, data.records, cfg)
+    clients = {c: every[c] for c in wanted}
+    descriptions = {c: describe([every[c]], key, data.label_names or None)[0] | {"client": c} for c in wanted}
+    for c, path in paths.items():
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps({"task": data.task, "label_names": data.label_names, "train": clients[c].train,
+                                       "val": clients[c].val, "test": clients[c].test,
+                                       "description": descriptions[c]}))
+            os.replace(tmp, path)
+    return data.task, data.label_names, clients, descriptions
+
+
+def load_base(cfg: RunConfig, task: str, n_labels: int, device: torch.device,
+              precision: str) -> tuple[Any, Any, list[str]]:
+    """The frozen base model at `precision` with stacked adapters (and a trainable head for classification)
+    on the configured targets, on `device`: (model, tokenizer, adapted module names)."""
+    model, tok = load_model(cfg.model.name, task, max(2, n_labels), DTYPES[precision])
+    targets = inject_adapters(model, cfg.lora.targets, cfg.lora.dropout, head=task == "classification")
+    model.to(device)
+    return model, tok, targets
+
+
+def setup(cfg: RunConfig, partitions: list[int] | None = None, cache: Path | None = None) -> Setup:
+    """Everything before the first round. Anything that can fail on user input fails here, before a run
+    folder exists."""
+    method = check(cfg)
+    torch.manual_seed(cfg.seed)  # the task head's initialisation, the same in every process
+    task, labels, clients, descriptions = load_clients(cfg, partitions, cache)
+    device = resolve_device(cfg.model.device)
+    precision = resolve_precision(cfg.model.precision, device)
+    if len(clients) == cfg.fed.clients:  # every client held: the rank assignment can be checked now
+        resolve(cfg, method, [clients[c].n_train for c in sorted(clients)])
+    model, tok, targets = load_base(cfg, task, len(labels), device, precision)
+    s = Setup(cfg=cfg, method=method, task=task, label_names=labels, clients=clients, descriptions=descriptions,
+              model=model, tok=tok, targets=targets, device=device, precision=precision)
+    s.encoded = {c: encode(d, task, tok, cfg, c) for c, d in clients.items()}
+    return s
