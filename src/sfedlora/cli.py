@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sfedlora.config import builtin_configs, config_path
 from sfedlora.errors import SfedloraError
-
-if TYPE_CHECKING:
-    from sfedlora.config import RunConfig
-    from sfedlora.flower.server import ServerSettings
 
 DATA_NAMES = ("multiemo", "vitaminc", "natural-instructions", "gsm-symbolic", "all")
 
@@ -74,94 +68,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_memory(args: argparse.Namespace) -> int:
-    import json
-
-    from sfedlora.bench.memory import WORKLOAD_CONFIGS, memory_account, memory_overrides, workload_config
-
-    if args.workload not in WORKLOAD_CONFIGS:
-        raise SfedloraError(f"--memory measures a real workload: {' or '.join(WORKLOAD_CONFIGS)}")
-    n = args.clients or 100
-    overrides = [*memory_overrides(n, args.rank, args.steps, args.batch, args.seq),
-                 f"model.precision={args.precision}", *args.set]
-    print(f"memory {args.workload}: N={n} clients, r={args.rank}, one round of K={args.steps} AdamW steps (state "
-          f"kept), {args.batch} x {args.seq} tokens per client step", flush=True)
-    r = memory_account(workload_config(args.workload), overrides, echo=lambda s: print(s, flush=True))
-    mb = lambda x: f"{x / 2**20:>9.1f} MiB"
-    g = r["groups"]
-    free = f", {g['free_bytes'] / 2**30:.1f} GiB free" if g["rule"] == "auto" else ""
-    print(f"device {r['device']}, precision {r['precision']}; groups of {g['train']} clients per training step "
-          f"({g['rule']}{free})")
-    t, pc = r["terms"], r["per_client"]
-    print(f"  base model, held once                          {mb(t['base_model'])}")
-    print(f"  {n} x adapter ({pc['adapter'] / 2**10:.1f} KiB each){'':<14}{mb(t['adapters'])}")
-    print(f"  {n} x optimizer state ({pc['optimizer_state'] / 2**10:.1f} KiB each){'':<6}{mb(t['optimizer_state'])}")
-    print(f"  one group's activations ({r['rows_per_group_step']} rows x {r['bytes_per_row'] / 2**20:.2f} MiB)"
-          f"{'':<4}{mb(t['group_activations'])}")
-    print(f"  predicted                                      {mb(r['predicted'])}")
-    print(f"measured: peak growth of this process            {mb(r['measured_growth'])}  "
-          f"(after set-up {r['after_setup'] / 2**20:.1f} MiB, round peak {r['round_peak'] / 2**20:.1f} MiB)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=1))
-    print(f"measured - predicted (data, tokenizer, runtime, allocator): {r['other'] / 2**20:.1f} MiB")
-    return 0
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from sfedlora.bench.peer import BenchConfig, run_bench
+    from sfedlora.bench import memory, peer
 
     if args.memory:
-        return cmd_bench_memory(args)
-    cfg = BenchConfig(workload=args.workload, clients=args.clients or 4, rank=args.rank, steps=args.steps,
-                      batch=args.batch, seq=args.seq, repeats=args.repeats, precision=args.precision)
-    print(f"bench {cfg.workload}: N={cfg.clients} clients, r={cfg.rank}, K={cfg.steps} steps, "
-          f"{cfg.batch} x {cfg.seq} tokens per client step, {cfg.repeats} timed rounds each", flush=True)
-    r = run_bench(cfg, echo=lambda s: print(s, flush=True))
-    print(f"device {r['device']}; (b) precision {r['precision_b']}; GEMM ceiling "
-          + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in r["ceiling_gflops"].items()))
-    labels = {"a_fp32": "(a) peer, fp32: sequential PEFT", "a_bf16": "(a) peer, bf16 base: sequential PEFT",
-              "b": f"(b) sfedlora batched, {r['precision_b']}"}
-    for name in r["seconds"]:
-        print(f"{labels[name]:<46} {r['tokens_per_s'][name]:>9.1f} tokens/s {r['gflops'][name]:>7.1f} GFLOP/s "
-              f"{r['seconds'][name]:>7.2f} s/round  peak RSS {r['peak_rss_gb'][name]:.2f} GB")
-    print(f"max |adapter (a) - adapter (b)| after one round, both {r['precision_b']}: {r['max_adapter_diff']:.3g}")
+        r = memory.measure(args.workload, args.clients or 100, args.rank, args.steps, args.batch, args.seq,
+                           args.precision, args.set, echo=_say)
+        lines = memory.report_lines(r)
+    else:
+        cfg = peer.BenchConfig(workload=args.workload, clients=args.clients or 4, rank=args.rank, steps=args.steps,
+                               batch=args.batch, seq=args.seq, repeats=args.repeats, precision=args.precision)
+        _say(peer.heading(cfg))
+        r = peer.run_bench(cfg, echo=_say)
+        lines = peer.report_lines(r)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1))
-    if r["precision_b"] != "fp32":
-        print(f"ratio b/a against the fp32 peer: {r['ratio_fp32_peer']:.2f}x (not a like-for-like comparison)")
-    print(f"ratio b/a at the same precision ({r['precision_b']}, tokens per second): {r['ratio_same_precision']:.2f}x")
+    print("\n".join(lines))
     return 0
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from sfedlora.methods import METHODS
+    from sfedlora.methods import describe
 
-    for name, cls in METHODS.items():
-        m = cls()
-        odd, even = ("/".join(sorted(m.trained(t) - {"head"})) for t in (1, 2))
-        trains = odd if odd == even else f"{odd} (odd rounds) / {even} (even rounds)"
-        print(f"{name:<13} scaling {cls.default_scaling:<7} trains {trains:<32} uploads "
-              f"{'/'.join(sorted(m.uploaded(1) - {'head'}))}")
-        print(f"{'':<13} {cls.citation}")
+    print("\n".join(describe()))
     return 0
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    from sfedlora.data import bigbench
+    from sfedlora.data.sources import prepare
 
-    names = list(bigbench.TASKS) + ["gsm-symbolic"] if args.name == "all" else [args.name]
-    wanted = tuple(n for n in names if n in bigbench.TASKS)
-    if wanted:
-        print(f"preparing {', '.join(wanted)} from the bigbench==1.0.0 sdist (one download, once)...", flush=True)
-        for task, n in bigbench.prepare(wanted).items():
-            print(f"  {task}: {n} examples -> {bigbench.jsonl_path(task)}")
-    if "gsm-symbolic" in names:
-        import reasoning_gym
-
-        reasoning_gym.create_dataset("gsm_symbolic", size=1, seed=0)
-        print("  gsm-symbolic: generated on demand by reasoning-gym (nothing to download)")
+    prepare(args.name, echo=_say)
     return 0
 
 
@@ -192,60 +130,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    import json
-
-    from sfedlora.tools.diagnose import DiagnoseConfig, plot, run_diagnose, slope_table
+    from sfedlora.tools.diagnose import DiagnoseConfig, run_diagnose, write
 
     cfg = DiagnoseConfig(width=args.width, rounds=args.rounds, steps=args.steps, lr=args.lr, seed=args.seed)
     if args.quick:
         cfg.ranks, cfg.clients, cfg.width = [4, 16, 64], [1, 4, 16], 128
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = run_diagnose(cfg)
-    table = slope_table(result)
-    (out / "diagnose.json").write_text(json.dumps(result, indent=1))
-    (out / "diagnose.md").write_text(table)
-    plot(result, out / "diagnose.png")
-    print(table)
-    print(f"written: {out}/diagnose.json, diagnose.md, diagnose.png")
+    print(write(run_diagnose(cfg), Path(args.out)))
+    print(f"written: {args.out}/diagnose.json, diagnose.md, diagnose.png")
     return 0
 
 
-def _flower_config(args: argparse.Namespace) -> tuple[str, list[str], RunConfig, ServerSettings, Path]:
-    """The config file, overrides, parsed config, server settings and run folder of a `flower` command;
-    everything that can be wrong with them is reported before any process starts."""
-    from sfedlora.config import load_config
-    from sfedlora.flower.server import FlowerRun, ServerSettings
-
-    items = list(args.items)
-    name = items.pop(0) if items and "=" not in items[0] else None
-    path = config_path(name)
-    cfg = load_config(path, items)
-    out = Path(args.out) if args.out else Path("runs") / f"flower-{cfg.fed.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out.exists() and any(p.name not in ("summary.json", "error.txt") for p in out.iterdir()):
-        raise SfedloraError(f"output folder {out} exists and is not empty; choose another --out")
-    settings = ServerSettings(round_timeout=args.round_timeout, node_wait=args.node_wait,
-                              dp_noise_multiplier=args.dp_noise_multiplier, dp_clipping_norm=args.dp_clipping_norm)
-    FlowerRun(cfg, out, settings, echo=lambda s: None)  # validates method, ranks and DP settings
-    return (str(path.resolve()) if path else ""), items, cfg, settings, out
-
-
-def _print_summary(summary: dict, out: Path) -> None:
-    last, best = summary["personal"]["last"], summary["personal"]["best"]
-    if last:
-        print(f"personal test {summary['metric']}: last round {last['round']} = {last['test']['weighted']:.4f}; "
-              f"best-on-val round {best['round']} = {best['test']['weighted']:.4f}")
-    print(f"results in {out}/ ({summary['wall_s']:.1f} s)")
-
-
-def _echo(line: str) -> None:
-    print(line, flush=True)
-
-
 def cmd_flower(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
+    from sfedlora.flower import require_flower
 
-    from sfedlora.flower import deploy
+    require_flower()
+    from sfedlora.flower import deploy, launch
+    from sfedlora.flower.server import ServerSettings
 
     state = Path(getattr(args, "state", "runs/flower-local"))
     if args.flower_command == "down":
@@ -257,23 +157,16 @@ def cmd_flower(args: argparse.Namespace) -> int:
         print(f"SuperLink on 127.0.0.1:{procs['port']} and {args.nodes} SuperNodes (pids in {state}/processes.json); "
               f"`sfedlora flower submit` runs on it, `sfedlora flower down` stops it")
         return 0
-    path, items, cfg, settings, out = _flower_config(args)
+    settings = ServerSettings(round_timeout=args.round_timeout, node_wait=args.node_wait,
+                              dp_noise_multiplier=args.dp_noise_multiplier, dp_clipping_norm=args.dp_clipping_norm)
+    run = launch.prepare(args.items, args.out, settings)
     if args.flower_command == "simulate":
-        from sfedlora.flower.simulate import simulate
-
-        summary = simulate(cfg, out, settings, args.cpus_per_client)
-        _print_summary(summary, out)
-        return 0
-    timeout = args.timeout or (cfg.fed.rounds + 2) * settings.round_timeout + settings.node_wait
-    run_settings = {k.replace("_", "-"): v for k, v in asdict(settings).items()}
-    if args.flower_command == "submit":
-        summary = deploy.submit(state, out, path, items, run_settings, timeout, echo=_echo)
+        summary = launch.simulate(run, args.cpus_per_client)
+    elif args.flower_command == "submit":
+        summary = launch.submit(run, state, args.timeout, echo=_say)
     else:
-        print(f"starting a local deployment: SuperLink on 127.0.0.1:{args.port}, {cfg.fed.clients} SuperNodes "
-              f"(logs in {state}/)", flush=True)
-        summary = deploy.run_local(cfg.fed.clients, state, out, path, items, run_settings, timeout, args.port,
-                                    echo=_echo)
-    _print_summary(summary, out)
+        summary = launch.run_local(run, state, args.port, args.timeout, echo=_say)
+    print("\n".join(launch.summary_lines(summary, run.out)))
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from sfedlora.adapters.inject import group_parameters
 from sfedlora.bench.peer import PeakRSS
 from sfedlora.config import config_path, load_config
+from sfedlora.errors import SfedloraError
 from sfedlora.runtime.grouping import SAFETY
 
 WORKLOAD_CONFIGS = {"minilm-l6": "default", "smollm2-135m": "smollm2-instruct"}  # built-in config names
@@ -123,3 +124,36 @@ def memory_account(config: Path | None, overrides: list[str], echo: Callable[[st
             "measured_growth": measured, "start": start, "after_setup": after_setup - start,
             "setup_peak": setup_peak - start, "round_peak": round_peak - start, "after_round": after_round - start,
             "other": measured - predicted}
+
+
+def report_lines(r: dict[str, Any]) -> list[str]:
+    """The account's terms against the measured peak, as `sfedlora bench --memory` prints them."""
+    n = r["clients"]
+    mb = lambda x: f"{x / 2**20:>9.1f} MiB"  # noqa: E731
+    g, t, pc = r["groups"], r["terms"], r["per_client"]
+    free = f", {g['free_bytes'] / 2**30:.1f} GiB free" if g["rule"] == "auto" else ""
+    return [
+        f"device {r['device']}, precision {r['precision']}; groups of {g['train']} clients per training step "
+        f"({g['rule']}{free})",
+        f"  base model, held once                          {mb(t['base_model'])}",
+        f"  {n} x adapter ({pc['adapter'] / 2**10:.1f} KiB each){'':<14}{mb(t['adapters'])}",
+        f"  {n} x optimizer state ({pc['optimizer_state'] / 2**10:.1f} KiB each){'':<6}{mb(t['optimizer_state'])}",
+        f"  one group's activations ({r['rows_per_group_step']} rows x {r['bytes_per_row'] / 2**20:.2f} MiB)"
+        f"{'':<4}{mb(t['group_activations'])}",
+        f"  predicted                                      {mb(r['predicted'])}",
+        f"measured: peak growth of this process            {mb(r['measured_growth'])}  "
+        f"(after set-up {r['after_setup'] / 2**20:.1f} MiB, round peak {r['round_peak'] / 2**20:.1f} MiB)",
+        f"measured - predicted (data, tokenizer, runtime, allocator): {r['other'] / 2**20:.1f} MiB",
+    ]
+
+
+def measure(workload: str, clients: int, rank: int, steps: int, batch: int, seq: int, precision: str,
+            extra: Sequence[str] = (), echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """One round of `clients` clients of a bench workload, accounted for (memory_account)."""
+    if workload not in WORKLOAD_CONFIGS:
+        raise SfedloraError(f"--memory measures a real workload: {' or '.join(WORKLOAD_CONFIGS)}")
+    echo(f"memory {workload}: N={clients} clients, r={rank}, one round of K={steps} AdamW steps (state kept), "
+         f"{batch} x {seq} tokens per client step")
+    overrides = [*memory_overrides(clients, rank, steps, batch, seq), f"model.precision={precision}", *extra]
+    return memory_account(workload_config(workload), overrides, echo=echo)
+

@@ -25,11 +25,13 @@ from typing import Any
 
 import torch
 
-from sfedlora.adapters.inject import init_adapter_state, inject_adapters, load_group, read_group
+from sfedlora.adapters.inject import init_adapter_state, load_group, read_group
 from sfedlora.client.optim import StackedOptimizer
 from sfedlora.client.train import train_group
-from sfedlora.config import TrainConfig
+from sfedlora.config import TrainConfig, load_config
 from sfedlora.runtime.models import load_model
+from sfedlora.runtime.resolve import resolve_device, resolve_precision
+from sfedlora.runtime.setup import DTYPES, load_base
 
 TARGETS = {"smollm2-135m": ["q_proj", "v_proj"], "minilm-l6": ["query", "value"],
            "tiny-llama": ["q_proj", "v_proj"], "tiny-bert": ["query", "value"]}  # tiny: tests and smoke runs
@@ -169,17 +171,14 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
     """Time the peer and sfedlora's engine on the same workload, alternating. The peer runs in fp32 (how
     peers are usually run) and, when (b) runs in bf16, also with its base in bf16 as a user of a bf16-fast
     device would load it: the same-precision ratio is the fair one, and the one reported last."""
-    from sfedlora.runtime.resolve import resolve_device, resolve_precision
-
     task = "classification" if cfg.workload in ("minilm-l6", "tiny-bert") else "instruction"
     device = resolve_device("auto")
     precision = resolve_precision(cfg.precision, device)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    dtype = DTYPES
     tcfg = TrainConfig(optimizer="adamw", lr=1e-3, grad_clip=None)
     torch.manual_seed(cfg.seed)
-    ours, tok = load_model(cfg.workload, task, 4, dtype[precision])
-    inject_adapters(ours, TARGETS[cfg.workload])
-    ours.to(device)
+    run_cfg = load_config(None, [f"model.name={cfg.workload}", f"lora.targets=[{','.join(TARGETS[cfg.workload])}]"])
+    ours, tok, _ = load_base(run_cfg, task, 4, device, precision, head=False)  # the set-up `sfedlora run` uses
     init = [init_adapter_state(ours, cfg.rank, torch.Generator().manual_seed(cfg.seed + c)) for c in range(cfg.clients)]
     batches = make_batches(cfg, len(tok), task)
     tokens = cfg.clients * cfg.steps * cfg.batch * cfg.seq
@@ -226,3 +225,26 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
             "peak_rss_gb": {k: v / 1e9 for k, v in peaks.items()},
             "max_adapter_diff": diff,  # (b) against the peer at (b)'s precision, after one round
             "ratio_same_precision": med[same] / med["b"], "ratio_fp32_peer": med["a_fp32"] / med["b"]}
+
+
+def report_lines(r: dict[str, Any]) -> list[str]:
+    """What `sfedlora bench` prints after the timing rounds; the same-precision ratio last."""
+    labels = {"a_fp32": "(a) peer, fp32: sequential PEFT", "a_bf16": "(a) peer, bf16 base: sequential PEFT",
+              "b": f"(b) sfedlora batched, {r['precision_b']}"}
+    lines = [f"device {r['device']}; (b) precision {r['precision_b']}; GEMM ceiling "
+             + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in r["ceiling_gflops"].items())]
+    lines += [f"{labels[n]:<46} {r['tokens_per_s'][n]:>9.1f} tokens/s {r['gflops'][n]:>7.1f} GFLOP/s "
+              f"{r['seconds'][n]:>7.2f} s/round  peak RSS {r['peak_rss_gb'][n]:.2f} GB" for n in r["seconds"]]
+    lines.append(f"max |adapter (a) - adapter (b)| after one round, both {r['precision_b']}: "
+                 f"{r['max_adapter_diff']:.3g}")
+    if r["precision_b"] != "fp32":
+        lines.append(f"ratio b/a against the fp32 peer: {r['ratio_fp32_peer']:.2f}x (not a like-for-like comparison)")
+    lines.append(f"ratio b/a at the same precision ({r['precision_b']}, tokens per second): "
+                 f"{r['ratio_same_precision']:.2f}x")
+    return lines
+
+
+def heading(cfg: BenchConfig) -> str:
+    return (f"bench {cfg.workload}: N={cfg.clients} clients, r={cfg.rank}, K={cfg.steps} steps, "
+            f"{cfg.batch} x {cfg.seq} tokens per client step, {cfg.repeats} timed rounds each")
+

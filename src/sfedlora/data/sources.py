@@ -13,6 +13,7 @@ optional), with the field names given in the config.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,19 @@ def _encode_labels(rows: list[dict[str, Any]], keep: list[str] | None,
     if len(names) < 2:
         raise SfedloraError(f"classification needs at least 2 labels, {source!r} has {names}")
     return out, names
+
+
+def prepare(name: str, echo: Callable[[str], None] = print) -> None:
+    """Fetch and cache an offline data set ahead of time (`all`: every one)."""
+    names = [*bigbench.TASKS, "gsm-symbolic"] if name == "all" else [name]
+    wanted = tuple(n for n in names if n in bigbench.TASKS)
+    if wanted:
+        echo(f"preparing {', '.join(wanted)} from the bigbench==1.0.0 sdist (one download, once)...")
+        for task, n in bigbench.prepare(wanted).items():
+            echo(f"  {task}: {n} examples -> {bigbench.jsonl_path(task)}")
+    if "gsm-symbolic" in names:
+        import reasoning_gym
+
+        reasoning_gym.create_dataset("gsm_symbolic", size=1, seed=0)
+        echo("  gsm-symbolic: generated on demand by reasoning-gym (nothing to download)")
+

@@ -23,12 +23,12 @@ from typing import Any
 
 from sfedlora.config import RunConfig, to_dict
 from sfedlora.core.metrics import PRIMARY, personal
-from sfedlora.core.state import State, payload_bytes
+from sfedlora.core.state import payload_bytes
 from sfedlora.errors import SfedloraError
+from sfedlora.flower.registry import register
 from sfedlora.flower.strategy import MethodStrategy
 from sfedlora.flower.wire import (
     check_upload,
-    consensus,
     expected_upload,
     from_record,
     parse_eval,
@@ -80,68 +80,14 @@ class FlowerRun:
         self.key = run_key(self.out_dir)
 
     # ---- registration -------------------------------------------------------------------------------
-    def _wait_for_nodes(self, grid: Any) -> list[int]:
-        deadline = time.monotonic() + self.settings.node_wait
-        while True:
-            nodes = sorted(grid.get_node_ids())
-            if len(nodes) >= self.cfg.fed.clients or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        if len(nodes) < self.cfg.fed.clients:
-            raise SfedloraError(f"{len(nodes)} of the {self.cfg.fed.clients} nodes (fed.clients) connected within "
-                                f"{self.settings.node_wait:.0f} s")
-        return nodes
-
     def _register(self, grid: Any) -> None:
-        from flwr.app import ConfigRecord, Message, RecordDict
-
-        nodes = self._wait_for_nodes(grid)
-        initial_rank = self.cfg.lora.rank if self.settings.dp_clipping_norm > 0 else 0
-        conf = ConfigRecord({"run": self.cfg_json, "initial_rank": initial_rank})
-        messages = [Message(RecordDict({"config": conf}), dst_node_id=n, message_type="query") for n in nodes]
-        replies = list(grid.send_and_receive(messages, timeout=self.settings.round_timeout))
-        infos: dict[int, dict[str, Any]] = {}
-        for r in replies:
-            nid = r.metadata.src_node_id
-            if r.has_error():
-                self.echo(f"  node {nid} failed to register: {r.error.reason}")
-                continue
-            try:
-                info = dict(r.content["info"])
-                info["partition"], info["n_train"] = int(info["partition"]), int(info["n_train"])
-                infos[nid] = info
-            except (KeyError, TypeError, ValueError) as exc:
-                self.echo(f"  node {nid} sent a malformed registration ({exc}); ignored")
-        agreed, odd = consensus([str(i["schema"]) for i in infos.values()]) if infos else ("{}", [])
-        for pos in odd:
-            nid = list(infos)[pos]
-            self.echo(f"  node {nid} (partition {infos[nid]['partition']}) reports different adapter shapes; ignored")
-        infos = {n: i for pos, (n, i) in enumerate(infos.items()) if pos not in odd}
-        self.node_of: dict[int, int] = {}
-        for nid, info in sorted(infos.items()):
-            p = info["partition"]
-            if p in self.node_of:
-                self.echo(f"  node {nid} claims partition {p}, already taken by node {self.node_of[p]}; ignored")
-                continue
-            self.node_of[p] = nid
-        missing = [p for p in range(self.cfg.fed.clients) if p not in self.node_of]
-        if missing:
-            raise SfedloraError(f"no usable node holds partition(s) {missing}: start one SuperNode per partition "
-                                f"with --node-config 'partition-id=<i> num-partitions={self.cfg.fed.clients}'")
-        self.partition_of = {n: p for p, n in self.node_of.items()}
-        self.infos = {p: infos[self.node_of[p]] for p in self.node_of}
-        self.schema = json.loads(agreed)
-        self.sizes = [self.infos[p]["n_train"] for p in range(self.cfg.fed.clients)]
+        reg = register(grid, self.cfg.fed.clients, self.cfg_json, self.settings.node_wait, self.settings.round_timeout,
+                       self.cfg.lora.rank if self.settings.dp_clipping_norm > 0 else 0, self.echo)
+        self.node_of, self.partition_of, self.infos = reg.node_of, reg.partition_of, reg.infos
+        self.schema, self.initial = reg.schema, reg.initial
+        self.sizes = [int(self.infos[p]["n_train"]) for p in range(self.cfg.fed.clients)]
         self.descriptions = [json.loads(str(self.infos[p]["description"])) | {"client": p}
                              for p in range(self.cfg.fed.clients)]
-        self.initial: State = {}
-        if initial_rank:
-            initials = [r for r in replies if not r.has_error() and "initial" in r.content
-                        and r.metadata.src_node_id in self.node_of.values()]
-            digests = [hashlib.sha1(b"".join(a.data for a in r.content["initial"].values())).hexdigest()
-                       for r in initials]
-            agreed_init, _ = consensus(digests)
-            self.initial = from_record(initials[digests.index(agreed_init)].content["initial"])
 
     def _describe(self) -> Resolved:
         """The run description: the method's resolution from the registered sizes, and what the nodes found at

@@ -33,5 +33,19 @@ def names(having: Callable[[type[FederatedMethod]], bool]) -> list[str]:
     return [name for name, cls in METHODS.items() if having(cls)]
 
 
-__all__ = ["FederatedMethod", "METHODS", "get_method", "names", "FedIT", "FFALoRA", "FedSALoRA", "FedSArsLoRA",
+def describe() -> list[str]:
+    """Every method: its scaling rule, what it trains and uploads, and its paper (`sfedlora methods`)."""
+    lines = []
+    for name, cls in METHODS.items():
+        m = cls()
+        odd, even = ("/".join(sorted(m.trained(t) - {"head"})) for t in (1, 2))
+        trains = odd if odd == even else f"{odd} (odd rounds) / {even} (even rounds)"
+        lines.append(f"{name:<13} scaling {cls.default_scaling:<7} trains {trains:<32} uploads "
+                     f"{'/'.join(sorted(m.uploaded(1) - {'head'}))}")
+        lines.append(f"{'':<13} {cls.citation}")
+    return lines
+
+
+__all__ = ["FederatedMethod", "describe", "METHODS", "get_method", "names", "FedIT", "FFALoRA", "FedSALoRA",
+           "FedSArsLoRA",
            "SFedLoRA", "RoLoRA", "HetLoRA", "RaFLoRA", "FLoRA", "FlexLoRA"]

@@ -98,12 +98,13 @@ def load_clients(cfg: RunConfig, partitions: list[int] | None = None,
     return data.task, data.label_names, clients, descriptions
 
 
-def load_base(cfg: RunConfig, task: str, n_labels: int, device: torch.device,
-              precision: str) -> tuple[Any, Any, list[str]]:
-    """The frozen base model at `precision` with stacked adapters (and a trainable head for classification)
-    on the configured targets, on `device`: (model, tokenizer, adapted module names)."""
+def load_base(cfg: RunConfig, task: str, n_labels: int, device: torch.device, precision: str,
+              head: bool | None = None) -> tuple[Any, Any, list[str]]:
+    """The frozen base model at `precision` with stacked adapters (and, for classification unless `head` is
+    False, a trainable head) on the configured targets, on `device`: (model, tokenizer, adapted modules)."""
     model, tok = load_model(cfg.model.name, task, max(2, n_labels), DTYPES[precision])
-    targets = inject_adapters(model, cfg.lora.targets, cfg.lora.dropout, head=task == "classification")
+    head = task == "classification" if head is None else head
+    targets = inject_adapters(model, cfg.lora.targets, cfg.lora.dropout, head=head)
     model.to(device)
     return model, tok, targets
 

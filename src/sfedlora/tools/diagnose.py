@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -144,3 +145,16 @@ def plot(result: dict[str, Any], path: Any) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write(result: dict[str, Any], out: Path) -> str:
+    """diagnose.json, diagnose.md (the slope table, also returned) and diagnose.png in `out`."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    table = slope_table(result)
+    (out / "diagnose.json").write_text(json.dumps(result, indent=1))
+    (out / "diagnose.md").write_text(table)
+    plot(result, out / "diagnose.png")
+    return table
+

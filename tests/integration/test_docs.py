@@ -8,7 +8,7 @@ from pathlib import Path
 
 import sfedlora
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def python_blocks(path: Path) -> list[str]:

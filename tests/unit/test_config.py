@@ -64,7 +64,7 @@ def test_the_generated_reference_is_current():
 
     from sfedlora.config.reference import reference
 
-    docs = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    docs = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
     assert docs.read_text() == reference(), "docs/configuration.md is stale"
 
 

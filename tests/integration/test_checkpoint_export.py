@@ -28,6 +28,7 @@ BASE = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classificatio
         "eval.max_examples=8"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(sentiment_file, tmp_path):
     args = [f"data.source={sentiment_file}", *BASE, "fed.rounds=8", "fed.local_steps=25", "train.optimizer_state=keep"]
     straight = tmp_path / "straight"

@@ -18,6 +18,7 @@ TINY = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classificatio
         "train.batch_size=4", "eval.batch_size=16", "lora.rank=4"]
 
 
+@pytest.mark.slow
 def test_run_end_to_end_through_the_cli(sentiment_file: Path, tmp_path: Path):
     out = tmp_path / "run"
     proc = subprocess.run(

@@ -1,15 +1,12 @@
 """Prompt formats: Alpaca with its `### Input:` section when a record has an input (the Alpaca presets
-dropped it: "Summarize the following text" arrived without the text), the tokenizer's chat template, the
-loss on response tokens only, and the format recorded in the run and beside the export."""
+dropped it), the tokenizer's chat template, and the loss on response tokens only."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-import yaml
 
-from sfedlora.cli import main
 from sfedlora.config import load_config
 from sfedlora.data.batching import IGNORE, encode_lm
 from sfedlora.data.prompts import ALPACA_INPUT, ALPACA_NO_INPUT
@@ -74,19 +71,3 @@ def test_chat_template_needs_a_tokenizer_that_has_one(tok, monkeypatch):
         encode_lm([{"prompt": "x", "response": "y"}], tok, max_length=32, template="chat")
     with pytest.raises(SfedloraError, match="data.template must be one of"):
         load_config(None, ["data.template=vicuna"])
-
-
-@pytest.mark.parametrize("template", ["alpaca", "chat"])
-def test_template_is_recorded_in_the_run_and_the_export(template, alpaca_file, tmp_path):
-    out = tmp_path / "run"
-    assert main(["run", f"data.source={alpaca_file}", "data.task=instruction", "data.prompt_field=instruction",
-                 "data.response_field=output", "model.name=tiny-llama", "model.precision=fp32", "data.partition=iid",
-                 "fed.clients=2", "fed.rounds=1", "fed.local_steps=1", "train.batch_size=2", "lora.rank=2",
-                 "eval.max_examples=2", f"data.template={template}", "--out", str(out), "--quiet"]) == 0
-    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["template"] == template
-    assert main(["export", str(out), "--client", "0", "--out", str(tmp_path / "exp")]) == 0
-    for folder in ("adapter", "merged"):
-        info = json.loads((tmp_path / "exp" / folder / "sfedlora.json").read_text())
-        assert info["prompt_format"]["template"] == template and info["method"] == "sfed-lora"
-    if template == "alpaca":
-        assert info["prompt_format"]["prompt_input"] == ALPACA_INPUT

@@ -1,0 +1,82 @@
+"""What the `sfedlora flower ...` commands do, as functions: check a run before any process starts, then
+run it in Flower's simulation engine, on a local deployment started for it, or on one already running."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sfedlora.config import RunConfig, config_path, load_config
+from sfedlora.errors import SfedloraError
+from sfedlora.flower.server import FlowerRun, ServerSettings
+
+
+@dataclass
+class Launch:
+    """A checked Flower run: the config file (for the ServerApp), the overrides, the parsed config, the
+    server settings and the run folder."""
+
+    config: str
+    overrides: list[str]
+    cfg: RunConfig
+    settings: ServerSettings
+    out: Path
+
+    def timeout(self, given: float = 0.0) -> float:
+        """How long to wait for the whole run: `given`, or (rounds + 2) x round timeout + node wait."""
+        return given or (self.cfg.fed.rounds + 2) * self.settings.round_timeout + self.settings.node_wait
+
+    def run_settings(self) -> dict[str, Any]:
+        return {k.replace("_", "-"): v for k, v in asdict(self.settings).items()}
+
+
+def prepare(items: Sequence[str], out: str | Path | None, settings: ServerSettings) -> Launch:
+    """[CONFIG] key=value items as `sfedlora run` takes them; everything that can be wrong with them (config,
+    method, ranks, DP settings, a used run folder) is reported here, before any process starts."""
+    items = list(items)
+    name = items.pop(0) if items and "=" not in items[0] else None
+    path = config_path(name)
+    cfg = load_config(path, items)
+    folder = Path(out) if out else Path("runs") / f"flower-{cfg.fed.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if folder.exists() and any(p.name not in ("summary.json", "error.txt") for p in folder.iterdir()):
+        raise SfedloraError(f"output folder {folder} exists and is not empty; choose another --out")
+    FlowerRun(cfg, folder, settings, echo=lambda s: None)  # validates method, ranks and DP settings
+    return Launch(str(path.resolve()) if path else "", items, cfg, settings, folder)
+
+
+def simulate(launch: Launch, cpus_per_client: float = 1.0) -> dict[str, Any]:
+    from sfedlora.flower.simulate import simulate as run
+
+    return run(launch.cfg, launch.out, launch.settings, cpus_per_client)
+
+
+def run_local(launch: Launch, state: Path, port: int, timeout: float = 0.0,
+              echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Start a SuperLink and one SuperNode per client on 127.0.0.1, run, stop them."""
+    from sfedlora.flower import deploy
+
+    echo(f"starting a local deployment: SuperLink on 127.0.0.1:{port}, {launch.cfg.fed.clients} SuperNodes "
+         f"(logs in {state}/)")
+    return deploy.run_local(launch.cfg.fed.clients, state, launch.out, launch.config, launch.overrides,
+                            launch.run_settings(), launch.timeout(timeout), port, echo=echo)
+
+
+def submit(launch: Launch, state: Path, timeout: float = 0.0, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run on a deployment started with `sfedlora flower up`."""
+    from sfedlora.flower import deploy
+
+    return deploy.submit(state, launch.out, launch.config, launch.overrides, launch.run_settings(),
+                         launch.timeout(timeout), echo=echo)
+
+
+def summary_lines(summary: dict[str, Any], out: Path) -> list[str]:
+    last, best = summary["personal"]["last"], summary["personal"]["best"]
+    lines = []
+    if last:
+        lines.append(f"personal test {summary['metric']}: last round {last['round']} = "
+                     f"{last['test']['weighted']:.4f}; best-on-val round {best['round']} = "
+                     f"{best['test']['weighted']:.4f}")
+    return [*lines, f"results in {out}/ ({summary['wall_s']:.1f} s)"]
