@@ -60,3 +60,19 @@ class LocalGrid(Grid):
             if reply is not None:
                 replies.append(reply)
         return replies
+
+
+def node_state(node_root, out, partition: int) -> dict:
+    """The final adapters a node kept for the run in `out` (under its run key, from its config.yaml)."""
+    import yaml
+
+    from sfedlora.flower.node import Node
+    from sfedlora.runtime import statefile
+
+    key = yaml.safe_load((out / "config.yaml").read_text())["resolved"]["run_key"]
+    return statefile.load(Node.file(node_root, key, partition))["adapters"]
+
+
+def node_states(node_root, out, n: int) -> list:
+    return [node_state(node_root, out, p) for p in range(n)]
+

@@ -3,15 +3,12 @@ simulation engine, each against the in-process runner."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from flower_grid import node_state, node_states
 
 from sfedlora.config import load_config
 from sfedlora.flower import deploy
-from sfedlora.flower.node import Node
-from sfedlora.flower.server import run_key
 from sfedlora.simulation import Simulation
 
 TINY = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
@@ -21,11 +18,6 @@ TINY = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classificatio
 
 def tiny(sentiment_file, clients=3, *extra):
     return load_config(None, [f"data.source={sentiment_file}", *TINY, f"fed.clients={clients}", *extra])
-
-
-def node_states(node_root: Path, out: Path, n: int) -> list[dict[str, torch.Tensor]]:
-    key = run_key(out)
-    return [torch.load(Node.file(node_root, key, p), weights_only=False)["adapters"] for p in range(n)]
 
 
 @pytest.mark.slow
@@ -45,9 +37,8 @@ def test_local_deployment_matches_in_process_runner(sentiment_file, tmp_path):
     assert summary["engine"] == "flower" and summary["rounds"] == 2
     sim = Simulation(load_config(None, overrides), tmp_path / "inproc", echo=lambda s: None, progress=False)
     sim.run()
-    key = run_key(out)
     for p in range(2):
-        node = torch.load(Node.file(state / f"node-{p}", key, p), weights_only=False)["adapters"]
+        node = node_state(state / f"node-{p}", out, p)
         for k in node:
             torch.testing.assert_close(node[k], sim.states[p][k], rtol=1e-5, atol=1e-6)
 

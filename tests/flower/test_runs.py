@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from flower_grid import LocalGrid
+from flower_grid import LocalGrid, node_states
 from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
 
 from sfedlora.config import load_config
 from sfedlora.errors import SfedloraError
 from sfedlora.flower.client_app import app as client_app
-from sfedlora.flower.node import Node
-from sfedlora.flower.server import FlowerRun, ServerSettings, run_key
+from sfedlora.flower.server import FlowerRun, ServerSettings
 from sfedlora.simulation import Simulation
 
 TINY = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
@@ -30,11 +29,6 @@ STATS = json.dumps({"loss": 1.0, "grad_norm_A": 0.1, "grad_norm_B": 0.2, "out_me
 
 def tiny(sentiment_file, clients=3, *extra):
     return load_config(None, [f"data.source={sentiment_file}", *TINY, f"fed.clients={clients}", *extra])
-
-
-def node_states(node_root: Path, out: Path, n: int) -> list[dict[str, torch.Tensor]]:
-    key = run_key(out)
-    return [torch.load(Node.file(node_root, key, p), weights_only=False)["adapters"] for p in range(n)]
 
 
 def run_both_and_compare_adapters(cfg, tmp_path) -> Path:

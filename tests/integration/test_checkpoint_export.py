@@ -20,6 +20,7 @@ from sfedlora.cli import main
 from sfedlora.config import load_config
 from sfedlora.core.scaling import scaling
 from sfedlora.errors import SfedloraError
+from sfedlora.runtime import rundir
 from sfedlora.simulation import Simulation
 from sfedlora.tools.export import build_peft_model, peft_alpha
 
@@ -49,10 +50,10 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(sentiment_file, tmp_pa
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (killed / "summary.json").exists() and (killed / "checkpoint.pt").exists()
+    assert not (killed / "summary.json").exists() and (killed / "checkpoint.safetensors").exists()
     assert main(["run", "--resume", str(killed), "--quiet"]) == 0
-    a = torch.load(straight / "adapters.pt", weights_only=False)["states"]
-    b = torch.load(killed / "adapters.pt", weights_only=False)["states"]
+    a = rundir.load_adapters(straight)["states"]
+    b = rundir.load_adapters(killed)["states"]
     for sa, sb in zip(a, b):
         for k in sa:
             assert torch.equal(sa[k], sb[k]), k

@@ -59,8 +59,8 @@ def _blob(value: Any) -> bytes:
 
 def _load_state(node: Node, context: Context, conf: dict[str, Any]) -> dict[str, Any]:
     """context.state first; after a SuperNode restart, the node directory; else fresh adapters."""
-    if "adapters" in context.state and "client" in context.state:
-        return node.unpack(from_record(context.state["adapters"]), _blob(context.state["client"]["extra"]))
+    if "client" in context.state:
+        return node.unpack(_blob(context.state["client"]["state"]))
     saved = node.load_file(Node.file(node_dir(context.node_config), str(conf["run_key"]), node.partition))
     return saved if saved is not None else node.fresh(str(conf["init"]), json.loads(str(conf["ranks"])))
 
@@ -71,9 +71,14 @@ def _step(msg: Message, context: Context) -> Message:
     update = from_record(msg.content["update"]) if "update" in msg.content else {}
     gamma = float(json.loads(str(conf["gammas"]))[node.partition])
     state, reply = node.step(state, update, int(conf["round"]), gamma, bool(conf["evaluate"]), bool(conf["train"]))
-    context.state["adapters"] = to_record(state["adapters"])
-    context.state["client"] = ConfigRecord({"extra": node.pack(state)})
-    node.save_file(Node.file(node_dir(context.node_config), str(conf["run_key"]), node.partition), state)
+    path = Node.file(node_dir(context.node_config), str(conf["run_key"]), node.partition)
+    if msg.metadata.message_type == "evaluate":  # the run's last message: keep the model, drop the working state
+        node.keep_result(path, state)
+        if "client" in context.state:
+            del context.state["client"]
+    else:
+        context.state["client"] = ConfigRecord({"state": node.pack(state)})
+        node.save_file(path, state)
     content = RecordDict({"metrics": MetricRecord({"num-examples": node.data.n_train, "setup_s": node.setup_s,
                                                    "train_s": reply["train_s"], "eval_s": reply["eval_s"]})})
     fields: dict[str, Any] = {}

@@ -2,7 +2,7 @@
 
 The state a client keeps between rounds (its adapters, including the private factors the method never
 uploads, optimizer state, data order) lives in `context.state` and is also written to
-`<node-dir>/<run-key>/client-<partition>.pt` after every message, so a restarted SuperNode continues
+`<node-dir>/<run-key>/client-<partition>.safetensors` after every message, so a restarted SuperNode continues
 from the file. A process keeps its Node across messages (the simulation engine reuses workers); a
 deployment starts one process per message, so a Node is built per message there: data, tokenizer and
 model come from caches, nothing is converted again.
@@ -10,9 +10,9 @@ model come from caches, nothing is converted again.
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,12 @@ from sfedlora.config import RunConfig
 from sfedlora.data.cache import cache_dir
 from sfedlora.errors import SfedloraError
 from sfedlora.flower.wire import schema_of
-from sfedlora.runtime import checkpoint
+from sfedlora.runtime import statefile
 from sfedlora.runtime.protocol import non_finite
 from sfedlora.runtime.setup import setup
 
 State = dict[str, torch.Tensor]
+RUN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a run key from the server becomes a folder name: nothing else
 
 
 def node_dir(node_config: Any) -> Path:
@@ -67,33 +68,38 @@ class Node:
 
     @staticmethod
     def file(directory: Path, run_key: str, partition: int) -> Path:
-        return directory / run_key / f"client-{partition}.pt"
+        if not RUN_KEY.fullmatch(run_key):
+            raise ValueError(f"run key {run_key[:80]!r} is not a plain identifier; refusing to build a path from it")
+        return directory / run_key / f"client-{partition}.safetensors"
 
     @staticmethod
     def pack(state: dict[str, Any]) -> bytes:
+        """The client's whole state as a state file's bytes (runtime.statefile: no pickle, checksummed)."""
         sm = state["sampler"]
-        buf = io.BytesIO()
-        torch.save({"opt": state["opt"], "sampler": (sm.rng.getstate(), sm.order, sm.pos, sm.epoch),
-                    "round": state["round"]}, buf)
-        return buf.getvalue()
+        return statefile.dumps({"adapters": state["adapters"], "opt": state["opt"], "round": state["round"],
+                                "sampler": [sm.rng.getstate(), sm.order, sm.pos, sm.epoch]})
 
-    def unpack(self, adapters: State, blob: bytes) -> dict[str, Any]:
-        extra = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+    def unpack(self, blob: bytes) -> dict[str, Any]:
+        saved = statefile.loads(blob)
         sm = client.sampler(self.cfg, self.partition, self.data.n_train)
-        rng_state, sm.order, sm.pos, sm.epoch = extra["sampler"]
+        rng_state, sm.order, sm.pos, sm.epoch = saved["sampler"]
         sm.rng.setstate(rng_state)
-        return {"adapters": adapters, "opt": extra["opt"], "sampler": sm, "round": extra["round"]}
+        return {"adapters": saved["adapters"], "opt": saved["opt"], "sampler": sm, "round": saved["round"]}
 
     def save_file(self, path: Path, state: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_save({"adapters": state["adapters"], "extra": self.pack(state),
-                                "targets": self.targets}, path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(self.pack(state))
+        os.replace(tmp, path)
 
     def load_file(self, path: Path) -> dict[str, Any] | None:
-        if not path.exists():
-            return None
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        return self.unpack(saved["adapters"], saved["extra"])
+        return self.unpack(path.read_bytes()) if path.exists() else None
+
+    @staticmethod
+    def keep_result(path: Path, state: dict[str, Any]) -> None:
+        """At the end of a run the node keeps its client's final adapters (its model) and drops the rest of its
+        working state (optimizer state, data order)."""
+        statefile.save(path, {"adapters": state["adapters"], "round": state["round"]})
 
     # ---- what a message asks for --------------------------------------------------------------------
     def step(self, state: dict[str, Any], update: State, rnd: int, gamma: float, evaluate: bool,

@@ -13,9 +13,9 @@ the round; the run stops clearly only when fewer than fed.min_clients accepted u
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,11 +49,6 @@ class ServerSettings:
     dp_clipping_norm: float = 0.0
 
 
-def run_key(out_dir: Path) -> str:
-    """The name under which nodes keep this run's client state: stable for a run folder."""
-    return hashlib.sha1(str(Path(out_dir).resolve()).encode()).hexdigest()[:12]
-
-
 class FlowerRun:
     def __init__(self, cfg: RunConfig, out_dir: Path, settings: ServerSettings | None = None,
                  echo: Callable[[str], None] = print) -> None:
@@ -77,7 +72,7 @@ class FlowerRun:
         if s.dp_noise_multiplier < 0:
             raise SfedloraError("dp noise multiplier must be >= 0")
         self.cfg_json = json.dumps(to_dict(cfg), sort_keys=True)
-        self.key = run_key(self.out_dir)
+        self.key = uuid.uuid4().hex  # nodes keep this run's client state under it: no run sees another's
 
     # ---- registration -------------------------------------------------------------------------------
     def _register(self, grid: Any) -> None:

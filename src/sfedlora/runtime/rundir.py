@@ -3,10 +3,11 @@
   config.yaml      the full config, plus `resolved`: the run description (runtime.resolve.Resolved)
   partitions.json  per client: train / val / test sizes and its label or category histogram
   metrics.jsonl    one record per round (runtime.records), appended as rounds finish
-  checkpoint.pt    what --resume continues from (in-process runs; runtime.checkpoint)
-  adapters.pt      every client's final adapters (in-process runs; what export reads)
-  server.pt        the server's last aggregate (Flower runs: the clients' adapters stay on their nodes)
+  checkpoint.safetensors (and .prev)  what --resume continues from (in-process runs; runtime.checkpoint)
+  adapters.safetensors   every client's final adapters (in-process runs; what export reads)
+  server.safetensors     the server's last aggregate (Flower runs: the clients' adapters stay on their nodes)
   summary.json     written last: a folder without it is unfinished
+State files are safetensors with a JSON skeleton and a checksum (runtime.statefile): no pickle anywhere.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import yaml
 
 from sfedlora.config import RunConfig, config_from_dict, to_dict
 from sfedlora.errors import SfedloraError
-from sfedlora.runtime import checkpoint
+from sfedlora.runtime import statefile
 from sfedlora.runtime.records import JsonlWriter, read_jsonl
 from sfedlora.runtime.resolve import Resolved
 
 CONFIG, PARTITIONS, METRICS, SUMMARY = "config.yaml", "partitions.json", "metrics.jsonl", "summary.json"
-ADAPTERS, SERVER = "adapters.pt", "server.pt"
+ADAPTERS, SERVER = "adapters.safetensors", "server.safetensors"
 
 
 def start(out: Path, cfg: RunConfig, resolved: Resolved, descriptions: list[dict[str, Any]],
@@ -71,17 +72,20 @@ def finish(out: Path, summary: dict[str, Any]) -> None:
 
 
 def save_adapters(out: Path, states: list[dict[str, Any]], resolved: Resolved, merged: dict[str, Any]) -> None:
-    checkpoint.atomic_save({"states": states, "ranks": resolved.ranks, "gammas": resolved.gammas, "merged": merged,
-                            "targets": resolved.targets}, Path(out) / ADAPTERS)
+    statefile.save(Path(out) / ADAPTERS, {"states": states, "ranks": resolved.ranks, "gammas": resolved.gammas,
+                                          "merged": merged, "targets": resolved.targets})
 
 
 def load_adapters(out: Path) -> dict[str, Any]:
     path = Path(out) / ADAPTERS
     if not path.exists():
+        if (Path(out) / "adapters.pt").exists():
+            raise SfedloraError(f"{out}/adapters.pt is in the old pickle format, which sfedlora no longer reads "
+                                "(loading a pickle can run code)")
         raise SfedloraError(f"{out} has no {ADAPTERS}: the run did not finish (resume it with --resume)")
-    return checkpoint.load_file(path)
+    return statefile.load(path)
 
 
 def save_server(out: Path, update: dict[str, Any], resolved: Resolved) -> None:
-    checkpoint.atomic_save({"update": update, "ranks": resolved.ranks, "gammas": resolved.gammas,
-                            "targets": resolved.targets}, Path(out) / SERVER)
+    statefile.save(Path(out) / SERVER, {"update": update, "ranks": resolved.ranks, "gammas": resolved.gammas,
+                                        "targets": resolved.targets})
