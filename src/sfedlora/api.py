@@ -17,7 +17,7 @@ from typing import Any
 
 from sfedlora.config import RunConfig, config_path, load_config
 from sfedlora.errors import SfedloraError
-from sfedlora.runtime import rundir
+from sfedlora.runtime import lock, rundir
 from sfedlora.runtime.resolve import Resolved
 
 
@@ -62,9 +62,10 @@ def run(config: str | Path | RunConfig | None = None, overrides: Sequence[str] =
 
     cfg = _config(config, overrides)
     folder = Path(out) if out is not None else default_out(cfg)
-    if folder.exists() and any(folder.iterdir()):
-        raise SfedloraError(f"output folder {folder} exists and is not empty; choose another")
-    Simulation(cfg, folder, echo=echo or (lambda s: None), progress=progress).run()
+    with lock.hold(folder):  # one writer per run folder, from the check to the summary
+        if rundir.occupied(folder):
+            raise SfedloraError(f"output folder {folder} exists and is not empty; choose another")
+        Simulation(cfg, folder, echo=echo or (lambda s: None), progress=progress).run()
     return load_run(folder)
 
 
@@ -74,10 +75,16 @@ def resume(path: str | Path, progress: bool = False, echo: Callable[[str], None]
     from sfedlora.simulation import Simulation
 
     folder = Path(path)
-    cfg, resolved = rundir.read(folder)
-    if resolved.engine != "simulation":
-        raise SfedloraError(f"{folder} is a {resolved.engine} run: resume it with the runner that made it")
-    Simulation(cfg, folder, echo=echo or (lambda s: None), progress=progress, resolved=resolved).run(resume=True)
+    if not folder.is_dir():
+        raise SfedloraError(f"{folder} is not a run folder")
+    with lock.hold(folder):  # a run still going cannot be resumed under it
+        cfg, resolved = rundir.read(folder)
+        if resolved.engine != "simulation":
+            raise SfedloraError(f"{folder} is a {resolved.engine} run: the in-process runner cannot resume it (a "
+                                "Flower run continues through its nodes' saved state when a SuperNode restarts)")
+        if rundir.finished(folder):
+            raise SfedloraError(f"{folder} is a finished run (it has summary.json); nothing to resume")
+        Simulation(cfg, folder, echo=echo or (lambda s: None), progress=progress, resolved=resolved).run(resume=True)
     return load_run(folder)
 
 
@@ -89,10 +96,14 @@ def load_run(path: str | Path) -> RunResult:
     return RunResult(folder, cfg, resolved, records, rundir.summary(folder) if rundir.finished(folder) else None)
 
 
-def export(run: str | Path | RunResult, client: int, out: str | Path, merged: bool = True) -> dict[str, Any]:
+def export(run: str | Path | RunResult, client: int, out: str | Path, merged: bool = True, force: bool = False,
+           node_dir: str | Path | None = None) -> dict[str, Any]:
     """Write client `client` of a finished run as a PEFT adapter folder (out/adapter) and, with `merged`, a
-    model with the adapter merged in (out/merged). Returns what was written (rank, gamma, PEFT's alpha...)."""
+    model with the adapter merged in (out/merged). Returns what was written (rank, gamma, PEFT's alpha...).
+    `out` must be new or empty unless `force` (then it is replaced whole); a Flower run's adapters are read
+    from the directory of the node that trained the client (`node_dir`)."""
     from sfedlora.tools.export import export as write
 
     folder = run.path if isinstance(run, RunResult) else Path(run)
-    return write(folder, client, Path(out), merged=merged)
+    return write(folder, client, Path(out), merged=merged, force=force,
+                 node_dir=None if node_dir is None else Path(node_dir))

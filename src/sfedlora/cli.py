@@ -59,7 +59,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from sfedlora.tools.export import export
 
-    info = export(Path(args.run), args.client, Path(args.out), merged=not args.no_merged)
+    info = export(Path(args.run), args.client, Path(args.out), merged=not args.no_merged, force=args.force,
+                  node_dir=Path(args.node_dir) if args.node_dir else None)
     print(f"client {info['client']}: rank {info['rank']}, gamma {info['gamma']:.6g} ({info['scaling']}) as PEFT "
           f"lora_alpha={info['lora_alpha']:.6g}, use_rslora={info['use_rslora']}")
     print(f"  {args.out}/adapter  (peft.PeftModel.from_pretrained(base, '{args.out}/adapter'))")
@@ -104,7 +105,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from sfedlora.tools.sweep import load_spec, plan, run_sweep
+    from sfedlora.tools.sweep import load_spec, plan, run_sweep, stale
 
     spec, _ = load_spec(args.spec, args.size)
     name = spec.get("name", Path(args.spec).stem)
@@ -112,7 +113,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     runs = plan(args.spec, args.size, out, list(args.overrides))
     if args.dry_run:
         for r in runs:
-            print(f"{'done ' if r.done else 'todo '} {r.folder}  {' '.join(r.overrides)}")
+            print(f"{('other' if stale(r) else 'done ') if r.done else 'todo '} {r.folder}  {' '.join(r.overrides)}")
         return 0
     run_sweep(runs)
     print(f"sweep folder: {out}/  (sfedlora report {out} --out {out}/report)")
@@ -240,14 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--client", type=int, required=True, metavar="I")
     exp.add_argument("--out", required=True)
     exp.add_argument("--no-merged", action="store_true", help="only the adapter folder")
+    exp.add_argument("--force", action="store_true", help="replace OUT if it is not empty (default: refuse)")
+    exp.add_argument("--node-dir", metavar="DIR", help="a Flower run: node-dir of the node that trained the client")
     exp.set_defaults(func=cmd_export)
     methods = sub.add_parser("methods", help="list the federated LoRA methods and their papers")
     methods.set_defaults(func=cmd_methods)
     from sfedlora.tools.sweep import SIZES, builtin_specs
 
     sweep = sub.add_parser("sweep", help="run an experiment grid (resumable)", description=(
-        "Expand an experiment spec's grid into runs and run them one after another; finished runs (with "
-        "summary.json) are skipped, so re-running resumes. SPEC is a YAML file or a built-in experiment: "
+        "Expand an experiment spec's grid into runs and run them one after another; finished runs with the "
+        "same config are skipped, so re-running resumes (one made with other settings stops the sweep). "
+        "SPEC is a YAML file or a built-in experiment: "
         + ", ".join(builtin_specs()) + "."))
     sweep.add_argument("spec")
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run of the sweep")

@@ -20,7 +20,7 @@ from sfedlora.core.state import OptState, State, select
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import checkpoint, grouping, records, rundir
 from sfedlora.runtime.protocol import Exchange, Server, non_finite
-from sfedlora.runtime.resolve import Resolved
+from sfedlora.runtime.resolve import Resolved, resume_mismatch
 from sfedlora.runtime.setup import setup
 
 
@@ -44,6 +44,10 @@ class Simulation:
         self.samplers = [local.sampler(cfg, c, s.clients[c].n_train) for c in range(n)]
         self.server = Server(cfg, self.method, self.resolved)
         self.merged: dict[str, torch.Tensor] = {}  # FLoRA: fp32 sum of the updates merged into W0 so far
+        if resolved is not None and (changed := resume_mismatch(resolved, self.resolved)):
+            raise SfedloraError(f"{self.out_dir} cannot be resumed here: " + "; ".join(changed) + ". Its data, model "
+                                "or resolved settings differ from the run's (a changed data file, another model "
+                                "revision, a machine where `auto` resolves differently); start a new run instead")
         groups = resolved.groups if resolved is not None and resolved.groups else self._plan_groups()
         self.resolved = self.server.resolved = replace(self.resolved, groups=groups)
 

@@ -41,7 +41,7 @@ def prepare(items: Sequence[str], out: str | Path | None, settings: ServerSettin
     path = config_path(name)
     cfg = load_config(path, items)
     folder = Path(out) if out else Path("runs") / f"flower-{cfg.fed.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if folder.exists() and any(p.name not in ("summary.json", "error.txt") for p in folder.iterdir()):
+    if folder.exists() and any(p.name not in ("summary.json", "error.txt", ".lock") for p in folder.iterdir()):
         raise SfedloraError(f"output folder {folder} exists and is not empty; choose another --out")
     FlowerRun(cfg, folder, settings, echo=lambda s: None)  # validates method, ranks and DP settings
     return Launch(str(path.resolve()) if path else "", items, cfg, settings, folder)

@@ -25,6 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 from sfedlora.config import RunConfig, load_config
 from sfedlora.errors import SfedloraError
 from sfedlora.flower.server import FlowerRun, ServerSettings
+from sfedlora.runtime import lock
 
 
 def settings_from(run_config: dict[str, Any]) -> tuple[RunConfig, Path, ServerSettings]:
@@ -40,7 +41,8 @@ def settings_from(run_config: dict[str, Any]) -> tuple[RunConfig, Path, ServerSe
 def execute(grid: Grid, cfg: RunConfig, out: Path, settings: ServerSettings) -> None:
     """Run, and leave error.txt in the run folder if the run fails."""
     try:
-        FlowerRun(cfg, out, settings).run(grid)
+        with lock.hold(out):  # one writer per run folder
+            FlowerRun(cfg, out, settings).run(grid)
     except Exception as exc:
         out.mkdir(parents=True, exist_ok=True)
         text = str(exc) if isinstance(exc, SfedloraError) else traceback.format_exc()

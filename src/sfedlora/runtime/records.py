@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sfedlora.core.metrics import PRIMARY
+from sfedlora.errors import SfedloraError
 
 
 def round_record(rnd: int, method: str, resolved: Any, n_clients: int, stats: dict[int, dict[str, Any]],
@@ -46,8 +47,21 @@ class JsonlWriter:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a metrics.jsonl. A last line cut off by a crash mid-write (no newline, not JSON) is
+    left out: records are whole lines written at once, so it never held a finished round."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:  # the torn tail
+                break
+            raise SfedloraError(f"{path}:{i + 1} is not a JSON record") from None
+    return out
 
 
 def _pick(records: list[dict[str, Any]], scope: str, metric: str, higher: bool) -> dict[str, Any] | None:

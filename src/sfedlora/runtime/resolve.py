@@ -80,6 +80,7 @@ class Resolved:
     device: str = ""
     precision: str = ""  # fp32 | bf16: what the frozen base ran in
     sizes: list[dict[str, int]] = field(default_factory=list)  # per client: train / val / test examples
+    data_fingerprint: str = ""  # a hash of the clients' examples (runtime.setup.fingerprint)
     groups: GroupPlan | None = None  # the in-process runner's group sizes
     engine: str = "simulation"  # simulation | flower
     extra: dict[str, Any] = field(default_factory=dict)  # engine-specific (Flower: run key, DP settings)
@@ -108,6 +109,24 @@ class Resolved:
         groups = raw.get("groups")
         extra = {k: v for k, v in raw.items() if k not in known | {"groups", "gamma"}}
         return cls(**kwargs, groups=GroupPlan(**groups) if groups else None, extra=extra)
+
+
+RESUME_FIELDS = ("task", "label_names", "targets", "model_path", "revision", "precision", "sizes", "data_fingerprint",
+                 "ranks", "gammas", "n_scaling")
+
+
+def resume_mismatch(recorded: Resolved, now: Resolved) -> list[str]:
+    """What a resumed run would do differently from the run it continues (empty: nothing). Fields the
+    recorded run lacks (older versions) are not compared."""
+    out = []
+    for name in RESUME_FIELDS:
+        was, is_ = getattr(recorded, name), getattr(now, name)
+        if was in ("", None, []) and name in ("data_fingerprint", "model_path", "revision"):
+            continue
+        if was != is_:
+            show = (lambda v: f"{str(v)[:60]}{'...' if len(str(v)) > 60 else ''}")
+            out.append(f"{name} was {show(was)}, is now {show(is_)}")
+    return out
 
 
 def assign_ranks(cfg: RunConfig, n_train: list[int]) -> list[int]:

@@ -7,12 +7,15 @@
   adapters.safetensors   every client's final adapters (in-process runs; what export reads)
   server.safetensors     the server's last aggregate (Flower runs: the clients' adapters stay on their nodes)
   summary.json     written last: a folder without it is unfinished
+  .lock            the writer's PID; held (runtime.lock) for as long as a process writes the folder
 State files are safetensors with a JSON skeleton and a checksum (runtime.statefile): no pickle anywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ import yaml
 
 from sfedlora.config import RunConfig, config_from_dict, to_dict
 from sfedlora.errors import SfedloraError
-from sfedlora.runtime import statefile
+from sfedlora.runtime import lock, statefile
 from sfedlora.runtime.records import JsonlWriter, read_jsonl
 from sfedlora.runtime.resolve import Resolved
 
@@ -40,6 +43,23 @@ def start(out: Path, cfg: RunConfig, resolved: Resolved, descriptions: list[dict
     for record in keep:
         writer.write(record)
     return writer
+
+
+def occupied(out: Path) -> bool:
+    """Whether the folder holds anything but its lock file."""
+    return Path(out).is_dir() and any(p.name != lock.NAME for p in Path(out).iterdir())
+
+
+def clear(out: Path) -> None:
+    """Remove an unfinished run's files, keeping the lock file its writer holds."""
+    for p in Path(out).iterdir():
+        if p.name != lock.NAME:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """What identifies a run's settings: a hash of its full config (every default filled in)."""
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read(out: Path) -> tuple[RunConfig, Resolved]:

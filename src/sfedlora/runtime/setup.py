@@ -59,7 +59,16 @@ class Setup:
         order = sorted(self.clients)
         sizes = [{k: self.descriptions[c][k] for k in ("train", "val", "test")} for c in order]
         r = resolve(self.cfg, self.method, [self.clients[c].n_train for c in order])
-        return replace(r, **self.found(), sizes=sizes)
+        return replace(r, **self.found(), sizes=sizes, data_fingerprint=fingerprint(self.clients))
+
+
+def fingerprint(clients: dict[int, ClientData]) -> str:
+    """A hash of every held client's examples, split by split: a resume checks its data is the run's."""
+    h = hashlib.sha256()
+    for c in sorted(clients):
+        for split in ("train", "val", "test"):
+            h.update(json.dumps(getattr(clients[c], split), sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
 
 
 def _histogram_key(task: str, records: list[dict[str, Any]], cfg: RunConfig) -> str:

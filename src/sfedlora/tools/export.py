@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ import torch
 from sfedlora.adapters.inject import _is_head
 from sfedlora.data import prompts
 from sfedlora.errors import SfedloraError
-from sfedlora.runtime import rundir
+from sfedlora.runtime import rundir, statefile
 from sfedlora.runtime.models import load_model, model_path
 
 
@@ -47,17 +50,41 @@ def copy_into_peft(peft_model: Any, state: dict[str, torch.Tensor]) -> None:
                 params[f"base_model.model.{module}.modules_to_save.default.{factor}"].copy_(value)
 
 
-def build_peft_model(run_dir: Path, client: int) -> tuple[Any, Any, dict[str, Any]]:
-    """A PEFT model for `client` holding exactly its adapters (and head), plus the tokenizer."""
+def _flower_adapters(run_dir: Path, resolved: Any, client: int, node_dir: Path | None) -> dict[str, Any]:
+    """A Flower run's client adapters, from the node that trained it: the server never held them."""
+    key = resolved.extra.get("run_key", "")
+    if node_dir is None:
+        raise SfedloraError(f"{run_dir} is a Flower run: the server never held its clients' adapters (for the FedSA "
+                            f"family B never leaves a node). Each node keeps its client's final adapters in "
+                            f"<node-dir>/{key}/client-<i>.safetensors: give that node's directory with --node-dir")
+    path = Path(node_dir) / key / f"client-{client}.safetensors"
+    if not path.exists():
+        raise SfedloraError(f"{path} does not exist: client {client} of this run was not trained on the node whose "
+                            f"directory is {node_dir}")
+    saved = statefile.load(path)
+    if "opt" in saved:  # a working state: the node never got the run's last message
+        raise SfedloraError(f"{path} is client {client}'s working state at round {saved.get('round')}: its node "
+                            "did not take part in the run's end, so its final adapters are not known")
+    states: list[Any] = [None] * len(resolved.ranks)
+    states[client] = saved["adapters"]
+    return {"states": states, "ranks": resolved.ranks, "gammas": resolved.gammas, "merged": {},
+            "targets": resolved.targets}
+
+
+def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """A PEFT model for `client` holding exactly its adapters (and head), plus the tokenizer. A Flower run's
+    adapters are read from the node directory that holds them (`node_dir`)."""
     from peft import LoraConfig, get_peft_model
 
     cfg, resolved = rundir.read(run_dir)
-    if resolved.engine != "simulation":
-        raise SfedloraError(f"{run_dir} is a {resolved.engine} run: its clients' adapters are on their nodes")
-    saved = rundir.load_adapters(run_dir)
-    n_clients = len(saved["states"])
+    if not rundir.finished(run_dir):
+        raise SfedloraError(f"{run_dir} has no summary.json: the run did not finish"
+                            + (" (resume it with sfedlora run --resume)" if resolved.engine == "simulation" else ""))
+    n_clients = len(resolved.ranks)
     if not 0 <= client < n_clients:
         raise SfedloraError(f"--client must be in 0..{n_clients - 1}, got {client}")
+    saved = rundir.load_adapters(run_dir) if resolved.engine == "simulation" else \
+        _flower_adapters(run_dir, resolved, client, node_dir)
     state, rank, gamma = saved["states"][client], saved["ranks"][client], saved["gammas"][client]
     task = resolved.task
     model, tok = load_model(cfg.model.name, task, max(2, len(resolved.label_names)), torch.float32)
@@ -82,16 +109,37 @@ def build_peft_model(run_dir: Path, client: int) -> tuple[Any, Any, dict[str, An
     return peft_model.eval(), tok, info
 
 
-def export(run_dir: Path, client: int, out: Path, merged: bool = True) -> dict[str, Any]:
-    peft_model, tok, info = build_peft_model(run_dir, client)
-    out.mkdir(parents=True, exist_ok=True)
-    folders = [out / "adapter"] + ([out / "merged"] if merged else [])
-    peft_model.save_pretrained(out / "adapter")
-    if merged:
-        peft_model.merge_and_unload().save_pretrained(out / "merged")
-    for folder in folders:  # the tokenizer, and how this model was trained and is prompted
-        tok.save_pretrained(folder)
-        (folder / "sfedlora.json").write_text(json.dumps({**info, "run": str(Path(run_dir).resolve())}, indent=1))
+def export(run_dir: Path, client: int, out: Path, merged: bool = True, force: bool = False,
+           node_dir: Path | None = None) -> dict[str, Any]:
+    """Write OUT/adapter (and OUT/merged). OUT must not exist or be empty unless `force`; the export is written
+    into a temporary folder beside it and renamed into place, so OUT is never half-written or mixed with an
+    earlier export's files."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SfedloraError(f"--out {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise SfedloraError(f"--out {out} is not empty; choose another folder, or give --force to replace it")
+    peft_model, tok, info = build_peft_model(run_dir, client, node_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        folders = [tmp / "adapter"] + ([tmp / "merged"] if merged else [])
+        peft_model.save_pretrained(tmp / "adapter")
+        if merged:
+            peft_model.merge_and_unload().save_pretrained(tmp / "merged")
+        for folder in folders:  # the tokenizer, and how this model was trained and is prompted
+            tok.save_pretrained(folder)
+            (folder / "sfedlora.json").write_text(json.dumps({**info, "run": str(Path(run_dir).resolve())}, indent=1))
+        if out.exists():
+            old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     return info
 
 

@@ -10,15 +10,16 @@ A spec (YAML) names a base config, fixed overrides and a grid per size (`quick` 
       grid: {fed.method: [fedsa-lora, sfed-lora], lora.rank: [4, 64], seed: [0, 1]}
       also: [{fed.method: sfed-lora, lora.scaling: none}]   # extra single runs (e.g. a baseline)
 
-Each grid point gets its own run folder named after the grid values. A folder with summary.json is
-finished and skipped, so re-running a sweep resumes it; an unfinished folder is started again.
+Each grid point gets its own run folder named after the grid values. A folder with summary.json whose
+config equals the planned one (runtime.rundir.config_hash) is finished and skipped, so re-running a sweep
+continues it; an unfinished folder is started again; a finished folder made with other settings (the spec
+or the extra overrides changed) stops the sweep before anything runs, naming the settings that differ.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +41,35 @@ class PlannedRun:
     label: str
 
     @property
+    def config(self) -> Any:
+        from sfedlora.config import load_config
+
+        return load_config(self.base, self.overrides)
+
+    @property
     def done(self) -> bool:
         return (self.folder / "summary.json").exists()
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def stale(run: PlannedRun) -> str | None:
+    """Why a finished folder is not this planned run (its recorded config differs), or None."""
+    from sfedlora.config import to_dict
+    from sfedlora.runtime import rundir
+
+    recorded, _ = rundir.read(run.folder)
+    planned = run.config
+    if rundir.config_hash(recorded) == rundir.config_hash(planned):
+        return None
+    a, b = _flat(to_dict(recorded)), _flat(to_dict(planned))
+    diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} planned" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return f"{run.folder} was made with other settings ({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''})"
 
 
 def builtin_specs() -> list[str]:
@@ -115,19 +143,23 @@ def plan(name: str, size: str, out: Path, extra: Sequence[str] = ()) -> list[Pla
 def run_sweep(runs: list[PlannedRun], echo: Any = print) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
-    from sfedlora.config import load_config
+    from sfedlora.runtime import lock, rundir
     from sfedlora.simulation import Simulation
 
     summaries = []
+    conflicts = [why for r in runs if r.done and (why := stale(r))]
+    if conflicts:
+        raise SfedloraError("; ".join(conflicts) + ". Move or delete those folders, or sweep into another --out")
     todo = [r for r in runs if not r.done]
     echo(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run")
     bar = tqdm(todo, desc="runs", unit="run")
     for run in bar:
         bar.set_postfix_str(run.label)
-        if run.folder.exists():
-            shutil.rmtree(run.folder)  # unfinished: no summary.json
-        cfg = load_config(run.base, run.overrides)
-        summary = Simulation(cfg, run.folder, echo=lambda s: None, progress=False).run()
+        with lock.hold(run.folder):  # a sweep started twice does not run one folder twice
+            if run.done:  # finished by another process meanwhile
+                continue
+            rundir.clear(run.folder)  # unfinished: no summary.json
+            summary = Simulation(run.config, run.folder, echo=lambda s: None, progress=False).run()
         summaries.append(summary)
         best = summary["personal"]["best"]
         value = best["test"]["weighted"] if best and isinstance(best["test"], dict) else None

@@ -1,0 +1,159 @@
+"""The run folder: one writer at a time, resume refuses what it cannot continue exactly, a torn last record
+is dropped, sweeps never mistake another run for theirs, exports never destroy."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from sfedlora.cli import main
+from sfedlora.errors import SfedloraError
+from sfedlora.runtime import checkpoint, lock, rundir, statefile
+
+BASE = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
+        "data.label_field=sentiment", "data.partition=iid", "fed.clients=2", "train.batch_size=4", "lora.rank=4",
+        "eval.max_examples=8", "fed.local_steps=2"]
+
+
+def _run(sentiment_file, out, *extra):
+    return main(["run", f"data.source={sentiment_file}", *BASE, *extra, "--out", str(out), "--quiet"])
+
+
+def test_a_second_writer_is_refused_naming_the_holder(sentiment_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom sfedlora.runtime import lock\n"
+                               f"with lock.hold({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert _run(sentiment_file, out, "fed.rounds=1") == 2
+        assert f"in use by another sfedlora process (PID {holder.pid})" in capsys.readouterr().err
+        assert main(["run", "--resume", str(out)]) == 2
+        assert f"PID {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert not (out / rundir.METRICS).exists()  # nothing was written by the refused writers
+    assert _run(sentiment_file, out, "fed.rounds=1") == 0  # the kernel dropped the lock with its holder
+
+
+def test_the_lock_is_taken_in_process_too(tmp_path):
+    with lock.hold(tmp_path / "f"):
+        with pytest.raises(SfedloraError, match=f"PID {os.getpid()}"):
+            with lock.hold(tmp_path / "f"):
+                pass
+    with lock.hold(tmp_path / "f"):  # released
+        pass
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SfedloraError, match="is a file"):
+        with lock.hold(tmp_path / "file"):
+            pass
+
+
+def _interrupt_after_round_1(out):
+    """What a crash in round 2's write leaves: the round-1 checkpoint, records 0-1 and a torn line."""
+    for name in (rundir.SUMMARY, rundir.ADAPTERS):
+        (out / name).unlink()
+    os.replace(out / checkpoint.PREVIOUS, out / checkpoint.NAME)
+    lines = (out / rundir.METRICS).read_text().splitlines()
+    (out / rundir.METRICS).write_text("\n".join(lines[:2]) + "\n" + lines[2][:37])
+
+
+def test_a_torn_last_record_is_dropped_on_resume(sentiment_file, tmp_path):
+    out = tmp_path / "run"
+    assert _run(sentiment_file, out, "fed.rounds=2") == 0
+    first = rundir.records(out)
+    _interrupt_after_round_1(out)
+    assert [r["round"] for r in rundir.records(out)] == [0, 1]  # the torn tail is not a record
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    again = rundir.records(out)
+    assert [r["round"] for r in again] == [0, 1, 2]
+    assert again[2]["eval"]["personal"] == first[2]["eval"]["personal"]
+    (out / rundir.METRICS).write_text('{"round": 0}\nnot json\n{"round": 1}\n')
+    with pytest.raises(SfedloraError, match="metrics.jsonl:2 is not a JSON record"):
+        rundir.records(out)
+
+
+def test_resume_refuses_changed_data(sentiment_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(sentiment_file, out, "fed.rounds=2") == 0
+    _interrupt_after_round_1(out)
+    rows = sentiment_file.read_text().splitlines()
+    rows[5] = rows[5].replace("item 5", "item 6")  # one record changed, the same size
+    sentiment_file.write_text("\n".join(rows) + "\n")
+    assert main(["run", "--resume", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be resumed here: data_fingerprint was" in err and "start a new run" in err
+
+
+def test_a_sweep_refuses_a_finished_run_made_with_other_settings(sentiment_file, tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "s", "quick": {
+        "set": {k: yaml.safe_load(v) for k, v in (i.split("=", 1) for i in [f"data.source={sentiment_file}", *BASE])},
+        "grid": {"seed": [0]}}}))
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(spec), "fed.rounds=1", "--out", str(out)]) == 0
+    stamp = (out / "seed=0" / rundir.SUMMARY).stat().st_mtime_ns
+    assert main(["sweep", str(spec), "fed.rounds=1", "--out", str(out)]) == 0  # same settings: skipped
+    assert (out / "seed=0" / rundir.SUMMARY).stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "fed.rounds=2", "--out", str(out), "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("other")
+    assert main(["sweep", str(spec), "fed.rounds=2", "--out", str(out)]) == 2
+    assert "fed.rounds: 1 there, 2 planned" in capsys.readouterr().err
+    assert (out / "seed=0" / rundir.SUMMARY).stat().st_mtime_ns == stamp  # the finished run is untouched
+
+
+def test_export_never_destroys(sentiment_file, tmp_path, capsys):
+    run, exp = tmp_path / "run", tmp_path / "exp"
+    assert _run(sentiment_file, run, "fed.rounds=1") == 0
+    exp.mkdir()
+    (exp / "stale.txt").write_text("another export's file")
+    args = ["export", str(run), "--client", "1", "--out", str(exp), "--no-merged"]
+    assert main(args) == 2 and "not empty" in capsys.readouterr().err
+    assert (exp / "stale.txt").exists()
+    assert main([*args, "--force"]) == 0
+    assert sorted(p.name for p in exp.iterdir()) == ["adapter"]  # replaced whole: no stale file beside it
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exp")]  # no temporary folder left
+    (tmp_path / "afile").write_text("x")
+    assert main(["export", str(run), "--client", "0", "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_a_flower_run_exports_from_its_node_directory(sentiment_file, tmp_path, capsys):
+    """A Flower run folder has no adapters file: export reads the client's final state on its node."""
+    run = tmp_path / "run"
+    assert _run(sentiment_file, run, "fed.rounds=1") == 0
+    saved = rundir.load_adapters(run)
+    raw = yaml.safe_load((run / rundir.CONFIG).read_text())  # the same run as Flower would record it
+    raw["resolved"] |= {"engine": "flower", "run_key": "abc123"}
+    (run / rundir.CONFIG).write_text(yaml.safe_dump(raw))
+    (run / rundir.ADAPTERS).unlink()
+    args = ["export", str(run), "--client", "1", "--no-merged", "--out"]
+    assert main([*args, str(tmp_path / "e1")]) == 2
+    err = capsys.readouterr().err
+    assert "--node-dir" in err and "abc123/client-<i>.safetensors" in err and "--resume" not in err
+    nodes = tmp_path / "node"
+    (nodes / "abc123").mkdir(parents=True)
+    statefile.save(nodes / "abc123" / "client-1.safetensors", {"adapters": saved["states"][1], "round": 1})
+    assert main([*args, str(tmp_path / "e2"), "--node-dir", str(nodes)]) == 0
+    straight = json.loads((tmp_path / "e2" / "adapter" / "sfedlora.json").read_text())
+    assert straight["client"] == 1 and straight["rank"] == 4
+    assert main([*args, str(tmp_path / "e3"), "--node-dir", str(tmp_path)]) == 2
+    assert "client-1.safetensors does not exist" in capsys.readouterr().err
+
+
+def test_resume_of_a_flower_run_is_refused(sentiment_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _run(sentiment_file, run, "fed.rounds=1") == 0
+    raw = yaml.safe_load((run / rundir.CONFIG).read_text())
+    raw["resolved"]["engine"] = "flower"
+    (run / rundir.CONFIG).write_text(yaml.safe_dump(raw))
+    (run / rundir.SUMMARY).unlink()
+    assert main(["run", "--resume", str(run)]) == 2
+    assert "in-process runner cannot resume it" in capsys.readouterr().err
