@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from sfedlora.config import builtin_configs, config_path
@@ -141,79 +142,6 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_flower(args: argparse.Namespace) -> int:
-    from sfedlora.flower import require_flower
-
-    require_flower()
-    from sfedlora.flower import deploy, launch
-    from sfedlora.flower.server import ServerSettings
-
-    state = Path(getattr(args, "state", "runs/flower-local"))
-    if args.flower_command == "down":
-        stopped = deploy.down(state)
-        print(f"stopped: {', '.join(stopped)}" if stopped else f"nothing running from {state}")
-        return 0
-    if args.flower_command == "up":
-        procs = deploy.up(args.nodes, state, args.port)
-        print(f"SuperLink on 127.0.0.1:{procs['port']} and {args.nodes} SuperNodes (pids in {state}/processes.json); "
-              f"`sfedlora flower submit` runs on it, `sfedlora flower down` stops it")
-        return 0
-    settings = ServerSettings(round_timeout=args.round_timeout, node_wait=args.node_wait,
-                              dp_noise_multiplier=args.dp_noise_multiplier, dp_clipping_norm=args.dp_clipping_norm)
-    run = launch.prepare(args.items, args.out, settings)
-    if args.flower_command == "simulate":
-        summary = launch.simulate(run, args.cpus_per_client)
-    elif args.flower_command == "submit":
-        summary = launch.submit(run, state, args.timeout, echo=_say)
-    else:
-        summary = launch.run_local(run, state, args.port, args.timeout, echo=_say)
-    print("\n".join(launch.summary_lines(summary, run.out)))
-    return 0
-
-
-def _flower_parser(sub: argparse._SubParsersAction) -> None:
-    from sfedlora.flower.deploy import DEFAULT_PORT
-
-    flower = sub.add_parser("flower", help="run on Flower: its simulation engine, or a deployment",
-                            description="The same methods on Flower (flwr 1.41 Message API): `simulate` in "
-                            "Flower's simulation engine; `run` starts a local deployment on 127.0.0.1 (one "
-                            "SuperLink, one SuperNode per client), runs, and stops it; `up` / `submit` / `down` do "
-                            "those steps one at a time. Results go to the same run-folder format as `sfedlora run`.")
-    fsub = flower.add_subparsers(dest="flower_command", required=True)
-    for name, text in (("run", "local deployment: start, run, stop (one command)"),
-                       ("simulate", "Flower's simulation engine (Ray), one process tree"),
-                       ("submit", "run on a deployment started with `sfedlora flower up`")):
-        p = fsub.add_parser(name, help=text, description=text + ". CONFIG and key=value overrides as in `run`.")
-        p.add_argument("items", nargs="*", metavar="[CONFIG] key=value")
-        p.add_argument("--out", help="run folder (default: runs/flower-<method>-<time>)")
-        p.add_argument("--round-timeout", type=float, default=600.0,
-                       help="seconds a round waits for replies; a node that misses it is left out (default 600)")
-        p.add_argument("--node-wait", type=float, default=120.0,
-                       help="seconds to wait for fed.clients nodes to connect (default 120)")
-        p.add_argument("--dp-clipping-norm", type=float, default=0.0,
-                       help="> 0: server-side DP with fixed clipping of each upload's update to this L2 norm")
-        p.add_argument("--dp-noise-multiplier", type=float, default=0.0,
-                       help="Gaussian noise std = multiplier * clipping norm / clients, added to the aggregate")
-        if name == "simulate":
-            p.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray CPUs per virtual client")
-        else:
-            p.add_argument("--state", default="runs/flower-local", help="deployment folder: logs, PIDs, node dirs")
-            p.add_argument("--timeout", type=float, default=0.0, help="give up after this many seconds "
-                           "(default: (rounds + 2) x round timeout + node wait)")
-        if name == "run":
-            p.add_argument("--port", type=int, default=DEFAULT_PORT,
-                           help=f"SuperLink port; SuperNode i uses port+1+i (default {DEFAULT_PORT})")
-        p.set_defaults(func=cmd_flower)
-    up = fsub.add_parser("up", help="start a SuperLink and N SuperNodes on 127.0.0.1")
-    up.add_argument("--nodes", type=int, required=True, help="SuperNodes (= fed.clients of the runs)")
-    up.add_argument("--port", type=int, default=DEFAULT_PORT)
-    up.add_argument("--state", default="runs/flower-local")
-    up.set_defaults(func=cmd_flower)
-    down = fsub.add_parser("down", help="stop the processes `up` started (by their recorded PIDs)")
-    down.add_argument("--state", default="runs/flower-local")
-    down.set_defaults(func=cmd_flower)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfedlora", description="Federated LoRA fine-tuning: SFed-LoRA "
                                      "(gamma = alpha*sqrt(N/r)) and its baselines, simulated in one process.")
@@ -302,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="--memory: a run-config override, e.g. --set train.group_size=10 (repeatable)")
     bench.set_defaults(func=cmd_bench)
-    _flower_parser(sub)
+    from sfedlora.flower import commands as flower_commands
+
+    flower_commands.add_parser(sub)
     data = sub.add_parser("data", help="offline data sets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prep = data_sub.add_parser("prepare", help="fetch and cache an offline data set")
@@ -316,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     tune_malloc()  # SFEDLORA_MALLOC_TUNING=0 turns it off
+    warnings.formatwarning = lambda message, *_, **__: f"sfedlora: warning: {message}\n"
     try:
         return int(args.func(args))
     except SfedloraError as exc:

@@ -8,6 +8,7 @@ import dataclasses
 import math
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Union
 
@@ -104,9 +105,15 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise SfedloraError(f"{meta.get('label') or key} ({key}) must be > 0, got {value!r}")
         if meta.get("check") == "non_negative" and value < 0:
             raise SfedloraError(f"{key} must be >= 0, got {value!r}")
+        if meta.get("check") == "fraction" and not 0 <= value < 1:
+            raise SfedloraError(f"{key} must be in [0, 1), got {value!r}")
     if cfg.fed.clients_per_round > cfg.fed.clients:
         raise SfedloraError(f"fed.clients_per_round ({cfg.fed.clients_per_round}) exceeds fed.clients "
                             f"({cfg.fed.clients})")
+    n_round = cfg.fed.clients_per_round or cfg.fed.clients
+    if cfg.fed.min_clients > n_round:
+        raise SfedloraError(f"fed.min_clients ({cfg.fed.min_clients}) exceeds the clients a round has ({n_round}: "
+                            "fed.clients_per_round, else fed.clients): no round could ever go ahead")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
         raise SfedloraError("data.val_fraction + data.test_fraction must be < 1")
     if len(cfg.train.betas) != 2 or not all(0 <= b < 1 for b in cfg.train.betas):
@@ -174,7 +181,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise SfedloraError(f"cannot read config {path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
             raise SfedloraError(f"config {path} is not valid YAML: {exc}") from None
-        if loaded is None:
+        if loaded is None or loaded == {}:
+            warnings.warn(f"config {path} is empty: the run uses the defaults (sfedlora config shows them)",
+                          stacklevel=2)
             loaded = {}
         if not isinstance(loaded, dict):
             raise SfedloraError(f"config {path} must be a mapping of sections, got {type(loaded).__name__}")

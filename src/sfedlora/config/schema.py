@@ -53,7 +53,7 @@ class LoraConfig:
     scaling_b: float = opt(0.5, "exponent b of `custom`")
     targets: str | list[str] = opt("qv", "`qv` (LLaMA q_proj, v_proj; BERT query, value), `all-attention` (q, k, v, "
                                    "o), or a list of module-name suffixes")
-    dropout: float = opt(0.0, "dropout on the adapter input, while training only", check="non_negative")
+    dropout: float = opt(0.0, "dropout on the adapter input, while training only; in [0, 1)", check="fraction")
     init: str = opt("auto", "how clients draw A: `auto` (the method's own), `shared` (one A for all), "
                     "`independent` (one per client, the SFed-LoRA proof's assumption)",
                     choices=("auto", "shared", "independent"))
@@ -80,7 +80,11 @@ class DataConfig:
     category_field: str = opt("category", "a category recorded per client (instruction subtasks)")
     template: str = opt("alpaca", "instruction / math prompt format: `alpaca` (with `### Input:` when a record has "
                         "one) or `chat` (the tokenizer's chat template)", choices=("alpaca", "chat"))
-    labels: list[str] | None = opt(None, "keep only these labels, in this order")
+    labels: list[str] | None = opt(None, "keep only these labels, in this order (records of other labels are left "
+                                   "out and counted)")
+    on_bad_record: str = opt("error", "a record missing a field, with an empty text or a label with stray "
+                             "whitespace: `error` names the records and stops, `skip` leaves them out and counts "
+                             "them", choices=("error", "skip"))
     max_examples: int = opt(2000, "records drawn (seeded) before partitioning; 0 = all", check="non_negative")
     partition: str = opt("dirichlet", "`iid` or `dirichlet` (flwr-datasets partitioners)",
                          choices=("iid", "dirichlet"))

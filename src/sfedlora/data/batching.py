@@ -39,6 +39,8 @@ def encode_lm(records: Sequence[dict[str, Any]], tok: Any, max_length: int,
     prompt is cut from the left and the response from the right so that at least half of max_length stays
     for the response when both are long."""
     check_template(template, tok)
+    if not records:  # a split of size 0 (data.val_fraction=0); the tokenizer cannot take an empty batch
+        return []
     texts = [render(r, template, tok) for r in records]
     # alpaca: the tokenizer's own special tokens (BOS) and an EOS after the response; chat: the template
     # already holds every special token, its end-of-turn mark included

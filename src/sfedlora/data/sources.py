@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sfedlora.config import DataConfig
-from sfedlora.data import bigbench
+from sfedlora.data import bigbench, files, records
 from sfedlora.errors import SfedloraError
 
 BUILTIN_TASKS = {
@@ -41,6 +41,7 @@ class TaskData:
     records: list[dict[str, Any]]
     label_names: list[str] = field(default_factory=list)
     source: str = ""
+    counts: dict[str, int] = field(default_factory=dict)  # read, skipped_bad, cut_long, other_labels, used
 
 
 def _gsm_symbolic(n: int, seed: int) -> list[dict[str, Any]]:
@@ -49,20 +50,6 @@ def _gsm_symbolic(n: int, seed: int) -> list[dict[str, Any]]:
     ds = reasoning_gym.create_dataset("gsm_symbolic", size=n, seed=seed)
     return [{"prompt": e["question"], "response": e["metadata"]["answer_cot"], "answer": str(e["answer"])}
             for e in ds]
-
-
-def _local_file(path: Path) -> list[dict[str, Any]]:
-    import datasets
-
-    datasets.disable_progress_bars()
-    kind = {".json": "json", ".jsonl": "json", ".csv": "csv"}.get(path.suffix.lower())
-    if kind is None:
-        raise SfedloraError(f"data file {path} must end in .json, .jsonl or .csv")
-    try:
-        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
-    except Exception as exc:  # datasets raises many types for unreadable files
-        raise SfedloraError(f"cannot read data file {path}: {exc}") from None
-    return list(ds)
 
 
 def _hub(name: str, subset: str | None, split: str) -> list[dict[str, Any]]:
@@ -96,9 +83,11 @@ def _rename(rows: list[dict[str, Any]], cfg: DataConfig, task: str, source: str)
     return out
 
 
-def load_task(cfg: DataConfig, seed: int) -> TaskData:
-    """Load, standardise, filter labels and subsample (seeded) to cfg.max_examples records."""
+def load_task(cfg: DataConfig, seed: int, max_chars: int = 1 << 20) -> TaskData:
+    """Load, standardise, check (data.records), filter labels and subsample (seeded) to cfg.max_examples
+    records; text values are cut to `max_chars` characters (data.files). `counts` says what happened."""
     source = cfg.source
+    n_cut = 0
     if source in BUILTIN_TASKS:
         task = BUILTIN_TASKS[source]
         if cfg.task and cfg.task != task:
@@ -112,23 +101,33 @@ def load_task(cfg: DataConfig, seed: int) -> TaskData:
             raise SfedloraError(f"data.task must be set for source {source!r}: classification, instruction or math")
         task = cfg.task
         path = Path(source)
-        if path.suffix.lower() in (".json", ".jsonl", ".csv") or path.exists():
+        if path.suffix.lower() in files.SUFFIXES or path.exists():
             if not path.exists():
                 raise SfedloraError(f"data file {path} does not exist")
-            rows = _local_file(path)
+            rows, n_cut = files.read(path, max_chars)
         else:
             rows = _hub(source.removeprefix("hf:"), cfg.subset, cfg.split)
         rows = _rename(rows, cfg, task, source)
     if not rows:
         raise SfedloraError(f"dataset {source!r} is empty")
+    n_read = len(rows)
+    n_cut += sum(files.cut(r, max_chars) for r in rows)  # sources other than files (cut as read)
+    # the built-in sets are as published (natural-instructions has one empty response): their few bad records
+    # are left out and counted; a user's data stops at the first bad record unless data.on_bad_record=skip
+    on_bad = "skip" if source in BUILTIN_TASKS else cfg.on_bad_record
+    rows, n_bad = records.check(rows, task, source, pair=bool(cfg.text_pair_field), on_bad=on_bad)
     label_names: list[str] = []
+    n_checked = len(rows)
     if task == "classification":
         rows, label_names = _encode_labels(rows, cfg.labels, source)
+    n_kept = len(rows)
     rng = random.Random(seed)
     rng.shuffle(rows)
     if cfg.max_examples:
         rows = rows[: cfg.max_examples]
-    return TaskData(task=task, records=rows, label_names=label_names, source=source)
+    counts = {"read": n_read, "skipped_bad": n_bad, "cut_long": n_cut, "other_labels": n_checked - n_kept,
+              "over_max_examples": n_kept - len(rows), "used": len(rows)}
+    return TaskData(task=task, records=rows, label_names=label_names, source=source, counts=counts)
 
 
 def _encode_labels(rows: list[dict[str, Any]], keep: list[str] | None,
@@ -141,7 +140,8 @@ def _encode_labels(rows: list[dict[str, Any]], keep: list[str] | None,
     index = {n: i for i, n in enumerate(names)}
     out = [{**r, "label": index[str(r["label"])]} for r in rows if str(r["label"]) in index]
     if len(names) < 2:
-        raise SfedloraError(f"classification needs at least 2 labels, {source!r} has {names}")
+        raise SfedloraError(f"classification needs at least 2 labels; the {len(out)} record(s) of {source!r} have "
+                            f"only {names}")
     return out, names
 
 

@@ -3,7 +3,8 @@
 The lock is an advisory `fcntl.flock` on `<run>/.lock`, which holds the writer's PID. The kernel drops it
 when the process ends in any way (kill -9 included), so a stale lock file never blocks a resume; a second
 writer (another `sfedlora run` on the same --out, a --resume of a run still going, a sweep started twice)
-gets a clear error that names the holder.
+gets a clear error that names the holder. A folder the lock created and nothing else wrote into (a run
+that failed in set-up) is removed again.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def hold(folder: Path) -> Iterator[None]:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise SfedloraError(f"{folder} is a file, not a run folder: choose another --out")
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -39,6 +41,9 @@ def hold(folder: Path) -> Iterator[None]:
         try:
             yield
         finally:
+            if created and [p.name for p in folder.iterdir()] == [NAME]:  # nothing written: leave no folder
+                (folder / NAME).unlink()
+                folder.rmdir()
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

@@ -95,7 +95,15 @@ def model_path(name: str) -> str:
         return str(_package_dir(name) / "model")
     if name == "smollm2-135m":
         return str(smollm2_dir())
-    return name
+    if looks_local(name) and not Path(name).expanduser().exists():
+        raise SfedloraError(f"model path {name} does not exist (model.name: a built-in name, a hub id like "
+                            "org/model, or an existing local folder)")
+    return str(Path(name).expanduser()) if looks_local(name) else name
+
+
+def looks_local(name: str) -> bool:
+    """A model.name that can only be a local folder: absolute, relative with ./ ../ ~, or deeper than org/model."""
+    return name.startswith(("/", ".", "~")) or name.count("/") >= 2 or Path(name).exists()
 
 
 def revision(name: str, model: Any) -> str | None:

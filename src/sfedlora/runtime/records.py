@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sfedlora.core.metrics import PRIMARY
+from sfedlora.data.files import CHARS_PER_TOKEN
 from sfedlora.errors import SfedloraError
 
 
@@ -101,6 +102,18 @@ def summary(method: str, resolved: Any, cfg: Any, history: list[dict[str, Any]],
             **summarise(history, resolved.task), "wall_s": wall_s}
 
 
+def _data_line(n: dict[str, int], labels: list[str], max_chars: int) -> str:
+    """What reading the data did: nothing left out or cut without a word."""
+    left = [f"{n[k]} {what}" for k, what in (("skipped_bad", "bad, data.on_bad_record=skip"),
+                                             ("other_labels", "of labels not in data.labels"),
+                                             ("over_max_examples", "over data.max_examples")) if n.get(k)]
+    text = f"  data: {n['read']} records read, {n['used']} used"
+    text += f" ({'; '.join(left)} left out)" if left else ""
+    text += (f"; {n['cut_long']} with a text of over {2 * max_chars} characters cut to its first and last "
+             f"{max_chars} (what max_length tokens can reach)") if n.get("cut_long") else ""
+    return text + (f"; labels: {', '.join(labels)}" if labels else "")
+
+
 def describe_run(method: str, resolved: Any, cfg: Any, descriptions: list[dict[str, Any]]) -> list[str]:
     """The console's opening lines: the method and what its settings resolved to, then every client's data."""
     r = resolved
@@ -109,6 +122,8 @@ def describe_run(method: str, resolved: Any, cfg: Any, descriptions: list[dict[s
     lines = [f"{method}: scaling {r.scaling}, gamma = {gamma_text} (alpha {cfg.lora.alpha}, r {rank_text}, "
              f"N {r.n_averaged}), init {r.init}, {len(r.targets)} adapted modules, {r.task} on {cfg.data.source}, "
              f"device {r.device}, {r.precision}"]
+    if r.data_counts:
+        lines.append(_data_line(r.data_counts, r.label_names, cfg.model.max_length * CHARS_PER_TOKEN))
     for p in descriptions:
         hist = p["histogram"]
         if len(hist) > 6:  # e.g. 61 instruction subtasks: show the largest

@@ -81,6 +81,7 @@ class Resolved:
     precision: str = ""  # fp32 | bf16: what the frozen base ran in
     sizes: list[dict[str, int]] = field(default_factory=list)  # per client: train / val / test examples
     data_fingerprint: str = ""  # a hash of the clients' examples (runtime.setup.fingerprint)
+    data_counts: dict[str, int] = field(default_factory=dict)  # records read, skipped, cut, left out, used
     groups: GroupPlan | None = None  # the in-process runner's group sizes
     engine: str = "simulation"  # simulation | flower
     extra: dict[str, Any] = field(default_factory=dict)  # engine-specific (Flower: run key, DP settings)

@@ -21,6 +21,7 @@ import torch
 from sfedlora.adapters.inject import inject_adapters
 from sfedlora.client.local import Encoded, encode
 from sfedlora.config import RunConfig, to_dict
+from sfedlora.data.files import CHARS_PER_TOKEN
 from sfedlora.data.partition import ClientData, describe, make_clients
 from sfedlora.data.sources import load_task
 from sfedlora.methods import FederatedMethod
@@ -46,13 +47,14 @@ class Setup:
     device: torch.device
     precision: str
     encoded: dict[int, Encoded] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # what reading the data did (data.sources.TaskData)
 
     def found(self) -> dict[str, Any]:
         """What set-up found, for the run description (Resolved)."""
         path = model_path(self.cfg.model.name) if self.cfg.model.name not in ("tiny-bert", "tiny-llama") else ""
         return {"task": self.task, "label_names": self.label_names, "targets": self.targets,
                 "model": self.cfg.model.name, "model_path": path, "revision": revision(self.cfg.model.name, self.model),
-                "device": str(self.device), "precision": self.precision}
+                "device": str(self.device), "precision": self.precision, "data_counts": self.counts}
 
     def resolve(self) -> Resolved:
         """The run description of an in-process run (every client held)."""
@@ -78,9 +80,10 @@ def _histogram_key(task: str, records: list[dict[str, Any]], cfg: RunConfig) -> 
 
 
 def load_clients(cfg: RunConfig, partitions: list[int] | None = None,
-                 cache: Path | None = None) -> tuple[str, list[str], dict[int, ClientData], dict[int, dict[str, Any]]]:
-    """(task, label names, clients, descriptions) for the given client indices (all by default). With a
-    cache folder, each client's share is kept there after the first draw and read back afterwards."""
+                 cache: Path | None = None) -> tuple[str, list[str], dict[int, ClientData], dict[int, dict[str, Any]],
+                                                     dict[str, int]]:
+    """(task, label names, clients, descriptions, counts) for the given client indices (all by default). With
+    a cache folder, each client's share is kept there after the first draw and read back afterwards."""
     wanted = list(range(cfg.fed.clients)) if partitions is None else list(partitions)
     ident = json.dumps({"data": to_dict(cfg)["data"], "seed": cfg.seed, "clients": cfg.fed.clients}, sort_keys=True)
     digest = hashlib.sha1(ident.encode()).hexdigest()[:16]
@@ -90,8 +93,8 @@ def load_clients(cfg: RunConfig, partitions: list[int] | None = None,
         first = saved[wanted[0]]
         return (first["task"], first["label_names"],
                 {c: ClientData(s["train"], s["val"], s["test"]) for c, s in saved.items()},
-                {c: s["description"] for c, s in saved.items()})
-    data = load_task(cfg.data, cfg.seed)
+                {c: s["description"] for c, s in saved.items()}, first.get("counts", {}))
+    data = load_task(cfg.data, cfg.seed, cfg.model.max_length * CHARS_PER_TOKEN)
     every = make_clients(data.records, cfg.fed.clients, cfg.data, cfg.seed)
     key = _histogram_key(data.task, data.records, cfg)
     clients = {c: every[c] for c in wanted}
@@ -102,9 +105,9 @@ def load_clients(cfg: RunConfig, partitions: list[int] | None = None,
             tmp = path.with_name(path.name + f".tmp{os.getpid()}")
             tmp.write_text(json.dumps({"task": data.task, "label_names": data.label_names, "train": clients[c].train,
                                        "val": clients[c].val, "test": clients[c].test,
-                                       "description": descriptions[c]}))
+                                       "description": descriptions[c], "counts": data.counts}))
             os.replace(tmp, path)
-    return data.task, data.label_names, clients, descriptions
+    return data.task, data.label_names, clients, descriptions, data.counts
 
 
 def load_base(cfg: RunConfig, task: str, n_labels: int, device: torch.device, precision: str,
@@ -123,13 +126,13 @@ def setup(cfg: RunConfig, partitions: list[int] | None = None, cache: Path | Non
     folder exists."""
     method = check(cfg)
     torch.manual_seed(cfg.seed)  # the task head's initialisation, the same in every process
-    task, labels, clients, descriptions = load_clients(cfg, partitions, cache)
+    task, labels, clients, descriptions, counts = load_clients(cfg, partitions, cache)
     device = resolve_device(cfg.model.device)
     precision = resolve_precision(cfg.model.precision, device)
     if len(clients) == cfg.fed.clients:  # every client held: the rank assignment can be checked now
         resolve(cfg, method, [clients[c].n_train for c in sorted(clients)])
     model, tok, targets = load_base(cfg, task, len(labels), device, precision)
     s = Setup(cfg=cfg, method=method, task=task, label_names=labels, clients=clients, descriptions=descriptions,
-              model=model, tok=tok, targets=targets, device=device, precision=precision)
+              model=model, tok=tok, targets=targets, device=device, precision=precision, counts=counts)
     s.encoded = {c: encode(d, task, tok, cfg, c) for c, d in clients.items()}
     return s

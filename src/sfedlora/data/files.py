@@ -1,0 +1,105 @@
+"""Local data files read record by record: JSON Lines, JSON and CSV, UTF-8, with every problem named by
+file and line, and every text value cut to a length the model can use before anything else holds it.
+
+The model sees at most model.max_length tokens of a record: the start of a text or response (truncated on
+the right) or the end of a prompt (truncated on the left). So of a string longer than 2 x cap characters
+(cap = 64 characters per token of max_length) only its first and last cap characters can ever reach the
+model; the middle is dropped as the record is read, and what the model sees is unchanged (a test encodes
+cut and uncut data and compares). One huge record costs its line's bytes once, not a tokenised copy of
+all of it. The number of records cut is returned and reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sfedlora.errors import SfedloraError
+
+SUFFIXES = (".jsonl", ".json", ".csv")
+CHARS_PER_TOKEN = 64
+
+
+def cut(record: dict[str, Any], cap: int) -> bool:
+    """Keep the first and the last `cap` characters of every longer string value of `record`, in place;
+    whether anything was cut."""
+    long = [k for k, v in record.items() if isinstance(v, str) and len(v) > 2 * cap]
+    for k in long:
+        record[k] = record[k][:cap] + record[k][-cap:]
+    return bool(long)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise SfedloraError(f"{path}:{number} is not UTF-8 text (byte {exc.start + 1} of the line); save the "
+                                    "file as UTF-8") from None
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except ValueError as exc:
+            raise SfedloraError(f"{path}:{number} is not a JSON record: {exc}") from None
+
+
+def _json(path: Path) -> Iterator[tuple[int, Any]]:
+    text = "".join(line for _, line in _lines(path))
+    try:
+        data = json.loads(text)
+    except ValueError:  # JSON Lines with a .json name
+        yield from _jsonl(path)
+        return
+    if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):  # columns
+        lengths = {len(v) for v in data.values()}
+        if len(lengths) != 1:
+            raise SfedloraError(f"{path}: its columns have different lengths {sorted(lengths)}")
+        data = [dict(zip(data, row)) for row in zip(*data.values())]
+    if not isinstance(data, list):
+        raise SfedloraError(f"{path} must hold a list of records (or one record per line), not a "
+                            f"{type(data).__name__}")
+    yield from enumerate(data, 1)
+
+
+def _csv(path: Path) -> Iterator[tuple[int, Any]]:
+    lines = (line for _, line in _lines(path))
+    try:
+        reader = csv.DictReader(lines)
+        for row in reader:
+            if None in row:
+                raise SfedloraError(f"{path}:{reader.line_num} has more values than the header has columns")
+            yield reader.line_num, {k: (None if v is None else v) for k, v in row.items()}
+    except csv.Error as exc:
+        raise SfedloraError(f"{path}: not valid CSV: {exc}") from None
+
+
+def read(path: Path, cap: int) -> tuple[list[dict[str, Any]], int]:
+    """(records, how many had text cut to `cap` characters). Each record is a mapping of field names."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise SfedloraError(f"data file {path} must end in {', '.join(SUFFIXES)}")
+    if path.is_dir():
+        raise SfedloraError(f"data file {path} is a folder")
+    reader = {".jsonl": _jsonl, ".json": _json, ".csv": _csv}[suffix]
+    rows, n_cut = [], 0
+    try:
+        for where, record in reader(path):
+            if not isinstance(record, dict):
+                raise SfedloraError(f"{path}: record {where} is a {type(record).__name__}, not a mapping of fields")
+            n_cut += cut(record, cap)
+            rows.append(record)
+    except OSError as exc:
+        raise SfedloraError(f"cannot read data file {path}: {exc.strerror}") from None
+    if not rows:
+        raise SfedloraError(f"data file {path} holds no records")
+    return rows, n_cut
