@@ -17,6 +17,7 @@ from sfedlora.errors import SfedloraError
 from sfedlora.flower.client_app import app as client_app
 from sfedlora.flower.server import FlowerRun, ServerSettings
 from sfedlora.simulation import Simulation
+from sfedlora.tools.report import build_report
 
 TINY = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
         "data.label_field=sentiment", "data.partition=iid", "fed.rounds=2", "fed.local_steps=2",
@@ -183,6 +184,20 @@ def test_malformed_replies_are_rejected_and_the_round_completes(sentiment_file, 
         assert r["train_loss"][1] is None and r["train_loss"][0] is not None
     assert any("excludes client 1: " in line and reason in line for line in lines)
     assert summary["personal"]["last"]["round"] == 2
+
+
+def test_a_node_that_does_not_reply_flags_partial_rounds_and_shortens_the_timeout(sentiment_file, tmp_path):
+    cfg = tiny(sentiment_file, 3, "fed.rounds=3")
+    grid = LocalGrid(client_app, 3, str(tmp_path / "nodes"), tamper=_corrupt("drop"))
+    summary = FlowerRun(cfg, tmp_path / "run", echo=lambda s: None).run(grid)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["flower"]["no_reply"] for r in records[1:]] == [[1], [1], [1]]
+    assert records[0]["eval"]["evaluated_clients"] == [0, 2]  # round 0 was evaluated in the dropped exchange
+    assert summary["partial_rounds"] == [0, 1, 2, 3]
+    timeouts = [r["flower"]["timeout_s"] for r in records[1:]]
+    assert timeouts[0] == 600.0 and timeouts[1] == timeouts[2] == 60.0  # auto: after the first, 4 x a round, >= 60
+    build_report([tmp_path / "run"], tmp_path / "report")
+    assert "Partial rounds" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_too_few_acceptable_replies_stop_the_run_clearly(sentiment_file, tmp_path):

@@ -4,11 +4,22 @@ it needs the `flower` extra)."""
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
+
+INSECURE_HELP = ("no TLS and no SuperNode authentication (default: a fresh CA and certificate for 127.0.0.1, and "
+                 "only the deployment's registered SuperNode keys may connect)")
 
 
 def _say(line: str) -> None:
     print(line, flush=True)
+
+
+def _insecure(args: argparse.Namespace) -> bool:
+    if args.insecure:
+        warnings.warn("--insecure: the deployment runs without TLS and accepts any SuperNode; use it only on a "
+                      "machine you alone use", stacklevel=2)
+    return bool(args.insecure)
 
 
 def cmd_flower(args: argparse.Namespace) -> int:
@@ -24,7 +35,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
         print(f"stopped: {', '.join(stopped)}" if stopped else f"nothing running from {state}")
         return 0
     if args.flower_command == "up":
-        procs = deploy.up(args.nodes, state, args.port)
+        procs = deploy.up(args.nodes, state, args.port, insecure=_insecure(args))
         print(f"SuperLink on 127.0.0.1:{procs['port']} and {args.nodes} SuperNodes (pids in {state}/processes.json); "
               f"`sfedlora flower submit` runs on it, `sfedlora flower down` stops it")
         return 0
@@ -36,7 +47,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
     elif args.flower_command == "submit":
         summary = launch.submit(run, state, args.timeout, echo=_say)
     else:
-        summary = launch.run_local(run, state, args.port, args.timeout, echo=_say)
+        summary = launch.run_local(run, state, args.port, args.timeout, echo=_say, insecure=_insecure(args))
     print("\n".join(launch.summary_lines(summary, run.out)))
     return 0
 
@@ -57,8 +68,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p = fsub.add_parser(name, help=text, description=text + ". CONFIG and key=value overrides as in `run`.")
         p.add_argument("items", nargs="*", metavar="[CONFIG] key=value")
         p.add_argument("--out", help="run folder (default: runs/flower-<method>-<time>)")
-        p.add_argument("--round-timeout", type=float, default=600.0,
-                       help="seconds a round waits for replies; a node that misses it is left out (default 600)")
+        p.add_argument("--round-timeout", type=float, default=0.0,
+                       help="seconds a round waits for replies; a node that misses it is left out of the round and "
+                       "the round is flagged partial (default 0 = auto: 600 s for the first exchange, which "
+                       "includes the nodes' set-up, then 4 x the slowest round so far, at least 60 s)")
         p.add_argument("--node-wait", type=float, default=120.0,
                        help="seconds to wait for fed.clients nodes to connect (default 120)")
         p.add_argument("--dp-clipping-norm", type=float, default=0.0,
@@ -72,12 +85,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--timeout", type=float, default=0.0, help="give up after this many seconds "
                            "(default: (rounds + 2) x round timeout + node wait)")
         if name == "run":
+            p.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
             p.add_argument("--port", type=int, default=DEFAULT_PORT,
                            help=f"SuperLink port; SuperNode i uses port+1+i (default {DEFAULT_PORT})")
         p.set_defaults(func=cmd_flower)
     up = fsub.add_parser("up", help="start a SuperLink and N SuperNodes on 127.0.0.1")
     up.add_argument("--nodes", type=int, required=True, help="SuperNodes (= fed.clients of the runs)")
     up.add_argument("--port", type=int, default=DEFAULT_PORT)
+    up.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     up.add_argument("--state", default="runs/flower-local")
     up.set_defaults(func=cmd_flower)
     down = fsub.add_parser("down", help="stop the processes `up` started (by their recorded PIDs)")

@@ -2,6 +2,11 @@
 processes of their own (each in its own session, so stopping one stops what it spawned), their PIDs
 kept in <state-dir>/processes.json, stopped by those PIDs only. Every wait is bounded.
 
+Secure by default: TLS on every SuperLink connection (a fresh self-signed CA and a certificate for
+127.0.0.1, flower.credentials) and CLI-managed SuperNode authentication (each SuperNode's public key is
+registered before it starts; a SuperNode with any other key is refused). `insecure=True` starts it the
+old way (no TLS, any SuperNode may connect), only when asked, with a warning.
+
   up      start the SuperLink and n SuperNodes (partition-id=i num-partitions=n, node-dir=<state>/node-i)
   submit  `flwr run` the packaged sfedlora Flower App on it, then wait for the run folder's outcome
           (summary.json or error.txt: `flwr run` returns 0 even when the ServerApp fails)
@@ -19,7 +24,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,7 @@ from typing import Any
 import yaml
 
 from sfedlora.errors import SfedloraError
+from sfedlora.flower import credentials
 
 CONNECTION = "sfedlora-local"
 DEFAULT_PORT = 39500
@@ -68,8 +75,21 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
         return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def up(nodes: int, state_dir: Path, port: int = DEFAULT_PORT, startup_timeout: float = 60.0) -> dict[str, Any]:
-    """Start the SuperLink and `nodes` SuperNodes; returns what processes.json records."""
+def _register(creds: Any, env: dict[str, str], state_dir: Path) -> None:
+    """Register every SuperNode's public key with the SuperLink (through its TLS Control API)."""
+    flwr = str(Path(sys.executable).parent / "flwr")
+    for i, key in enumerate(creds.node_keys):
+        done = subprocess.run([flwr, "supernode", "register", f"{key}.pub", CONNECTION, "--format", "json"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        if done.returncode != 0 or '"success": true' not in done.stdout:
+            output = (done.stdout + done.stderr).strip()[-800:]
+            raise SfedloraError(f"registering SuperNode {i}'s key failed; see {state_dir}/superlink.log:\n{output}")
+
+
+def up(nodes: int, state_dir: Path, port: int = DEFAULT_PORT, startup_timeout: float = 60.0,
+       insecure: bool = False) -> dict[str, Any]:
+    """Start the SuperLink and `nodes` SuperNodes (TLS and SuperNode authentication unless `insecure`);
+    returns what processes.json records."""
     state_dir = Path(state_dir).resolve()
     if (state_dir / "processes.json").exists() and running(state_dir):
         raise SfedloraError(f"a local deployment is already running from {state_dir}: `sfedlora flower down` first")
@@ -80,25 +100,34 @@ def up(nodes: int, state_dir: Path, port: int = DEFAULT_PORT, startup_timeout: f
             raise SfedloraError(f"port {p} on 127.0.0.1 is in use: pick another base port with --port")
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "flwr-home").mkdir(exist_ok=True)
+    creds = None if insecure else credentials.make(state_dir / "credentials", nodes)
+    trust = "insecure = true" if creds is None else f'root-certificates = "{creds.ca}"'
     (state_dir / "flwr-home" / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+        f'address = "127.0.0.1:{port}"\n{trust}\n')
     env = flower_env(state_dir, threads=max(1, (os.cpu_count() or 1) // nodes))
     bin_dir = Path(sys.executable).parent
-    procs: dict[str, Any] = {"port": port, "nodes": nodes, "pids": {}}
+    procs: dict[str, Any] = {"port": port, "nodes": nodes, "pids": {}, "secure": creds is not None}
     link_log = state_dir / "superlink.log"
-    link = _spawn([str(bin_dir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
+    security = ["--insecure"] if creds is None else [
+        "--ssl-ca-certfile", str(creds.ca), "--ssl-certfile", str(creds.server_cert), "--ssl-keyfile",
+        str(creds.server_key), "--enable-supernode-auth"]
+    link = _spawn([str(bin_dir / "flower-superlink"), *security, "--host", "127.0.0.1", "--port", str(port),
                    "--disable-runtime-dependency-installation", "--database", str(state_dir / "state.db")],
                   link_log, env)
     procs["pids"]["superlink"] = link.pid
     _write(state_dir, procs)
     try:
         _wait_port(port, link, startup_timeout, link_log)
+        if creds is not None:
+            _register(creds, env, state_dir)
         for i in range(nodes):
             node_dir = state_dir / f"node-{i}"
             node_dir.mkdir(exist_ok=True)
             config = f"partition-id={i} num-partitions={nodes} node-dir='{node_dir}'"
-            node = _spawn([str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+            auth = ["--insecure"] if creds is None else ["--root-certificates", str(creds.ca),
+                                                         "--auth-supernode-private-key", str(creds.node_keys[i])]
+            node = _spawn([str(bin_dir / "flower-supernode"), *auth, "--superlink", f"127.0.0.1:{port}",
                            "--node-config", config, "--host", "127.0.0.1", "--port", str(port + 1 + i),
                            "--max-wait-time", str(int(startup_timeout))],
                           state_dir / f"supernode-{i}.log", env)
@@ -229,12 +258,30 @@ def submit(state_dir: Path, out: Path, config: str | None, overrides: list[str],
     raise SfedloraError(f"no result in {out} after {timeout:.0f} s; logs in {state_dir}")
 
 
+@contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the block like Ctrl-C does (KeyboardInterrupt), so that the `finally` that
+    stops the deployment runs when the command is killed (SIGKILL cannot be caught: `flower down` then
+    stops what processes.json lists)."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_local(nodes: int, state_dir: Path, out: Path, config: str | None, overrides: list[str],
               settings: dict[str, Any], timeout: float, port: int = DEFAULT_PORT,
-              echo: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """up -> submit -> down, stopping every process it started whatever happens."""
-    up(nodes, state_dir, port)
-    try:
-        return submit(state_dir, out, config, overrides, settings, timeout, echo)
-    finally:
-        down(state_dir)
+              echo: Callable[[str], None] = lambda s: None, insecure: bool = False) -> dict[str, Any]:
+    """up -> submit -> down, stopping every process it started whatever happens (an error, Ctrl-C, SIGTERM,
+    SIGHUP)."""
+    with stopped_by_signals():
+        up(nodes, state_dir, port, insecure=insecure)  # stops what it started if it fails or is interrupted
+        try:
+            return submit(state_dir, out, config, overrides, settings, timeout, echo)
+        finally:
+            down(state_dir)

@@ -11,7 +11,7 @@ from typing import Any
 
 from sfedlora.config import RunConfig, config_path, load_config
 from sfedlora.errors import SfedloraError
-from sfedlora.flower.server import FlowerRun, ServerSettings
+from sfedlora.flower.server import FIRST_TIMEOUT, FlowerRun, ServerSettings
 
 
 @dataclass
@@ -27,7 +27,8 @@ class Launch:
 
     def timeout(self, given: float = 0.0) -> float:
         """How long to wait for the whole run: `given`, or (rounds + 2) x round timeout + node wait."""
-        return given or (self.cfg.fed.rounds + 2) * self.settings.round_timeout + self.settings.node_wait
+        per_round = self.settings.round_timeout or FIRST_TIMEOUT  # auto: at most the first exchange's
+        return given or (self.cfg.fed.rounds + 2) * per_round + self.settings.node_wait
 
     def run_settings(self) -> dict[str, Any]:
         return {k.replace("_", "-"): v for k, v in asdict(self.settings).items()}
@@ -54,14 +55,15 @@ def simulate(launch: Launch, cpus_per_client: float = 1.0) -> dict[str, Any]:
 
 
 def run_local(launch: Launch, state: Path, port: int, timeout: float = 0.0,
-              echo: Callable[[str], None] = print) -> dict[str, Any]:
+              echo: Callable[[str], None] = print, insecure: bool = False) -> dict[str, Any]:
     """Start a SuperLink and one SuperNode per client on 127.0.0.1, run, stop them."""
     from sfedlora.flower import deploy
 
-    echo(f"starting a local deployment: SuperLink on 127.0.0.1:{port}, {launch.cfg.fed.clients} SuperNodes "
-         f"(logs in {state}/)")
+    echo(f"starting a local deployment: SuperLink on 127.0.0.1:{port}, {launch.cfg.fed.clients} SuperNodes, "
+         + ("insecure (no TLS, no SuperNode authentication)" if insecure else "TLS and SuperNode authentication")
+         + f" (logs in {state}/)")
     return deploy.run_local(launch.cfg.fed.clients, state, launch.out, launch.config, launch.overrides,
-                            launch.run_settings(), launch.timeout(timeout), port, echo=echo)
+                            launch.run_settings(), launch.timeout(timeout), port, echo=echo, insecure=insecure)
 
 
 def submit(launch: Launch, state: Path, timeout: float = 0.0, echo: Callable[[str], None] = print) -> dict[str, Any]:

@@ -43,10 +43,13 @@ from sfedlora.runtime.resolve import Resolved, check, resolve
 
 @dataclass
 class ServerSettings:
-    round_timeout: float = 600.0  # seconds a round waits for replies; a node that misses it is left out
+    round_timeout: float = 0.0  # seconds a round waits for replies (a node that misses it is left out); 0: auto
     node_wait: float = 120.0  # seconds to wait for fed.clients nodes to connect
     dp_noise_multiplier: float = 0.0  # server-side DP (Flower's fixed-clipping wrapper) when dp_clipping_norm > 0
     dp_clipping_norm: float = 0.0
+
+
+FIRST_TIMEOUT, AUTO_FACTOR, AUTO_MIN = 600.0, 4.0, 60.0
 
 
 class FlowerRun:
@@ -73,10 +76,24 @@ class FlowerRun:
             raise SfedloraError("dp noise multiplier must be >= 0")
         self.cfg_json = json.dumps(to_dict(cfg), sort_keys=True)
         self.key = uuid.uuid4().hex  # nodes keep this run's client state under it: no run sees another's
+        self.round_trips: list[float] = []  # of every exchange so far
+        self.waited = 0.0  # the last exchange's timeout
+        self.missing: list[int] = []  # the last exchange's recipients that did not reply
+
+    def timeout(self) -> float:
+        """How long this exchange waits for replies: --round-timeout where given; else (auto) FIRST_TIMEOUT for
+        the first exchange (it includes each node's set-up: data, model) and then AUTO_FACTOR times the
+        slowest exchange so far, at least AUTO_MIN seconds: a dead node costs the first exchange's wait, then
+        a few rounds' time per round, not 10 minutes each."""
+        if self.settings.round_timeout > 0:
+            return self.settings.round_timeout
+        if not self.round_trips:
+            return FIRST_TIMEOUT
+        return max(AUTO_MIN, AUTO_FACTOR * max(self.round_trips))
 
     # ---- registration -------------------------------------------------------------------------------
     def _register(self, grid: Any) -> None:
-        reg = register(grid, self.cfg.fed.clients, self.cfg_json, self.settings.node_wait, self.settings.round_timeout,
+        reg = register(grid, self.cfg.fed.clients, self.cfg_json, self.settings.node_wait, self.timeout(),
                        self.cfg.lora.rank if self.settings.dp_clipping_norm > 0 else 0, self.echo)
         self.node_of, self.partition_of, self.infos = reg.node_of, reg.partition_of, reg.infos
         self.schema, self.initial = reg.schema, reg.initial
@@ -119,10 +136,15 @@ class FlowerRun:
         else:
             messages = list(self.strategy.configure_train(rnd, arrays, conf, grid))
         t0 = time.perf_counter()
-        replies = list(grid.send_and_receive(messages, timeout=self.settings.round_timeout))
+        self.waited = self.timeout()
+        replies = list(grid.send_and_receive(messages, timeout=self.waited))
         elapsed = time.perf_counter() - t0
         by_partition = {self.partition_of[r.metadata.src_node_id]: r for r in replies
                         if r.metadata.src_node_id in self.partition_of}
+        self.missing = [p for p in recipients if p not in by_partition]
+        # how long a round takes: the exchange's time, or where some node never replied (the exchange then
+        # lasted the whole timeout), the longest time a replying node spent on it
+        self.round_trips.append(elapsed if not self.missing else self._timings(by_partition)["compute_s"])
         return by_partition, elapsed, payload_bytes(latest) * len(messages)
 
     def _evaluation(self, replies: dict[int, Any]) -> dict[str, Any] | None:
@@ -157,7 +179,7 @@ class FlowerRun:
             r = replies.get(p)
             reason, upload = None, None
             if r is None:
-                reason = f"no reply within {self.settings.round_timeout:.0f} s"
+                reason = f"no reply within {self.waited:.0f} s"
             elif r.has_error():
                 reason = f"client error: {r.error.reason}"
             elif "report" in r.content and "excluded" in r.content["report"]:
@@ -231,7 +253,8 @@ class FlowerRun:
             t0 = time.perf_counter()
             replies, elapsed, wire = self._exchange(grid, rnd, evaluate, members, final)  # steps 6 (lazily) and 2-4
             times = self._timings(replies)
-            flower = {"round_trip_s": elapsed, "wire_bytes_down": wire, **times}
+            flower = {"round_trip_s": elapsed, "wire_bytes_down": wire, **times, "timeout_s": self.waited,
+                      "no_reply": self.missing}  # clients that did not reply in time: a partial round
             if evaluate:
                 ev = self._evaluation(replies)
                 if pending is None:  # round 0: the base model (B = 0) on every client

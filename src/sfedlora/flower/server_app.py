@@ -31,7 +31,7 @@ from sfedlora.runtime import lock
 def settings_from(run_config: dict[str, Any]) -> tuple[RunConfig, Path, ServerSettings]:
     cfg = load_config(str(run_config.get("config") or "") or None, shlex.split(str(run_config.get("overrides", ""))))
     out = Path(str(run_config.get("out") or "") or f"runs/flower/{time.strftime('%Y%m%d-%H%M%S')}")
-    settings = ServerSettings(round_timeout=float(run_config.get("round-timeout", 600)),
+    settings = ServerSettings(round_timeout=float(run_config.get("round-timeout", 0)),
                               node_wait=float(run_config.get("node-wait", 120)),
                               dp_noise_multiplier=float(run_config.get("dp-noise-multiplier", 0.0)),
                               dp_clipping_norm=float(run_config.get("dp-clipping-norm", 0.0)))

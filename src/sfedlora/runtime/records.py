@@ -99,7 +99,14 @@ def summary(method: str, resolved: Any, cfg: Any, history: list[dict[str, Any]],
     """summary.json: the run description, the main settings, and the last and best-on-validation rounds."""
     return {"method": method, **resolved.as_record(), "rank": cfg.lora.rank, "alpha": cfg.lora.alpha,
             "clients": cfg.fed.clients, "rounds": cfg.fed.rounds, "seed": cfg.seed,
-            **summarise(history, resolved.task), "wall_s": wall_s}
+            **summarise(history, resolved.task), "partial_rounds": partial_rounds(history), "wall_s": wall_s}
+
+
+def partial_rounds(history: list[dict[str, Any]]) -> list[int]:
+    """Rounds where some client did not reply (Flower: a node down or too slow) or was not evaluated: their
+    means are over the clients that did, which the report flags."""
+    return [r["round"] for r in history
+            if (r.get("flower") or {}).get("no_reply") or (r.get("eval") or {}).get("evaluated_clients")]
 
 
 def _data_line(n: dict[str, int], labels: list[str], max_chars: int) -> str:

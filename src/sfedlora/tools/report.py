@@ -200,6 +200,12 @@ def _intro(runs: list[Run], arms: list[Arm], common: dict[str, Any], metric: str
             f"test split, averaged over clients weighted by what each evaluated; the best round is chosen on "
             f"validation. ± is the standard deviation over an arm's distinct seeds (seeds column). Shared by "
             f"all runs: {facts or 'nothing listed'}.")
+    partial = [r for r in runs if r.summary.get("partial_rounds")]
+    if partial:
+        text += (" Partial rounds (some clients did not reply or were not evaluated; those rounds' means are over "
+                 "the clients that were): " + "; ".join(f"{r.path} rounds {r.summary['partial_rounds']}"
+                                                        for r in partial[:5]) + ("; ..." if len(partial) > 5 else "")
+                 + ".")
     if dupes:
         text += (f" Left out, as repeats of a seed their arm already has: {len(dupes)} run(s) "
                  f"({', '.join(str(p) for p in dupes[:5])}{', ...' if len(dupes) > 5 else ''}).")
