@@ -228,6 +228,29 @@ def test_a_restarted_node_continues_from_its_directory(sentiment_file, tmp_path)
             assert torch.equal(a[k], b[k])
 
 
+def test_a_new_run_on_a_reused_folder_never_sees_the_previous_runs_state(sentiment_file, tmp_path):
+    """Node state is keyed by a run id drawn at run start: a second run into the same --out on the same nodes
+    starts from the untrained base (its round 0 equals the first run's), and a finished run leaves on each
+    node only its client's final adapters."""
+    import shutil
+
+    from sfedlora.runtime import statefile
+
+    cfg, out, nodes = tiny(sentiment_file), tmp_path / "run", tmp_path / "nodes"
+    FlowerRun(cfg, out, echo=lambda s: None).run(LocalGrid(client_app, 3, str(nodes)))
+    first = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    shutil.rmtree(out)
+    FlowerRun(cfg, out, echo=lambda s: None).run(LocalGrid(client_app, 3, str(nodes)))
+    second = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert first[0]["eval"]["personal"] == second[0]["eval"]["personal"]
+    assert first[-1]["eval"]["personal"] != second[0]["eval"]["personal"]  # training changed the first run's models
+    keys = sorted(p.name for p in nodes.iterdir() if p.name != "partitions")  # partitions: the data draw's cache
+    assert len(keys) == 2
+    for key in keys:
+        for c in range(3):
+            assert set(statefile.load(nodes / key / f"client-{c}.safetensors")) == {"adapters", "round"}
+
+
 def test_server_side_dp_runs_and_is_recorded(sentiment_file, tmp_path):
     cfg = tiny(sentiment_file, 3, "lora.init=shared")
     settings = ServerSettings(dp_noise_multiplier=0.5, dp_clipping_norm=0.1)

@@ -79,16 +79,21 @@ def test_a_torn_last_record_is_dropped_on_resume(sentiment_file, tmp_path):
         rundir.records(out)
 
 
-def test_resume_refuses_changed_data(sentiment_file, tmp_path, capsys):
+@pytest.mark.parametrize("change", ["edit", "shrink"])
+def test_resume_refuses_changed_data(change, sentiment_file, tmp_path, capsys):
     out = tmp_path / "run"
     assert _run(sentiment_file, out, "fed.rounds=2") == 0
     _interrupt_after_round_1(out)
     rows = sentiment_file.read_text().splitlines()
-    rows[5] = rows[5].replace("item 5", "item 6")  # one record changed, the same size
+    if change == "edit":
+        rows[5] = rows[5].replace("item 5", "item 6")  # one record changed, the same size
+    else:
+        rows = rows[:-30]
     sentiment_file.write_text("\n".join(rows) + "\n")
     assert main(["run", "--resume", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "cannot be resumed here: data_fingerprint was" in err and "start a new run" in err
+    assert "cannot be resumed here: " in err and "start a new run" in err and "Traceback" not in err
+    assert ("data_fingerprint was" in err) and (change == "edit" or "sizes was" in err)
 
 
 def test_a_sweep_refuses_a_finished_run_made_with_other_settings(sentiment_file, tmp_path, capsys):
