@@ -126,7 +126,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     dirs = [Path(d) for d in args.dirs]
     out = Path(args.out) if args.out else dirs[0] / "report"
-    page = build_report(dirs, out)
+    ref = None
+    if args.reference:
+        key, sep, value = args.reference.partition("=")
+        if not sep:
+            raise SfedloraError(f"--reference {args.reference!r} must be SETTING=VALUE, e.g. method=sfed-lora")
+        ref = (key.strip(), value.strip())
+    page = build_report(dirs, out, ref)
     print(f"report: {page} (figures and report.md beside it)")
     return 0
 
@@ -190,9 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=cmd_sweep)
     report = sub.add_parser("report", help="figures, tables and an HTML report from run folders",
                             description="Read the runs (folders with summary.json) under DIR... and write PNG "
-                            "figures, report.md and a self-contained report.html.")
+                            "figures, report.md and a self-contained report.html: per arm (equal settings but "
+                            "the seed) the mean and 95%% interval over seeds, the paired difference to a "
+                            "reference arm, and each arm's learning rate chosen on validation.")
     report.add_argument("dirs", nargs="+", metavar="DIR")
     report.add_argument("--out", help="report folder (default: DIR/report)")
+    report.add_argument("--reference", metavar="SETTING=VALUE", help="paired differences against the arms with this "
+                        "setting (as the table names it), e.g. scaling=rslora (default: method=sfed-lora or "
+                        "scaling=sfed where the arms have it)")
     report.set_defaults(func=cmd_report)
     diag = sub.add_parser("diagnose", help="numerical check of the scaling theorem on a wide linear adapter",
                           description="FedSA-LoRA on a synthetic wide layer: sweep r and N per scaling rule, "

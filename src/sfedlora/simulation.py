@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from sfedlora.client import local
 from sfedlora.config import RunConfig
+from sfedlora.core.adaptive import init_sq_norms
 from sfedlora.core.metrics import PRIMARY, personal
 from sfedlora.core.state import OptState, State, select
 from sfedlora.errors import SfedloraError
@@ -43,6 +44,8 @@ class Simulation:
         self.opt_states: list[OptState] = [{} for _ in range(n)]
         self.samplers = [local.sampler(cfg, c, s.clients[c].n_train) for c in range(n)]
         self.server = Server(cfg, self.method, self.resolved)
+        if self.resolved.scaling == "adaptive":
+            self.server.init_sq_norms = init_sq_norms(self.states)
         self.merged: dict[str, torch.Tensor] = {}  # FLoRA: fp32 sum of the updates merged into W0 so far
         if resolved is not None and (changed := resume_mismatch(resolved, self.resolved)):
             raise SfedloraError(f"{self.out_dir} cannot be resumed here: " + "; ".join(changed) + ". Its data, model "
@@ -91,7 +94,7 @@ class Simulation:
         for group in self._groups(members):
             new, opt, rows = local.train_clients(
                 self.model, self.tok, self.task, self.cfg, trained, [self.states[c] for c in group],
-                [self.resolved.gammas[c] for c in group], [self.opt_states[c] for c in group],
+                [self.server.gamma(c) for c in group], [self.opt_states[c] for c in group],
                 [self.samplers[c] for c in group], [self.train_ex[c] for c in group], self.device,
                 on_step=None if bar is None else lambda: bar.update(1))
             for c, state, o, row in zip(group, new, opt, rows):
@@ -103,13 +106,13 @@ class Simulation:
         rows: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
         for group in self._groups(list(range(self.cfg.fed.clients)), "eval"):
             out = local.evaluate_clients(self.model, self.tok, self.task, self.cfg, [self.states[c] for c in group],
-                                         [self.resolved.gammas[c] for c in group], [self.encoded[c] for c in group],
+                                         [self.server.gamma(c) for c in group], [self.encoded[c] for c in group],
                                          self.device)
             for split in rows:
                 rows[split] += out[split]
         ev: dict[str, Any] = {"personal": personal(rows)}
         if self.cfg.eval.global_model and not self.resolved.heterogeneous:
-            local.install(self.model, [self.method.global_model(self.states, self.weights)], [self.resolved.gammas[0]],
+            local.install(self.model, [self.method.global_model(self.states, self.weights)], [self.server.gamma(0)],
                           self.device)
             ev["global"] = {}
             for split in ("val", "test"):  # the clients' splits pooled, and their decoded samples pooled
@@ -138,6 +141,7 @@ class Simulation:
                 ex.uploads[c], ex.stats[c] = self.method.upload(self.states[c], gammas[c], rnd), stats[c]
         self.server.require(rnd, ex)
         update = self.server.aggregate(rnd, ex)
+        self.server.rescale(ex, update)
         self.states = downloaded = [self.method.download(s, update, gammas[c], rnd) for c, s in enumerate(self.states)]
         if self.method.merges_into_base:  # FLoRA: W0 += dW, then every client restarts from fresh adapters
             self._merge(update)
@@ -167,7 +171,8 @@ class Simulation:
     def _snapshot(self, rnd: int) -> dict[str, Any]:
         return {"round": rnd, "states": self.states, "opt_states": self.opt_states, "merged": self.merged,
                 "samplers": [(sm.rng.getstate(), sm.order, sm.pos, sm.epoch) for sm in self.samplers],
-                "participation_rng": self.server.rng.getstate(), "torch_rng": torch.get_rng_state()}
+                "participation_rng": self.server.rng.getstate(), "torch_rng": torch.get_rng_state(),
+                "n_eff": self.server.n_eff}
 
     def _restore(self, snap: dict[str, Any]) -> int:
         self.states, self.opt_states = snap["states"], snap["opt_states"]
@@ -177,6 +182,7 @@ class Simulation:
             sm.rng.setstate(rng_state)
             sm.order, sm.pos, sm.epoch = order, pos, epoch
         self.server.rng.setstate(snap["participation_rng"])
+        self.server.n_eff = dict(snap.get("n_eff", {}))
         torch.set_rng_state(snap["torch_rng"])
         return int(snap["round"])
 

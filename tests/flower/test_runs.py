@@ -69,6 +69,7 @@ def close(a, b, path="record"):
     ("fedit", [], set()),
     ("sfed-lora", ["fed.clients_per_round=2", "fed.rounds=3"], {"energy_beyond_rmin", "effective_rank"}),
     ("raflora", ["lora.ranks=[2,4,8]", "fed.clients_per_round=2", "fed.rounds=3"], set()),
+    ("sfed-lora", ["lora.scaling=adaptive", "fed.rounds=3"], {"energy_beyond_rmin", "effective_rank"}),
 ])
 def test_both_runners_record_the_same_rounds(method, extra, simulation_only, sentiment_file, tmp_path):
     """One protocol, two runners: every recorded field of every round is the same but the timings (and

@@ -86,12 +86,18 @@ def test_diagnose_rules_agree_when_they_should():
     assert simulate("sfed", 16, 1, cfg) == simulate("rslora", 16, 1, cfg)
     # r = 1, N = 1: all three rules give gamma = alpha
     assert simulate("lora", 1, 1, cfg) == simulate("sfed", 1, 1, cfg)
+    # adaptive starts as rsLoRA; with a shared init it measures N_eff ~ 1 and stays there, where sfed's
+    # outputs grow with N
+    shared = {rule: simulate(rule, 16, 8, cfg, "shared") for rule in ("adaptive", "rslora", "sfed")}
+    assert shared["adaptive"]["out_rms"] == pytest.approx(shared["rslora"]["out_rms"], rel=1e-3)
+    assert shared["sfed"]["out_rms"] > 2 * shared["rslora"]["out_rms"]
 
 
 def test_diagnose_cli_quick(tmp_path, capsys):
     assert main(["diagnose", "--quick", "--rounds", "2", "--steps", "2", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "diagnose.json").read_text())
-    assert set(result["slopes"]) == {"lora", "rslora", "sfed"}
+    assert set(result["slopes"]) == {f"{r} / {i}" for r in ("lora", "rslora", "sfed", "adaptive")
+                                     for i in ("independent", "shared")}
     assert all(math.isfinite(v) for rule in result["slopes"].values() for axis in rule.values() for v in axis.values())
     assert (tmp_path / "diagnose.png").stat().st_size > 0
-    assert "| sfed |" in capsys.readouterr().out
+    assert "| sfed / independent |" in capsys.readouterr().out

@@ -12,11 +12,14 @@ import yaml
 from sfedlora.config import load_config, to_dict
 from sfedlora.runtime.records import summarise
 from sfedlora.tools.arms import find_runs, group_arms
+from sfedlora.tools.report import BEST_COLUMN as BEST
 from sfedlora.tools.report import arms_table, build_report
 
 
-def fake_run(folder: Path, overrides: list[str], curve: list[float], ranks: list[int] | None = None) -> Path:
-    """A finished run folder whose personal (and validation) accuracy per round 0.. is `curve`."""
+def fake_run(folder: Path, overrides: list[str], curve: list[float], ranks: list[int] | None = None,
+             test: list[float] | None = None) -> Path:
+    """A finished run folder whose personal validation accuracy per round 0.. is `curve` (and its test
+    accuracy too, unless `test` gives it)."""
     cfg = load_config(None, ["fed.clients=3", *overrides])
     ranks = ranks or [cfg.lora.rank] * cfg.fed.clients
     scaling = {"sfed-lora": "sfed", "fedsa-lora": "lora", "fedit": "lora"}.get(cfg.fed.method, "lora")
@@ -26,7 +29,11 @@ def fake_run(folder: Path, overrides: list[str], curve: list[float], ranks: list
     records = []
     for rnd, acc in enumerate(curve):
         block = {"accuracy": {"uniform": acc, "weighted": acc}}
-        records.append({"round": rnd, "eval": {"personal": {"val": block, "test": block}},
+        t = test[rnd] if test else acc
+        records.append({"round": rnd, "eval": {"personal": {"val": block, "test": {"accuracy": {"uniform": t,
+                                                                                                "weighted": t}}}},
+                        "grad_norm_A": [0.01 * cfg.lora.rank] * 3 if rnd else [None] * 3,
+                        "grad_norm_B": [0.02] * 3 if rnd else [None] * 3,
                         "grad_norm_A_steps": [[0.1, 0.2]] * 3 if rnd else None,
                         "grad_norm_B_steps": [[0.1, 0.2]] * 3 if rnd else None,
                         "adapter_out_var": [0.01] * 3, "adapter_out_mean": [0.001] * 3,
@@ -45,15 +52,16 @@ def table(tmp_path: Path) -> dict[str, dict[str, str]]:
 
 
 def test_runs_that_differ_in_any_setting_are_separate_arms(tmp_path):
-    """IID and Dirichlet runs of one method and rank are two arms: mean ± std over each arm's seeds only
-    (before: one cell, 0.5667 ± 0.1528 'over seeds', mixing the partitions)."""
+    """IID and Dirichlet runs of one method and rank are two arms: mean ± the 95% interval over each arm's
+    seeds only (before: one cell, 0.5667 ± 0.1528 'over seeds', mixing the partitions)."""
     fake_run(tmp_path / "runs" / "a", ["data.partition=iid", "seed=0"], [0.2, 0.6])
     fake_run(tmp_path / "runs" / "b", ["data.partition=iid", "seed=1"], [0.2, 0.7])
     fake_run(tmp_path / "runs" / "c", ["data.partition=dirichlet", "seed=0"], [0.2, 0.4])
     rows = table(tmp_path)
     assert set(rows) == {"iid", "dirichlet"}
-    assert rows["iid"]["seeds"] == "2" and rows["iid"]["personal test (best on val)"] == "0.6500 ± 0.0707"
-    assert rows["dirichlet"]["seeds"] == "1" and rows["dirichlet"]["personal test (best on val)"] == "0.4000"
+    # seeds 0.6 and 0.7: sd 0.0707, half-width t(1) * sd / sqrt(2) = 12.706 * 0.05 = 0.6353
+    assert rows["iid"]["seeds"] == "2" and rows["iid"][BEST] == "0.6500 ± 0.6353"
+    assert rows["dirichlet"]["seeds"] == "1" and rows["dirichlet"][BEST] == "0.4000 (n=1, no interval)"
 
 
 def test_a_seed_counts_once(tmp_path):
@@ -101,3 +109,38 @@ def test_settings_that_do_not_change_results_do_not_split_arms(tmp_path, key):
     fake_run(tmp_path / "runs" / "b", [key], [0.2, 0.6])
     arms, _, _ = group_arms(find_runs([tmp_path / "runs"]))
     assert len(arms) == 1
+
+
+def test_paired_differences_against_the_reference_arm(tmp_path):
+    """Per seed, fedsa-lora minus sfed-lora at the same rank: +0.02, +0.03, +0.04 at r 4 (mean 0.03, half
+    4.303 * 0.01 / sqrt(3) = 0.0248: better), and +0.05, -0.04, +0.02 at r 8 (within noise)."""
+    for rank, sfed, fedsa in ((4, (0.70, 0.70, 0.70), (0.72, 0.73, 0.74)), (8, (0.70, 0.70, 0.70), (0.75, 0.66, 0.72))):
+        for seed in range(3):
+            for method, acc in (("sfed-lora", sfed[seed]), ("fedsa-lora", fedsa[seed])):
+                fake_run(tmp_path / "runs" / f"{method}-{rank}-{seed}", [f"fed.method={method}", f"lora.rank={rank}",
+                                                                          f"seed={seed}"], [0.2, acc])
+    arms, _, _ = group_arms(find_runs([tmp_path / "runs"]))
+    header, body = arms_table(arms, ("method", "sfed-lora"), higher=True)
+    rows = {(r[0], r[1]): dict(zip(header, r)) for r in body}
+    diff = "Δ vs method=sfed-lora (paired by seed, 95% CI)"
+    assert rows[("fedsa-lora", "4")][diff] == "0.0300 ± 0.0248 (n=3)"
+    assert rows[("fedsa-lora", "4")]["reading"] == "better"
+    assert rows[("fedsa-lora", "8")]["reading"] == "within noise"
+    assert rows[("sfed-lora", "4")][diff] == "(reference)"
+    build_report([tmp_path / "runs"], tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "within noise" in md and "No head-only baseline" in md
+    assert (tmp_path / "rep" / "accuracy_vs_rank.png").stat().st_size > 0
+    assert (tmp_path / "rep" / "grad_norms_vs_rank.png").stat().st_size > 0
+
+
+def test_each_arm_is_reported_at_its_learning_rate_chosen_on_validation(tmp_path):
+    """lr 1e-3 has the better validation metric (0.8 vs 0.6) but the worse test metric (0.5 vs 0.7): the
+    report keeps 1e-3 and shows its test number, never picking on test."""
+    for seed in range(2):
+        fake_run(tmp_path / "runs" / f"a{seed}", ["train.lr=0.001", f"seed={seed}"], [0.2, 0.8], test=[0.2, 0.5])
+        fake_run(tmp_path / "runs" / f"b{seed}", ["train.lr=0.01", f"seed={seed}"], [0.2, 0.6], test=[0.2, 0.7])
+    build_report([tmp_path / "runs"], tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "0.001 (chosen on val)" in md and "| 0.5000 ± 0.0000 |" in md and "0.7000" not in md.split("## Learn")[0]
+    assert "| 0.01 | 0.6000 | 2 |  |" in md and "| 0.001 | 0.8000 | 2 | chosen |" in md

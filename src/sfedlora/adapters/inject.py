@@ -10,13 +10,14 @@ A group of C clients is the same dict with a leading client dimension, see load_
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from sfedlora.adapters.head import StackedHead
 from sfedlora.adapters.layer import StackedLoRALinear
+from sfedlora.core.scaling import Gamma
 from sfedlora.errors import SfedloraError
 
 # Suffixes of module names. LLaMA-style and BERT-style names both appear; a model matches one family.
@@ -120,13 +121,15 @@ def init_adapter_state(model: nn.Module, rank: int, generator: torch.Generator, 
     return state
 
 
-def load_group(model: nn.Module, states: Sequence[dict[str, torch.Tensor]], gammas: Sequence[float],
+def load_group(model: nn.Module, states: Sequence[dict[str, torch.Tensor]], gammas: Sequence[Gamma],
                device: torch.device | str = "cpu") -> None:
-    """Install C clients' adapter states (client-major) into the model's stacked layers."""
-    gamma = torch.tensor(list(gammas), dtype=torch.float32, device=device)
+    """Install C clients' adapter states (client-major) into the model's stacked layers. A client's gamma
+    is one number, or one per adapted module (lora.scaling=adaptive)."""
     for name, layer in lora_layers(model).items():
         a = torch.stack([s[f"{name}.lora_A"] for s in states]).to(device)
         b = torch.stack([s[f"{name}.lora_B"] for s in states]).to(device)
+        gamma = torch.tensor([g[name] if isinstance(g, Mapping) else g for g in gammas], dtype=torch.float32,
+                             device=device)
         layer.set_adapters(a, b, gamma)
     for name, head in head_layers(model).items():
         bias = None if head.init_bias is None else torch.stack([s[f"{name}.bias"] for s in states]).to(device)

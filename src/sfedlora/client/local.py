@@ -19,6 +19,7 @@ from sfedlora.client.evaluate import evaluate_group, math_accuracy
 from sfedlora.client.optim import ClientOptState, StackedOptimizer
 from sfedlora.client.train import train_group
 from sfedlora.config import RunConfig
+from sfedlora.core.scaling import Gamma
 from sfedlora.core.state import pad_opt_state, pad_state, rank_of, truncate_opt_state, truncate_state
 from sfedlora.data.batching import ClientSampler, collate, encode_classification, encode_lm
 from sfedlora.data.partition import ClientData
@@ -75,7 +76,7 @@ def encode(data: ClientData, task: str, tok: Any, cfg: RunConfig, c: int) -> Enc
     return Encoded(enc(data.train), by_len(val), by_len(test), decode)
 
 
-def install(model: Any, states: Sequence[State], gammas: Sequence[float], device: torch.device) -> int:
+def install(model: Any, states: Sequence[State], gammas: Sequence[Gamma], device: torch.device) -> int:
     """Install a group's adapters, zero-padded to its largest rank; returns that rank."""
     r_group = max(rank_of(s) for s in states)
     load_group(model, [pad_state(s, r_group) for s in states], gammas, device)
@@ -83,7 +84,7 @@ def install(model: Any, states: Sequence[State], gammas: Sequence[float], device
 
 
 def train_clients(model: Any, tok: Any, task: str, cfg: RunConfig, trained: frozenset[str],
-                  states: Sequence[State], gammas: Sequence[float], opt_states: Sequence[ClientOptState],
+                  states: Sequence[State], gammas: Sequence[Gamma], opt_states: Sequence[ClientOptState],
                   samplers: Sequence[ClientSampler], train_ex: Sequence[Sequence[dict[str, Any]]],
                   device: torch.device, on_step: Any = None
                   ) -> tuple[list[State], list[ClientOptState], list[dict[str, Any]]]:
@@ -111,7 +112,7 @@ def train_clients(model: Any, tok: Any, task: str, cfg: RunConfig, trained: froz
 
 
 def evaluate_clients(model: Any, tok: Any, task: str, cfg: RunConfig, states: Sequence[State],
-                     gammas: Sequence[float], encoded: Sequence[Encoded],
+                     gammas: Sequence[Gamma], encoded: Sequence[Encoded],
                      device: torch.device) -> dict[str, list[dict[str, Any]]]:
     """Each client's own adapters on its own validation and test splits: one row per client and split."""
     install(model, states, gammas, device)

@@ -43,8 +43,12 @@ class LoraConfig:
                          choices=("cycle", "by_size"))
     alpha: float = opt(8.0, "alpha in the scaling factor", check="positive", label="LoRA alpha")
     scaling: str = opt("auto", "gamma: `auto` (the method's own), `lora` alpha/r, `rslora` alpha/sqrt(r), `sfed` "
-                       "alpha*sqrt(N/r), `custom` alpha*N^a/r^b, `none` 0 (the head-only baseline)",
-                       choices=("auto", "lora", "rslora", "sfed", "custom", "none"))
+                       "alpha*sqrt(N/r), `adaptive` alpha*sqrt(N_eff/r) with N_eff measured per module (FedSA family, "
+                       "equal ranks; docs/methods.md), `custom` alpha*N^a/r^b, `none` 0 (the head-only baseline)",
+                       choices=("auto", "lora", "rslora", "sfed", "adaptive", "custom", "none"))
+    adaptive: str = opt("first", "`adaptive` scaling: `first` measures N_eff = sum w_i|A_i|^2 / |sum w_i A_i|^2 at the "
+                        "first aggregation and keeps it; `cumulative` re-estimates mean|A_i at init|^2 / "
+                        "|aggregated A|^2 every round, clamped to [1, N]", choices=("first", "cumulative"))
     scaling_n: str = opt("participants", "N in `sfed`/`custom` under heterogeneous ranks: `participants` (the "
                          "paper's: the clients per round, for every rank) or `partition` (per client, the harmonic "
                          "mean over its A's rows of the clients averaging them; rank-partitioned methods only)",

@@ -69,7 +69,8 @@ def _step(msg: Message, context: Context) -> Message:
     node, conf = _node(msg, context)
     state = _load_state(node, context, conf)
     update = from_record(msg.content["update"]) if "update" in msg.content else {}
-    gamma = float(json.loads(str(conf["gammas"]))[node.partition])
+    sent = json.loads(str(conf["gammas"]))[node.partition]  # a number, or one per module (adaptive scaling)
+    gamma = {str(m): float(g) for m, g in sent.items()} if isinstance(sent, dict) else float(sent)
     state, reply = node.step(state, update, int(conf["round"]), gamma, bool(conf["evaluate"]), bool(conf["train"]))
     path = Node.file(node_dir(context.node_config), str(conf["run_key"]), node.partition)
     if msg.metadata.message_type == "evaluate":  # the run's last message: keep the model, drop the working state

@@ -21,6 +21,7 @@ import torch
 
 from sfedlora.client import local as client
 from sfedlora.config import RunConfig
+from sfedlora.core.scaling import Gamma, scalar
 from sfedlora.data.cache import cache_dir
 from sfedlora.errors import SfedloraError
 from sfedlora.flower.wire import schema_of
@@ -102,14 +103,14 @@ class Node:
         statefile.save(path, {"adapters": state["adapters"], "round": state["round"]})
 
     # ---- what a message asks for --------------------------------------------------------------------
-    def step(self, state: dict[str, Any], update: State, rnd: int, gamma: float, evaluate: bool,
+    def step(self, state: dict[str, Any], update: State, rnd: int, gamma: Gamma, evaluate: bool,
              train: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         """Download the server's update (if any), evaluate (if asked: the previous round's personalised
         evaluation), then train round `rnd` (if this client takes part). Returns the new state and the
         reply's fields: upload, stats, eval rows and timings."""
         reply: dict[str, Any] = {}
         if update:
-            state = {**state, "adapters": self.method.download(state["adapters"], update, gamma, rnd - 1)}
+            state = {**state, "adapters": self.method.download(state["adapters"], update, scalar(gamma), rnd - 1)}
         t0 = time.perf_counter()
         if evaluate:
             rows = client.evaluate_clients(self.model, self.tok, self.task, self.cfg, [state["adapters"]], [gamma],
@@ -128,7 +129,7 @@ class Node:
                 state = {**before, "sampler": state["sampler"]}
                 reply["excluded"] = reason
             else:
-                reply["upload"] = self.method.upload(state["adapters"], gamma, rnd)
+                reply["upload"] = self.method.upload(state["adapters"], scalar(gamma), rnd)
         reply["eval_s"], reply["train_s"] = t1 - t0, time.perf_counter() - t1
         return state, reply
 

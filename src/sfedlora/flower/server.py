@@ -60,6 +60,9 @@ class FlowerRun:
         if self.method.merges_into_base:
             raise SfedloraError(f"{self.method.name} merges every round's update into each client's base model; "
                                 "the Flower app does not support that yet: use `sfedlora run`")
+        if cfg.lora.scaling == "adaptive" and cfg.lora.adaptive == "cumulative":
+            raise SfedloraError("lora.adaptive=cumulative needs every client's A at init on the server, which a Flower "
+                                "server never holds: use lora.adaptive=first, or `sfedlora run`")
         s = self.settings
         if s.dp_clipping_norm > 0:
             if not self.method.dp_compatible:
@@ -124,7 +127,7 @@ class FlowerRun:
         recipients = everyone if evaluate else members
         conf = ConfigRecord({
             "run": self.cfg_json, "run_key": self.key, "init": self.resolved.init,
-            "ranks": json.dumps(self.resolved.ranks), "gammas": json.dumps(self.resolved.gammas),
+            "ranks": json.dumps(self.resolved.ranks), "gammas": json.dumps([self.server.gamma(p) for p in everyone]),
             "round": rnd, "evaluate": evaluate,
             "participants": json.dumps([self.node_of[p] for p in members]),
             "recipients": json.dumps([self.node_of[p] for p in recipients]),
@@ -269,6 +272,7 @@ class FlowerRun:
             ex, accepted = self._accept(rnd, members, replies)
             update_record, _ = self.strategy.aggregate_train(rnd, accepted)  # step 5, through Flower's strategy
             update = self.server.adopt(from_record(update_record) if update_record is not None else {})
+            self.server.rescale(ex, update)
             record = {**self.server.record(rnd, ex, update, None, times["train_s"], 0.0, time.perf_counter() - t0),
                       "flower": flower}  # step 7
             if rnd % cfg.eval.every == 0 or rnd == cfg.fed.rounds:

@@ -32,6 +32,7 @@ class FederatedMethod:
     heterogeneous_ranks: ClassVar[bool] = False  # can clients hold different ranks?
     rank_partitioned: ClassVar[bool] = False  # averages each rank partition over the clients that have it
     merges_into_base: ClassVar[bool] = False  # FLoRA: the update is added to W0, adapters restart
+    adaptive_scaling: ClassVar[bool] = False  # lora.scaling=adaptive fits it (A averaged, B kept: the FedSA family)
     dp_compatible: ClassVar[bool] = False  # uploads the same factors every round (server-side DP can clip them)
 
     def trained(self, rnd: int) -> frozenset[str]:

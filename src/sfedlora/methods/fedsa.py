@@ -21,6 +21,7 @@ class FedSALoRA(FederatedMethod):
     heterogeneous_ranks = True
     rank_partitioned = True
     dp_compatible = True
+    adaptive_scaling = True
 
     def uploaded(self, rnd: int) -> frozenset[str]:
         return frozenset({"A", "head"})

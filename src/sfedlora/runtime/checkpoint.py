@@ -24,9 +24,13 @@ NAME, PREVIOUS, LEGACY = "checkpoint.safetensors", "checkpoint.prev.safetensors"
 def save(run_dir: Path, snapshot: dict[str, Any]) -> None:
     """The new checkpoint becomes the newest; the one it replaces is kept as the previous."""
     run_dir = Path(run_dir)
-    if (run_dir / NAME).exists():
-        os.replace(run_dir / NAME, run_dir / PREVIOUS)
-    statefile.save(run_dir / NAME, snapshot)
+    if (run_dir / NAME).exists():  # a second name for the current one first: a kill at any moment leaves a newest
+        link = run_dir / f"{PREVIOUS}.tmp{os.getpid()}"
+        if link.exists():
+            link.unlink()
+        os.link(run_dir / NAME, link)
+        os.replace(link, run_dir / PREVIOUS)
+    statefile.save(run_dir / NAME, snapshot)  # atomic: the newest is the old one or the new one, never missing
 
 
 def load(run_dir: Path) -> dict[str, Any] | None:

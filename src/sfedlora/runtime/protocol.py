@@ -8,7 +8,9 @@ A round t:
   3. check       a participant whose loss or adapters turned non-finite goes back to its state before the
                  round and is left out of the aggregation, with the reason recorded
   4. upload      method.upload: what the method sends (A and the head for the FedSA family; B never leaves)
-  5. aggregate   method.aggregate over the accepted uploads, weighted by fed.weighting
+  5. aggregate   method.aggregate over the accepted uploads, weighted by fed.weighting; with
+                 lora.scaling=adaptive the server then measures N_eff per module (Server.rescale), which sets
+                 every client's gamma from the next evaluation and round on
   6. download    method.download of the update into every client's state (a Flower node downloads the
                  latest update when its next message arrives, which gives the same state)
   7. record      one record of the round (Server.record), from what both runners know
@@ -24,7 +26,9 @@ from typing import Any
 import torch
 
 from sfedlora.config import RunConfig
+from sfedlora.core.adaptive import measure, module_gammas
 from sfedlora.core.aggregate import client_weights
+from sfedlora.core.scaling import Gamma
 from sfedlora.core.spectrum import spectrum_stats
 from sfedlora.core.state import State, overlay, payload_bytes
 from sfedlora.errors import SfedloraError
@@ -87,6 +91,29 @@ class Server:
         self.weights = client_weights([s["train"] for s in resolved.sizes], cfg.fed.weighting)
         self.rng = random.Random(cfg.seed + 17)
         self.latest: State = {}
+        self.n_eff: dict[str, float] = {}  # adaptive scaling: N_eff per module, measured (empty: N_eff = 1)
+        self.trained_n_eff: dict[str, float] = {}  # what the round being recorded trained with
+        self.init_sq_norms: dict[str, float] = {}  # adaptive `cumulative`: mean |A_i at init|^2 per module
+
+    @property
+    def adaptive(self) -> bool:
+        return self.resolved.scaling == "adaptive"
+
+    def gamma(self, client: int) -> Gamma:
+        """Client `client`'s gamma now: the resolved one, or with adaptive scaling one per module from the
+        measured N_eff (alpha * sqrt(N_eff / r)) once the first aggregation has measured it."""
+        if not self.adaptive or not self.n_eff:
+            return self.resolved.gammas[client]
+        return module_gammas(self.cfg.lora.alpha, self.resolved.ranks[client], self.n_eff)
+
+    def rescale(self, exchange: Exchange, update: State) -> None:
+        """After step 5, adaptive scaling only: measure N_eff of this round's participants (core.adaptive)."""
+        self.trained_n_eff = dict(self.n_eff)
+        if not self.adaptive or not exchange.uploads:
+            return
+        accepted = sorted(exchange.uploads)
+        self.n_eff = measure(self.cfg.lora.adaptive, [exchange.uploads[c] for c in accepted],
+                             [self.weights[c] for c in accepted], update, self.n_eff, self.init_sq_norms)
 
     def select(self) -> list[int]:
         return select(self.rng, self.cfg.fed.clients, self.cfg.fed.clients_per_round)
@@ -130,4 +157,8 @@ class Server:
         held = None if clients is None else [clients[c] for c in accepted]
         out.update(spectrum(self.method, update, held, [r.gammas[c] for c in accepted],
                             [self.weights[c] for c in accepted], min(r.ranks)))
+        if self.adaptive:  # the gammas this round trained with, and the N_eff measured at its aggregation
+            used = module_gammas(self.cfg.lora.alpha, r.ranks[0], self.trained_n_eff) if self.trained_n_eff else {}
+            out["gamma"] = [sum(used.values()) / len(used) if used else g for g in r.gammas]
+            out["adaptive"] = {"mode": self.cfg.lora.adaptive, "n_eff": dict(self.n_eff), "gamma_trained": used}
         return out

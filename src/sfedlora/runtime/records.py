@@ -128,7 +128,9 @@ def describe_run(method: str, resolved: Any, cfg: Any, descriptions: list[dict[s
     gamma_text = f"{r.gamma:.4g}" if not r.heterogeneous else "[" + ", ".join(f"{g:.4g}" for g in r.gammas) + "]"
     lines = [f"{method}: scaling {r.scaling}, gamma = {gamma_text} (alpha {cfg.lora.alpha}, r {rank_text}, "
              f"N {r.n_averaged}), init {r.init}, {len(r.targets)} adapted modules, {r.task} on {cfg.data.source}, "
-             f"device {r.device}, {r.precision}"]
+             f"device {r.device}, {r.precision}"
+             + (f"; adaptive ({cfg.lora.adaptive}): N_eff = 1 until the first aggregation measures it per module"
+                if r.scaling == "adaptive" else "")]
     if r.data_counts:
         lines.append(_data_line(r.data_counts, r.label_names, cfg.model.max_length * CHARS_PER_TOKEN))
     for p in descriptions:

@@ -166,7 +166,15 @@ def resolve(cfg: RunConfig, method: FederatedMethod, n_train: list[int]) -> Reso
         raise SfedloraError(f"{method.name} needs equal ranks on all clients (got {ranks}); for heterogeneous "
                             f"ranks use one of {', '.join(names(lambda m: m.heterogeneous_ranks))}")
     n = cfg.fed.clients_per_round or cfg.fed.clients
-    if cfg.lora.scaling_n == "partition":
+    if rule == "adaptive":
+        if not method.adaptive_scaling:
+            raise SfedloraError(f"lora.scaling=adaptive measures how averaging shrinks A while each client keeps its "
+                                f"B: use it with {', '.join(names(lambda m: m.adaptive_scaling))}, not {method.name}")
+        if len(set(ranks)) > 1:
+            raise SfedloraError(f"lora.scaling=adaptive needs equal ranks on all clients (got {ranks})")
+    if rule == "adaptive":  # N_eff = 1 until the first aggregation measures it (core.adaptive)
+        n_i = [1.0] * len(ranks)
+    elif cfg.lora.scaling_n == "partition":
         if not method.rank_partitioned:
             raise SfedloraError("lora.scaling_n=partition counts the clients that average each rank partition: use "
                                 f"it with a method whose aggregation is rank-partitioned "

@@ -1,8 +1,9 @@
 """A numerical check of the SFed-LoRA scaling theorem (arXiv 2603.08058, Theorem 4.2) on a wide linear
 adapter, with no pretrained model.
 
-Setting: N clients each hold an adapter gamma * B_i A_i on a d-wide layer, A_i drawn independently
-N(0, 1/d) (the proof's assumption), B_i = 0. Each round every client takes K SGD steps on a shared
+Setting: N clients each hold an adapter gamma * B_i A_i on a d-wide layer, A_i drawn N(0, 1/d),
+independently per client (the proof's assumption) or one draw shared by all (`inits`), B_i = 0. Each
+round every client takes K SGD steps on a shared
 linear-regression target (a random teacher map, Theta(1) per output entry), then the server averages A
 (FedSA-LoRA) and each client keeps its B. After the last round we measure, on fresh inputs, the RMS of
 one entry of the adapter output gamma * B_i A x (forward stability), on the inputs of each client's
@@ -10,9 +11,10 @@ last local step (`out_rms_seen`, where (A x).(A x) sums r coherent terms, as in 
 inputs (`out_rms`, where the r terms are mostly incoherent at finite width), the RMS of one entry of the input
 gradient gamma * A^T B_i^T g for a unit-variance g (backward stability), and the Frobenius norms of the
 parameter gradients of A and B in the last round. The log-log slope of each quantity against r (N
-fixed) and against N (r fixed) is fitted per scaling rule. The theorem predicts slopes near 0 for
-`sfed` in both r and N; it does not predict the sign or size of the others' slopes, which we report
-as measured.
+fixed) and against N (r fixed) is fitted per scaling rule and init. The theorem predicts slopes near 0
+for `sfed` in both r and N under independent inits; it does not predict the sign or size of the others'
+slopes, which we report as measured. `adaptive` (core.adaptive) starts at N_eff = 1 and measures
+N_eff = sum_i w_i |A_i|^2 / |sum_i w_i A_i|^2 at the first averaging.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 import torch
 
+from sfedlora.core.adaptive import n_eff_first
 from sfedlora.core.scaling import scaling
 
 QUANTITIES = ("out_rms_seen", "out_rms", "in_grad_rms", "grad_norm_A", "grad_norm_B")
@@ -36,7 +39,8 @@ class DiagnoseConfig:
     clients: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
     fixed_rank: int = 64
     fixed_clients: int = 8
-    rules: list[str] = field(default_factory=lambda: ["lora", "rslora", "sfed"])
+    rules: list[str] = field(default_factory=lambda: ["lora", "rslora", "sfed", "adaptive"])
+    inits: list[str] = field(default_factory=lambda: ["independent", "shared"])
     alpha: float = 1.0
     rounds: int = 3
     steps: int = 5
@@ -45,13 +49,15 @@ class DiagnoseConfig:
     seed: int = 0
 
 
-def simulate(rule: str, rank: int, n_clients: int, cfg: DiagnoseConfig) -> dict[str, float]:
-    """Run FedSA-LoRA on the synthetic task; return the four measured quantities."""
+def simulate(rule: str, rank: int, n_clients: int, cfg: DiagnoseConfig, init: str = "independent") -> dict[str, float]:
+    """Run FedSA-LoRA on the synthetic task; return the measured quantities."""
     d, b = cfg.width, cfg.batch
     g = torch.Generator().manual_seed(cfg.seed)
     teacher = torch.randn(d, d, generator=g) / math.sqrt(d)  # y = teacher x: entries ~ N(0, 1)
-    gamma = scaling(rule, cfg.alpha, rank, n_clients)
-    A = (torch.randn(n_clients, rank, d, generator=g) / math.sqrt(d)).requires_grad_()  # independent inits
+    adaptive = rule == "adaptive"
+    gamma = scaling("rslora" if adaptive else rule, cfg.alpha, rank, n_clients)  # adaptive: N_eff = 1 at first
+    drawn = torch.randn(1 if init == "shared" else n_clients, rank, d, generator=g) / math.sqrt(d)
+    A = drawn.expand(n_clients, rank, d).clone().requires_grad_()
     B = torch.zeros(n_clients, d, rank, requires_grad=True)
     norms_a: list[float] = []
     norms_b: list[float] = []
@@ -70,6 +76,8 @@ def simulate(rule: str, rank: int, n_clients: int, cfg: DiagnoseConfig) -> dict[
                 A -= cfg.lr * ga
                 B -= cfg.lr * gb
         with torch.no_grad():
+            if adaptive and rnd == 0:  # the first aggregation measures N_eff
+                gamma = cfg.alpha * math.sqrt(n_eff_first(list(A), [1.0] * n_clients) / rank)
             A[:] = A.mean(0, keepdim=True)  # FedSA-LoRA: the server averages A, every client keeps its B
     with torch.no_grad():
         seen = gamma * torch.bmm(torch.bmm(x, A.transpose(1, 2)), B.transpose(1, 2))  # last local batch
@@ -94,12 +102,14 @@ def slope(xs: list[float], ys: list[float]) -> float:
 def run_diagnose(cfg: DiagnoseConfig, progress: bool = True) -> dict[str, Any]:
     from tqdm import tqdm
 
-    jobs = [(rule, "rank", r) for rule in cfg.rules for r in cfg.ranks]
-    jobs += [(rule, "clients", n) for rule in cfg.rules for n in cfg.clients]
-    points: dict[str, dict[str, list[dict[str, float]]]] = {rule: {"rank": [], "clients": []} for rule in cfg.rules}
-    for rule, axis, value in tqdm(jobs, desc="diagnose", unit="run", disable=not progress):
+    arms = [(rule, init) for init in cfg.inits for rule in cfg.rules]
+    jobs = [(arm, "rank", r) for arm in arms for r in cfg.ranks]
+    jobs += [(arm, "clients", n) for arm in arms for n in cfg.clients]
+    points: dict[str, dict[str, list[dict[str, float]]]] = {f"{rule} / {init}": {"rank": [], "clients": []}
+                                                            for rule, init in arms}
+    for (rule, init), axis, value in tqdm(jobs, desc="diagnose", unit="run", disable=not progress):
         rank, n = (value, cfg.fixed_clients) if axis == "rank" else (cfg.fixed_rank, value)
-        points[rule][axis].append({"x": value, **simulate(rule, rank, n, cfg)})
+        points[f"{rule} / {init}"][axis].append({"x": value, **simulate(rule, rank, n, cfg, init)})
     slopes = {
         rule: {axis: {q: slope([p["x"] for p in pts], [p[q] for p in pts]) for q in QUANTITIES}
                for axis, pts in axes.items()}
@@ -110,7 +120,7 @@ def run_diagnose(cfg: DiagnoseConfig, progress: bool = True) -> dict[str, Any]:
 
 def slope_table(result: dict[str, Any]) -> str:
     cfg = result["config"]
-    header = ["rule"] + [f"{q} vs r" for q in QUANTITIES] + [f"{q} vs N" for q in QUANTITIES]
+    header = ["rule / init"] + [f"{q} vs r" for q in QUANTITIES] + [f"{q} vs N" for q in QUANTITIES]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rule, axes in result["slopes"].items():
         cells = [f"{axes['rank'][q]:+.3f}" for q in QUANTITIES] + [f"{axes['clients'][q]:+.3f}" for q in QUANTITIES]

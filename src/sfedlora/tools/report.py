@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
-import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,141 +19,52 @@ from typing import Any
 from sfedlora.core.metrics import PRIMARY
 from sfedlora.errors import SfedloraError
 from sfedlora.tools.arms import Arm, Run, display_names, find_runs, group_arms
-
-Curve = Callable[[Run], tuple[list[float], list[float]]]
-
-
-def _weighted(value: Any) -> float | None:
-    if value is None:
-        return None
-    return float(value["weighted"] if isinstance(value, dict) else value)
-
-
-def metric_curve(metric: str, scope: str = "personal") -> Curve:
-    """The test metric per evaluated round (personal: the mean over clients weighted by what they evaluated)."""
-    def curve(run: Run) -> tuple[list[float], list[float]]:
-        pts = [(r["round"], y) for r in run.records
-               if r.get("eval") and r["eval"].get(scope) and (y := _weighted(r["eval"][scope]["test"][metric]))
-               is not None]
-        return [p[0] for p in pts], [p[1] for p in pts]
-    return curve
-
-
-def _mean_clients(values: list[Any]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else None
-
-
-def grad_norm_curve(run: Run) -> tuple[list[float], list[float]]:
-    """Per local iteration: sqrt(|grad A|^2 + |grad B|^2), mean over the round's clients."""
-    xs, ys = [], []
-    for r in run.records:
-        if r["round"] == 0 or not r.get("grad_norm_A_steps"):
-            continue
-        per_client = [(a, b) for a, b in zip(r["grad_norm_A_steps"], r["grad_norm_B_steps"]) if a is not None]
-        steps = len(per_client[0][0])
-        for k in range(steps):
-            norms = [math.sqrt(a[k] ** 2 + b[k] ** 2) for a, b in per_client]
-            xs.append((r["round"] - 1) * steps + k + 1)
-            ys.append(sum(norms) / len(norms))
-    return xs, ys
-
-
-def record_curve(key: str, absolute: bool = False, per_client: bool = True) -> Curve:
-    def curve(run: Run) -> tuple[list[float], list[float]]:
-        pts = []
-        for r in run.records:
-            y = (_mean_clients(r.get(key) or []) if per_client else r.get(key)) if r["round"] > 0 else None
-            if y is not None:
-                pts.append((r["round"], abs(y) if absolute else y))
-        return [p[0] for p in pts], [p[1] for p in pts]
-    return curve
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def _average(curves: list[tuple[list[float], list[float]]]) -> tuple[list[float], list[float], list[float]]:
-    """Mean and std over seeds at the x values all curves share."""
-    shared = sorted(set.intersection(*(set(c[0]) for c in curves))) if curves else []
-    means, stds = [], []
-    for x in shared:
-        m, s = mean_std([c[1][c[0].index(x)] for c in curves])
-        means.append(m)
-        stds.append(s)
-    return shared, means, stds
-
-
-def plot_arms(arms: list[Arm], curve: Curve, line: str | None, title: str, ylabel: str, xlabel: str, path: Path,
-              logy: bool = False) -> Path:
-    """One line per arm: panels by the label's other settings when `line` is one of its settings (lines are
-    then its values), else every arm in one panel. Mean over the arm's seeds, a band of one std."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    def panel_of(arm: Arm) -> str:
-        return " ".join(f"{k}={v}" for k, v in arm.label.items() if k != line) if line else ""
-
-    panels = list(dict.fromkeys(panel_of(a) for a in arms))
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 4.2 * len(panels)), 3.8), squeeze=False, sharey=True)
-    cmap = plt.get_cmap("viridis")
-    for ax, panel in zip(axes[0], panels):
-        members = [a for a in arms if panel_of(a) == panel]
-        for i, arm in enumerate(members):
-            xs, ys, sd = _average([curve(r) for r in arm.runs])
-            if not xs:
-                continue
-            color = cmap(0.85 * i / max(1, len(members) - 1))
-            name = f"{line} {arm.label[line]}" if line else arm.name()
-            ax.plot(xs, ys, label=f"{name} (n={len(arm.runs)})", color=color, lw=1.6)
-            if any(sd):
-                ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)], color=color,
-                                alpha=0.15)
-        ax.set_title(panel, fontsize=8)
-        ax.set_xlabel(xlabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if logy:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel(ylabel)
-    fig.suptitle(title + " (mean over seeds, band: one std)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+from sfedlora.tools.figures import (
+    best_test,
+    grad_norm_curve,
+    metric_curve,
+    plot_arms,
+    plot_by_rank,
+    record_curve,
+    weighted,
+)
+from sfedlora.tools.selection import counterpart, pick_rates, reference
+from sfedlora.tools.stats import interval, paired, verdict
 
 
 def _cell(values: Sequence[float]) -> str:
-    if not values:
-        return "-"
-    m, s = mean_std(values)
-    return f"{m:.4f}" if len(values) == 1 else f"{m:.4f} ± {s:.4f}"
+    return interval(values).text() if values else "-"
 
 
 def _best(run: Run, scope: str = "personal") -> float | None:
-    best = run.summary.get(scope, {}).get("best")
-    return _weighted(best["test"]) if best else None
+    return best_test(run, scope)
 
 
 def _last(run: Run, scope: str = "personal") -> float | None:
     last = run.summary.get(scope, {}).get("last")
-    return _weighted(last["test"]) if last else None
+    return weighted(last["test"]) if last else None
 
 
-def arms_table(arms: list[Arm]) -> tuple[list[str], list[list[str]]]:
+BEST_COLUMN = "personal test (best on val), mean ± 95% CI"
+
+
+def arms_table(arms: list[Arm], ref: tuple[str, str] | None = None,
+               higher: bool = True) -> tuple[list[str], list[list[str]]]:
     """One row per arm: its settings, distinct seeds, best-on-val round, personal test metric at that round
-    and at the last round, and the global model's (mean ± std over seeds)."""
+    and at the last round, and the global model's (mean ± the 95% t-interval over seeds); with a reference
+    (setting, value), the paired difference (by seed) to the arm with that value and the same other
+    settings, its 95% interval and how to read it (better, worse, within noise)."""
     label_keys = list(arms[0].label)
     glob = any(_best(r, "global") is not None for a in arms for r in a.runs)
-    header = [*label_keys, "seeds", "best round(s)", "personal test (best on val)", "personal test (last round)"]
+    header = [*label_keys, "seeds", "best round(s)", BEST_COLUMN, "personal test (last round)"]
     header += ["global test (best on val)"] if glob else []
+    header += [f"Δ vs {ref[0]}={ref[1]} (paired by seed, 95% CI)", "reading"] if ref else []
+
     def values(arm: Arm, pick: Callable[[Run, str], float | None], scope: str = "personal") -> list[float]:
         return [v for r in arm.runs if (v := pick(r, scope)) is not None]
+
+    def by_seed(arm: Arm) -> dict[int, float]:
+        return {r.seed: v for r in arm.runs if (v := _best(r)) is not None}
 
     body = []
     for arm in arms:
@@ -164,6 +73,13 @@ def arms_table(arms: list[Arm]) -> tuple[list[str], list[list[str]]]:
         row += [str(len(arm.runs)), ", ".join(map(str, rounds)) or "-", _cell(values(arm, _best)),
                 _cell(values(arm, _last))]
         row += [_cell(values(arm, _best, "global"))] if glob else []
+        if ref:
+            other = counterpart(arm, arms, ref)
+            if other is None or other is arm:
+                row += ["(reference)" if other is arm else "-", ""]
+            else:
+                diff = paired(by_seed(arm), by_seed(other))
+                row += ["-" if diff is None else f"{diff.text()} (n={diff.n})", verdict(diff, higher)]
         body.append(row)
     return header, body
 
@@ -184,7 +100,8 @@ def markdown(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-OWN_FIGURES = ("accuracy_", "perplexity_", "grad_norm_by_", "adapter_out_", "energy_beyond", "effective_rank")
+OWN_FIGURES = ("accuracy_", "perplexity_", "grad_norm_by_", "adapter_out_", "energy_beyond", "effective_rank",
+               "grad_norms_vs_rank")
 BY = (("rank", "rank"), ("clients", "number of clients"), ("clients_per_round", "clients per round"),
       ("scaling", "scaling rule"), ("targets", "adapter placement"))
 
@@ -198,8 +115,9 @@ def _intro(runs: list[Run], arms: list[Arm], common: dict[str, Any], metric: str
     text = (f"{len(runs)} runs in {len(arms)} arms (runs with equal settings but the seed). Metric: {metric} "
             f"({'higher' if higher else 'lower'} is better). Personal = each client's own adapters on its own "
             f"test split, averaged over clients weighted by what each evaluated; the best round is chosen on "
-            f"validation. ± is the standard deviation over an arm's distinct seeds (seeds column). Shared by "
-            f"all runs: {facts or 'nothing listed'}.")
+            f"validation. ± is the half-width of the 95% Student-t interval over an arm's distinct seeds (seeds "
+            f"column); a paired difference whose interval contains 0 reads 'within noise'. Shared by all runs: "
+            f"{facts or 'nothing listed'}.")
     partial = [r for r in runs if r.summary.get("partial_rounds")]
     if partial:
         text += (" Partial rounds (some clients did not reply or were not evaluated; those rounds' means are over "
@@ -212,13 +130,23 @@ def _intro(runs: list[Run], arms: list[Arm], common: dict[str, Any], metric: str
     return text
 
 
-def build_report(dirs: list[Path], out: Path) -> Path:
+def _rates_table(choices: list[Any]) -> tuple[list[str], list[list[str]]]:
+    body = [[c.group, str(lr), "-" if v is None else f"{v:.4f}", str(n), "chosen" if lr == c.chosen else ""]
+            for c in choices for lr, v, n in c.candidates]
+    return ["arm (other settings)", "lr", "validation metric (mean over seeds)", "seeds", ""], body
+
+
+def build_report(dirs: list[Path], out: Path, ref: tuple[str, str] | None = None) -> Path:
+    """Tables, figures, report.md and report.html for the runs under `dirs`. `ref`: the (setting, value)
+    paired differences are taken against (default: SFed-LoRA's, where the arms have it)."""
     runs = find_runs(dirs)
     tasks = {r.task for r in runs}
     if len(tasks) > 1:
         raise SfedloraError(f"runs of different task types ({', '.join(sorted(tasks))}): report them separately")
     metric, higher = PRIMARY[tasks.pop()]
     arms, varying, common = group_arms(runs)
+    arms, rate_choices = pick_rates(arms, higher)  # each rule's rate, chosen on validation
+    ref = reference(arms, ref)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.png"):  # figures of an earlier report into the same folder, not this one's
         if stale.name.startswith(OWN_FIGURES):
@@ -248,6 +176,7 @@ def build_report(dirs: list[Path], out: Path) -> Path:
                     trained, record_curve(key, absolute=key == "adapter_out_mean"), line,
                     f"adapter output {label} of gamma*B*A*x over real tokens (mean over clients)", label, "round",
                     out / f"{key}_by_{line}.png", logy=True)))
+    figures += plot_by_rank(arms, metric, out, logy)
     hetero = [a for a in arms if isinstance(a.settings.get("rank"), str)]
     if hetero:
         for key, title, ylabel, logy_h in (
@@ -256,13 +185,20 @@ def build_report(dirs: list[Path], out: Path) -> Path:
                 ("effective_rank", "Effective rank of the aggregated update, per round", "effective rank", False)):
             figures.append((title, plot_arms(hetero, record_curve(key, per_client=False), None, title, ylabel,
                                              "round", out / f"{key}.png", logy_h)))
-    header, body = arms_table(arms)
-    tables = [(f"Personalised test {metric} per arm", header, body)]
+    header, body = arms_table(arms, ref, higher)
+    tables = [(f"Personalised test {metric} per arm" + (" (each at its learning rate chosen on validation)"
+                                                         if rate_choices else ""), header, body)]
+    if rate_choices:
+        tables.append(("Learning rates: chosen per arm on the validation metric, never on test",
+                       *_rates_table(rate_choices)))
     if len(arms[0].label) == 2 and len(arms) > 2:
         rows, cols = arms[0].label
         tables.append((f"Best-on-validation personalised test {metric}, {rows} by {cols}",
                        *pivot_table(arms, rows, cols)))
     intro = _intro(runs, arms, common, metric, higher)
+    if metric == "accuracy" and not any(str(a.label.get("method", "")).startswith("head-only") for a in arms):
+        intro += (" No head-only baseline (lora.scaling=none) among these runs: what the adapters add over training"
+                  " the head alone is not shown.")
     md = [f"# sfedlora report\n\n{intro}\n"]
     md += [f"## {title}\n\n{markdown(h, b)}\n" for title, h, b in tables]
     md += [f"## {title}\n\n![{title}]({path.name})\n" for title, path in figures]

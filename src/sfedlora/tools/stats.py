@@ -1,0 +1,82 @@
+"""Seed-to-seed statistics for reports: a mean with its 95% interval, and the paired difference between two
+arms run on the same seeds (same partitions and initial adapters per seed), with its interval.
+
+The intervals are Student-t intervals over the distinct seeds (n - 1 degrees of freedom): honest for
+few seeds, and wide for them, as they should be. A paired difference whose interval contains 0 is
+"within noise": the seeds do not tell the two arms apart.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# two-sided 95%: the 0.975 quantile of Student's t with df degrees of freedom
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+        20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+        29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t975(df: int) -> float:
+    """The 0.975 quantile of Student's t (the largest tabulated df at or below `df`; 1.960 beyond 120)."""
+    if df < 1:
+        raise ValueError("a t interval needs at least 2 values")
+    if df > 120:
+        return 1.960
+    return T975[max(k for k in T975 if k <= df)]
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    half: float  # half-width of the 95% interval; nan with a single value
+    n: int
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half
+
+    def contains_zero(self) -> bool:
+        return not (self.low > 0 or self.high < 0)  # nan (n = 1) counts as containing it
+
+    def text(self, digits: int = 4) -> str:
+        if self.n == 1:
+            return f"{self.mean:.{digits}f} (n=1, no interval)"
+        return f"{self.mean:.{digits}f} ± {self.half:.{digits}f}"
+
+
+def interval(values: Sequence[float]) -> Interval:
+    """Mean and 95% t-interval half-width over seeds."""
+    if not values:
+        raise ValueError("no values")
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n == 1:
+        return Interval(mean, math.nan, 1)
+    return Interval(mean, t975(n - 1) * statistics.stdev(values) / math.sqrt(n), n)
+
+
+def paired(arm: Mapping[int, float], reference: Mapping[int, float]) -> Interval | None:
+    """arm - reference on the seeds both have (by seed), with its 95% interval; None with no common seed."""
+    seeds = sorted(set(arm) & set(reference))
+    if not seeds:
+        return None
+    return interval([arm[s] - reference[s] for s in seeds])
+
+
+def verdict(diff: Interval | None, higher_is_better: bool) -> str:
+    """How to read a paired difference: better, worse, or within noise (its interval contains 0)."""
+    if diff is None:
+        return "no common seeds"
+    if diff.n == 1:
+        return "one seed: no verdict"
+    if diff.contains_zero():
+        return "within noise"
+    return "better" if (diff.mean > 0) == higher_is_better else "worse"
