@@ -96,7 +96,7 @@ class Simulation:
                 self.model, self.tok, self.task, self.cfg, trained, [self.states[c] for c in group],
                 [self.server.gamma(c) for c in group], [self.opt_states[c] for c in group],
                 [self.samplers[c] for c in group], [self.train_ex[c] for c in group], self.device,
-                on_step=None if bar is None else lambda: bar.update(1))
+                on_step=None if bar is None else lambda: bar.update(1), rnd=rnd)
             for c, state, o, row in zip(group, new, opt, rows):
                 self.states[c], self.opt_states[c], stats[c] = state, o, row
         return stats

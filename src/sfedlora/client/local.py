@@ -20,6 +20,7 @@ from sfedlora.client.optim import ClientOptState, StackedOptimizer
 from sfedlora.client.train import train_group
 from sfedlora.config import RunConfig
 from sfedlora.core.scaling import Gamma
+from sfedlora.core.schedule import global_step
 from sfedlora.core.state import pad_opt_state, pad_state, rank_of, truncate_opt_state, truncate_state
 from sfedlora.data.batching import ClientSampler, collate, encode_classification, encode_lm
 from sfedlora.data.partition import ClientData
@@ -86,10 +87,10 @@ def install(model: Any, states: Sequence[State], gammas: Sequence[Gamma], device
 def train_clients(model: Any, tok: Any, task: str, cfg: RunConfig, trained: frozenset[str],
                   states: Sequence[State], gammas: Sequence[Gamma], opt_states: Sequence[ClientOptState],
                   samplers: Sequence[ClientSampler], train_ex: Sequence[Sequence[dict[str, Any]]],
-                  device: torch.device, on_step: Any = None
+                  device: torch.device, on_step: Any = None, rnd: int = 1
                   ) -> tuple[list[State], list[ClientOptState], list[dict[str, Any]]]:
-    """K local steps for a group of clients at once. Returns their new states, optimizer states (empty
-    unless train.optimizer_state=keep) and per-client training statistics."""
+    """K local steps of round `rnd` for a group of clients at once. Returns their new states, optimizer
+    states (empty unless train.optimizer_state=keep) and per-client training statistics."""
     r_group = install(model, states, gammas, device)
     opt = StackedOptimizer(cfg.train)
     keep = cfg.train.optimizer_state == "keep"
@@ -99,11 +100,11 @@ def train_clients(model: Any, tok: Any, task: str, cfg: RunConfig, trained: froz
 
     def next_batch() -> dict[str, torch.Tensor]:
         examples = [rows[i] for rows, sm in zip(train_ex, samplers) for i in sm.take(b)]
-        if on_step is not None:
-            on_step()
         return {k: v.to(device) for k, v in collate(examples, tok.pad_token_id).items()}
 
-    result = train_group(model, next_batch, opt, trained, cfg.fed.local_steps, cfg.train, task)
+    k = cfg.fed.local_steps
+    result = train_group(model, next_batch, opt, trained, k, cfg.train, task, first_step=global_step(rnd, 0, k),
+                         total_steps=cfg.fed.rounds * k, on_step=on_step)
     ranks = [rank_of(s) for s in states]
     new_states = [truncate_state(s, r) for s, r in zip(read_group(model), ranks)]
     new_opt = [truncate_opt_state(opt.client_state(i), r) if keep else {} for i, r in enumerate(ranks)]

@@ -84,10 +84,11 @@ def lm_terms(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     fast = getattr(model, FAST_LOGITS, None)
     rows = labels.shape[0]
     if fast is not None:
-        hidden = model.base_model(**_inputs(batch)).last_hidden_state[:, :-1]  # (rows, seq-1, d)
+        # no KV cache: nothing reuses it, and a recomputed block (train.gradient_checkpointing) must not extend it
+        hidden = model.base_model(**_inputs(batch), use_cache=False).last_hidden_state[:, :-1]  # (rows, seq-1, d)
         token_loss = chunked_cross_entropy(fast, hidden[mask], target[mask])  # (n_tokens,)
     else:
-        logits = model(**_inputs(batch)).logits[:, :-1][mask].float()
+        logits = model(**_inputs(batch), use_cache=False).logits[:, :-1][mask].float()
         token_loss = F.cross_entropy(logits, target[mask], reduction="none")  # (n_tokens,)
     row_of = torch.arange(rows, device=labels.device).unsqueeze(1).expand_as(mask)[mask]
     loss_sum = torch.zeros(rows, device=labels.device, dtype=token_loss.dtype).index_add_(0, row_of, token_loss)
@@ -124,9 +125,17 @@ def per_client(values: torch.Tensor, n_clients: int, weight: torch.Tensor) -> to
     return (values * weight).view(n_clients, -1).sum(1)
 
 
-def group_loss(model: Any, batch: dict[str, torch.Tensor], n_clients: int, task: str) -> torch.Tensor:
-    """Each client's mean loss over its rows (classification) or its response tokens (LM): (clients,)."""
+def group_terms(model: Any, batch: dict[str, torch.Tensor], n_clients: int,
+                task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each client's summed loss over its rows (classification) or its response tokens (LM), and how many
+    it summed: two (clients,) tensors."""
     terms = classification_terms if task == "classification" else lm_terms
     loss_sum, count, _ = terms(model, batch)
     w = batch["weight"].to(loss_sum.dtype)
-    return per_client(loss_sum, n_clients, w) / per_client(count, n_clients, w).clamp_min(1)
+    return per_client(loss_sum, n_clients, w), per_client(count, n_clients, w)
+
+
+def group_loss(model: Any, batch: dict[str, torch.Tensor], n_clients: int, task: str) -> torch.Tensor:
+    """Each client's mean loss over its rows (classification) or its response tokens (LM): (clients,)."""
+    loss_sum, count = group_terms(model, batch, n_clients, task)
+    return loss_sum / count.clamp_min(1)

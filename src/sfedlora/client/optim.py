@@ -20,6 +20,7 @@ ClientOptState = dict[str, dict[str, torch.Tensor]]  # param key -> {"step": (),
 class StackedOptimizer:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
+        self.lr = cfg.lr  # this step's rate (core.schedule sets it per step)
         self.state: dict[str, dict[str, torch.Tensor]] = {}
 
     @torch.no_grad()
@@ -48,12 +49,12 @@ class StackedOptimizer:
                 buf = torch.where(first, g, buf.mul(self.cfg.momentum).add(g))
             st["momentum_buffer"] = buf
             g = buf
-        p.add_(g, alpha=-self.cfg.lr)
+        p.add_(g, alpha=-self.lr)
 
     def _adamw(self, p: torch.Tensor, g: torch.Tensor, st: dict[str, torch.Tensor]) -> None:
         # torch.optim.AdamW (decoupled weight decay), with a per-client step t of shape (C,)
         b1, b2 = self.cfg.betas
-        lr, eps = self.cfg.lr, self.cfg.eps
+        lr, eps = self.lr, self.cfg.eps
         if self.cfg.weight_decay:
             p.mul_(1 - lr * self.cfg.weight_decay)
         m = st.setdefault("exp_avg", torch.zeros_like(p))

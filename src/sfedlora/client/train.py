@@ -1,8 +1,11 @@
 """The client local loop: K steps for a group of clients at once, on their stacked adapters.
 
-Adapters train in train mode (their dropout on), the frozen base in eval mode. Every step: one
-forward/backward over the client-major batch, per-client gradient norms of A and B
-(before clipping), per-client global-norm clipping, one per-client optimiser step.
+Adapters train in train mode (their dropout on), the frozen base in eval mode (its blocks recomputed in
+the backward pass with train.gradient_checkpointing). Every step: the learning rate of this global step
+(core.schedule), one forward/backward over the client-major batch (or train.grad_accum_steps micro-
+batches whose summed losses are divided by their total count: the gradient of the large batch's mean),
+per-client gradient norms of A and B (before clipping), per-client global-norm clipping, one per-client
+optimiser step.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from typing import Any
 import torch
 
 from sfedlora.adapters.inject import group_parameters, lora_layers
-from sfedlora.client.losses import group_loss
+from sfedlora.client.checkpointing import checkpointed
+from sfedlora.client.losses import group_loss, group_terms
 from sfedlora.client.optim import StackedOptimizer
 from sfedlora.config import TrainConfig
+from sfedlora.core.schedule import lr_factor
 from sfedlora.core.state import factor_kind
 
 
@@ -61,13 +66,18 @@ def adapters_training(model: Any) -> Iterator[None]:
 
 
 def train_group(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], optimizer: StackedOptimizer,
-                trained: frozenset[str], steps: int, cfg: TrainConfig, task: str) -> GroupStats:
-    with adapters_training(model):
-        return _train_steps(model, next_batch, optimizer, trained, steps, cfg, task)
+                trained: frozenset[str], steps: int, cfg: TrainConfig, task: str, first_step: int = 0,
+                total_steps: int = 0, on_step: Callable[[], None] | None = None) -> GroupStats:
+    """`steps` optimiser steps; `first_step` is the global step of the first (its learning rate follows
+    train.lr_schedule over `total_steps`, the run's; 0: this call's steps)."""
+    with adapters_training(model), checkpointed(model, cfg.gradient_checkpointing):
+        return _train_steps(model, next_batch, optimizer, trained, steps, cfg, task, first_step,
+                            total_steps or steps, on_step)
 
 
 def _train_steps(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], optimizer: StackedOptimizer,
-                 trained: frozenset[str], steps: int, cfg: TrainConfig, task: str) -> GroupStats:
+                 trained: frozenset[str], steps: int, cfg: TrainConfig, task: str, first_step: int,
+                 total_steps: int, on_step: Callable[[], None] | None) -> GroupStats:
     params = group_parameters(model)
     for key, p in params.items():
         p.requires_grad_(factor_kind(key) in trained)
@@ -80,14 +90,32 @@ def _train_steps(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], 
     loss_acc = torch.zeros(c, device=device)
     norm_steps: dict[str, list[torch.Tensor]] = {"A": [], "B": []}
     tokens = 0
-    for _ in range(steps):
+    def take() -> dict[str, torch.Tensor]:
+        nonlocal tokens
         batch = next_batch()
         tokens += int(batch["attention_mask"].sum())
         real = batch["attention_mask"] * (batch["weight"] > 0).unsqueeze(1)  # (rows, seq): no padding, no filler
         for layer in layers:
             layer.moment_mask = real.reshape(c, -1)  # client-major rows: (C, n*seq), as the layer's input
-        losses = group_loss(model, batch, c, task)  # (C,)
-        losses.sum().backward()
+        return batch
+
+    for k in range(steps):
+        optimizer.lr = cfg.lr * lr_factor(cfg.lr_schedule, first_step + k, total_steps, cfg.warmup_steps)
+        if cfg.grad_accum_steps == 1:
+            losses = group_loss(model, take(), c, task)  # (C,)
+            losses.sum().backward()
+        else:  # sum the micro-batches' losses, then divide the gradients by the total count: the large batch's
+            sums, counts = torch.zeros(c, device=device), torch.zeros(c, device=device)
+            for _ in range(cfg.grad_accum_steps):
+                loss_sum, count = group_terms(model, take(), c, task)
+                loss_sum.sum().backward()
+                sums += loss_sum.detach()
+                counts += count.detach()
+            inv = 1.0 / counts.clamp_min(1)
+            for p in active.values():
+                if p.grad is not None:
+                    p.grad.mul_(inv.view(-1, *([1] * (p.dim() - 1))).to(p.grad.dtype))
+            losses = sums * inv
         loss_acc += losses.detach()
         for kind in ("A", "B"):
             grads = [p.grad for k, p in active.items() if factor_kind(k) == kind and p.grad is not None]
@@ -102,6 +130,8 @@ def _train_steps(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], 
         optimizer.step(active)
         for p in active.values():
             p.grad = None
+        if on_step is not None:
+            on_step()
     moments = torch.zeros(c, 3, dtype=torch.float64, device=device)
     for layer in layers:
         if layer.moments is not None:

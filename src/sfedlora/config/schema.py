@@ -123,6 +123,15 @@ class TrainConfig:
     lr: float = opt(0.001, "learning rate", check="positive", label="learning rate")
     momentum: float = opt(0.0, "SGD momentum", check="non_negative")
     weight_decay: float = opt(0.0, "decoupled for AdamW, L2 for SGD (as torch)", check="non_negative")
+    lr_schedule: str = opt("constant", "over the whole run, the step count global across rounds (it survives "
+                           "--resume): `constant`, `linear` or `cosine` decay to 0, as transformers' schedules",
+                           choices=("constant", "linear", "cosine"))
+    warmup_steps: int = opt(0, "linear warmup over the run's first optimiser steps", check="non_negative")
+    grad_accum_steps: int = opt(1, "micro-batches of batch_size per optimiser step: a step sees batch_size x "
+                                "grad_accum_steps examples, at the memory of batch_size", check="positive",
+                                label="grad_accum_steps")
+    gradient_checkpointing: bool = opt(False, "recompute each transformer block's activations in the backward pass "
+                                       "instead of keeping them: less memory, about a third more compute")
     betas: list[float] = opt([0.9, 0.999], "AdamW betas")
     eps: float = opt(1e-8, "AdamW eps", check="positive", label="AdamW eps")
     batch_size: int = opt(8, "examples per client per local step", check="positive", label="batch size")

@@ -121,7 +121,7 @@ class Node:
             before = state
             new, opt, stats = client.train_clients(
                 self.model, self.tok, self.task, self.cfg, self.method.trained(rnd), [state["adapters"]], [gamma],
-                [state["opt"]], [state["sampler"]], [self.encoded.train], self.device)
+                [state["opt"]], [state["sampler"]], [self.encoded.train], self.device, rnd=rnd)
             state = {**state, "adapters": new[0], "opt": opt[0], "round": rnd}
             reply["stats"] = stats[0]
             reason = non_finite(stats[0]["loss"], state["adapters"])

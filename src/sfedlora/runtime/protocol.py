@@ -29,6 +29,7 @@ from sfedlora.config import RunConfig
 from sfedlora.core.adaptive import measure, module_gammas
 from sfedlora.core.aggregate import client_weights
 from sfedlora.core.scaling import Gamma
+from sfedlora.core.schedule import global_step, lr_factor
 from sfedlora.core.spectrum import spectrum_stats
 from sfedlora.core.state import State, overlay, payload_bytes
 from sfedlora.errors import SfedloraError
@@ -148,7 +149,9 @@ class Server:
         out = round_record(rnd, self.method.name, r, self.cfg.fed.clients, exchange.stats, ev, t_train, t_eval, wall_s)
         if rnd == 0:
             return out
+        k, t = self.cfg.fed.local_steps, self.cfg.train
         out.update({
+            "lr": t.lr * lr_factor(t.lr_schedule, global_step(rnd, 0, k), self.cfg.fed.rounds * k, t.warmup_steps),
             "n_averaged": len(accepted), "participants": accepted, "excluded": exchange.excluded,
             "trained": sorted(self.method.trained(rnd)), "uploaded": sorted(self.method.uploaded(rnd)),
             "bytes_up": sum(payload_bytes(exchange.uploads[c]) for c in accepted),

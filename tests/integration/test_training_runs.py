@@ -1,0 +1,54 @@
+"""Training options in whole runs: the schedule's step count is global across rounds and a resume
+continues it exactly; accumulation and checkpointing run in both kinds of task."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+from sfedlora.cli import main
+from sfedlora.runtime import checkpoint, rundir
+
+BASE = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
+        "data.label_field=sentiment", "data.partition=iid", "fed.clients=2", "fed.rounds=3", "fed.local_steps=4",
+        "train.batch_size=4", "eval.max_examples=8", "train.lr=0.01", "train.lr_schedule=cosine",
+        "train.warmup_steps=2"]
+
+
+def test_a_cosine_schedule_runs_over_the_whole_run_and_survives_resume(sentiment_file, tmp_path):
+    args = [f"data.source={sentiment_file}", *BASE]
+    assert main(["run", *args, "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    straight = rundir.records(tmp_path / "a")
+    # round t starts at global step 4 (t - 1) of 12: 0 (warmup), then cosine over steps 2..12
+    expected = [0.0] + [0.01 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 10)) for s in (4, 8)]
+    assert [r["lr"] for r in straight[1:]] == pytest.approx(expected)
+    out = tmp_path / "b"
+    assert main(["run", *args, "--out", str(out), "--quiet"]) == 0
+    for name in (rundir.SUMMARY, rundir.ADAPTERS, checkpoint.NAME):  # back to round 2's checkpoint
+        (out / name).unlink()
+    os.replace(out / checkpoint.PREVIOUS, out / checkpoint.NAME)
+    lines = (out / rundir.METRICS).read_text().splitlines()
+    (out / rundir.METRICS).write_text("\n".join(lines[:3]) + "\n")
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    a, b = rundir.load_adapters(tmp_path / "a")["states"], rundir.load_adapters(out)["states"]
+    for x, y in zip(a, b):
+        assert all((x[k] == y[k]).all() for k in x)
+
+
+@pytest.mark.parametrize("source", ["sentiment", "instruction"])
+def test_accumulation_and_checkpointing_in_a_run(source, sentiment_file, tmp_path):
+    if source == "sentiment":
+        args = [f"data.source={sentiment_file}", *BASE[:-3]]
+    else:
+        path = tmp_path / "inst.jsonl"
+        path.write_text("".join(f'{{"prompt": "Repeat {i}", "response": "{i} {i}"}}\n' for i in range(60)))
+        args = [f"data.source={path}", "data.task=instruction", "model.name=tiny-llama", "model.precision=fp32",
+                "data.partition=iid", "fed.clients=2", "fed.rounds=2", "fed.local_steps=2", "train.batch_size=2",
+                "eval.max_examples=4"]
+    out = tmp_path / "run"
+    assert main(["run", *args, "train.grad_accum_steps=2", "train.gradient_checkpointing=true", "--out", str(out),
+                 "--quiet"]) == 0
+    recs = rundir.records(out)
+    assert all(math.isfinite(x) for r in recs[1:] for x in r["train_loss"])

@@ -1,0 +1,158 @@
+"""Learning-rate schedules, gradient accumulation and gradient checkpointing, each against the real
+library or the plain computation it must equal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_bert, tiny_llama
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
+
+from sfedlora.adapters.inject import init_adapter_state, inject_adapters, load_group, read_group
+from sfedlora.client.checkpointing import blocks, checkpointed
+from sfedlora.client.losses import prepare_fast_logits
+from sfedlora.client.optim import StackedOptimizer
+from sfedlora.client.train import train_group
+from sfedlora.config import TrainConfig
+from sfedlora.core.schedule import global_step, lr_factor
+
+TOTAL, WARMUP = 20, 3
+
+
+@pytest.mark.parametrize(("name", "make"), [
+    ("constant", lambda o: get_constant_schedule_with_warmup(o, WARMUP)),
+    ("linear", lambda o: get_linear_schedule_with_warmup(o, WARMUP, TOTAL)),
+    ("cosine", lambda o: get_cosine_schedule_with_warmup(o, WARMUP, TOTAL)),
+])
+def test_schedules_equal_transformers(name, make):
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched = make(opt)
+    theirs = []
+    for _ in range(TOTAL):
+        theirs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    ours = [0.1 * lr_factor(name, s, TOTAL, WARMUP) for s in range(TOTAL)]
+    assert ours == pytest.approx(theirs, abs=1e-12)
+
+
+def test_the_step_count_is_global_across_rounds():
+    assert [global_step(r, k, 4) for r in (1, 2, 3) for k in (0, 3)] == [0, 3, 4, 7, 8, 11]
+
+
+def test_scheduled_adamw_equals_torch_adamw_under_the_transformers_schedule():
+    g = torch.Generator().manual_seed(0)
+    start, grads = torch.randn(2, 5, generator=g), [torch.randn(2, 5, generator=g) for _ in range(6)]
+    cfg = TrainConfig(optimizer="adamw", lr=0.01, weight_decay=0.1, lr_schedule="cosine", warmup_steps=2)
+    ours = torch.nn.Parameter(start.clone())
+    opt = StackedOptimizer(cfg)
+    for s, grad in enumerate(grads):
+        opt.lr = cfg.lr * lr_factor(cfg.lr_schedule, s, 6, cfg.warmup_steps)
+        ours.grad = grad.clone()
+        opt.step({"w": ours})
+    for c in range(2):  # client c alone, as torch and transformers do it
+        theirs = torch.nn.Parameter(start[c].clone())
+        topt = torch.optim.AdamW([theirs], lr=0.01, weight_decay=0.1)
+        sched = get_cosine_schedule_with_warmup(topt, 2, 6)
+        for grad in grads:
+            theirs.grad = grad[c].clone()
+            topt.step()
+            sched.step()
+        torch.testing.assert_close(ours.data[c], theirs.data, rtol=1e-6, atol=1e-7)
+
+
+def _lm_batch(g, rows, seq=10):
+    ids = torch.randint(1, 64, (rows, seq), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, -3:] = 0
+    labels = ids.clone()
+    labels[:, :4] = -100
+    labels[mask == 0] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _cls_batch(g, rows, seq=9):
+    ids = torch.randint(1, 64, (rows, seq), generator=g)
+    labels = torch.randint(0, 3, (rows,), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "label": labels}
+
+
+def _train(task, batches, cfg, steps, clients=2):
+    """batches[i]: the i-th (micro-)batch, client-major rows."""
+    model = tiny_llama() if task != "classification" else tiny_bert()
+    if task != "classification":
+        prepare_fast_logits(model)
+    inject_adapters(model, "qv", head=task == "classification")
+    states = [init_adapter_state(model, 4, torch.Generator().manual_seed(c)) for c in range(clients)]
+    for s in states:  # B != 0 so that A gets a gradient from the first step
+        for k in s:
+            if k.endswith("lora_B"):
+                s[k] = torch.randn(s[k].shape, generator=torch.Generator().manual_seed(7)) * 0.1
+    load_group(model, states, [2.0] * clients)
+    feed = iter(batches)
+
+    def next_batch():
+        b = next(feed)
+        return {**b, "weight": torch.ones(b["input_ids"].shape[0])}
+
+    stats = train_group(model, next_batch, StackedOptimizer(cfg), frozenset({"A", "B", "head"}), steps, cfg, task)
+    return read_group(model), stats
+
+
+def _split(batch, clients, parts):
+    """A client-major batch into `parts` micro-batches, each with rows/parts rows of every client."""
+    rows = batch["input_ids"].shape[0] // clients
+    per = rows // parts
+    out = []
+    for i in range(parts):
+        idx = [c * rows + i * per + j for c in range(clients) for j in range(per)]
+        out.append({k: v[idx] for k, v in batch.items()})
+    return out
+
+
+@pytest.mark.parametrize("task", ["instruction", "classification"])
+def test_accumulated_micro_batches_equal_the_large_batch(task):
+    g = torch.Generator().manual_seed(1)
+    if task == "classification":
+        big = [_cls_batch(g, 8) for _ in range(2)]
+    else:
+        big = [_lm_batch(g, 8) for _ in range(2)]  # 2 clients x 4 rows, 2 steps
+    one = TrainConfig(optimizer="adamw", lr=0.01, batch_size=4)
+    accum = TrainConfig(optimizer="adamw", lr=0.01, batch_size=2, grad_accum_steps=2)
+    a, sa = _train(task, big, one, 2)
+    b, sb = _train(task, [m for batch in big for m in _split(batch, 2, 2)], accum, 2)
+    for x, y in zip(a, b):
+        for k in x:
+            torch.testing.assert_close(x[k], y[k], rtol=1e-5, atol=1e-6)
+    assert sa.loss == pytest.approx(sb.loss, rel=1e-5) and sa.tokens == sb.tokens
+
+
+@pytest.mark.parametrize("task", ["instruction", "classification"])
+def test_gradient_checkpointing_changes_nothing_but_memory(task):
+    g = torch.Generator().manual_seed(2)
+    if task == "classification":
+        batches = [_cls_batch(g, 4) for _ in range(3)]
+    else:
+        batches = [_lm_batch(g, 4) for _ in range(3)]
+    plain, sp = _train(task, batches, TrainConfig(optimizer="sgd", lr=0.1), 3)
+    ckpt, sc = _train(task, batches, TrainConfig(optimizer="sgd", lr=0.1, gradient_checkpointing=True), 3)
+    for x, y in zip(plain, ckpt):
+        for k in x:
+            torch.testing.assert_close(x[k], y[k], rtol=0, atol=0)
+    assert sp.grad_norm_A == sc.grad_norm_A and sp.out_var == pytest.approx(sc.out_var, rel=1e-6)
+
+
+def test_checkpointing_wraps_the_blocks_and_unwraps_them():
+    model = tiny_llama()
+    layers = blocks(model)
+    assert layers is model.model.layers and len(layers) == 2
+    with checkpointed(model, True) as n:
+        assert n == 2 and "forward" in vars(layers[0])
+    assert "forward" not in vars(layers[0])
+    with checkpointed(model, False) as n:
+        assert n == 0
