@@ -62,8 +62,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     info = export(Path(args.run), args.client, Path(args.out), merged=not args.no_merged, force=args.force,
                   node_dir=Path(args.node_dir) if args.node_dir else None)
-    print(f"client {info['client']}: rank {info['rank']}, gamma {info['gamma']:.6g} ({info['scaling']}) as PEFT "
-          f"lora_alpha={info['lora_alpha']:.6g}, use_rslora={info['use_rslora']}")
+    g = info["gamma"]
+    gamma = f"{min(g.values()):.4g}..{max(g.values()):.4g} per module" if isinstance(g, dict) else f"{g:.6g}"
+    print(f"client {info['client']}: rank {info['rank']}, gamma {gamma} ({info['scaling']}) as PEFT "
+          f"lora_alpha={info['lora_alpha']:.6g}" + (" with alpha_pattern" if isinstance(g, dict) else "")
+          + f", use_rslora={info['use_rslora']}")
     print(f"  {args.out}/adapter  (peft.PeftModel.from_pretrained(base, '{args.out}/adapter'))")
     if not args.no_merged:
         print(f"  {args.out}/merged   (AutoModel...from_pretrained('{args.out}/merged'), adapters merged into W0)")
@@ -151,6 +154,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfedlora", description="Federated LoRA fine-tuning: SFed-LoRA "
                                      "(gamma = alpha*sqrt(N/r)) and its baselines, simulated in one process.")
+    from sfedlora import __version__
+
+    parser.add_argument("--version", action="version", version=f"sfedlora {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one federated fine-tuning", description=(
         "Run one federated fine-tuning. CONFIG is a YAML file or a built-in config name ("

@@ -63,7 +63,8 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(sentiment_file, tmp_pa
 
 
 @pytest.mark.parametrize(("method", "extra"), [("sfed-lora", []), ("fedsa-rslora", []),
-                                               ("fedit", ["lora.scaling=custom", "lora.scaling_a=1"])])
+                                               ("fedit", ["lora.scaling=custom", "lora.scaling_a=1"]),
+                                               ("sfed-lora", ["lora.scaling=adaptive"])])
 def test_export_loads_in_plain_peft_with_the_same_logits(method, extra, sentiment_file, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
@@ -77,7 +78,7 @@ def test_export_loads_in_plain_peft_with_the_same_logits(method, extra, sentimen
     sim.run()
     assert main(["export", str(run), "--client", "1", "--out", str(tmp_path / "exp")]) == 0
     ids = torch.randint(1, 1000, (3, 12))
-    load_group(sim.model, [sim.states[1]], [sim.resolved.gammas[1]])
+    load_group(sim.model, [sim.states[1]], [sim.server.gamma(1)])  # adaptive: one gamma per module
     with torch.no_grad():
         ours = sim.model(input_ids=ids).logits
         base, _ = load_model("tiny-bert", "classification", 3)
@@ -88,7 +89,14 @@ def test_export_loads_in_plain_peft_with_the_same_logits(method, extra, sentimen
         with peft.disable_adapter():  # the trained adapter and head really change the output
             assert not torch.allclose(peft(input_ids=ids).logits, ours, atol=1e-4)
     _, _, info = build_peft_model(run, 1)
-    assert info["gamma"] == pytest.approx(sim.resolved.gammas[1])
+    assert info["gamma"] == pytest.approx(sim.server.gamma(1))
+    config = json.loads((tmp_path / "exp" / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny-bert"
+    assert sorted(config["modules_to_save"]) == sorted(set(config["modules_to_save"]))  # each once
+    merged_config = json.loads((tmp_path / "exp" / "merged" / "config.json").read_text())
+    assert merged_config["id2label"] == {"0": "bad", "1": "good", "2": "meh"}
+    card = (tmp_path / "exp" / "adapter" / "README.md").read_text()
+    assert f"method `{method}`" in card and "personalised test accuracy, best on validation" in card
 
 
 def test_peft_alpha_reproduces_gamma():

