@@ -154,9 +154,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfedlora", description="Federated LoRA fine-tuning: SFed-LoRA "
                                      "(gamma = alpha*sqrt(N/r)) and its baselines, simulated in one process.")
-    from sfedlora import __version__
+    from importlib.metadata import version
 
-    parser.add_argument("--version", action="version", version=f"sfedlora {__version__}")
+    parser.add_argument("--version", action="version", version=f"sfedlora {version('sfedlora')}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one federated fine-tuning", description=(
         "Run one federated fine-tuning. CONFIG is a YAML file or a built-in config name ("

@@ -80,7 +80,8 @@ class Simulation:
         longest = max((ex for rows in self.train_ex for ex in rows), key=lambda e: len(e["input_ids"]))
         widest = max(range(self.cfg.fed.clients), key=lambda c: self.resolved.ranks[c])
         return grouping.bytes_per_row(self.model, self.tok, self.task, longest, self.cfg.train.batch_size,
-                                      self.states[widest], self.resolved.gammas[widest], self.device)
+                                      self.states[widest], self.resolved.gammas[widest], self.device,
+                                      self.cfg.train.gradient_checkpointing)
 
     def _groups(self, members: list[int], kind: str = "train") -> list[list[int]]:
         g = self.groups.train if kind == "train" else self.groups.eval

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from sfedlora.adapters.inject import group_parameters
+from sfedlora.client.checkpointing import checkpointed
 from sfedlora.client.local import install
 from sfedlora.client.losses import group_loss
 from sfedlora.client.train import adapters_training
@@ -148,14 +149,16 @@ def saved_activation_bytes(model: torch.nn.Module, run_forward: Any) -> int:
 
 
 def bytes_per_row(model: torch.nn.Module, tok: Any, task: str, longest: dict[str, Any], batch_size: int,
-                  widest: dict[str, torch.Tensor], gamma: float, device: torch.device) -> int:
+                  widest: dict[str, torch.Tensor], gamma: float, device: torch.device,
+                  checkpointing: bool = False) -> int:
     """Activation bytes one training row saves for backward, worst case: a batch of the longest training
-    example, the widest client's adapters, A, B and head all trained (training sets them per round)."""
+    example, the widest client's adapters, A, B and head all trained (training sets them per round), with
+    the blocks recomputed where train.gradient_checkpointing is on (what they save is then measured)."""
     batch = {k: v.to(device) for k, v in collate([longest] * batch_size, tok.pad_token_id).items()}
     install(model, [widest], [gamma], device)
     for p in group_parameters(model).values():
         p.requires_grad_(True)
-    with adapters_training(model):  # as in training: the adapters' dropout saves its masks
+    with adapters_training(model), checkpointed(model, checkpointing):  # as in training (dropout masks too)
         saved = saved_activation_bytes(model, lambda: group_loss(model, batch, 1, task))
     return -(-saved // batch_size)
 
