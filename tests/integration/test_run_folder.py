@@ -162,3 +162,14 @@ def test_resume_of_a_flower_run_is_refused(sentiment_file, tmp_path, capsys):
     (run / rundir.SUMMARY).unlink()
     assert main(["run", "--resume", str(run)]) == 2
     assert "in-process runner cannot resume it" in capsys.readouterr().err
+
+
+def test_a_run_partitioned_by_a_natural_key(tmp_path, capsys):
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps({"sentence": f"{'good' if i % 2 else 'bad'} thing {i}", "sentiment":
+                                        "pos" if i % 2 else "neg", "author": f"u{i % 3}"}) + "\n" for i in range(90)))
+    out = tmp_path / "run"
+    assert main(["run", f"data.source={path}", *BASE, "data.partition=by_field", "data.partition_by=author",
+                 "fed.clients=3", "fed.rounds=1", "--out", str(out), "--quiet"]) == 0
+    sizes = json.loads((out / "partitions.json").read_text())
+    assert [s["train"] + s["val"] + s["test"] for s in sizes] == [30, 30, 30]

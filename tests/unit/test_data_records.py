@@ -163,3 +163,41 @@ def test_a_missing_local_model_path_says_so():
         with pytest.raises(SfedloraError, match=f"model path {name} does not exist"):
             model_path(name)
     assert model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_parquet_and_save_to_disk(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"text": f"t{i}", "label": "x" if i % 2 else "y"} for i in range(2500)]  # 3 row groups of 1024
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet", row_group_size=1024)
+    assert files.read(tmp_path / "d.parquet", 100) == (rows, 0)
+    datasets.Dataset.from_list(rows[:10]).save_to_disk(str(tmp_path / "one"))
+    assert files.read(tmp_path / "one", 100) == (rows[:10], 0)
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:4]),
+                          "test": datasets.Dataset.from_list(rows[4:6])}).save_to_disk(str(tmp_path / "dict"))
+    assert files.read(tmp_path / "dict", 100, split="test") == (rows[4:6], 0)
+    with pytest.raises(SfedloraError, match=r"has the splits train, test, not 'validation'"):
+        files.read(tmp_path / "dict", 100, split="validation")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(SfedloraError, match="is a folder but not a datasets.save_to_disk one"):
+        files.read(tmp_path / "plain", 100)
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    with pytest.raises(SfedloraError, match="is not a readable Parquet file"):
+        files.read(tmp_path / "bad.parquet", 100)
+
+
+def test_natural_clients_by_field():
+    from sfedlora.data.partition import by_field
+
+    # a x5, b x3, c x2, d x1 over 2 clients: a -> 0 (5), b -> 1 (3), c -> 1 (5), d -> 0 (tie: the lowest)
+    keys = ["a"] * 5 + ["b"] * 3 + ["c"] * 2 + ["d"]
+    records = [{"author": k, "i": i} for i, k in enumerate(keys)]
+    bins = by_field(records, 2, "author")
+    assert sorted({records[i]["author"] for i in bins[0]}) == ["a", "d"] and len(bins[0]) == 6
+    assert sorted({records[i]["author"] for i in bins[1]}) == ["b", "c"] and len(bins[1]) == 5
+    with pytest.raises(SfedloraError, match="4 distinct values for 5 clients"):
+        by_field(records, 5, "author")
+    with pytest.raises(SfedloraError, match=r"1 records have no 'author' \(records 12\)"):
+        by_field([*records, {"i": 99}], 2, "author")

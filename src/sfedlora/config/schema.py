@@ -90,9 +90,11 @@ class DataConfig:
                              "whitespace: `error` names the records and stops, `skip` leaves them out and counts "
                              "them", choices=("error", "skip"))
     max_examples: int = opt(2000, "records drawn (seeded) before partitioning; 0 = all", check="non_negative")
-    partition: str = opt("dirichlet", "`iid` or `dirichlet` (flwr-datasets partitioners)",
-                         choices=("iid", "dirichlet"))
-    partition_by: str = opt("label", "the field the Dirichlet split is over", )
+    partition: str = opt("dirichlet", "`iid` or `dirichlet` (flwr-datasets partitioners), or `by_field`: the "
+                         "natural clients of data.partition_by (a user or author id), values balanced over clients",
+                         choices=("iid", "dirichlet", "by_field"))
+    partition_by: str = opt("label", "the field a `dirichlet` or `by_field` split is over (kept from the source "
+                            "records under its own name)")
     dirichlet_alpha: float = opt(0.5, "Dirichlet concentration; smaller is more skewed", check="positive",
                                  label="Dirichlet alpha")
     min_partition_size: int = opt(100, "every client gets at least this many records, or a clear error",

@@ -1,5 +1,6 @@
-"""Local data files read record by record: JSON Lines, JSON and CSV, UTF-8, with every problem named by
-file and line, and every text value cut to a length the model can use before anything else holds it.
+"""Local data read record by record: JSON Lines, JSON and CSV files (UTF-8, every problem named by file and
+line), Parquet files (row group by row group) and `datasets.save_to_disk` folders, every text value cut to
+a length the model can use before anything else holds it.
 
 The model sees at most model.max_length tokens of a record: the start of a text or response (truncated on
 the right) or the end of a prompt (truncated on the left). So of a string longer than 2 x cap characters
@@ -19,7 +20,7 @@ from typing import Any
 
 from sfedlora.errors import SfedloraError
 
-SUFFIXES = (".jsonl", ".json", ".csv")
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 CHARS_PER_TOKEN = 64
 
 
@@ -82,24 +83,60 @@ def _csv(path: Path) -> Iterator[tuple[int, Any]]:
         raise SfedloraError(f"{path}: not valid CSV: {exc}") from None
 
 
-def read(path: Path, cap: int) -> tuple[list[dict[str, Any]], int]:
+def _parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises its own types for files that are not Parquet
+        raise SfedloraError(f"{path} is not a readable Parquet file: {exc}") from None
+    n = 0
+    for batch in table.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            n += 1
+            yield n, row
+
+
+def _saved(path: Path, split: str) -> Iterator[tuple[int, Any]]:
+    """A `datasets` save_to_disk folder: a Dataset, or a DatasetDict of which `split` is read."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:  # datasets raises many types for folders that are not its own
+        raise SfedloraError(f"{path} is not a datasets.save_to_disk folder: {exc}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise SfedloraError(f"{path} has the splits {', '.join(ds)}, not {split!r} (data.split)")
+        ds = ds[split]
+    yield from enumerate(ds, 1)
+
+
+def is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in ("state.json", "dataset_dict.json"))
+
+
+def read(path: Path, cap: int, split: str = "train") -> tuple[list[dict[str, Any]], int]:
     """(records, how many had text cut to `cap` characters). Each record is a mapping of field names."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise SfedloraError(f"data file {path} must end in {', '.join(SUFFIXES)}")
-    if path.is_dir():
-        raise SfedloraError(f"data file {path} is a folder")
-    reader = {".jsonl": _jsonl, ".json": _json, ".csv": _csv}[suffix]
-    rows, n_cut = [], 0
+    if is_saved_dataset(path):
+        rows: Iterator[tuple[int, Any]] = _saved(path, split)
+    elif path.is_dir():
+        raise SfedloraError(f"data path {path} is a folder but not a datasets.save_to_disk one")
+    elif suffix not in SUFFIXES:
+        raise SfedloraError(f"data file {path} must end in {', '.join(SUFFIXES)} (or be a save_to_disk folder)")
+    else:
+        rows = {".jsonl": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet}[suffix](path)
+    out, n_cut = [], 0
     try:
-        for where, record in reader(path):
+        for where, record in rows:
             if not isinstance(record, dict):
                 raise SfedloraError(f"{path}: record {where} is a {type(record).__name__}, not a mapping of fields")
             n_cut += cut(record, cap)
-            rows.append(record)
+            out.append(record)
     except OSError as exc:
         raise SfedloraError(f"cannot read data file {path}: {exc.strerror}") from None
-    if not rows:
+    if not out:
         raise SfedloraError(f"data file {path} holds no records")
-    return rows, n_cut
+    return out, n_cut

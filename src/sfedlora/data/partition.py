@@ -30,6 +30,8 @@ def partition_indices(records: list[dict[str, Any]], n_clients: int, cfg: DataCo
 
     if n_clients > len(records):
         raise SfedloraError(f"{n_clients} clients but only {len(records)} examples")
+    if cfg.partition == "by_field":
+        return by_field(records, n_clients, cfg.partition_by)
     ds = Dataset.from_list([{"idx": i, "key": str(r.get(cfg.partition_by, ""))} for i, r in enumerate(records)])
     if cfg.partition == "iid":
         ds = ds.shuffle(seed=seed)
@@ -57,6 +59,25 @@ def partition_indices(records: list[dict[str, Any]], n_clients: int, cfg: DataCo
             f"Dirichlet split (alpha={cfg.dirichlet_alpha}, min size {cfg.min_partition_size}) failed for "
             f"{n_clients} clients: {exc} Raise data.dirichlet_alpha or lower data.min_partition_size."
         ) from None
+
+
+def by_field(records: list[dict[str, Any]], n_clients: int, key: str) -> list[list[int]]:
+    """Natural clients: every record of one value of `key` (a user or author id) goes to one client; values,
+    largest first (ties by value), each to the client with the fewest records so far (ties: the lowest)."""
+    missing = [i + 1 for i, r in enumerate(records) if r.get(key) is None]
+    if missing:
+        raise SfedloraError(f"data.partition=by_field over {key!r}: {len(missing)} records have no {key!r} (records "
+                            f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''})")
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault(str(r[key]), []).append(i)
+    if n_clients > len(groups):
+        raise SfedloraError(f"data.partition=by_field over {key!r}: {len(groups)} distinct values for {n_clients} "
+                            "clients (fed.clients): lower fed.clients")
+    bins: list[list[int]] = [[] for _ in range(n_clients)]
+    for _, idx in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        min(bins, key=len).extend(idx)  # min returns the first of equal bins: the lowest client
+    return bins
 
 
 def split_client(rows: list[dict[str, Any]], val_fraction: float, test_fraction: float, seed: int) -> ClientData:

@@ -76,9 +76,12 @@ def _rename(rows: list[dict[str, Any]], cfg: DataConfig, task: str, source: str)
             )
     if task == "classification" and cfg.text_pair_field and cfg.text_pair_field not in present:
         raise SfedloraError(f"dataset {source!r} has no field {cfg.text_pair_field!r} (data.text_pair_field)")
+    keep = cfg.partition_by if cfg.partition_by and cfg.partition_by not in mapping.values() else None
     out = []
     for row in rows:
         rec = {std: row[src] for std, src in mapping.items() if src and src in row}
+        if keep and keep in row:  # the field a split is over (a user or author id) travels with the record
+            rec[keep] = row[keep]
         out.append(rec)
     return out
 
@@ -104,7 +107,7 @@ def load_task(cfg: DataConfig, seed: int, max_chars: int = 1 << 20) -> TaskData:
         if path.suffix.lower() in files.SUFFIXES or path.exists():
             if not path.exists():
                 raise SfedloraError(f"data file {path} does not exist")
-            rows, n_cut = files.read(path, max_chars)
+            rows, n_cut = files.read(path, max_chars, cfg.split)
         else:
             rows = _hub(source.removeprefix("hf:"), cfg.subset, cfg.split)
         rows = _rename(rows, cfg, task, source)
