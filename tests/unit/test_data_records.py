@@ -201,3 +201,16 @@ def test_natural_clients_by_field():
         by_field(records, 5, "author")
     with pytest.raises(SfedloraError, match=r"1 records have no 'author' \(records 12\)"):
         by_field([*records, {"i": 99}], 2, "author")
+
+
+def test_examples_cut_to_max_length_are_marked():
+    from sfedlora.data.batching import encode_classification, encode_lm
+    from sfedlora.runtime.models import load_model
+
+    _, tok = load_model("tiny-bert", "classification")
+    enc = encode_classification([{"text": "a b c d e f g h", "label": 0}, {"text": "a", "label": 1}], tok, 5)
+    assert [e["truncated"] for e in enc] == [True, False] and len(enc[0]["input_ids"]) == 5
+    _, tok = load_model("tiny-llama", "instruction")
+    rows = [{"prompt": "w " * 400, "response": "x y"}, {"prompt": "hi", "response": "ok"}]
+    short = len(encode_lm(rows[1:], tok, 10_000)[0]["input_ids"])
+    assert [e["truncated"] for e in encode_lm(rows, tok, short)] == [True, False]

@@ -2,7 +2,7 @@
 
 An example is a dict of token lists: classification {input_ids, [token_type_ids], label}; language
 modelling {input_ids, labels, prompt_ids, [answer]} in a prompt format (data.prompts), with labels = -100
-on prompt tokens (loss on response tokens only).
+on prompt tokens (loss on response tokens only); `truncated` says whether it was cut to max_length.
 A group batch stacks b examples of client 0, then b of client 1, ... (client-major), padded to one
 length, with `weight` 0 on filler rows used to even out clients that ran out of examples.
 """
@@ -24,9 +24,10 @@ def encode_classification(records: Sequence[dict[str, Any]], tok: Any, max_lengt
     texts = [r["text"] for r in records]
     pairs = [r["text_pair"] for r in records] if records and "text_pair" in records[0] else None
     enc = tok(texts, pairs, truncation=True, max_length=max_length)
+    full = tok(texts, pairs, truncation=False, verbose=False)["input_ids"] if records else []
     out = []
     for i, r in enumerate(records):
-        ex = {"input_ids": enc["input_ids"][i], "label": int(r["label"])}
+        ex = {"input_ids": enc["input_ids"][i], "label": int(r["label"]), "truncated": len(full[i]) > max_length}
         if "token_type_ids" in enc:
             ex["token_type_ids"] = enc["token_type_ids"][i]
         out.append(ex)
@@ -50,10 +51,11 @@ def encode_lm(records: Sequence[dict[str, Any]], tok: Any, max_length: int,
     out = []
     for r, p, a in zip(records, prompts, responses):
         a = list(a) + eos
-        if len(p) + len(a) > max_length:
+        truncated = len(p) + len(a) > max_length
+        if truncated:
             a = a[: max(max_length // 2, max_length - len(p))]
             p = p[-(max_length - len(a)):] if max_length > len(a) else []
-        ex = {"input_ids": list(p) + a, "labels": [IGNORE] * len(p) + a, "prompt_ids": list(p)}
+        ex = {"input_ids": list(p) + a, "labels": [IGNORE] * len(p) + a, "prompt_ids": list(p), "truncated": truncated}
         if "answer" in r:
             ex["answer"] = r["answer"]
         out.append(ex)

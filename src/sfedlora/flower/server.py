@@ -110,6 +110,10 @@ class FlowerRun:
         found = [json.loads(str(self.infos[p]["found"])) for p in range(self.cfg.fed.clients)]
         merged: dict[str, Any] = {k: v if all(f[k] == v for f in found) else [f[k] for f in found]
                                   for k, v in found[0].items()}
+        if found and "data_counts" in found[0]:  # the data read is every node's; what each encoded is its own
+            per_node = [f["data_counts"] for f in found]
+            merged["data_counts"] = {**per_node[0], **{k: sum(int(n.get(k, 0)) for n in per_node)
+                                                       for k in ("encoded", "cut_to_max_length")}}
         sizes = [{k: int(d[k]) for k in ("train", "val", "test")} for d in self.descriptions]
         dp = ({"noise_multiplier": self.settings.dp_noise_multiplier, "clipping_norm": self.settings.dp_clipping_norm}
               if self.settings.dp_clipping_norm else None)

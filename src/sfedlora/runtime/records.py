@@ -118,6 +118,9 @@ def _data_line(n: dict[str, int], labels: list[str], max_chars: int) -> str:
     text += f" ({'; '.join(left)} left out)" if left else ""
     text += (f"; {n['cut_long']} with a text of over {2 * max_chars} characters cut to its first and last "
              f"{max_chars} (what max_length tokens can reach)") if n.get("cut_long") else ""
+    if n.get("cut_to_max_length"):
+        text += (f"; {n['cut_to_max_length']} of the {n['encoded']} encoded examples were longer than "
+                 f"model.max_length tokens and cut to it")
     return text + (f"; labels: {', '.join(labels)}" if labels else "")
 
 
