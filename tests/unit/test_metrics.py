@@ -33,3 +33,25 @@ def test_math_accuracy_weights_by_decoded_examples():
     rows = [{"loss": 1.0, "n": 10, "tokens": 100, "perplexity": math.e, "accuracy": 1.0, "n_decoded": 1},
             {"loss": 1.0, "n": 10, "tokens": 100, "perplexity": math.e, "accuracy": 0.0, "n_decoded": 3}]
     assert means(rows)["accuracy"] == pytest.approx({"uniform": 0.5, "weighted": 0.25})
+
+
+def test_macro_f1_by_hand():
+    from sfedlora.core.metrics import macro_f1
+
+    # class 0: tp 3, fn 1, fp 2 -> 6/9; class 1: tp 4, fn 2, fp 1 -> 8/11; mean 0.69697
+    assert macro_f1([[3, 1], [2, 4]]) == pytest.approx((6 / 9 + 8 / 11) / 2)
+    # a label that neither occurs nor is predicted does not count: (4/5 + 2/3) / 2
+    assert macro_f1([[0, 0, 0], [0, 2, 1], [0, 0, 1]]) == pytest.approx((0.8 + 2 / 3) / 2)
+    assert math.isnan(macro_f1([[0, 0], [0, 0]]))
+
+
+def test_pooled_macro_f1_is_of_the_summed_confusions():
+    from sfedlora.core.metrics import macro_f1, means
+
+    a, b = [[3, 1], [2, 4]], [[5, 0], [0, 0]]
+    rows = [{"loss": 0.5, "n": 10, "accuracy": 0.7, "macro_f1": macro_f1(a), "confusion": a},
+            {"loss": 0.1, "n": 5, "accuracy": 1.0, "macro_f1": macro_f1(b), "confusion": b}]
+    out = means(rows)
+    assert out["macro_f1"]["uniform"] == pytest.approx((macro_f1(a) + 1.0) / 2)  # b: class 0 only, F1 1
+    assert out["macro_f1"]["weighted"] == pytest.approx(macro_f1([[8, 1], [2, 4]]))
+    assert "confusion" not in out

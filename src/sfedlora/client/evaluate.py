@@ -1,8 +1,8 @@
 """Evaluation of a group of installed clients, each on its own examples, in batched forwards.
 
-Metrics: loss (mean per example for classification, per response token for LM), accuracy
-(classification; math: exact match of the final answer of a greedy decoding, sfedlora.client.answers),
-perplexity = exp(token loss) for LM tasks.
+Metrics: loss (mean per example for classification, per response token for LM), accuracy and macro-F1
+with the confusion counts it comes from (classification; math accuracy: exact match of the final answer of
+a greedy decoding, sfedlora.client.answers), perplexity = exp(token loss) for LM tasks.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from sfedlora.client.answers import same_answer
 from sfedlora.client.losses import classification_terms, lm_terms
-from sfedlora.core.metrics import perplexity
+from sfedlora.core.metrics import macro_f1, perplexity
 from sfedlora.data.batching import collate, grouped_chunks
 
 
@@ -30,19 +30,29 @@ def evaluate_group(model: Any, per_client: Sequence[Sequence[dict[str, Any]]], t
     model.eval()
     c = len(per_client)
     sums = torch.zeros(c, 4, dtype=torch.float64)  # loss sum, loss count, correct, examples
+    k = max(2, int(getattr(model.config, "num_labels", 2)))
+    confusion = torch.zeros(c, k * k, dtype=torch.float64)  # rows: true label, columns: predicted
     terms = classification_terms if task == "classification" else lm_terms
     for examples, weights in grouped_chunks(per_client, batch_size):
         batch = _to(collate(examples, pad_id, weights), device)
-        loss, count, correct = terms(model, batch)
+        loss, count, third = terms(model, batch)
         w = batch["weight"].double()
+        if task == "classification":
+            correct = (third == batch["label"]).double()
+            cell = (batch["label"] * k + third).view(c, -1).cpu()
+            confusion += torch.zeros(c, k * k, dtype=torch.float64).scatter_add_(1, cell, w.view(c, -1).cpu())
+        else:
+            correct = third
         stacked = torch.stack([loss.double() * w, count.double() * w, correct.double() * w, w], 1)  # (rows, 4)
         sums += stacked.view(c, -1, 4).sum(1).cpu()
     out = []
-    for s in sums.tolist():
+    for s, conf in zip(sums.tolist(), confusion.view(c, k, k).round().long().tolist()):
         loss = s[0] / max(s[1], 1)
-        row = {"loss": loss, "n": int(s[3])}
+        row: dict[str, Any] = {"loss": loss, "n": int(s[3])}
         if task == "classification":
             row["accuracy"] = s[2] / max(s[3], 1)
+            row["macro_f1"] = macro_f1(conf)
+            row["confusion"] = conf
         else:
             row["tokens"] = int(s[1])
             row["perplexity"] = perplexity(loss)

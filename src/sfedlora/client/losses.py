@@ -22,11 +22,10 @@ def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def classification_terms(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss sum, loss count, correct) per example, each of shape (rows,)."""
+    """(loss sum, loss count, predicted label) per example, each of shape (rows,)."""
     logits = model(**_inputs(batch)).logits.float()  # (rows, labels)
     loss = F.cross_entropy(logits, batch["label"], reduction="none")
-    correct = (logits.argmax(-1) == batch["label"]).float()
-    return loss, torch.ones_like(loss), correct
+    return loss, torch.ones_like(loss), logits.argmax(-1)
 
 
 FAST_LOGITS = "_sfedlora_fast_logits"  # the attribute prepare_fast_logits sets on a causal LM

@@ -18,6 +18,20 @@ PRIMARY = {"classification": ("accuracy", True), "instruction": ("perplexity", F
 COUNTS = ("n", "tokens", "n_decoded")  # what a client evaluated: examples, response tokens, decoded examples
 
 
+def macro_f1(confusion: list[list[int]]) -> float:
+    """Macro-averaged F1 from a confusion matrix (rows: true label, columns: predicted), over the labels that
+    occur or are predicted (as scikit-learn's f1_score(average="macro") does); nan with no examples."""
+    k = len(confusion)
+    scores = []
+    for i in range(k):
+        tp = confusion[i][i]
+        fn = sum(confusion[i]) - tp
+        fp = sum(confusion[j][i] for j in range(k)) - tp
+        if tp + fn + fp > 0:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores) if scores else math.nan
+
+
 
 def weight_key(metric: str, row: dict[str, Any]) -> str:
     """The count a per-client metric is weighted by: tokens for an LM's token loss, decoded examples for math
@@ -38,7 +52,7 @@ def means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     of the clients' perplexities."""
     out: dict[str, dict[str, float]] = {}
     for key in rows[0] if rows else []:
-        if key in COUNTS or key == "perplexity":
+        if key in COUNTS or key in ("perplexity", "confusion"):
             continue
         pairs = [(r[key], r[weight_key(key, r)]) for r in rows if r[weight_key(key, r)] > 0]
         total = sum(w for _, w in pairs)
@@ -46,6 +60,11 @@ def means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
                     "weighted": sum(v * w for v, w in pairs) / total if pairs else math.nan}
     if rows and "perplexity" in rows[0]:
         out["perplexity"] = {k: perplexity(v) for k, v in out["loss"].items()}
+    if rows and "confusion" in rows[0]:  # weighted = pooled: macro-F1 of the summed confusion counts
+        counted = [r["confusion"] for r in rows if r["n"] > 0]
+        pooled = [[sum(m[i][j] for m in counted) for j in range(len(counted[0]))] for i in range(len(counted[0]))] \
+            if counted else []
+        out["macro_f1"]["weighted"] = macro_f1(pooled) if pooled else math.nan
     return out
 
 

@@ -131,6 +131,13 @@ def parse_stats(text: Any) -> dict[str, Any] | None:
     return {f: stats[f] for f in STAT_KEYS}
 
 
+def _confusion_ok(value: Any, n: Any) -> bool:
+    if not isinstance(value, list) or not value or not all(isinstance(r, list) and len(r) == len(value) for r in value):
+        return False
+    cells = [x for r in value for x in r]
+    return all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in cells) and sum(cells) == n
+
+
 def parse_eval(text: Any, sizes: dict[str, int]) -> dict[str, dict[str, Any]] | None:
     """A client's evaluation rows {"val": row, "test": row}, or None if malformed: every row needs a finite
     loss and numeric metrics, and its counts (which weight it in the means over clients) must be
@@ -143,6 +150,10 @@ def parse_eval(text: Any, sizes: dict[str, int]) -> dict[str, dict[str, Any]] | 
         if "loss" not in row or "n" not in row:
             return None
         for k, v in row.items():
+            if k == "confusion":  # classification: square, non-negative integer counts of the row's n examples
+                if not _confusion_ok(v, row.get("n")):
+                    return None
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 return None
             if k in COUNTS and (not isinstance(v, int) or v < 0):
