@@ -49,6 +49,12 @@ def _config(config: str | Path | RunConfig | None, overrides: Sequence[str]) -> 
     return load_config(config_path(None if config is None else str(config)), list(overrides))
 
 
+def _figures(run_dir: Path) -> list[Path]:
+    from sfedlora.tools.report import run_figures
+
+    return run_figures(run_dir)
+
+
 def default_out(cfg: RunConfig) -> Path:
     return Path("runs") / f"{cfg.name or 'run'}-{cfg.fed.method}-r{cfg.lora.rank}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -65,7 +71,7 @@ def run(config: str | Path | RunConfig | None = None, overrides: Sequence[str] =
     with lock.hold(folder):  # one writer per run folder, from the check to the summary
         if rundir.occupied(folder):
             raise SfedloraError(f"output folder {folder} exists and is not empty; choose another")
-        Simulation(cfg, folder, echo=echo or (lambda s: None), progress=progress).run()
+        Simulation(cfg, folder, echo=echo or (lambda s: None), progress=progress, figures=_figures).run()
     return load_run(folder)
 
 
@@ -84,7 +90,8 @@ def resume(path: str | Path, progress: bool = False, echo: Callable[[str], None]
                                 "Flower run continues through its nodes' saved state when a SuperNode restarts)")
         if rundir.finished(folder):
             raise SfedloraError(f"{folder} is a finished run (it has summary.json); nothing to resume")
-        Simulation(cfg, folder, echo=echo or (lambda s: None), progress=progress, resolved=resolved).run(resume=True)
+        Simulation(cfg, folder, echo=echo or (lambda s: None), progress=progress, resolved=resolved,
+                   figures=_figures).run(resume=True)
     return load_run(folder)
 
 

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from sfedlora.client import local
-from sfedlora.config import RunConfig
+from sfedlora.config import RunConfig, to_dict
 from sfedlora.core.adaptive import init_sq_norms
 from sfedlora.core.metrics import PRIMARY, personal
 from sfedlora.core.state import OptState, State, select
@@ -23,6 +23,7 @@ from sfedlora.runtime import checkpoint, grouping, records, rundir
 from sfedlora.runtime.protocol import Exchange, Server, non_finite
 from sfedlora.runtime.resolve import Resolved, resume_mismatch
 from sfedlora.runtime.setup import setup
+from sfedlora.runtime.tracking import Trackers
 
 
 def _print(line: str) -> None:
@@ -31,9 +32,13 @@ def _print(line: str) -> None:
 
 class Simulation:
     def __init__(self, cfg: RunConfig, out_dir: Path, echo: Callable[[str], None] = _print,
-                 progress: bool = True, resolved: Resolved | None = None) -> None:
-        """Set up a run; `resolved`: the description a resumed run recorded (its group sizes are kept)."""
+                 progress: bool = True, resolved: Resolved | None = None,
+                 figures: Callable[[Path], list[Path]] | None = None, group: str = "") -> None:
+        """Set up a run; `resolved`: the description a resumed run recorded (its group sizes are kept);
+        `figures`: makes the run's figures for its trackers (cfg.tracking) at the end; `group`: the trackers'
+        group (a sweep's name)."""
         self.cfg, self.out_dir, self.echo, self.progress = cfg, Path(out_dir), echo, progress
+        self.figures, self.group = figures, group
         self.setup = s = setup(cfg)  # everything that can fail on user input, before the run folder exists
         self.method, self.model, self.tok, self.device, self.task = s.method, s.model, s.tok, s.device, s.task
         n = cfg.fed.clients
@@ -211,6 +216,11 @@ class Simulation:
                       f"no checkpoint in {out}: starting it again from round {first}")
         descriptions = [self.setup.descriptions[c] for c in range(cfg.fed.clients)]
         writer = rundir.start(out, cfg, self.resolved, descriptions, keep=history)
+        trackers = Trackers(cfg.tracking, out, {**to_dict(cfg), "resolved": self.resolved.as_record()},
+                            self.group) if cfg.tracking else None
+        if trackers:  # a resumed run's trackers get its earlier rounds too
+            for record in history:
+                trackers.log(record)
         for line in records.describe_run(self.method.name, self.resolved, cfg, descriptions):
             self.echo(line)
         metric, _ = PRIMARY[self.task]
@@ -223,6 +233,8 @@ class Simulation:
             record = self._round(rnd, bar) if rnd else self._round_zero()
             writer.write(record)
             history.append(record)
+            if trackers:
+                trackers.log(record)
             (bar.write if self.progress else self.echo)(records.row(record, metric))
             sys.stdout.flush()  # rows show up as rounds finish, also when stdout is a file
             if cfg.checkpoint_every and (rnd % cfg.checkpoint_every == 0 or rnd == cfg.fed.rounds):
@@ -231,4 +243,6 @@ class Simulation:
         rundir.save_adapters(out, self.states, self.resolved, self.merged)
         summary = records.summary(self.method.name, self.resolved, cfg, history, time.perf_counter() - start)
         rundir.finish(out, summary)  # last: the run is complete
+        if trackers:
+            trackers.finish(self.figures(out) if self.figures else [])
         return summary

@@ -14,7 +14,7 @@ from typing import Any, Union
 
 import yaml
 
-from sfedlora.config.schema import RunConfig
+from sfedlora.config.schema import TRACKERS, RunConfig
 from sfedlora.errors import SfedloraError
 
 CONFIG_DIR = Path(__file__).parent.parent / "configs"
@@ -133,6 +133,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         values = getattr(cfg.lora, key)
         if values is not None and (not values or any(r < 1 for r in values)):
             raise SfedloraError(f"lora.{key} must be a non-empty list of ranks >= 1, got {values}")
+    unknown = [t for t in cfg.tracking if t not in TRACKERS]
+    if unknown or len(set(cfg.tracking)) != len(cfg.tracking):
+        raise SfedloraError(f"tracking must list distinct trackers of {', '.join(TRACKERS)}; got {cfg.tracking}")
     if isinstance(cfg.lora.targets, list) and not cfg.lora.targets:
         raise SfedloraError("lora.targets must name at least one module")
     return cfg

@@ -158,6 +158,9 @@ class EvalConfig:
     max_new_tokens: int = opt(160, "math: decode length")
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -167,6 +170,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = opt(0, "seeds data sampling, partitioning, init, batch order, participation")
+    tracking: list[str] = opt([], "experiment trackers, any of `tensorboard`, `wandb` (offline), `mlflow` (a local "
+                              "SQLite store): per-round metrics, the config, the report's figures; docs/usage.md")
     name: str = opt("", "a label for the default run-folder name")
     checkpoint_every: int = opt(1, "rounds between checkpoints (and always the last); 0 = never",
                                 check="non_negative")

@@ -39,6 +39,7 @@ from sfedlora.methods import names
 from sfedlora.runtime import records, rundir
 from sfedlora.runtime.protocol import Exchange, Server
 from sfedlora.runtime.resolve import Resolved, check, resolve
+from sfedlora.runtime.tracking import Trackers
 
 
 @dataclass
@@ -236,6 +237,8 @@ class FlowerRun:
         self.server = Server(cfg, self.method, self.resolved)
         self.server.latest = dict(self.initial)
         writer = rundir.start(self.out_dir, cfg, self.resolved, self.descriptions)
+        trackers = Trackers(cfg.tracking, self.out_dir, {**to_dict(cfg), "resolved": self.resolved.as_record()}) \
+            if cfg.tracking else None
         for line in records.describe_run(f"{self.method.name} on Flower", self.resolved, cfg, self.descriptions):
             self.echo(line)
         self.echo("  nodes: " + ", ".join(f"partition {p} -> node {n}" for p, n in sorted(self.node_of.items())))
@@ -249,6 +252,8 @@ class FlowerRun:
         def finish(record: dict[str, Any]) -> None:
             writer.write(record)
             history.append(record)
+            if trackers:
+                trackers.log(record)
             self.echo(records.row(record, metric))
 
         self.echo(records.header(metric))
@@ -286,4 +291,6 @@ class FlowerRun:
         rundir.save_server(self.out_dir, self.server.latest, self.resolved)
         summary = records.summary(self.method.name, self.resolved, cfg, history, time.perf_counter() - start)
         rundir.finish(self.out_dir, summary)
+        if trackers:
+            trackers.finish()
         return summary

@@ -219,4 +219,10 @@ def build_report(dirs: list[Path], out: Path, ref: tuple[str, str] | None = None
     return out / "report.html"
 
 
-__all__ = ["build_report", "arms_table", "pivot_table", "find_runs"]
+def run_figures(run_dir: Path) -> list[Path]:
+    """One run's report (into <run>/report) and its figures: what trackers log as artifacts."""
+    page = build_report([run_dir], Path(run_dir) / "report")
+    return sorted(page.parent.glob("*.png"))
+
+
+__all__ = ["build_report", "arms_table", "pivot_table", "find_runs", "run_figures"]

@@ -145,6 +145,7 @@ def run_sweep(runs: list[PlannedRun], echo: Any = print) -> list[dict[str, Any]]
 
     from sfedlora.runtime import lock, rundir
     from sfedlora.simulation import Simulation
+    from sfedlora.tools.report import run_figures
 
     summaries = []
     conflicts = [why for r in runs if r.done and (why := stale(r))]
@@ -159,7 +160,8 @@ def run_sweep(runs: list[PlannedRun], echo: Any = print) -> list[dict[str, Any]]
             if run.done:  # finished by another process meanwhile
                 continue
             rundir.clear(run.folder)  # unfinished: no summary.json
-            summary = Simulation(run.config, run.folder, echo=lambda s: None, progress=False).run()
+            summary = Simulation(run.config, run.folder, echo=lambda s: None, progress=False, figures=run_figures,
+                                 group=run.folder.parent.name).run()
         summaries.append(summary)
         best = summary["personal"]["best"]
         value = best["test"]["weighted"] if best and isinstance(best["test"], dict) else None
