@@ -11,6 +11,18 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 
+def lm_batch(g: torch.Generator, rows: int, seq: int = 10, padded_row: int = 0) -> dict[str, torch.Tensor]:
+    """Random tokens for a causal LM: the first 4 (the prompt) and the padding out of the loss, the last 3
+    tokens of one row padded."""
+    ids = torch.randint(1, 64, (rows, seq), generator=g)
+    mask = torch.ones_like(ids)
+    mask[padded_row, -3:] = 0
+    labels = ids.clone()
+    labels[:, :4] = -100
+    labels[mask == 0] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

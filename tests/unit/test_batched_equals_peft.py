@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_bert, tiny_llama
+from conftest import lm_batch, tiny_bert, tiny_llama
 from peft import LoraConfig, get_peft_model
 
 from sfedlora.adapters.inject import init_adapter_state, inject_adapters, load_group, read_group
@@ -26,13 +26,7 @@ def lm_batches(seed: int = 0) -> list[list[dict[str, torch.Tensor]]]:
     for _ in range(C):
         steps = []
         for _ in range(K):
-            ids = torch.randint(1, 64, (BATCH, SEQ), generator=g)
-            mask = torch.ones_like(ids)
-            mask[1, -3:] = 0
-            labels = ids.clone()
-            labels[:, :4] = -100
-            labels[mask == 0] = -100
-            steps.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+            steps.append(lm_batch(g, BATCH, SEQ, padded_row=1))
         out.append(steps)
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_bert, tiny_llama
+from conftest import lm_batch, tiny_bert, tiny_llama
 from transformers import (
     get_constant_schedule_with_warmup,
     get_cosine_schedule_with_warmup,
@@ -66,16 +66,6 @@ def test_scheduled_adamw_equals_torch_adamw_under_the_transformers_schedule():
         torch.testing.assert_close(ours.data[c], theirs.data, rtol=1e-6, atol=1e-7)
 
 
-def _lm_batch(g, rows, seq=10):
-    ids = torch.randint(1, 64, (rows, seq), generator=g)
-    mask = torch.ones_like(ids)
-    mask[0, -3:] = 0
-    labels = ids.clone()
-    labels[:, :4] = -100
-    labels[mask == 0] = -100
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
 def _cls_batch(g, rows, seq=9):
     ids = torch.randint(1, 64, (rows, seq), generator=g)
     labels = torch.randint(0, 3, (rows,), generator=g)
@@ -121,7 +111,7 @@ def test_accumulated_micro_batches_equal_the_large_batch(task):
     if task == "classification":
         big = [_cls_batch(g, 8) for _ in range(2)]
     else:
-        big = [_lm_batch(g, 8) for _ in range(2)]  # 2 clients x 4 rows, 2 steps
+        big = [lm_batch(g, 8) for _ in range(2)]  # 2 clients x 4 rows, 2 steps
     one = TrainConfig(optimizer="adamw", lr=0.01, batch_size=4)
     accum = TrainConfig(optimizer="adamw", lr=0.01, batch_size=2, grad_accum_steps=2)
     a, sa = _train(task, big, one, 2)
@@ -138,7 +128,7 @@ def test_gradient_checkpointing_changes_nothing_but_memory(task):
     if task == "classification":
         batches = [_cls_batch(g, 4) for _ in range(3)]
     else:
-        batches = [_lm_batch(g, 4) for _ in range(3)]
+        batches = [lm_batch(g, 4) for _ in range(3)]
     plain, sp = _train(task, batches, TrainConfig(optimizer="sgd", lr=0.1), 3)
     ckpt, sc = _train(task, batches, TrainConfig(optimizer="sgd", lr=0.1, gradient_checkpointing=True), 3)
     for x, y in zip(plain, ckpt):
