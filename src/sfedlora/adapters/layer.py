@@ -80,7 +80,7 @@ class StackedLoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, bias = self.base_layer.weight, self.base_layer.bias
-        if w.dtype == x.dtype:
+        if w.dtype == x.dtype or not w.dtype.is_floating_point:  # same precision, or quantised (bitsandbytes)
             base = self.base_layer(x)
         else:  # an fp32 master weight (merge_base) in a bf16 model
             base = F.linear(x.to(w.dtype), w, None if bias is None else bias.to(w.dtype)).to(x.dtype)

@@ -31,6 +31,9 @@ class ModelConfig:
     max_length: int = opt(64, "tokens per example after truncation (instruction prompts are cut from the left, "
                           "keeping at least half for the response)", check="positive", label="max_length")
     device: str = opt("auto", "`auto` (CUDA if available), `cpu` or `cuda`", choices=("auto", "cpu", "cuda"))
+    quantization: str = opt("none", "the frozen base's linear layers through bitsandbytes (QLoRA): `4bit` (NF4, double "
+                            "quantisation, bf16 compute), `8bit` (LLM.int8()), or `none`; heads stay full precision",
+                            choices=("none", "8bit", "4bit"))
 
 
 @dataclass

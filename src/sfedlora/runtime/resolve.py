@@ -161,6 +161,9 @@ def resolve(cfg: RunConfig, method: FederatedMethod, n_train: list[int]) -> Reso
     init = method.default_init if cfg.lora.init == "auto" else cfg.lora.init
     if method.requires_shared_init and init != "shared":
         raise SfedloraError(f"{method.name} {method.shared_init_reason}: set lora.init=shared (or auto)")
+    if cfg.model.quantization != "none" and method.merges_into_base:
+        raise SfedloraError(f"{method.name} merges every round's update into the base weights, which a quantised "
+                            "base (model.quantization) cannot take: use model.quantization=none")
     ranks = assign_ranks(cfg, n_train)
     if len(set(ranks)) > 1 and not method.heterogeneous_ranks:
         raise SfedloraError(f"{method.name} needs equal ranks on all clients (got {ranks}); for heterogeneous "

@@ -26,6 +26,7 @@ from sfedlora.data.partition import ClientData, describe, make_clients
 from sfedlora.data.sources import load_task
 from sfedlora.methods import FederatedMethod
 from sfedlora.runtime.models import load_model, model_path, revision
+from sfedlora.runtime.quantize import quantize
 from sfedlora.runtime.resolve import Resolved, check, resolve, resolve_device, resolve_precision
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -115,6 +116,7 @@ def load_base(cfg: RunConfig, task: str, n_labels: int, device: torch.device, pr
     """The frozen base model at `precision` with stacked adapters (and, for classification unless `head` is
     False, a trainable head) on the configured targets, on `device`: (model, tokenizer, adapted modules)."""
     model, tok = load_model(cfg.model.name, task, max(2, n_labels), DTYPES[precision])
+    quantize(model, cfg.model.quantization)  # QLoRA: the body's linear layers quantised (model.quantization)
     head = task == "classification" if head is None else head
     targets = inject_adapters(model, cfg.lora.targets, cfg.lora.dropout, head=head)
     model.to(device)

@@ -1,0 +1,68 @@
+"""A quantised frozen base (QLoRA; Dettmers et al., "QLoRA: Efficient Finetuning of Quantized LLMs",
+NeurIPS 2023), through bitsandbytes: `model.quantization: 4bit` stores every linear layer of the
+transformer blocks as NF4 with double quantisation (the quantisation constants quantised too) and computes
+in bf16; `8bit` stores them as int8 (LLM.int8(), outlier threshold 6). The task head and the LM head stay
+in full precision, and the per-client adapters on top are fp32 as always.
+
+Devices: bitsandbytes 0.50 runs both modes' forward and backward on CPU (tested here) and on CUDA; on CPU
+they save memory, not time (its CPU kernels dequantise per call). FLoRA, which merges updates into the
+base weights, cannot use a quantised base.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from sfedlora.errors import SfedloraError
+
+MODES = ("none", "8bit", "4bit")
+HEADS = ("classifier", "score", "lm_head", "pooler")
+
+
+def _quantised(layer: nn.Linear, mode: str) -> nn.Module:
+    import bitsandbytes as bnb
+
+    weight = layer.weight.detach().float().cpu()
+    bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().float().cpu(), requires_grad=False)
+    q: Any
+    if mode == "4bit":
+        q = bnb.nn.Linear4bit(layer.in_features, layer.out_features, bias=bias is not None,
+                              compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4")
+        q.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4", compress_statistics=True)
+    else:
+        q = bnb.nn.Linear8bitLt(layer.in_features, layer.out_features, bias=bias is not None,
+                                has_fp16_weights=False, threshold=6.0)
+        q.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+    if bias is not None:
+        q.bias = bias
+    return q.to("cpu")  # bitsandbytes quantises when the weight moves to a device
+
+
+def quantize(model: nn.Module, mode: str) -> int:
+    """Replace the linear layers of the model's body (not its heads) by bitsandbytes' quantised ones, in
+    place; returns how many were replaced."""
+    if mode == "none":
+        return 0
+    if mode not in MODES:
+        raise SfedloraError(f"model.quantization must be one of {', '.join(MODES)}, got {mode!r}")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise SfedloraError(f"model.quantization={mode} needs bitsandbytes: pip install 'sfedlora[quantization]'") \
+            from None
+    targets = [(name, m) for name, m in model.named_modules()
+               if type(m) is nn.Linear and not any(part in HEADS for part in name.split("."))]
+    for name, layer in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, _quantised(layer, mode))
+    return len(targets)
+
+
+def is_quantized(layer: nn.Module) -> bool:
+    """Whether a base layer stores its weight quantised (it must then be called, never read as a matrix)."""
+    weight = getattr(layer, "weight", None)
+    return weight is not None and not weight.dtype.is_floating_point

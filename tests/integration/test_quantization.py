@@ -1,0 +1,77 @@
+"""A quantised frozen base (model.quantization, QLoRA through bitsandbytes' real CPU backend): the body's
+linear layers are replaced, the heads are not, batched training still equals training alone, and a run
+trains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import lm_batch, tiny_llama
+
+from sfedlora.adapters.inject import init_adapter_state, inject_adapters, load_group, read_group
+from sfedlora.cli import main
+from sfedlora.client.losses import prepare_fast_logits
+from sfedlora.client.optim import StackedOptimizer
+from sfedlora.client.train import train_group
+from sfedlora.config import TrainConfig, load_config
+from sfedlora.errors import SfedloraError
+from sfedlora.runtime import rundir
+from sfedlora.runtime.quantize import is_quantized, quantize
+from sfedlora.runtime.resolve import check
+
+bnb = pytest.importorskip("bitsandbytes")
+
+
+@pytest.mark.parametrize(("mode", "kind", "tolerance"), [("4bit", "Linear4bit", 0.25), ("8bit", "Linear8bitLt", 0.05)])
+def test_the_body_is_quantised_and_the_heads_are_not(mode, kind, tolerance):
+    model, reference = tiny_llama(), tiny_llama()
+    assert quantize(model, mode) == 2 * 7  # q, k, v, o, gate, up, down in each of 2 blocks
+    block = model.model.layers[0]
+    assert type(block.self_attn.q_proj).__name__ == kind and is_quantized(block.mlp.up_proj)
+    assert type(model.lm_head) is torch.nn.Linear
+    ids = torch.randint(1, 64, (2, 12))
+    with torch.no_grad():
+        ours, theirs = model(input_ids=ids).logits, reference(input_ids=ids).logits
+    assert (ours - theirs).abs().max() / theirs.abs().max() < tolerance  # quantisation error, not garbage
+
+
+def test_batched_clients_on_a_4bit_base_equal_each_client_alone():
+    g = torch.Generator().manual_seed(3)
+    batches = [lm_batch(g, 4) for _ in range(2)]  # 2 clients x 2 rows, 2 steps
+    cfg = TrainConfig(optimizer="adamw", lr=0.01)
+
+    def train(clients, rows):
+        model = tiny_llama()
+        quantize(model, "4bit")
+        prepare_fast_logits(model)
+        inject_adapters(model, "qv", head=False)
+        states = [init_adapter_state(model, 4, torch.Generator().manual_seed(c)) for c in clients]
+        for s in states:
+            for k in s:
+                if k.endswith("lora_B"):
+                    s[k] = torch.full_like(s[k], 0.05)
+        load_group(model, states, [2.0] * len(clients))
+        feed = iter([{k: v[rows] for k, v in b.items()} | {"weight": torch.ones(len(rows))} for b in batches])
+        train_group(model, lambda: next(feed), StackedOptimizer(cfg), frozenset({"A", "B"}), 2, cfg, "instruction")
+        return read_group(model)
+
+    together = train([0, 1], [0, 1, 2, 3])
+    for c, rows in ((0, [0, 1]), (1, [2, 3])):
+        (alone,) = train([c], rows)
+        for k in alone:
+            torch.testing.assert_close(together[c][k], alone[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_4bit_run_trains_and_flora_is_refused(tmp_path):
+    path = tmp_path / "inst.jsonl"
+    path.write_text("".join(f'{{"prompt": "Repeat {i}", "response": "{i} {i}"}}\n' for i in range(60)))
+    args = [f"data.source={path}", "data.task=instruction", "model.name=tiny-llama", "model.precision=fp32",
+            "data.partition=iid", "fed.clients=2", "fed.rounds=2", "fed.local_steps=3", "train.batch_size=2",
+            "eval.max_examples=4", "model.quantization=4bit"]
+    out = tmp_path / "run"
+    assert main(["run", *args, "--out", str(out), "--quiet"]) == 0
+    recs = rundir.records(out)
+    assert all(x > 0 for r in recs[1:] for x in r["grad_norm_A"])
+    assert rundir.read(out)[0].model.quantization == "4bit"
+    with pytest.raises(SfedloraError, match="quantised base"):
+        check(load_config(None, [*args, "fed.method=flora"]))
