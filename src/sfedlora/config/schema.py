@@ -32,7 +32,8 @@ class ModelConfig:
                           "keeping at least half for the response)", check="positive", label="max_length")
     device: str = opt("auto", "`auto` (CUDA if available), `cpu` or `cuda`", choices=("auto", "cpu", "cuda"))
     quantization: str = opt("none", "the frozen base's linear layers through bitsandbytes (QLoRA): `4bit` (NF4, double "
-                            "quantisation, bf16 compute), `8bit` (LLM.int8()), or `none`; heads stay full precision",
+                            "quantisation, computing at model.precision), `8bit` (LLM.int8()), or `none`; heads "
+                            "stay full precision",
                             choices=("none", "8bit", "4bit"))
 
 

@@ -1,11 +1,15 @@
 """A quantised frozen base (QLoRA; Dettmers et al., "QLoRA: Efficient Finetuning of Quantized LLMs",
 NeurIPS 2023), through bitsandbytes: `model.quantization: 4bit` stores every linear layer of the
 transformer blocks as NF4 with double quantisation (the quantisation constants quantised too) and computes
-in bf16; `8bit` stores them as int8 (LLM.int8(), outlier threshold 6). The task head and the LM head stay
+at the run's precision (bf16 where `model.precision` resolves to bf16, as QLoRA does on GPUs; fp32 on CPUs
+without native bf16, where bf16 matmuls are emulated); `8bit` stores them as int8 (LLM.int8(), outlier
+threshold 6). The task head and the LM head stay
 in full precision, and the per-client adapters on top are fp32 as always.
 
-Devices: bitsandbytes 0.50 runs both modes' forward and backward on CPU (tested here) and on CUDA; on CPU
-they save memory, not time (its CPU kernels dequantise per call). FLoRA, which merges updates into the
+Devices: bitsandbytes 0.50 runs both modes' forward and backward on CPU (tested here) and on CUDA. It pays
+where the base weights dominate memory (billion-parameter bases, GPUs): for SmolLM2-135M on a 2-core CPU
+the weights shrink from 513 to 159 MiB but the round's peak does not fall and a round is slower (its CPU
+kernels dequantise every call); docs/usage.md has the measurement. FLoRA, which merges updates into the
 base weights, cannot use a quantised base.
 """
 
@@ -22,7 +26,7 @@ MODES = ("none", "8bit", "4bit")
 HEADS = ("classifier", "score", "lm_head", "pooler")
 
 
-def _quantised(layer: nn.Linear, mode: str) -> nn.Module:
+def _quantised(layer: nn.Linear, mode: str, compute: torch.dtype) -> nn.Module:
     import bitsandbytes as bnb
 
     weight = layer.weight.detach().float().cpu()
@@ -30,7 +34,7 @@ def _quantised(layer: nn.Linear, mode: str) -> nn.Module:
     q: Any
     if mode == "4bit":
         q = bnb.nn.Linear4bit(layer.in_features, layer.out_features, bias=bias is not None,
-                              compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4")
+                              compute_dtype=compute, compress_statistics=True, quant_type="nf4")
         q.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4", compress_statistics=True)
     else:
         q = bnb.nn.Linear8bitLt(layer.in_features, layer.out_features, bias=bias is not None,
@@ -41,9 +45,9 @@ def _quantised(layer: nn.Linear, mode: str) -> nn.Module:
     return q.to("cpu")  # bitsandbytes quantises when the weight moves to a device
 
 
-def quantize(model: nn.Module, mode: str) -> int:
-    """Replace the linear layers of the model's body (not its heads) by bitsandbytes' quantised ones, in
-    place; returns how many were replaced."""
+def quantize(model: nn.Module, mode: str, compute: torch.dtype = torch.float32) -> int:
+    """Replace the linear layers of the model's body (not its heads) by bitsandbytes' quantised ones
+    computing in `compute`, in place; returns how many were replaced."""
     if mode == "none":
         return 0
     if mode not in MODES:
@@ -53,13 +57,13 @@ def quantize(model: nn.Module, mode: str) -> int:
     except ImportError:
         raise SfedloraError(f"model.quantization={mode} needs bitsandbytes: pip install 'sfedlora[quantization]'") \
             from None
-    targets = [(name, m) for name, m in model.named_modules()
-               if type(m) is nn.Linear and not any(part in HEADS for part in name.split("."))]
-    for name, layer in targets:
+    names = [name for name, m in model.named_modules()
+             if type(m) is nn.Linear and not any(part in HEADS for part in name.split("."))]
+    for name in names:  # one layer at a time: its full-precision weight is freed as soon as it is replaced
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, _quantised(layer, mode))
-    return len(targets)
+        setattr(parent, child, _quantised(getattr(parent, child), mode, compute))
+    return len(names)
 
 
 def is_quantized(layer: nn.Module) -> bool:

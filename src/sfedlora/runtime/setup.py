@@ -116,7 +116,7 @@ def load_base(cfg: RunConfig, task: str, n_labels: int, device: torch.device, pr
     """The frozen base model at `precision` with stacked adapters (and, for classification unless `head` is
     False, a trainable head) on the configured targets, on `device`: (model, tokenizer, adapted modules)."""
     model, tok = load_model(cfg.model.name, task, max(2, n_labels), DTYPES[precision])
-    quantize(model, cfg.model.quantization)  # QLoRA: the body's linear layers quantised (model.quantization)
+    quantize(model, cfg.model.quantization, DTYPES[precision])  # QLoRA: the body's linear layers (model.quantization)
     head = task == "classification" if head is None else head
     targets = inject_adapters(model, cfg.lora.targets, cfg.lora.dropout, head=head)
     model.to(device)
