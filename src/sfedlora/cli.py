@@ -61,7 +61,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from sfedlora.tools.export import export
 
     info = export(Path(args.run), args.client, Path(args.out), merged=not args.no_merged, force=args.force,
-                  node_dir=Path(args.node_dir) if args.node_dir else None)
+                  node_dir=Path(args.node_dir) if args.node_dir else None, best=args.best)
     g = info["gamma"]
     gamma = f"{min(g.values()):.4g}..{max(g.values()):.4g} per module" if isinstance(g, dict) else f"{g:.6g}"
     print(f"client {info['client']}: rank {info['rank']}, gamma {gamma} ({info['scaling']}) as PEFT "
@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True)
     exp.add_argument("--no-merged", action="store_true", help="only the adapter folder")
     exp.add_argument("--force", action="store_true", help="replace OUT if it is not empty (default: refuse)")
+    exp.add_argument("--best", action="store_true", help="the adapters of the best-on-validation round, not the last")
     exp.add_argument("--node-dir", metavar="DIR", help="a Flower run: node-dir of the node that trained the client")
     exp.set_defaults(func=cmd_export)
     methods = sub.add_parser("methods", help="list the federated LoRA methods and their papers")

@@ -237,6 +237,8 @@ class Simulation:
                 trackers.log(record)
             (bar.write if self.progress else self.echo)(records.row(record, metric))
             sys.stdout.flush()  # rows show up as rounds finish, also when stdout is a file
+            if record.get("eval") and records.best_round(history, self.task) == rnd:  # for export --best
+                rundir.save_adapters(out, self.states, self.resolved, self.merged, best_round=rnd)
             if cfg.checkpoint_every and (rnd % cfg.checkpoint_every == 0 or rnd == cfg.fed.rounds):
                 checkpoint.save(out, self._snapshot(rnd))
         bar.close()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from sfedlora.cli import main
@@ -173,3 +174,19 @@ def test_a_run_partitioned_by_a_natural_key(tmp_path, capsys):
                  "fed.clients=3", "fed.rounds=1", "--out", str(out), "--quiet"]) == 0
     sizes = json.loads((out / "partitions.json").read_text())
     assert [s["train"] + s["val"] + s["test"] for s in sizes] == [30, 30, 30]
+
+
+def test_export_best_is_the_best_rounds_model(sentiment_file, tmp_path, capsys):
+    """adapters.best.safetensors holds every client's adapters at the best-on-validation round: they equal a
+    run stopped at that round, and export --best writes that model."""
+    run = tmp_path / "run"
+    assert _run(sentiment_file, run, "fed.rounds=4", "train.lr=0.05") == 0
+    best = rundir.summary(run)["personal"]["best"]["round"]
+    saved = rundir.load_adapters(run, best=True)
+    assert saved["round"] == best >= 1
+    assert _run(sentiment_file, tmp_path / "short", f"fed.rounds={best}", "train.lr=0.05") == 0
+    for a, b in zip(saved["states"], rundir.load_adapters(tmp_path / "short")["states"]):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert main(["export", str(run), "--client", "0", "--best", "--no-merged", "--out", str(tmp_path / "e")]) == 0
+    meta = json.loads((tmp_path / "e" / "adapter" / "sfedlora.json").read_text())
+    assert meta["round"] == f"{best} (best on validation)"

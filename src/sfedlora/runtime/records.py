@@ -81,6 +81,13 @@ def _pick(records: list[dict[str, Any]], scope: str, metric: str, higher: bool) 
     return {"round": best["round"], "val": chosen["val"][metric], "test": chosen["test"][metric]}
 
 
+def best_round(records: list[dict[str, Any]], task: str) -> int | None:
+    """The personalised best-on-validation round so far (the summary's rule: earliest on ties)."""
+    metric, higher = PRIMARY[task]
+    pick = _pick(records, "personal", metric, higher)
+    return None if pick is None else int(pick["round"])
+
+
 def summarise(records: list[dict[str, Any]], task: str) -> dict[str, Any]:
     metric, higher = PRIMARY[task]
     last = next((r for r in reversed(records) if r.get("eval")), None)

@@ -5,6 +5,7 @@
   metrics.jsonl    one record per round (runtime.records), appended as rounds finish
   checkpoint.safetensors (and .prev)  what --resume continues from (in-process runs; runtime.checkpoint)
   adapters.safetensors   every client's final adapters (in-process runs; what export reads)
+  adapters.best.safetensors  every client's adapters at the best-on-validation round (export --best)
   server.safetensors     the server's last aggregate (Flower runs: the clients' adapters stay on their nodes)
   summary.json     written last: a folder without it is unfinished
   .lock            the writer's PID; held (runtime.lock) for as long as a process writes the folder
@@ -29,7 +30,7 @@ from sfedlora.runtime.records import JsonlWriter, read_jsonl
 from sfedlora.runtime.resolve import Resolved
 
 CONFIG, PARTITIONS, METRICS, SUMMARY = "config.yaml", "partitions.json", "metrics.jsonl", "summary.json"
-ADAPTERS, SERVER = "adapters.safetensors", "server.safetensors"
+ADAPTERS, BEST, SERVER = "adapters.safetensors", "adapters.best.safetensors", "server.safetensors"
 
 
 def start(out: Path, cfg: RunConfig, resolved: Resolved, descriptions: list[dict[str, Any]],
@@ -91,12 +92,21 @@ def finish(out: Path, summary: dict[str, Any]) -> None:
     (Path(out) / SUMMARY).write_text(json.dumps(summary, indent=1))
 
 
-def save_adapters(out: Path, states: list[dict[str, Any]], resolved: Resolved, merged: dict[str, Any]) -> None:
-    statefile.save(Path(out) / ADAPTERS, {"states": states, "ranks": resolved.ranks, "gammas": resolved.gammas,
-                                          "merged": merged, "targets": resolved.targets})
+def save_adapters(out: Path, states: list[dict[str, Any]], resolved: Resolved, merged: dict[str, Any],
+                  best_round: int | None = None) -> None:
+    """The final adapters, or (best_round given) those of the best-on-validation round so far."""
+    statefile.save(Path(out) / (ADAPTERS if best_round is None else BEST),
+                   {"states": states, "ranks": resolved.ranks, "gammas": resolved.gammas, "merged": merged,
+                    "targets": resolved.targets, "round": best_round})
 
 
-def load_adapters(out: Path) -> dict[str, Any]:
+def load_adapters(out: Path, best: bool = False) -> dict[str, Any]:
+    """The final adapters, or with `best` those of the best-on-validation round."""
+    if best:
+        if not (Path(out) / BEST).exists():
+            raise SfedloraError(f"{out} has no {BEST}: its runner did not keep the best round's adapters (a Flower "
+                                "run, or a version before export --best)")
+        return statefile.load(Path(out) / BEST)
     path = Path(out) / ADAPTERS
     if not path.exists():
         if (Path(out) / "adapters.pt").exists():

@@ -41,12 +41,14 @@ def peft_alpha(rule: str, gamma: float, rank: int, alpha: float, n: float) -> tu
     return gamma * rank, False
 
 
-def final_gamma(cfg: Any, resolved: Any, run_dir: Path, client: int) -> float | dict[str, float]:
-    """The gamma client `client`'s final model runs with: the resolved one, or with adaptive scaling one per
-    module from the N_eff the run measured (its last record)."""
+def final_gamma(cfg: Any, resolved: Any, run_dir: Path, client: int,
+                upto: int | None = None) -> float | dict[str, float]:
+    """The gamma client `client`'s model after round `upto` (default: the last) runs with: the resolved one,
+    or with adaptive scaling one per module from the N_eff the run had measured by then."""
     if resolved.scaling != "adaptive":
         return float(resolved.gammas[client])
-    measured = [r["adaptive"]["n_eff"] for r in rundir.records(run_dir) if (r.get("adaptive") or {}).get("n_eff")]
+    measured = [r["adaptive"]["n_eff"] for r in rundir.records(run_dir)
+                if (r.get("adaptive") or {}).get("n_eff") and (upto is None or r["round"] <= upto)]
     if not measured:
         return float(resolved.gammas[client])
     return module_gammas(cfg.lora.alpha, resolved.ranks[client], measured[-1])
@@ -86,9 +88,11 @@ def _flower_adapters(run_dir: Path, resolved: Any, client: int, node_dir: Path |
             "targets": resolved.targets}
 
 
-def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None) -> tuple[Any, Any, dict[str, Any]]:
-    """A PEFT model for `client` holding exactly its adapters (and head), plus the tokenizer. A Flower run's
-    adapters are read from the node directory that holds them (`node_dir`)."""
+def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None,
+                     best: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    """A PEFT model for `client` holding exactly its adapters (and head), plus the tokenizer: its final ones,
+    or with `best` those of the best-on-validation round. A Flower run's adapters are read from the node
+    directory that holds them (`node_dir`)."""
     from peft import LoraConfig, get_peft_model
 
     cfg, resolved = rundir.read(run_dir)
@@ -98,10 +102,14 @@ def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None) -
     n_clients = len(resolved.ranks)
     if not 0 <= client < n_clients:
         raise SfedloraError(f"--client must be in 0..{n_clients - 1}, got {client}")
-    saved = rundir.load_adapters(run_dir) if resolved.engine == "simulation" else \
+    if best and resolved.engine != "simulation":
+        raise SfedloraError(f"{run_dir} is a Flower run: its nodes keep only their final adapters, not the best "
+                            "round's")
+    saved = rundir.load_adapters(run_dir, best) if resolved.engine == "simulation" else \
         _flower_adapters(run_dir, resolved, client, node_dir)
     state, rank = saved["states"][client], saved["ranks"][client]
-    gamma = final_gamma(cfg, resolved, run_dir, client)
+    rnd = saved.get("round") if best else None
+    gamma = final_gamma(cfg, resolved, run_dir, client, rnd)
     task = resolved.task
     model, tok = load_model(cfg.model.name, task, max(2, len(resolved.label_names)), torch.float32)
     named = dict(model.named_modules())
@@ -131,7 +139,8 @@ def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None) -
         pc.modules_to_save = list(dict.fromkeys(pc.modules_to_save))
     hub_revision = resolved.revision if resolved.revision and "==" not in str(resolved.revision) else None
     pc.revision = hub_revision
-    info = {"client": client, "method": cfg.fed.method, "rank": rank, "gamma": gamma, "scaling": resolved.scaling,
+    info = {"client": client, "round": f"{rnd} (best on validation)" if best else "last", "method": cfg.fed.method,
+            "rank": rank, "gamma": gamma, "scaling": resolved.scaling,
             "lora_alpha": lora_alpha, "use_rslora": use_rslora, "task": task, "heads": heads,
             "model": cfg.model.name, "base_model": pc.base_model_name_or_path, "revision": resolved.revision,
             "precision": resolved.precision, "labels": resolved.label_names, "targets": list(saved["targets"]),
@@ -140,7 +149,7 @@ def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None) -
 
 
 def export(run_dir: Path, client: int, out: Path, merged: bool = True, force: bool = False,
-           node_dir: Path | None = None) -> dict[str, Any]:
+           node_dir: Path | None = None, best: bool = False) -> dict[str, Any]:
     """Write OUT/adapter (and OUT/merged). OUT must not exist or be empty unless `force`; the export is written
     into a temporary folder beside it and renamed into place, so OUT is never half-written or mixed with an
     earlier export's files."""
@@ -149,7 +158,7 @@ def export(run_dir: Path, client: int, out: Path, merged: bool = True, force: bo
         raise SfedloraError(f"--out {out} is a file; give a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise SfedloraError(f"--out {out} is not empty; choose another folder, or give --force to replace it")
-    peft_model, tok, info = build_peft_model(run_dir, client, node_dir)
+    peft_model, tok, info = build_peft_model(run_dir, client, node_dir, best)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -42,6 +42,7 @@ def render(info: dict[str, Any], summary: dict[str, Any], cfg: Any, kind: str) -
         f"| task | {info['task']}" + (f", labels {', '.join(info['labels'])}" if info.get("labels") else "") + " |",
         f"| data | `{cfg.data.source}`, partition `{cfg.data.partition}`, seed {cfg.seed} |",
         f"| precision trained at | {info['precision']} |",
+        f"| round exported | {info.get('round', 'last')} |",
         f"| prompt format | {info['prompt_format'] or 'none (classification)'} |",
         f"| personalised test {metric}, best on validation | {_metric(summary, 'best')} |",
         f"| personalised test {metric}, last round | {_metric(summary, 'last')} |",
