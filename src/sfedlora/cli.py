@@ -78,7 +78,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from sfedlora.bench import memory, peer
 
-    if args.memory:
+    if args.profile:
+        from sfedlora.bench import profile
+
+        cfg = peer.BenchConfig(workload=args.workload, clients=args.clients or 4, rank=args.rank, steps=args.steps,
+                               batch=args.batch, seq=args.seq, precision=args.precision)
+        r = profile.profile(cfg)
+        lines = profile.report_lines(r)
+    elif args.memory:
         r = memory.measure(args.workload, args.clients or 100, args.rank, args.steps, args.batch, args.seq,
                            args.precision, args.set, echo=_say)
         lines = memory.report_lines(r)
@@ -241,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                        help="for (b); with --memory, the run's")
     bench.add_argument("--json", help="also write the numbers to this file")
+    bench.add_argument("--profile", action="store_true", help="instead: one round of the batched engine under "
+                       "torch.profiler, its self time by operator category")
     bench.add_argument("--memory", action="store_true",
                        help="instead: one real round of N clients (default 100); the memory the engine claims "
                        "(base once + one group's activations + N x (adapter + optimizer state)) against the "

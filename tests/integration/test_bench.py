@@ -38,3 +38,11 @@ def test_bench_in_bf16_times_a_bf16_peer_and_reports_that_ratio_last(capsys, tmp
     assert out[-1] == f"ratio b/a at the same precision (bf16, tokens per second): {r['ratio_same_precision']:.2f}x"
     assert any(line.startswith("ratio b/a against the fp32 peer") for line in out)
     assert r["max_adapter_diff"] < 5e-2  # against the bf16 peer: bf16 rounding, not a different computation
+
+
+def test_bench_profile_prints_the_categories(capsys):
+    from sfedlora.cli import main
+
+    assert main(["bench", "--profile", "--workload", "tiny-llama", "--clients", "2", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "self time by category" in out and "base GEMMs" in out and "largest operators" in out

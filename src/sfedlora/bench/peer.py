@@ -167,14 +167,12 @@ def to_peft(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {peft_key(k): v for k, v in state.items()}
 
 
-def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
-    """Time the peer and sfedlora's engine on the same workload, alternating. The peer runs in fp32 (how
-    peers are usually run) and, when (b) runs in bf16, also with its base in bf16 as a user of a bf16-fast
-    device would load it: the same-precision ratio is the fair one, and the one reported last."""
+def engine(cfg: BenchConfig) -> tuple[Any, Any, Any, str, int, int]:
+    """sfedlora's side of the bench: (one round of the batched engine as a function returning the adapters,
+    the model, the device, the precision, tokens per round, nominal FLOPs per round)."""
     task = "classification" if cfg.workload in ("minilm-l6", "tiny-bert") else "instruction"
     device = resolve_device("auto")
     precision = resolve_precision(cfg.precision, device)
-    dtype = DTYPES
     tcfg = TrainConfig(optimizer="adamw", lr=1e-3, grad_clip=None)
     torch.manual_seed(cfg.seed)
     run_cfg = load_config(None, [f"model.name={cfg.workload}", f"lora.targets=[{','.join(TARGETS[cfg.workload])}]"])
@@ -182,8 +180,6 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
     init = [init_adapter_state(ours, cfg.rank, torch.Generator().manual_seed(cfg.seed + c)) for c in range(cfg.clients)]
     batches = make_batches(cfg, len(tok), task)
     tokens = cfg.clients * cfg.steps * cfg.batch * cfg.seq
-    nominal = 4 * linear_params(ours) * tokens  # FLOPs of one round
-    peers = {f"a_{p}": Peer(cfg, task, dtype[p], device) for p in sorted({"fp32", precision})}
 
     def ours_round() -> list[dict[str, torch.Tensor]]:
         load_group(ours, init, [1.0] * cfg.clients, device)  # gamma = lora_alpha / r = 1, as the peer's
@@ -198,6 +194,18 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
 
         train_group(ours, next_batch, StackedOptimizer(tcfg), frozenset({"A", "B"}), cfg.steps, tcfg, task)
         return read_group(ours)
+
+    return ours_round, (init, batches, task), device, precision, tokens, 4 * linear_params(ours) * tokens
+
+
+def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
+    """Time the peer and sfedlora's engine on the same workload, alternating. The peer runs in fp32 (how
+    peers are usually run) and, when (b) runs in bf16, also with its base in bf16 as a user of a bf16-fast
+    device would load it: the same-precision ratio is the fair one, and the one reported last."""
+    dtype = DTYPES
+    tcfg = TrainConfig(optimizer="adamw", lr=1e-3, grad_clip=None)
+    ours_round, (init, batches, task), device, precision, tokens, nominal = engine(cfg)  # nominal: FLOPs a round
+    peers = {f"a_{p}": Peer(cfg, task, dtype[p], device) for p in sorted({"fp32", precision})}
 
     names = [*peers, "b"]
     times: dict[str, list[float]] = {k: [] for k in names}
