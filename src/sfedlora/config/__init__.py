@@ -7,6 +7,7 @@ from sfedlora.config.load import (
     builtin_configs,
     config_from_dict,
     config_path,
+    dotted,
     load_config,
     parse_override,
     to_dict,
@@ -23,5 +24,5 @@ from sfedlora.config.schema import (
 )
 
 __all__ = ["CONFIG_DIR", "DEFAULT", "DataConfig", "EvalConfig", "FedConfig", "LoraConfig", "ModelConfig", "RunConfig",
-           "TrainConfig", "builtin_configs", "config_from_dict", "config_path", "load_config", "parse_override",
-           "to_dict", "validate"]
+           "TrainConfig", "builtin_configs", "config_from_dict", "config_path", "dotted", "load_config",
+           "parse_override", "to_dict", "validate"]

@@ -212,3 +212,12 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
+
+def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping (a config as to_dict gives it) as one level of dotted keys (`lora.rank`), leaves as
+    they are."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+

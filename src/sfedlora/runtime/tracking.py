@@ -18,21 +18,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sfedlora.config import dotted
 from sfedlora.config.schema import TRACKERS
 from sfedlora.errors import SfedloraError
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
-def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
     """Dotted keys; lists as text (hyper-parameters must be scalars)."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
-    return out
+    return {k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for k, v in dotted(config).items()}
 
 
 def _mean(values: Sequence[Any]) -> float | None:
@@ -82,7 +77,7 @@ class Trackers:
         self.names, self.run_dir = list(names), Path(run_dir)
         self.group = group
         self.name = self.run_dir.name
-        params = flat(config)
+        params = hyperparameters(config)
         self.tb = self.wb = self.ml = None
         if "tensorboard" in self.names:
             from torch.utils.tensorboard import SummaryWriter

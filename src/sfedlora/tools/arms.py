@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from sfedlora.config import dotted
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime.records import read_jsonl
 
@@ -52,7 +53,8 @@ class Run:
         return self.resolved.get("scaling") != "none"
 
     def settings(self) -> dict[str, Any]:
-        flat = _flatten({k: v for k, v in self.config.items() if k != "resolved"})
+        flat = {k: ",".join(map(str, v)) if isinstance(v, list) else v
+                for k, v in dotted({k: v for k, v in self.config.items() if k != "resolved"}).items()}
         res = self.resolved
         for key in RANK_KEYS:
             flat.pop(key, None)
@@ -66,17 +68,6 @@ class Run:
         for key in NOT_RESULTS:
             flat.pop(key, None)
         return flat
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = ",".join(map(str, v)) if isinstance(v, list) else v
-    return out
 
 
 def find_runs(dirs: Sequence[Path]) -> list[Run]:

@@ -51,23 +51,16 @@ class PlannedRun:
         return (self.folder / "summary.json").exists()
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def stale(run: PlannedRun) -> str | None:
     """Why a finished folder is not this planned run (its recorded config differs), or None."""
-    from sfedlora.config import to_dict
+    from sfedlora.config import dotted, to_dict
     from sfedlora.runtime import rundir
 
     recorded, _ = rundir.read(run.folder)
     planned = run.config
     if rundir.config_hash(recorded) == rundir.config_hash(planned):
         return None
-    a, b = _flat(to_dict(recorded)), _flat(to_dict(planned))
+    a, b = dotted(to_dict(recorded)), dotted(to_dict(planned))
     diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} planned" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     return f"{run.folder} was made with other settings ({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''})"
 
