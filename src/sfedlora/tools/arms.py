@@ -94,13 +94,19 @@ class Arm:
     label: dict[str, Any]  # the settings that tell it from the other arms (display name -> value)
     runs: list[Run] = field(default_factory=list)
     duplicates: list[Path] = field(default_factory=list)  # further runs of a seed the arm already has
+    marks: dict[str, str] = field(default_factory=dict)  # a note shown after a label value (e.g. how it was chosen)
 
     @property
     def seeds(self) -> list[int]:
         return [r.seed for r in self.runs]
 
+    def show(self, key: str) -> str:
+        """A label value as tables and figures print it, with its mark."""
+        value = self.label[key]
+        return f"{value} ({self.marks[key]})" if key in self.marks else str(value)
+
     def name(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in self.label.items()) or "all runs"
+        return " ".join(f"{k}={self.show(k)}" for k in self.label) or "all runs"
 
 
 SPECIAL_NAMES = {"data.source": "data", "model.name": "model"}

@@ -89,7 +89,7 @@ def plot_arms(arms: list[Arm], curve: Curve, line: str | None, title: str, ylabe
     from matplotlib.ticker import MaxNLocator
 
     def panel_of(arm: Arm) -> str:
-        return " ".join(f"{k}={v}" for k, v in arm.label.items() if k != line) if line else ""
+        return " ".join(f"{k}={arm.show(k)}" for k in arm.label if k != line) if line else ""
 
     panels = list(dict.fromkeys(panel_of(a) for a in arms))
     fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 4.2 * len(panels)), 3.8), squeeze=False, sharey=True)
@@ -101,7 +101,7 @@ def plot_arms(arms: list[Arm], curve: Curve, line: str | None, title: str, ylabe
             if not xs:
                 continue
             color = cmap(0.85 * i / max(1, len(members) - 1))
-            name = f"{line} {arm.label[line]}" if line else arm.name()
+            name = f"{line} {arm.show(line)}" if line else arm.name()
             ax.plot(xs, ys, label=f"{name} (n={len(arm.runs)})", color=color, lw=1.6)
             if any(sd):
                 ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)], color=color,
@@ -147,7 +147,7 @@ def plot_by_rank(arms: list[Arm], metric: str, out: Path, logy: bool = False) ->
         return []
 
     def line_of(arm: Arm) -> str:
-        return " ".join(f"{k}={str(v).split(' (chosen')[0]}" for k, v in arm.label.items() if k not in ("rank", "lr"))
+        return " ".join(f"{k}={v}" for k, v in arm.label.items() if k not in ("rank", "lr"))
 
     lines = list(dict.fromkeys(line_of(a) for a in arms))
     cmap = plt.get_cmap("tab10")

@@ -69,7 +69,7 @@ def arms_table(arms: list[Arm], ref: tuple[str, str] | None = None,
     body = []
     for arm in arms:
         rounds = [r.summary["personal"]["best"]["round"] for r in arm.runs if r.summary["personal"]["best"]]
-        row = [str(arm.label[k]) for k in label_keys]
+        row = [arm.show(k) for k in label_keys]
         row += [str(len(arm.runs)), ", ".join(map(str, rounds)) or "-", _cell(values(arm, _best)),
                 _cell(values(arm, _last))]
         row += [_cell(values(arm, _best, "global"))] if glob else []

@@ -41,8 +41,9 @@ class RateChoice:
 
 
 def pick_rates(arms: Sequence[Arm], higher: bool) -> tuple[list[Arm], list[RateChoice]]:
-    """Per group of arms equal in everything but `lr`, the arm with the best mean validation metric (its label
-    says the rate was chosen on validation). Arms without an `lr` setting in their label pass unchanged."""
+    """Per group of arms equal in everything but `lr`, the arm with the best mean validation metric (marked as
+    chosen on validation where there was a choice). Arms without an `lr` setting in their label pass
+    unchanged."""
     if not arms or LR not in arms[0].label:
         return list(arms), []
     groups: dict[tuple, list[Arm]] = {}
@@ -56,8 +57,7 @@ def pick_rates(arms: Sequence[Arm], higher: bool) -> tuple[list[Arm], list[RateC
         if not valid:
             continue
         best = (max if higher else min)(valid, key=lambda av: av[1])[0]
-        label = {k: (f"{v} (chosen on val)" if k == LR and len(members) > 1 else v) for k, v in best.label.items()}
-        kept.append(replace(best, label=label))
+        kept.append(replace(best, marks={**best.marks, LR: "chosen on val"}) if len(members) > 1 else best)
         choices.append(RateChoice(group=" ".join(f"{k}={v}" for k, v in key) or "all runs",
                                   candidates=[(a.label[LR], v, len(a.runs)) for a, v in scored],
                                   chosen=best.label[LR]))
@@ -65,10 +65,6 @@ def pick_rates(arms: Sequence[Arm], higher: bool) -> tuple[list[Arm], list[RateC
 
 
 REFERENCE_HINTS = (("method", "sfed-lora"), ("scaling", "sfed"))
-
-
-def _plain(value: Any) -> str:
-    return str(value).split(" (chosen")[0]
 
 
 def reference(arms: Sequence[Arm], wanted: tuple[str, str] | None = None) -> tuple[str, str] | None:
@@ -80,14 +76,14 @@ def reference(arms: Sequence[Arm], wanted: tuple[str, str] | None = None) -> tup
     keys = list(arms[0].label)
     if wanted:
         key, value = wanted
-        if key not in keys or not any(_plain(a.label[key]) == value for a in arms):
+        if key not in keys or not any(str(a.label[key]) == value for a in arms):
             from sfedlora.errors import SfedloraError
 
             raise SfedloraError(f"--reference {key}={value}: no arm has it; the arms differ in "
                                 + (", ".join(keys) or "nothing"))
         return key, value
     for key, value in REFERENCE_HINTS:
-        if key in keys and any(_plain(a.label[key]) == value for a in arms):
+        if key in keys and any(str(a.label[key]) == value for a in arms):
             return key, value
     return None
 
@@ -96,8 +92,8 @@ def counterpart(arm: Arm, arms: Sequence[Arm], ref: tuple[str, str]) -> Arm | No
     """The arm with the reference value and arm's other settings (the learning rate aside: each arm has its
     own, chosen on validation)."""
     key, value = ref
-    others = {k: _plain(v) for k, v in arm.label.items() if k not in (key, LR)}
+    others = {k: v for k, v in arm.label.items() if k not in (key, LR)}
     for a in arms:
-        if _plain(a.label[key]) == value and {k: _plain(v) for k, v in a.label.items() if k not in (key, LR)} == others:
+        if str(a.label[key]) == value and {k: v for k, v in a.label.items() if k not in (key, LR)} == others:
             return a
     return None
