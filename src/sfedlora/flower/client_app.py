@@ -21,6 +21,7 @@ from flwr.clientapp import ClientApp
 from sfedlora.config import config_from_dict
 from sfedlora.flower.node import Node, get_node, node_dir, threads_per_node
 from sfedlora.flower.wire import from_record, to_record
+from sfedlora.runtime import statefile
 
 app = ClientApp()
 
@@ -78,8 +79,9 @@ def _step(msg: Message, context: Context) -> Message:
         if "client" in context.state:
             del context.state["client"]
     else:
-        context.state["client"] = ConfigRecord({"state": node.pack(state)})
-        node.save_file(path, state)
+        blob = node.pack(state)  # once, for context.state and for the node directory
+        context.state["client"] = ConfigRecord({"state": blob})
+        statefile.write(path, blob)
     content = RecordDict({"metrics": MetricRecord({"num-examples": node.data.n_train, "setup_s": node.setup_s,
                                                    "train_s": reply["train_s"], "eval_s": reply["eval_s"]})})
     fields: dict[str, Any] = {}

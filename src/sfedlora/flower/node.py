@@ -87,12 +87,6 @@ class Node:
         sm.rng.setstate(rng_state)
         return {"adapters": saved["adapters"], "opt": saved["opt"], "sampler": sm, "round": saved["round"]}
 
-    def save_file(self, path: Path, state: dict[str, Any]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(self.pack(state))
-        os.replace(tmp, path)
-
     def load_file(self, path: Path) -> dict[str, Any] | None:
         return self.unpack(path.read_bytes()) if path.exists() else None
 

@@ -103,16 +103,22 @@ def loads(data: bytes) -> Any:
     return _unflatten(json.loads(meta["skeleton"]), tensors)
 
 
-def save(path: Path, obj: Any) -> None:
-    """Write atomically: a temporary file, fsync, rename; a kill at any moment leaves the old file or the
-    new one."""
+def write(path: Path, data: bytes) -> None:
+    """Write a state's bytes (dumps) atomically: a temporary file, fsync, rename; a kill at any moment leaves
+    the old file or the new one. The folder is created if needed."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with tmp.open("wb") as f:
-        f.write(dumps(obj))
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save(path: Path, obj: Any) -> None:
+    """dumps, then write atomically."""
+    write(path, dumps(obj))
 
 
 def load(path: Path) -> Any:
