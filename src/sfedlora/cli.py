@@ -78,11 +78,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from sfedlora.bench import memory, peer
 
+    cfg = peer.BenchConfig(workload=args.workload, clients=args.clients or 4, rank=args.rank, steps=args.steps,
+                           batch=args.batch, seq=args.seq, repeats=args.repeats, precision=args.precision)
     if args.profile:
         from sfedlora.bench import profile
 
-        cfg = peer.BenchConfig(workload=args.workload, clients=args.clients or 4, rank=args.rank, steps=args.steps,
-                               batch=args.batch, seq=args.seq, precision=args.precision)
         r = profile.profile(cfg)
         lines = profile.report_lines(r)
     elif args.memory:
@@ -90,8 +90,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            args.precision, args.set, echo=_say)
         lines = memory.report_lines(r)
     else:
-        cfg = peer.BenchConfig(workload=args.workload, clients=args.clients or 4, rank=args.rank, steps=args.steps,
-                               batch=args.batch, seq=args.seq, repeats=args.repeats, precision=args.precision)
         _say(peer.heading(cfg))
         r = peer.run_bench(cfg, echo=_say)
         lines = peer.report_lines(r)

@@ -90,7 +90,7 @@ def load_task(cfg: DataConfig, seed: int, max_chars: int = 1 << 20) -> TaskData:
     """Load, standardise, check (data.records), filter labels and subsample (seeded) to cfg.max_examples
     records; text values are cut to `max_chars` characters (data.files). `counts` says what happened."""
     source = cfg.source
-    n_cut = 0
+    n_cut: int | None = None  # files are cut as they are read; other sources below
     if source in BUILTIN_TASKS:
         task = BUILTIN_TASKS[source]
         if cfg.task and cfg.task != task:
@@ -107,14 +107,15 @@ def load_task(cfg: DataConfig, seed: int, max_chars: int = 1 << 20) -> TaskData:
         if path.suffix.lower() in files.SUFFIXES or path.exists():
             if not path.exists():
                 raise SfedloraError(f"data file {path} does not exist")
-            rows, n_cut = files.read(path, max_chars, cfg.split)
+            rows, n_cut = files.read(path, max_chars, cfg.split)  # cut as read
         else:
             rows = _hub(source.removeprefix("hf:"), cfg.subset, cfg.split)
         rows = _rename(rows, cfg, task, source)
     if not rows:
         raise SfedloraError(f"dataset {source!r} is empty")
     n_read = len(rows)
-    n_cut += sum(files.cut(r, max_chars) for r in rows)  # sources other than files (cut as read)
+    if n_cut is None:
+        n_cut = sum(files.cut(r, max_chars) for r in rows)
     # the built-in sets are as published (natural-instructions has one empty response): their few bad records
     # are left out and counted; a user's data stops at the first bad record unless data.on_bad_record=skip
     on_bad = "skip" if source in BUILTIN_TASKS else cfg.on_bad_record

@@ -22,8 +22,6 @@ from sfedlora.config import dotted
 from sfedlora.config.schema import TRACKERS
 from sfedlora.errors import SfedloraError
 
-PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
-
 
 def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
     """Dotted keys; lists as text (hyper-parameters must be scalars)."""
@@ -64,8 +62,8 @@ def check(names: Sequence[str]) -> None:
     for name in names:
         if name not in TRACKERS:
             raise SfedloraError(f"unknown tracker {name!r} in tracking; choose from {', '.join(TRACKERS)}")
-        if importlib.util.find_spec(PACKAGES[name]) is None:
-            raise SfedloraError(f"tracking: {name} needs the {PACKAGES[name]} package: "
+        if importlib.util.find_spec(name) is None:  # each tracker's package has its name
+            raise SfedloraError(f"tracking: {name} needs the {name} package: "
                                 "pip install 'sfedlora[tracking]'")
 
 

@@ -36,10 +36,6 @@ def _cell(values: Sequence[float]) -> str:
     return interval(values).text() if values else "-"
 
 
-def _best(run: Run, scope: str = "personal") -> float | None:
-    return best_test(run, scope)
-
-
 def _last(run: Run, scope: str = "personal") -> float | None:
     last = run.summary.get(scope, {}).get("last")
     return weighted(last["test"]) if last else None
@@ -55,7 +51,7 @@ def arms_table(arms: list[Arm], ref: tuple[str, str] | None = None,
     (setting, value), the paired difference (by seed) to the arm with that value and the same other
     settings, its 95% interval and how to read it (better, worse, within noise)."""
     label_keys = list(arms[0].label)
-    glob = any(_best(r, "global") is not None for a in arms for r in a.runs)
+    glob = any(best_test(r, "global") is not None for a in arms for r in a.runs)
     header = [*label_keys, "seeds", "best round(s)", BEST_COLUMN, "personal test (last round)"]
     header += ["global test (best on val)"] if glob else []
     header += [f"Δ vs {ref[0]}={ref[1]} (paired by seed, 95% CI)", "reading"] if ref else []
@@ -64,15 +60,15 @@ def arms_table(arms: list[Arm], ref: tuple[str, str] | None = None,
         return [v for r in arm.runs if (v := pick(r, scope)) is not None]
 
     def by_seed(arm: Arm) -> dict[int, float]:
-        return {r.seed: v for r in arm.runs if (v := _best(r)) is not None}
+        return {r.seed: v for r in arm.runs if (v := best_test(r)) is not None}
 
     body = []
     for arm in arms:
         rounds = [r.summary["personal"]["best"]["round"] for r in arm.runs if r.summary["personal"]["best"]]
         row = [arm.show(k) for k in label_keys]
-        row += [str(len(arm.runs)), ", ".join(map(str, rounds)) or "-", _cell(values(arm, _best)),
+        row += [str(len(arm.runs)), ", ".join(map(str, rounds)) or "-", _cell(values(arm, best_test)),
                 _cell(values(arm, _last))]
-        row += [_cell(values(arm, _best, "global"))] if glob else []
+        row += [_cell(values(arm, best_test, "global"))] if glob else []
         if ref:
             other = counterpart(arm, arms, ref)
             if other is None or other is arm:
@@ -87,7 +83,7 @@ def arms_table(arms: list[Arm], ref: tuple[str, str] | None = None,
 def pivot_table(arms: list[Arm], rows: str, cols: str) -> tuple[list[str], list[list[str]]]:
     """Best-on-validation personal test metric, mean ± std over seeds, with `rows` down and `cols` across
     (only for arms told apart by exactly these two settings: nothing else is pooled)."""
-    cells = {(a.label[rows], a.label[cols]): [v for r in a.runs if (v := _best(r)) is not None] for a in arms}
+    cells = {(a.label[rows], a.label[cols]): [v for r in a.runs if (v := best_test(r)) is not None] for a in arms}
     row_vals = list(dict.fromkeys(a.label[rows] for a in arms))
     col_vals = sorted({a.label[cols] for a in arms}, key=lambda v: (isinstance(v, str), str(v).zfill(8)))
     body = [[str(rv), *(_cell(cells.get((rv, cv), [])) for cv in col_vals)] for rv in row_vals]
@@ -156,7 +152,7 @@ def build_report(dirs: list[Path], out: Path, ref: tuple[str, str] | None = None
     figures: list[tuple[str, Path]] = [(f"Personalised test {metric} per round, every arm", plot_arms(
         arms, metric_curve(metric), None, f"personalised test {metric}", metric, "round",
         out / f"{metric}_by_round.png", logy))]
-    if any(_best(r, "global") is not None for a in arms for r in a.runs):
+    if any(best_test(r, "global") is not None for a in arms for r in a.runs):
         figures.append((f"Global model's test {metric} per round", plot_arms(
             arms, metric_curve(metric, "global"), None, f"global model's test {metric} (pooled test splits)", metric,
             "round", out / f"{metric}_global_by_round.png", logy)))
