@@ -10,7 +10,7 @@ optimiser step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +46,13 @@ def per_client_sq_norm(grads: list[torch.Tensor], n_clients: int, device: torch.
     for g in grads:
         total += g.float().reshape(n_clients, -1).square().sum(1)
     return total
+
+
+def scale_grads(params: Iterable[torch.nn.Parameter], factor: torch.Tensor) -> None:
+    """Multiply client c's gradients (the leading dimension of every stacked parameter) by factor[c]."""
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(factor.view(-1, *([1] * (p.dim() - 1))).to(p.grad.dtype))
 
 
 @contextmanager
@@ -112,9 +119,7 @@ def _train_steps(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], 
                 sums += loss_sum.detach()
                 counts += count.detach()
             inv = 1.0 / counts.clamp_min(1)
-            for p in active.values():
-                if p.grad is not None:
-                    p.grad.mul_(inv.view(-1, *([1] * (p.dim() - 1))).to(p.grad.dtype))
+            scale_grads(active.values(), inv)
             losses = sums * inv
         loss_acc += losses.detach()
         for kind in ("A", "B"):
@@ -123,10 +128,7 @@ def _train_steps(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], 
             norm_steps[kind].append(norm)
         if cfg.grad_clip is not None:
             total = per_client_sq_norm([p.grad for p in active.values() if p.grad is not None], c, device).sqrt()
-            scale = (cfg.grad_clip / (total + 1e-6)).clamp(max=1.0)  # torch.nn.utils.clip_grad_norm_
-            for p in active.values():
-                if p.grad is not None:
-                    p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))).to(p.grad.dtype))
+            scale_grads(active.values(), (cfg.grad_clip / (total + 1e-6)).clamp(max=1.0))  # clip_grad_norm_
         optimizer.step(active)
         for p in active.values():
             p.grad = None
