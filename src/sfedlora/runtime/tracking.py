@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sfedlora.config import dotted
-from sfedlora.config.schema import TRACKERS
 from sfedlora.errors import SfedloraError
 
 
@@ -56,12 +56,11 @@ def round_metrics(record: dict[str, Any]) -> dict[str, float]:
 
 
 def check(names: Sequence[str]) -> None:
-    """Unknown trackers, or a tracker whose library is not installed, stop the run before it starts."""
+    """A tracker whose library is not installed stops the run before it starts (config.validate has
+    checked the names are among TRACKERS)."""
     import importlib.util
 
     for name in names:
-        if name not in TRACKERS:
-            raise SfedloraError(f"unknown tracker {name!r} in tracking; choose from {', '.join(TRACKERS)}")
         if importlib.util.find_spec(name) is None:  # each tracker's package has its name
             raise SfedloraError(f"tracking: {name} needs the {name} package: "
                                 "pip install 'sfedlora[tracking]'")
@@ -97,8 +96,11 @@ class Trackers:
             exp_id = found.experiment_id if found else self.ml.create_experiment(
                 experiment, artifact_location=(self.run_dir / "mlartifacts").resolve().as_uri())
             self.ml_run = self.ml.create_run(exp_id, run_name=self.name).info.run_id
-            for k, v in params.items():
-                self.ml.log_param(self.ml_run, k, str(v)[:500])
+            from mlflow.entities import Param
+
+            entries = [Param(k, str(v)[:500]) for k, v in params.items()]
+            for i in range(0, len(entries), 100):  # MLflow takes at most 100 parameters per batch
+                self.ml.log_batch(self.ml_run, params=entries[i:i + 100])
 
     def log(self, record: dict[str, Any]) -> None:
         step = int(record["round"])
@@ -110,8 +112,11 @@ class Trackers:
         if self.wb is not None:
             self.wb.log(metrics, step=step)
         if self.ml is not None:
-            for k, v in metrics.items():
-                self.ml.log_metric(self.ml_run, k.replace("/", "."), v, step=step)
+            from mlflow.entities import Metric
+
+            stamp = int(time.time() * 1000)
+            self.ml.log_batch(self.ml_run, metrics=[Metric(k.replace("/", "."), v, stamp, step)
+                                                    for k, v in metrics.items()])
 
     def finish(self, figures: Sequence[Path] = ()) -> None:
         """The report's figures as artifacts, then close every tracker."""
