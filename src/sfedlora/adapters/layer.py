@@ -13,6 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def is_quantized(layer: nn.Module) -> bool:
+    """Whether a base layer stores its weight quantised (bitsandbytes; runtime.quantize): it must then be
+    called, never read as a matrix."""
+    weight = getattr(layer, "weight", None)
+    return weight is not None and not weight.dtype.is_floating_point
+
+
 class StackedLoRALinear(nn.Module):
     """`base_layer` stays frozen; `lora_A` (C, r, d_in) and `lora_B` (C, d_out, r) hold C clients."""
 
@@ -80,7 +87,7 @@ class StackedLoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, bias = self.base_layer.weight, self.base_layer.bias
-        if w.dtype == x.dtype or not w.dtype.is_floating_point:  # same precision, or quantised (bitsandbytes)
+        if w.dtype == x.dtype or is_quantized(self.base_layer):
             base = self.base_layer(x)
         else:  # an fp32 master weight (merge_base) in a bf16 model
             base = F.linear(x.to(w.dtype), w, None if bias is None else bias.to(w.dtype)).to(x.dtype)

@@ -20,7 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from sfedlora.adapters.layer import is_quantized
 from sfedlora.errors import SfedloraError
+
+__all__ = ["MODES", "quantize", "is_quantized"]
 
 MODES = ("none", "8bit", "4bit")
 HEADS = ("classifier", "score", "lm_head", "pooler")
@@ -65,8 +68,3 @@ def quantize(model: nn.Module, mode: str, compute: torch.dtype = torch.float32) 
         setattr(parent, child, _quantised(getattr(parent, child), mode, compute))
     return len(names)
 
-
-def is_quantized(layer: nn.Module) -> bool:
-    """Whether a base layer stores its weight quantised (it must then be called, never read as a matrix)."""
-    weight = getattr(layer, "weight", None)
-    return weight is not None and not weight.dtype.is_floating_point
