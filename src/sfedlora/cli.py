@@ -61,7 +61,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from sfedlora.tools.export import export
 
     info = export(Path(args.run), args.client, Path(args.out), merged=not args.no_merged, force=args.force,
-                  node_dir=Path(args.node_dir) if args.node_dir else None, best=args.best)
+                  node_dir=Path(args.node_dir) if args.node_dir else None, best=args.best, rnd=args.round)
     g = info["gamma"]
     gamma = f"{min(g.values()):.4g}..{max(g.values()):.4g} per module" if isinstance(g, dict) else f"{g:.6g}"
     print(f"client {info['client']}: rank {info['rank']}, gamma {gamma} ({info['scaling']}) as PEFT "
@@ -70,6 +70,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"  {args.out}/adapter  (peft.PeftModel.from_pretrained(base, '{args.out}/adapter'))")
     if not args.no_merged:
         print(f"  {args.out}/merged   (AutoModel...from_pretrained('{args.out}/merged'), adapters merged into W0)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from sfedlora.tools.harness import evaluate
+
+    results = evaluate(Path(args.run), args.client, [t.strip() for t in args.lm_eval.split(",") if t.strip()],
+                       Path(args.include_path) if args.include_path else None, args.limit, args.batch_size,
+                       args.num_fewshot, args.best, args.round, log_samples=args.log_samples)
+    for task, values in results.items():
+        shown = ", ".join(f"{k.split(',')[0]} {v:.4f} (stderr {values.get(k.replace(',', '_stderr,'), 0):.4f})"
+                          for k, v in values.items() if isinstance(v, float) and "stderr" not in k)
+        print(f"{task}: {shown}")
+    print(f"written: {args.run}/lm-eval/client-{args.client}.json (the export in {args.run}/lm-eval/client-"
+          f"{args.client}/)")
     return 0
 
 
@@ -188,8 +203,25 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--no-merged", action="store_true", help="only the adapter folder")
     exp.add_argument("--force", action="store_true", help="replace OUT if it is not empty (default: refuse)")
     exp.add_argument("--best", action="store_true", help="the adapters of the best-on-validation round, not the last")
+    exp.add_argument("--round", type=int, metavar="N", help="the adapters after round N (a run with "
+                     "keep_round_adapters=true keeps every checkpointed round)")
     exp.add_argument("--node-dir", metavar="DIR", help="a Flower run: node-dir of the node that trained the client")
     exp.set_defaults(func=cmd_export)
+    ev = sub.add_parser("eval", help="evaluate a client's exported model with lm-evaluation-harness",
+                        description="Export RUN's client I (RUN/lm-eval/client-I/adapter) and run lm-eval's tasks on "
+                        "it through lm-eval's `hf` model with the PEFT adapter. Results: RUN/lm-eval/client-I.json.")
+    ev.add_argument("run", metavar="RUN", help="a finished instruction or math run folder")
+    ev.add_argument("--lm-eval", required=True, metavar="TASKS", help="comma-separated lm-eval task names")
+    ev.add_argument("--client", type=int, default=0, metavar="I", help="the client whose model (default 0)")
+    ev.add_argument("--include-path", metavar="DIR", help="a folder of your own lm-eval task YAML files")
+    ev.add_argument("--limit", type=float, help="examples per task (or a fraction, < 1); default all")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--num-fewshot", type=int, help="few-shot examples (default: each task's own)")
+    ev.add_argument("--best", action="store_true", help="the best-on-validation round's adapters, not the last")
+    ev.add_argument("--round", type=int, metavar="N", help="the adapters kept after round N (keep_round_adapters)")
+    ev.add_argument("--log-samples", action="store_true", help="also write every scored document and response "
+                    "(RUN/lm-eval/client-I.samples.jsonl)")
+    ev.set_defaults(func=cmd_eval)
     methods = sub.add_parser("methods", help="list the federated LoRA methods and their papers")
     methods.set_defaults(func=cmd_methods)
     from sfedlora.tools.sweep import SIZES, builtin_specs

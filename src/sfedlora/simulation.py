@@ -116,6 +116,8 @@ class Simulation:
                                          self.device)
             for split in rows:
                 rows[split] += out[split]
+            for c, shown in zip(group, out.get("samples", [])):
+                self.samples[c] = shown["samples"]
         ev: dict[str, Any] = {"personal": personal(rows)}
         if self.cfg.eval.global_model and not self.resolved.heterogeneous:
             local.install(self.model, [self.method.global_model(self.states, self.weights)], [self.server.gamma(0)],
@@ -125,7 +127,7 @@ class Simulation:
                 pooled = sorted((ex for e in self.encoded for ex in getattr(e, split)),
                                 key=lambda ex: len(ex["input_ids"]))
                 decoded = sorted((ex for e in self.encoded for ex in e.decode.get(split, [])),
-                                 key=lambda ex: len(ex["prompt_ids"]))
+                                 key=lambda ex: ex["n_prompt"])
                 ev["global"][split] = local.evaluate_split(self.model, self.tok, self.task, self.cfg, [pooled],
                                                            [decoded], self.device)[0]
         return ev
@@ -216,6 +218,7 @@ class Simulation:
                       f"no checkpoint in {out}: starting it again from round {first}")
         descriptions = [self.setup.descriptions[c] for c in range(cfg.fed.clients)]
         writer = rundir.start(out, cfg, self.resolved, descriptions, keep=history)
+        self.samples: dict[int, list[dict[str, str]]] = {}
         trackers = Trackers(cfg.tracking, out, {**to_dict(cfg), "resolved": self.resolved.as_record()},
                             self.group) if cfg.tracking else None
         if trackers:  # a resumed run's trackers get its earlier rounds too
@@ -232,6 +235,8 @@ class Simulation:
         for rnd in range(first, cfg.fed.rounds + 1):
             record = self._round(rnd, bar) if rnd else self._round_zero()
             writer.write(record)
+            if record.get("eval") and self.samples:
+                rundir.write_samples(out, rnd, self.samples)
             history.append(record)
             if trackers:
                 trackers.log(record)
@@ -241,6 +246,8 @@ class Simulation:
                 rundir.save_adapters(out, self.states, self.resolved, self.merged, best_round=rnd)
             if cfg.checkpoint_every and (rnd % cfg.checkpoint_every == 0 or rnd == cfg.fed.rounds):
                 checkpoint.save(out, self._snapshot(rnd))
+                if cfg.keep_round_adapters:  # for export --round
+                    rundir.save_adapters(out, self.states, self.resolved, self.merged, kept_round=rnd)
         bar.close()
         rundir.save_adapters(out, self.states, self.resolved, self.merged)
         summary = records.summary(self.method.name, self.resolved, cfg, history, time.perf_counter() - start)

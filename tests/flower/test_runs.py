@@ -263,3 +263,25 @@ def test_server_side_dp_runs_and_is_recorded(sentiment_file, tmp_path):
         FlowerRun(tiny(sentiment_file), tmp_path / "x", settings)
     with pytest.raises(SfedloraError, match="use `sfedlora run`"):
         FlowerRun(tiny(sentiment_file, 3, "fed.method=flora"), tmp_path / "y")
+
+
+def test_both_runners_write_the_same_generation_samples(tmp_path):
+    """Instruction runs decode each client's first eval.samples test prompts every evaluated round into
+    samples.jsonl, beside the reference; a Flower node sends its completions with its evaluation, and both
+    runners write the same lines."""
+    data = tmp_path / "inst.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Repeat {i}:", "response": f"{i} {i}"}) + "\n" for i in range(40)))
+    cfg = load_config(None, [f"data.source={data}", "data.task=instruction", "model.name=tiny-llama",
+                             "model.precision=fp32", "data.partition=iid", "fed.clients=2", "fed.rounds=2",
+                             "fed.local_steps=2", "train.batch_size=4", "train.lr=0.05", "eval.max_examples=4",
+                             "eval.samples=2", "eval.sample_tokens=6", "eval.global_model=false",
+                             "train.group_size=1"])
+    out = run_both_and_compare_adapters(cfg, tmp_path)
+    flower = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    inproc = [json.loads(x) for x in (tmp_path / "inproc" / "samples.jsonl").read_text().splitlines()]
+    assert [(s["round"], s["client"], s["prompt_index"]) for s in inproc] == [
+        (r, c, i) for r in range(3) for c in range(2) for i in range(2)]
+    assert flower == inproc
+    for s in inproc:  # the prompt in the run's template, the record's own response as the reference
+        n = s["prompt"].split("Repeat ")[1].split(":")[0]
+        assert s["prompt"].endswith("### Response:\n") and s["reference"] == f"{n} {n}"

@@ -190,3 +190,25 @@ def test_export_best_is_the_best_rounds_model(sentiment_file, tmp_path, capsys):
     assert main(["export", str(run), "--client", "0", "--best", "--no-merged", "--out", str(tmp_path / "e")]) == 0
     meta = json.loads((tmp_path / "e" / "adapter" / "sfedlora.json").read_text())
     assert meta["round"] == f"{best} (best on validation)"
+
+
+def test_export_round_exports_any_kept_round(sentiment_file, tmp_path, capsys):
+    """keep_round_adapters keeps every checkpointed round's adapters: round 2 of a 3-round run equals a run
+    stopped at round 2, export --round 2 writes that model, and a round not kept is refused, naming the kept
+    ones."""
+    run = tmp_path / "run"
+    assert _run(sentiment_file, run, "fed.rounds=3", "train.lr=0.05", "keep_round_adapters=true") == 0
+    assert rundir.kept_rounds(run) == [0, 1, 2, 3]  # round 0: the init (B = 0)
+    assert _run(sentiment_file, tmp_path / "short", "fed.rounds=2", "train.lr=0.05") == 0
+    kept = rundir.load_adapters(run, rnd=2)
+    assert kept["round"] == 2
+    for a, b in zip(kept["states"], rundir.load_adapters(tmp_path / "short")["states"]):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert main(["export", str(run), "--client", "1", "--round", "2", "--no-merged", "--out", str(tmp_path / "e")]) == 0
+    assert json.loads((tmp_path / "e" / "adapter" / "sfedlora.json").read_text())["round"] == 2
+    assert main(["export", str(run), "--client", "1", "--round", "5", "--out", str(tmp_path / "f")]) == 2
+    assert "kept no adapters for round 5: it kept rounds 0, 1, 2, 3" in capsys.readouterr().err
+    assert main(["export", str(run), "--client", "1", "--round", "1", "--best", "--out", str(tmp_path / "f")]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "short"), "--client", "0", "--round", "1", "--out", str(tmp_path / "f")]) == 2
+    assert "without keep_round_adapters=true" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sfedlora.config import load_config
-from sfedlora.data.batching import IGNORE, encode_lm
+from sfedlora.data.batching import IGNORE, encode_lm, labels_of, prompt_of
 from sfedlora.runtime.models import smollm2_tokenizer
 from sfedlora.simulation import Simulation
 
@@ -53,15 +53,16 @@ def test_math_reports_decoding_accuracy(math_file, tmp_path):
     for r in records:  # the decoded sample's size is recorded with every evaluation
         assert [row["n_decoded"] for row in r["eval"]["personal"]["test"]["clients"]] == [2, 2]
     for e in sim.encoded:  # drawn from the evaluated split, fixed at set-up: the same sample every round
-        assert len(e.decode["test"]) == 2 and all(ex in e.test for ex in e.decode["test"])
+        assert len(e.decode["test"]) == 2 and all(any(ex is t for t in e.test) for ex in e.decode["test"])
 
 
 def test_response_only_labels():
     tok = smollm2_tokenizer()
     (ex,) = encode_lm([{"prompt": "Say hi.", "response": "hi"}], tok, max_length=64)
-    n_prompt = len(ex["prompt_ids"])
-    assert ex["labels"][:n_prompt] == [IGNORE] * n_prompt
-    assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:] and ex["labels"][-1] == tok.eos_token_id
+    n_prompt, labels, ids = ex["n_prompt"], labels_of(ex).tolist(), ex["input_ids"].tolist()
+    assert ex["input_ids"].dtype == torch.int32 and prompt_of(ex).tolist() == ids[:n_prompt]
+    assert labels[:n_prompt] == [IGNORE] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:] and labels[-1] == tok.eos_token_id
 
 
 def test_sentence_pairs_bf16_and_partial_participation(sentiment_file, tmp_path):

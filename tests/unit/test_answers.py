@@ -11,7 +11,7 @@ import torch
 from sfedlora.client.answers import extract_answer, same_answer
 from sfedlora.client.evaluate import math_accuracy
 from sfedlora.config import load_config
-from sfedlora.data.batching import encode_lm
+from sfedlora.data.batching import encode_lm, prompt_of
 from sfedlora.data.sources import load_task
 from sfedlora.runtime.models import smollm2_tokenizer
 
@@ -79,7 +79,7 @@ def test_gsm8k_records_score_as_correct_when_the_solution_is_reproduced(tmp_path
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     examples = encode_lm(records, tok, max_length=256)
-    oracle = Oracle(tok, {tuple(ex["prompt_ids"]): r["response"] for ex, r in zip(examples, records)})
+    oracle = Oracle(tok, {tuple(prompt_of(ex).tolist()): r["response"] for ex, r in zip(examples, records)})
     assert math_accuracy(oracle, tok, [examples], batch_size=2, max_new_tokens=96, device="cpu") == [1.0]
     wrong = Oracle(tok, {k: v.replace("#### ", "#### 1") for k, v in oracle.responses.items()})
     assert math_accuracy(wrong, tok, [examples], batch_size=2, max_new_tokens=96, device="cpu") == [0.0]

@@ -12,11 +12,11 @@ from sfedlora.config import TrainConfig
 def test_decoded_sample_represents_the_split_not_its_shortest_examples():
     """Splits are sorted by length for batching; the decoded sample is drawn before that (seeded), so its
     mean length is the split's, not the shortest k's (which biased accuracy up: 115 vs 177 tokens)."""
-    rows = [{"prompt_ids": [0] * n, "input_ids": [0] * n} for n in range(1, 101)]  # mean length 50.5
+    rows = [{"n_prompt": n, "input_ids": [0] * n} for n in range(1, 101)]  # mean prompt length 50.5
     for seed in range(5):
         sample = decode_sample(rows, 20, seed)
         assert sample == decode_sample(rows, 20, seed) and len(sample) == 20  # seeded: same every call
-        assert 35 < sum(len(ex["prompt_ids"]) for ex in sample) / 20 < 66  # the 20 shortest: 10.5
+        assert 35 < sum(ex["n_prompt"] for ex in sample) / 20 < 66  # the 20 shortest: 10.5
     assert len(decode_sample(rows, 0, 0)) == 100 and len(decode_sample(rows, 500, 0)) == 100  # 0 or more: all
 
 

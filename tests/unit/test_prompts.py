@@ -8,7 +8,7 @@ import json
 import pytest
 
 from sfedlora.config import load_config
-from sfedlora.data.batching import IGNORE, encode_lm
+from sfedlora.data.batching import IGNORE, encode_lm, labels_of, prompt_of
 from sfedlora.data.prompts import ALPACA_INPUT, ALPACA_NO_INPUT
 from sfedlora.data.sources import load_task
 from sfedlora.errors import SfedloraError
@@ -45,24 +45,25 @@ def test_alpaca_template_includes_the_input(alpaca_file, tok):
     with_input = next(r for r in records if r["input"])
     without = next(r for r in records if not r["input"])
     (ex,) = encode_lm([with_input], tok, max_length=256)
-    prompt = tok.decode(ex["prompt_ids"])
+    prompt = tok.decode(prompt_of(ex))
     assert prompt.endswith(ALPACA_INPUT.format(instruction="Summarize the following text.",
                                                input="The quick brown fox jumps over the lazy dog."))
     (ex,) = encode_lm([without], tok, max_length=256)
-    assert tok.decode(ex["prompt_ids"]).endswith(ALPACA_NO_INPUT.format(
-        instruction="Give three tips for staying healthy.")) and "### Input" not in tok.decode(ex["prompt_ids"])
-    response = [t for t in ex["labels"] if t != IGNORE]
+    assert tok.decode(prompt_of(ex)).endswith(ALPACA_NO_INPUT.format(
+        instruction="Give three tips for staying healthy.")) and "### Input" not in tok.decode(prompt_of(ex))
+    response = [t for t in labels_of(ex).tolist() if t != IGNORE]
     assert tok.decode(response) == "Eat well, exercise, sleep." + tok.eos_token  # loss on the response only
 
 
 def test_chat_template_marks_the_assistant_turn(tok):
     record = {"prompt": "Summarize the following text.", "input": "A long text.", "response": "Short."}
     (ex,) = encode_lm([record], tok, max_length=256, template="chat")
-    prompt = tok.decode(ex["prompt_ids"])
+    prompt = tok.decode(prompt_of(ex))
     assert "<|im_start|>user\nSummarize the following text.\n\nA long text.<|im_end|>" in prompt
     assert prompt.endswith("<|im_start|>assistant\n")
-    assert tok.decode([t for t in ex["labels"] if t != IGNORE]) == "Short.<|im_end|>\n"
-    assert ex["input_ids"] == ex["prompt_ids"] + [t for t in ex["labels"] if t != IGNORE]
+    response = [t for t in labels_of(ex).tolist() if t != IGNORE]
+    assert tok.decode(response) == "Short.<|im_end|>\n"
+    assert ex["input_ids"].tolist() == prompt_of(ex).tolist() + response
 
 
 def test_chat_template_needs_a_tokenizer_that_has_one(tok, monkeypatch):

@@ -61,20 +61,38 @@ def evaluate_group(model: Any, per_client: Sequence[Sequence[dict[str, Any]]], t
 
 
 @torch.inference_mode()
-def math_accuracy(model: Any, tok: Any, per_client: Sequence[Sequence[dict[str, Any]]], batch_size: int,
-                  max_new_tokens: int, device: torch.device | str) -> list[float]:
-    """Greedy-decoding accuracy per installed client on its examples (prompt only, left padded; eval mode)."""
+def greedy_texts(model: Any, tok: Any, per_client: Sequence[Sequence[dict[str, Any]]], batch_size: int,
+                 max_new_tokens: int, device: torch.device | str) -> list[list[str]]:
+    """Each installed client's greedy continuation of each of its examples' prompts (left padded, eval
+    mode, batched across the group), in the order given."""
     model.eval()
     c = len(per_client)
-    correct, total = [0.0] * c, [0.0] * c
+    out: list[list[str]] = [[] for _ in range(c)]
     for examples, weights in grouped_chunks(per_client, batch_size):
-        batch = _to(collate(examples, tok.pad_token_id, weights, left_pad=True, key="prompt_ids"), device)
+        batch = _to(collate(examples, tok.pad_token_id, weights, left_pad=True, prompts=True), device)
         generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                    max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
         texts = tok.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         per = len(examples) // c
-        for i, (ex, w, text) in enumerate(zip(examples, weights, texts)):
+        for i, (w, text) in enumerate(zip(weights, texts)):
             if w > 0:
-                correct[i // per] += float(same_answer(text, ex["answer"]))
-                total[i // per] += 1
-    return [a / max(t, 1) for a, t in zip(correct, total)]
+                out[i // per].append(text)
+    return out
+
+
+def math_accuracy(model: Any, tok: Any, per_client: Sequence[Sequence[dict[str, Any]]], batch_size: int,
+                  max_new_tokens: int, device: torch.device | str) -> list[float]:
+    """Greedy-decoding accuracy per installed client on its examples: the final answer of the decoding
+    against the example's (client.answers)."""
+    texts = greedy_texts(model, tok, per_client, batch_size, max_new_tokens, device)
+    return [sum(same_answer(t, ex["answer"]) for t, ex in zip(ts, rows)) / max(len(rows), 1)
+            for ts, rows in zip(texts, per_client)]
+
+
+def generate_samples(model: Any, tok: Any, per_client: Sequence[Sequence[dict[str, Any]]], batch_size: int,
+                     max_new_tokens: int, device: torch.device | str) -> list[list[dict[str, str]]]:
+    """Each installed client's greedy completion of its fixed sample prompts, beside the prompt and the
+    reference response: what samples.jsonl shows per round."""
+    texts = greedy_texts(model, tok, per_client, batch_size, max_new_tokens, device)
+    return [[{"prompt": ex["prompt"], "reference": ex["reference"], "completion": t} for t, ex in zip(ts, rows)]
+            for ts, rows in zip(texts, per_client)]

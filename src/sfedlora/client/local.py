@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from sfedlora.adapters.inject import init_adapter_state, load_group, read_group
-from sfedlora.client.evaluate import evaluate_group, math_accuracy
+from sfedlora.client.evaluate import evaluate_group, generate_samples, math_accuracy
 from sfedlora.client.optim import ClientOptState, StackedOptimizer
 from sfedlora.client.train import train_group
 from sfedlora.config import RunConfig
@@ -24,6 +24,7 @@ from sfedlora.core.schedule import global_step
 from sfedlora.core.state import pad_opt_state, pad_state, rank_of, truncate_opt_state, truncate_state
 from sfedlora.data.batching import ClientSampler, collate, encode_classification, encode_lm
 from sfedlora.data.partition import ClientData
+from sfedlora.data.prompts import render
 
 State = dict[str, torch.Tensor]
 STAT_KEYS = ("loss", "grad_norm_A", "grad_norm_B", "out_mean", "out_var", "grad_norm_A_steps", "grad_norm_B_steps")
@@ -47,19 +48,21 @@ def sampler(cfg: RunConfig, c: int, n_train: int) -> ClientSampler:
 @dataclass
 class Encoded:
     """One client's tokenised splits; evaluation splits sorted by length (batches then pad little).
-    Math: `decode[split]` is the seeded sample of that split decoded for accuracy, the same every round."""
+    Math: `decode[split]` is the seeded sample of that split decoded for accuracy, the same every round.
+    Instruction and math: `samples` are the fixed prompts decoded every evaluated round (eval.samples)."""
 
     train: list[dict[str, Any]]
     val: list[dict[str, Any]]
     test: list[dict[str, Any]]
     decode: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)
 
 
 def decode_sample(rows: Sequence[dict[str, Any]], k: int, seed: int) -> list[dict[str, Any]]:
     """A seeded uniform sample of k rows (all rows if k is 0 or at least their number), drawn before any
     sorting, so that it represents the split; returned sorted by prompt length for batching."""
     chosen = list(rows) if not k or k >= len(rows) else random.Random(seed).sample(list(rows), k)
-    return sorted(chosen, key=lambda e: len(e["prompt_ids"]))
+    return sorted(chosen, key=lambda e: e["n_prompt"])
 
 
 def encode(data: ClientData, task: str, tok: Any, cfg: RunConfig, c: int) -> Encoded:
@@ -74,7 +77,10 @@ def encode(data: ClientData, task: str, tok: Any, cfg: RunConfig, c: int) -> Enc
     decode = {} if task != "math" else {
         split: decode_sample(rows, cfg.eval.generate_examples, cfg.seed * 1000003 + 2 * c + i)
         for i, (split, rows) in enumerate((("val", val), ("test", test)))}
-    return Encoded(enc(data.train), by_len(val), by_len(test), decode)
+    shown = [] if task == "classification" else data.test[:cfg.eval.samples]
+    samples = [{**ex, "prompt": prompt, "reference": reference} for ex, (prompt, reference) in
+               zip(enc(shown), (render(r, template, tok) for r in shown))] if shown else []
+    return Encoded(enc(data.train), by_len(val), by_len(test), decode, samples)
 
 
 def install(model: Any, states: Sequence[State], gammas: Sequence[Gamma], device: torch.device) -> int:
@@ -115,11 +121,16 @@ def train_clients(model: Any, tok: Any, task: str, cfg: RunConfig, trained: froz
 def evaluate_clients(model: Any, tok: Any, task: str, cfg: RunConfig, states: Sequence[State],
                      gammas: Sequence[Gamma], encoded: Sequence[Encoded],
                      device: torch.device) -> dict[str, list[dict[str, Any]]]:
-    """Each client's own adapters on its own validation and test splits: one row per client and split."""
+    """Each client's own adapters on its own validation and test splits: one row per client and split;
+    under "samples" (instruction and math) each client's completions of its fixed sample prompts."""
     install(model, states, gammas, device)
-    return {split: evaluate_split(model, tok, task, cfg, [getattr(e, split) for e in encoded],
-                                  [e.decode.get(split, []) for e in encoded], device)
-            for split in ("val", "test")}
+    out = {split: evaluate_split(model, tok, task, cfg, [getattr(e, split) for e in encoded],
+                                 [e.decode.get(split, []) for e in encoded], device)
+           for split in ("val", "test")}
+    if any(e.samples for e in encoded):
+        out["samples"] = [{"samples": s} for s in generate_samples(
+            model, tok, [e.samples for e in encoded], cfg.eval.batch_size, cfg.eval.sample_tokens, device)]
+    return out
 
 
 def evaluate_split(model: Any, tok: Any, task: str, cfg: RunConfig, examples: Sequence[Sequence[dict[str, Any]]],

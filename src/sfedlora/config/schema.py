@@ -160,6 +160,10 @@ class EvalConfig:
     generate_examples: int = opt(16, "math: a seeded sample of this many examples per client and split is decoded "
                                  "greedily, the same every round; 0 = all", check="non_negative")
     max_new_tokens: int = opt(160, "math: decode length")
+    samples: int = opt(2, "instruction and math: each client's first S test prompts (the split's seeded order) are "
+                       "decoded greedily at every evaluated round and written with their reference to "
+                       "samples.jsonl; 0 = none", check="non_negative")
+    sample_tokens: int = opt(64, "decode length of those samples", check="positive")
 
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
@@ -179,3 +183,6 @@ class RunConfig:
     name: str = opt("", "a label for the default run-folder name")
     checkpoint_every: int = opt(1, "rounds between checkpoints (and always the last); 0 = never",
                                 check="non_negative")
+    keep_round_adapters: bool = opt(False, "also keep every checkpointed round's adapters in the run folder "
+                                    "(rounds/), so `export --round N` can export any of them; one adapters file per "
+                                    "checkpoint")

@@ -93,6 +93,8 @@ def _step(msg: Message, context: Context) -> Message:
         fields["excluded"] = str(reply["excluded"])
     if "eval" in reply:
         fields["eval"] = json.dumps(reply["eval"])
+    if "samples" in reply:
+        fields["samples"] = json.dumps(reply["samples"])
     content["report"] = ConfigRecord(fields)
     return Message(content, reply_to=msg)
 

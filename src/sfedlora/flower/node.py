@@ -110,6 +110,8 @@ class Node:
             rows = client.evaluate_clients(self.model, self.tok, self.task, self.cfg, [state["adapters"]], [gamma],
                                            [self.encoded], self.device)
             reply["eval"] = {split: rows[split][0] for split in ("val", "test")}
+            if "samples" in rows:  # its completions of its fixed sample prompts (eval.samples)
+                reply["samples"] = rows["samples"][0]["samples"]
         t1 = time.perf_counter()
         if train:  # protocol steps 2-4
             before = state

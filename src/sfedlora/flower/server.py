@@ -32,6 +32,7 @@ from sfedlora.flower.wire import (
     expected_upload,
     from_record,
     parse_eval,
+    parse_samples,
     parse_stats,
     to_record,
 )
@@ -64,6 +65,9 @@ class FlowerRun:
         if cfg.lora.scaling == "adaptive" and cfg.lora.adaptive == "cumulative":
             raise SfedloraError("lora.adaptive=cumulative needs every client's A at init on the server, which a Flower "
                                 "server never holds: use lora.adaptive=first, or `sfedlora run`")
+        if cfg.keep_round_adapters:
+            raise SfedloraError("keep_round_adapters keeps every client's adapters per round, which a Flower server "
+                                "never holds (each node keeps its client's final adapters): use `sfedlora run`")
         s = self.settings
         if s.dp_clipping_norm > 0:
             if not self.method.dp_compatible:
@@ -157,6 +161,7 @@ class FlowerRun:
 
     def _evaluation(self, replies: dict[int, Any]) -> dict[str, Any] | None:
         rows: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
+        self.samples: dict[int, list[dict[str, str]]] = {}
         clients: list[int] = []
         for p in range(self.cfg.fed.clients):
             r = replies.get(p)
@@ -171,6 +176,10 @@ class FlowerRun:
             for split in rows:
                 rows[split].append(parsed[split])
             clients.append(p)
+            report = replies[p].content["report"]  # parsed: it replied
+            shown = parse_samples(report["samples"] if "samples" in report else "[]", self.cfg.eval.samples)
+            if shown:  # its completions of its fixed prompts; malformed ones are left out, the metrics kept
+                self.samples[p] = shown
         if not clients:
             return None
         ev: dict[str, Any] = {"personal": personal(rows)}
@@ -275,6 +284,8 @@ class FlowerRun:
                 else:
                     record = {**pending, "eval": ev, "eval_s": times["eval_s"]}
                 finish(record)
+                if self.samples:
+                    rundir.write_samples(self.out_dir, record["round"], self.samples)
                 pending = None
             if final:
                 break

@@ -131,6 +131,23 @@ def parse_stats(text: Any) -> dict[str, Any] | None:
     return {f: stats[f] for f in STAT_KEYS}
 
 
+def parse_samples(text: Any, most: int) -> list[dict[str, str]] | None:
+    """A client's generation samples (a JSON list of at most `most` {prompt, reference, completion} strings,
+    each under 100,000 characters), or None if they are anything else."""
+    if not isinstance(text, str):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    keys = {"prompt", "reference", "completion"}
+    if not isinstance(value, list) or len(value) > most or not all(
+            isinstance(v, dict) and set(v) == keys and all(isinstance(x, str) and len(x) < 100_000
+                                                           for x in v.values()) for v in value):
+        return None
+    return value
+
+
 def _confusion_ok(value: Any, n: Any) -> bool:
     if not isinstance(value, list) or not value or not all(isinstance(r, list) and len(r) == len(value) for r in value):
         return False

@@ -111,6 +111,23 @@ def model_path(name: str) -> str:
     return str(Path(name).expanduser()) if looks_local(name) else name
 
 
+def loadable_base(name: str) -> str:
+    """What `from_pretrained` loads the base model of `name` from, for tools outside sfedlora (lm-eval): the
+    offline packages' folders, a hub id or local path as given, and the tiny test models saved once into the
+    cache (they are seeded, so the saved model is the one runs used)."""
+    if name not in ("tiny-bert", "tiny-llama"):
+        return model_path(name)
+    target = cache_dir("models") / f"{name}-causal-lm"
+    if not (target / "config.json").exists():
+        model, tok = _tiny(name, "instruction", 2)
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return str(target)
+
+
 def looks_local(name: str) -> bool:
     """A model.name that can only be a local folder: absolute, relative with ./ ../ ~, or deeper than org/model."""
     return name.startswith(("/", ".", "~")) or name.count("/") >= 2 or Path(name).exists()

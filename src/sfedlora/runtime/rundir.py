@@ -6,7 +6,11 @@
   checkpoint.safetensors (and .prev)  what --resume continues from (in-process runs; runtime.checkpoint)
   adapters.safetensors   every client's final adapters (in-process runs; what export reads)
   adapters.best.safetensors  every client's adapters at the best-on-validation round (export --best)
+  rounds/adapters.round-N.safetensors  every client's adapters after checkpointed round N, with
+                   keep_round_adapters (export --round N)
   server.safetensors     the server's last aggregate (Flower runs: the clients' adapters stay on their nodes)
+  samples.jsonl    instruction and math: per evaluated round and client, the greedy completions of its fixed
+                   sample prompts beside their references (eval.samples)
   summary.json     written last: a folder without it is unfinished
   .lock            the writer's PID; held (runtime.lock) for as long as a process writes the folder
 State files are safetensors with a JSON skeleton and a checksum (runtime.statefile): no pickle anywhere.
@@ -30,7 +34,19 @@ from sfedlora.runtime.records import JsonlWriter, read_jsonl
 from sfedlora.runtime.resolve import Resolved
 
 CONFIG, PARTITIONS, METRICS, SUMMARY = "config.yaml", "partitions.json", "metrics.jsonl", "summary.json"
+SAMPLES = "samples.jsonl"
 ADAPTERS, BEST, SERVER = "adapters.safetensors", "adapters.best.safetensors", "server.safetensors"
+ROUNDS = "rounds"
+
+
+def round_adapters_path(out: Path, rnd: int) -> Path:
+    return Path(out) / ROUNDS / f"adapters.round-{rnd}.safetensors"
+
+
+def kept_rounds(out: Path) -> list[int]:
+    """The rounds whose adapters the run kept (keep_round_adapters), in order."""
+    names = (Path(out) / ROUNDS).glob("adapters.round-*.safetensors")
+    return sorted(int(p.name.split("-")[1].split(".")[0]) for p in names)
 
 
 def start(out: Path, cfg: RunConfig, resolved: Resolved, descriptions: list[dict[str, Any]],
@@ -43,7 +59,21 @@ def start(out: Path, cfg: RunConfig, resolved: Resolved, descriptions: list[dict
     writer = JsonlWriter(out / METRICS)
     for record in keep:
         writer.write(record)
+    if (out / SAMPLES).exists():  # a resumed run keeps its samples up to its checkpoint, as its records
+        last = max((r["round"] for r in keep), default=-1)
+        shown = [r for r in read_jsonl(out / SAMPLES) if r["round"] <= last]
+        samples = JsonlWriter(out / SAMPLES)
+        for row in shown:
+            samples.write(row)
     return writer
+
+
+def write_samples(out: Path, rnd: int, per_client: dict[int, list[dict[str, str]]]) -> None:
+    """Append a round's generation samples: one line per client and prompt."""
+    with open(Path(out) / SAMPLES, "a", encoding="utf-8") as f:
+        for client in sorted(per_client):
+            for i, sample in enumerate(per_client[client]):
+                f.write(json.dumps({"round": rnd, "client": client, "prompt_index": i, **sample}) + "\n")
 
 
 def occupied(out: Path) -> bool:
@@ -93,15 +123,29 @@ def finish(out: Path, summary: dict[str, Any]) -> None:
 
 
 def save_adapters(out: Path, states: list[dict[str, Any]], resolved: Resolved, merged: dict[str, Any],
-                  best_round: int | None = None) -> None:
-    """The final adapters, or (best_round given) those of the best-on-validation round so far."""
-    statefile.save(Path(out) / (ADAPTERS if best_round is None else BEST),
-                   {"states": states, "ranks": resolved.ranks, "gammas": resolved.gammas, "merged": merged,
-                    "targets": resolved.targets, "round": best_round})
+                  best_round: int | None = None, kept_round: int | None = None) -> None:
+    """The final adapters; or (best_round given) those of the best-on-validation round so far; or (kept_round
+    given) those after that round, kept beside the others for export --round."""
+    if kept_round is not None:
+        path = round_adapters_path(out, kept_round)
+        path.parent.mkdir(exist_ok=True)
+    else:
+        path = Path(out) / (ADAPTERS if best_round is None else BEST)
+    statefile.save(path, {"states": states, "ranks": resolved.ranks, "gammas": resolved.gammas, "merged": merged,
+                          "targets": resolved.targets, "round": best_round if kept_round is None else kept_round})
 
 
-def load_adapters(out: Path, best: bool = False) -> dict[str, Any]:
-    """The final adapters, or with `best` those of the best-on-validation round."""
+def load_adapters(out: Path, best: bool = False, rnd: int | None = None) -> dict[str, Any]:
+    """The final adapters; with `best` those of the best-on-validation round; with `rnd` those kept after
+    that round."""
+    if rnd is not None:
+        path = round_adapters_path(out, rnd)
+        if not path.exists():
+            kept = kept_rounds(out)
+            raise SfedloraError(f"{out} kept no adapters for round {rnd}: " + (
+                f"it kept rounds {', '.join(map(str, kept))}" if kept else
+                "it was run without keep_round_adapters=true (only the last and the best round can be exported)"))
+        return statefile.load(path)
     if best:
         if not (Path(out) / BEST).exists():
             raise SfedloraError(f"{out} has no {BEST}: its runner did not keep the best round's adapters (a Flower "

@@ -88,11 +88,12 @@ def _flower_adapters(run_dir: Path, resolved: Any, client: int, node_dir: Path |
             "targets": resolved.targets}
 
 
-def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None,
-                     best: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None, best: bool = False,
+                     rnd: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """A PEFT model for `client` holding exactly its adapters (and head), plus the tokenizer: its final ones,
-    or with `best` those of the best-on-validation round. A Flower run's adapters are read from the node
-    directory that holds them (`node_dir`)."""
+    with `best` those of the best-on-validation round, with `rnd` those kept after that round
+    (keep_round_adapters). A Flower run's adapters are read from the node directory that holds them
+    (`node_dir`)."""
     from peft import LoraConfig, get_peft_model
 
     cfg, resolved = rundir.read(run_dir)
@@ -102,13 +103,15 @@ def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None,
     n_clients = len(resolved.ranks)
     if not 0 <= client < n_clients:
         raise SfedloraError(f"--client must be in 0..{n_clients - 1}, got {client}")
-    if best and resolved.engine != "simulation":
-        raise SfedloraError(f"{run_dir} is a Flower run: its nodes keep only their final adapters, not the best "
-                            "round's")
-    saved = rundir.load_adapters(run_dir, best) if resolved.engine == "simulation" else \
+    if best and rnd is not None:
+        raise SfedloraError("give --best or --round N, not both")
+    if (best or rnd is not None) and resolved.engine != "simulation":
+        raise SfedloraError(f"{run_dir} is a Flower run: its nodes keep only their final adapters, not the "
+                            + ("best round's" if best else f"adapters of round {rnd}"))
+    saved = rundir.load_adapters(run_dir, best, rnd) if resolved.engine == "simulation" else \
         _flower_adapters(run_dir, resolved, client, node_dir)
     state, rank = saved["states"][client], saved["ranks"][client]
-    rnd = saved.get("round") if best else None
+    rnd = saved.get("round") if best or rnd is not None else None
     gamma = final_gamma(cfg, resolved, run_dir, client, rnd)
     task = resolved.task
     model, tok = load_model(cfg.model.name, task, max(2, len(resolved.label_names)), torch.float32)
@@ -139,7 +142,8 @@ def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None,
         pc.modules_to_save = list(dict.fromkeys(pc.modules_to_save))
     hub_revision = resolved.revision if resolved.revision and "==" not in str(resolved.revision) else None
     pc.revision = hub_revision
-    info = {"client": client, "round": f"{rnd} (best on validation)" if best else "last", "method": cfg.fed.method,
+    exported = f"{rnd} (best on validation)" if best else "last" if rnd is None else rnd
+    info = {"client": client, "round": exported, "method": cfg.fed.method,
             "rank": rank, "gamma": gamma, "scaling": resolved.scaling,
             "lora_alpha": lora_alpha, "use_rslora": use_rslora, "task": task, "heads": heads,
             "model": cfg.model.name, "base_model": pc.base_model_name_or_path, "revision": resolved.revision,
@@ -149,7 +153,7 @@ def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None,
 
 
 def export(run_dir: Path, client: int, out: Path, merged: bool = True, force: bool = False,
-           node_dir: Path | None = None, best: bool = False) -> dict[str, Any]:
+           node_dir: Path | None = None, best: bool = False, rnd: int | None = None) -> dict[str, Any]:
     """Write OUT/adapter (and OUT/merged). OUT must not exist or be empty unless `force`; the export is written
     into a temporary folder beside it and renamed into place, so OUT is never half-written or mixed with an
     earlier export's files."""
@@ -158,7 +162,7 @@ def export(run_dir: Path, client: int, out: Path, merged: bool = True, force: bo
         raise SfedloraError(f"--out {out} is a file; give a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise SfedloraError(f"--out {out} is not empty; choose another folder, or give --force to replace it")
-    peft_model, tok, info = build_peft_model(run_dir, client, node_dir, best)
+    peft_model, tok, info = build_peft_model(run_dir, client, node_dir, best, rnd)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
