@@ -9,7 +9,7 @@ The Python API (docs/api.md):
     sfedlora.export(result, client=0, out="exported/vc-0")                       # PEFT adapter + merged model
 """
 
-from sfedlora.api import RunResult, export, load_run, resume, run
+from sfedlora.api import RunResult, export, lm_eval, load_run, resume, run
 from sfedlora.config import RunConfig, load_config
 from sfedlora.core.scaling import scaling
 from sfedlora.errors import SfedloraError
@@ -17,6 +17,6 @@ from sfedlora.methods import METHODS
 
 Config = RunConfig  # the typed run configuration (sfedlora.config.schema)
 
-__all__ = ["Config", "METHODS", "RunConfig", "RunResult", "SfedloraError", "export", "load_config", "load_run",
-           "resume", "run", "scaling"]
+__all__ = ["Config", "METHODS", "RunConfig", "RunResult", "SfedloraError", "export", "lm_eval", "load_config",
+           "load_run", "resume", "run", "scaling"]
 __version__ = "0.1.0"

@@ -116,3 +116,16 @@ def export(run: str | Path | RunResult, client: int, out: str | Path, merged: bo
     folder = run.path if isinstance(run, RunResult) else Path(run)
     return write(folder, client, Path(out), merged=merged, force=force,
                  node_dir=None if node_dir is None else Path(node_dir), best=best, rnd=round)
+
+
+def lm_eval(run: str | Path | RunResult, tasks: Sequence[str], client: int = 0, include_path: str | Path | None = None,
+            limit: float | None = None, num_fewshot: int | None = None, best: bool = False,
+            round: int | None = None, log_samples: bool = False) -> dict[str, Any]:
+    """Client `client`'s exported model under lm-evaluation-harness (`sfedlora eval --lm-eval`): lm-eval's
+    `hf` model with the PEFT adapter, on lm-eval task names or tasks of your own (YAML files in
+    `include_path`). Returns {task: {metric: value}}; the record is RUN/lm-eval/client-I.json."""
+    from sfedlora.tools.harness import evaluate
+
+    folder = run.path if isinstance(run, RunResult) else Path(run)
+    return evaluate(folder, client, list(tasks), None if include_path is None else Path(include_path), limit,
+                    num_fewshot=num_fewshot, best=best, rnd=round, log_samples=log_samples)

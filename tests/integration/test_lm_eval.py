@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+import sfedlora
 from sfedlora.cli import main
 from sfedlora.tools.export import build_peft_model
 
@@ -66,6 +67,8 @@ def test_eval_runs_the_exported_adapter_under_lm_eval(tmp_path, task_dir, capsys
         assert got == pytest.approx(want, abs=1e-4)
     accuracy = sum(max(range(2), key=lambda j: ll[j]) == s["doc"]["answer"] for ll, s in zip(ours, samples)) / 3
     assert record["results"]["repeat_mc"]["acc,none"] == pytest.approx(accuracy)
+    again = sfedlora.lm_eval(run, ["repeat_mc"], client=1, include_path=task_dir)  # the Python API: the same
+    assert again["repeat_mc"]["acc,none"] == record["results"]["repeat_mc"]["acc,none"]
 
 
 def test_eval_refuses_classification_runs_and_unknown_tasks(sentiment_file, tmp_path, task_dir, capsys):
