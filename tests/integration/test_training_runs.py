@@ -7,6 +7,7 @@ import math
 import os
 
 import pytest
+import torch
 
 from sfedlora.cli import main
 from sfedlora.runtime import checkpoint, rundir
@@ -52,3 +53,17 @@ def test_accumulation_and_checkpointing_in_a_run(source, sentiment_file, tmp_pat
                  "--quiet"]) == 0
     recs = rundir.records(out)
     assert all(math.isfinite(x) for r in recs[1:] for x in r["train_loss"])
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_the_same_adapters(sentiment_file, tmp_path):
+    """train.compile runs the model through torch.compile (inductor): the same adapters as eager, to float32
+    noise (fused kernels round differently)."""
+    args = [f"data.source={sentiment_file}", *BASE[:-3], "fed.rounds=1"]
+    assert main(["run", *args, "--out", str(tmp_path / "eager"), "--quiet"]) == 0
+    assert main(["run", *args, "train.compile=true", "--out", str(tmp_path / "compiled"), "--quiet"]) == 0
+    assert rundir.read(tmp_path / "compiled")[0].train.compile
+    eager, compiled = (rundir.load_adapters(tmp_path / d)["states"] for d in ("eager", "compiled"))
+    for a, b in zip(eager, compiled):
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)

@@ -5,8 +5,9 @@
     steps, HF's own loss (full-vocabulary logits), torch.optim.AdamW: FederatedScope-LLM / OpenFedLLM.
     Timed with its base in fp32 and, when (b) runs in bf16, also in bf16 (fp32 adapters, as PEFT makes
     them): a comparison is only fair at the same precision.
-(b) sfedlora: all clients' adapters stacked, one batched forward/backward per local step, logits only
-    where the loss needs them, per-client AdamW, at the precision the config resolves to.
+(b) sfedlora: the clients' adapters stacked in groups of G (the automatic group size `sfedlora run`
+    uses, or a fixed one), one batched forward/backward per group and local step, logits only where the
+    loss needs them, per-client AdamW, at the precision the config resolves to.
 Both run in one process on the same batches and initial adapters, alternating, for `repeats` rounds
 each. Reported: tokens per second, achieved GFLOP/s (nominal 4 x linear-layer parameters per token:
 forward plus input gradients through the frozen base) against a measured GEMM ceiling, peak RSS per
@@ -19,6 +20,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +31,13 @@ from sfedlora.adapters.inject import init_adapter_state, load_group, read_group
 from sfedlora.client.optim import StackedOptimizer
 from sfedlora.client.train import train_group
 from sfedlora.config import TrainConfig, load_config
+from sfedlora.runtime import grouping
 from sfedlora.runtime.models import load_model
 from sfedlora.runtime.resolve import resolve_device, resolve_precision
 from sfedlora.runtime.setup import DTYPES, load_base
 
 TARGETS = {"smollm2-135m": ["q_proj", "v_proj"], "minilm-l6": ["query", "value"],
+           "smollm2-random": ["q_proj", "v_proj"],  # SmolLM2's shapes, random weights (timings only)
            "tiny-llama": ["q_proj", "v_proj"], "tiny-bert": ["query", "value"]}  # tiny: tests and smoke runs
 
 
@@ -48,6 +52,7 @@ class BenchConfig:
     repeats: int = 3
     precision: str = "auto"
     seed: int = 0
+    group_size: int | str = "auto"  # clients per batched step, as train.group_size: auto (as `sfedlora run`) | G
 
 
 class PeakRSS:
@@ -167,9 +172,27 @@ def to_peft(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {peft_key(k): v for k, v in state.items()}
 
 
-def engine(cfg: BenchConfig) -> tuple[Any, Any, Any, str, int, int]:
-    """sfedlora's side of the bench: (one round of the batched engine as a function returning the adapters,
-    the model, the device, the precision, tokens per round, nominal FLOPs per round)."""
+@dataclass
+class Engine:
+    """sfedlora's side of the bench: one round of the batched engine (`round()` returns every client's
+    adapters), the shared initial adapters and batches, and what the round is measured by."""
+
+    round: Callable[[], list[dict[str, torch.Tensor]]]
+    init: list[dict[str, torch.Tensor]]
+    batches: list[list[dict[str, torch.Tensor]]]
+    task: str
+    device: torch.device
+    precision: str
+    tokens: int  # per round
+    flops: int  # nominal, per round
+    groups: grouping.GroupPlan
+    model: Any  # the base with the stacked adapters
+    tok: Any
+
+
+def engine(cfg: BenchConfig) -> Engine:
+    """Set up sfedlora's side of the bench the way `sfedlora run` does (runtime.setup.load_base, the
+    automatic group size of runtime.grouping unless cfg.group_size fixes it)."""
     task = "classification" if cfg.workload in ("minilm-l6", "tiny-bert") else "instruction"
     device = resolve_device("auto")
     precision = resolve_precision(cfg.precision, device)
@@ -180,22 +203,32 @@ def engine(cfg: BenchConfig) -> tuple[Any, Any, Any, str, int, int]:
     init = [init_adapter_state(ours, cfg.rank, torch.Generator().manual_seed(cfg.seed + c)) for c in range(cfg.clients)]
     batches = make_batches(cfg, len(tok), task)
     tokens = cfg.clients * cfg.steps * cfg.batch * cfg.seq
+    row = {"input_ids": batches[0][0]["input_ids"][0].to(torch.int32), "n_prompt": cfg.seq // 2, "label": 0}
+    if task != "classification":
+        del row["label"]
+    plan = grouping.plan(cfg.group_size, run_cfg.train.group_memory, cfg.batch, cfg.batch, cfg.clients, device,
+                         lambda: grouping.bytes_per_row(ours, tok, task, row, cfg.batch, init[0], 1.0, device),
+                         cfg.seq)
 
     def ours_round() -> list[dict[str, torch.Tensor]]:
-        load_group(ours, init, [1.0] * cfg.clients, device)  # gamma = lora_alpha / r = 1, as the peer's
-        steps = iter(range(cfg.steps))
+        out: list[dict[str, torch.Tensor]] = []
+        for first in range(0, cfg.clients, plan.train):
+            group = list(range(first, min(first + plan.train, cfg.clients)))
+            load_group(ours, [init[c] for c in group], [1.0] * len(group), device)  # gamma = lora_alpha / r = 1
+            feed = iter([{key: torch.cat([batches[c][k][key] for c in group]).to(device) for key in batches[0][k]}
+                         for k in range(cfg.steps)])
 
-        def next_batch() -> dict[str, torch.Tensor]:
-            k = next(steps)
-            b = {key: torch.cat([batches[c][k][key] for c in range(cfg.clients)]).to(device)
-                 for key in batches[0][k]}
-            b["weight"] = torch.ones(b["input_ids"].shape[0], device=device)
-            return b
+            def next_batch(feed: Any = feed) -> dict[str, torch.Tensor]:
+                b = next(feed)
+                b["weight"] = torch.ones(b["input_ids"].shape[0], device=device)
+                return b
 
-        train_group(ours, next_batch, StackedOptimizer(tcfg), frozenset({"A", "B"}), cfg.steps, tcfg, task)
-        return read_group(ours)
+            train_group(ours, next_batch, StackedOptimizer(tcfg), frozenset({"A", "B"}), cfg.steps, tcfg, task)
+            out += read_group(ours)
+        return out
 
-    return ours_round, (init, batches, task), device, precision, tokens, 4 * linear_params(ours) * tokens
+    return Engine(ours_round, init, batches, task, device, precision, tokens, 4 * linear_params(ours) * tokens, plan,
+                  ours, tok)
 
 
 def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
@@ -204,7 +237,10 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
     device would load it: the same-precision ratio is the fair one, and the one reported last."""
     dtype = DTYPES
     tcfg = TrainConfig(optimizer="adamw", lr=1e-3, grad_clip=None)
-    ours_round, (init, batches, task), device, precision, tokens, nominal = engine(cfg)  # nominal: FLOPs a round
+    eng = engine(cfg)
+    ours_round, init, batches, task, device, precision = eng.round, eng.init, eng.batches, eng.task, eng.device, \
+        eng.precision
+    tokens, nominal = eng.tokens, eng.flops  # nominal: FLOPs a round
     peers = {f"a_{p}": Peer(cfg, task, dtype[p], device) for p in sorted({"fp32", precision})}
 
     names = [*peers, "b"]
@@ -227,9 +263,13 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
                for c in range(cfg.clients) for k, v in results["b"][c].items())
     ceiling = {p: gemm_ceiling(dtype[p], device=device.type) for p in sorted({"fp32", precision})}
     med = {k: statistics.median(v) for k, v in times.items()}
+    gflops = {k: nominal / v / 1e9 for k, v in med.items()}
+    at = {"a_fp32": "fp32", "a_bf16": "bf16", "b": precision}  # each side's share of its own precision's ceiling
     return {"config": cfg.__dict__, "device": str(device), "precision_b": precision, "tokens_per_round": tokens,
             "seconds": med, "tokens_per_s": {k: tokens / v for k, v in med.items()},
-            "gflops": {k: nominal / v / 1e9 for k, v in med.items()}, "ceiling_gflops": ceiling,
+            "gflops": gflops, "ceiling_gflops": ceiling,
+            "fraction_of_ceiling": {k: g / ceiling[at[k]] for k, g in gflops.items()},
+            "groups": {"train": eng.groups.train, "rule": eng.groups.rule},
             "peak_rss_gb": {k: v / 1e9 for k, v in peaks.items()},
             "max_adapter_diff": diff,  # (b) against the peer at (b)'s precision, after one round
             "ratio_same_precision": med[same] / med["b"], "ratio_fp32_peer": med["a_fp32"] / med["b"]}
@@ -238,11 +278,12 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
 def report_lines(r: dict[str, Any]) -> list[str]:
     """What `sfedlora bench` prints after the timing rounds; the same-precision ratio last."""
     labels = {"a_fp32": "(a) peer, fp32: sequential PEFT", "a_bf16": "(a) peer, bf16 base: sequential PEFT",
-              "b": f"(b) sfedlora batched, {r['precision_b']}"}
+              "b": f"(b) sfedlora batched, {r['precision_b']}, G={r['groups']['train']}"}
     lines = [f"device {r['device']}; (b) precision {r['precision_b']}; GEMM ceiling "
              + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in r["ceiling_gflops"].items())]
     lines += [f"{labels[n]:<46} {r['tokens_per_s'][n]:>9.1f} tokens/s {r['gflops'][n]:>7.1f} GFLOP/s "
-              f"{r['seconds'][n]:>7.2f} s/round  peak RSS {r['peak_rss_gb'][n]:.2f} GB" for n in r["seconds"]]
+              f"({100 * r['fraction_of_ceiling'][n]:.0f}% of ceiling) {r['seconds'][n]:>7.2f} s/round  "
+              f"peak RSS {r['peak_rss_gb'][n]:.2f} GB" for n in r["seconds"]]
     lines.append(f"max |adapter (a) - adapter (b)| after one round, both {r['precision_b']}: "
                  f"{r['max_adapter_diff']:.3g}")
     if r["precision_b"] != "fp32":

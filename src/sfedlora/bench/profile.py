@@ -57,7 +57,8 @@ def profile(cfg: Any, echo: Any = print) -> dict[str, Any]:
 
     from sfedlora.bench.peer import engine
 
-    ours_round, _, device, precision, tokens, _ = engine(cfg)
+    eng = engine(cfg)
+    ours_round, device, precision, tokens = eng.round, eng.device, eng.precision, eng.tokens
     ours_round()  # warm-up
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     t0 = time.perf_counter()

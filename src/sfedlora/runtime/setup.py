@@ -25,7 +25,7 @@ from sfedlora.data.files import CHARS_PER_TOKEN
 from sfedlora.data.partition import ClientData, describe, make_clients
 from sfedlora.data.sources import load_task
 from sfedlora.methods import FederatedMethod
-from sfedlora.runtime.models import load_model, model_path, revision
+from sfedlora.runtime.models import RANDOM, load_model, model_path, revision
 from sfedlora.runtime.quantize import quantize
 from sfedlora.runtime.resolve import Resolved, check, resolve, resolve_device, resolve_precision
 
@@ -52,7 +52,7 @@ class Setup:
 
     def found(self) -> dict[str, Any]:
         """What set-up found, for the run description (Resolved)."""
-        path = model_path(self.cfg.model.name) if self.cfg.model.name not in ("tiny-bert", "tiny-llama") else ""
+        path = model_path(self.cfg.model.name) if self.cfg.model.name not in RANDOM else ""
         return {"task": self.task, "label_names": self.label_names, "targets": self.targets,
                 "model": self.cfg.model.name, "model_path": path, "revision": revision(self.cfg.model.name, self.model),
                 "device": str(self.device), "precision": self.precision, "data_counts": self.counts}
@@ -120,6 +120,8 @@ def load_base(cfg: RunConfig, task: str, n_labels: int, device: torch.device, pr
     head = task == "classification" if head is None else head
     targets = inject_adapters(model, cfg.lora.targets, cfg.lora.dropout, head=head)
     model.to(device)
+    if cfg.train.compile:  # compiled on first use, recompiled for new shapes (dynamic after the first)
+        model.compile()
     return model, tok, targets
 
 

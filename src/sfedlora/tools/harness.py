@@ -93,4 +93,16 @@ def evaluate(run_dir: Path, client: int, tasks: list[str], include_path: Path | 
     return results
 
 
-__all__ = ["evaluate", "model_args"]
+def report_lines(results: dict[str, Any], run_dir: Path, client: int) -> list[str]:
+    """One line per task: each metric with its standard error; then where the record is."""
+    def shown(k: str, v: float, values: dict[str, Any]) -> str:  # lm-eval names them "acc,none", "acc_stderr,none"
+        return f"{k.split(',')[0]} {v:.4f} (stderr {values.get(k.replace(',', '_stderr,'), 0):.4f})"
+
+    lines = [f"{task}: " + ", ".join(shown(k, v, values) for k, v in values.items()
+                                     if isinstance(v, float) and "stderr" not in k)
+             for task, values in results.items()]
+    folder = run_dir / "lm-eval"
+    return [*lines, f"written: {folder}/client-{client}.json (the export in {folder}/client-{client}/)"]
+
+
+__all__ = ["evaluate", "model_args", "report_lines"]

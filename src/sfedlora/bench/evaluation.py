@@ -1,0 +1,109 @@
+"""`sfedlora bench --eval`: evaluation as fast as training? sfedlora's batched evaluation against the
+sequential peer, on the bench's workload and batches.
+
+(a) peer: one PEFT model, each client's adapter loaded in turn (set_peft_model_state_dict), its batches
+    scored one after another (HF's forward with labels), and for language models each client's prompts
+    decoded with `generate` (KV cache) one client at a time.
+(b) sfedlora: the clients' adapters stacked (the evaluation group size `sfedlora run` would use), every
+    client's rows scored in one batched forward per batch (client.evaluate.evaluate_group), and the
+    prompts of the whole group decoded together (`generate` over the stacked adapters, KV cache), as
+    client.evaluate.greedy_texts does for math accuracy and samples.
+Scored: every client's K batches of b x seq tokens (evaluation tokens per second); decoded: the first half
+of each row as the prompt, `new_tokens` new tokens each, no early stop (generated tokens per second).
+Both sides at the precision (b) resolves to, one untimed warm-up, then the median of `repeats` timings.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from sfedlora.adapters.inject import load_group
+from sfedlora.bench.peer import BenchConfig, Peer, engine, to_peft
+from sfedlora.client.evaluate import evaluate_group
+from sfedlora.data.batching import collate
+from sfedlora.runtime.setup import DTYPES
+
+
+def _median_s(fn: Any, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def run_eval_bench(cfg: BenchConfig, new_tokens: int = 16) -> dict[str, Any]:
+    from peft import set_peft_model_state_dict
+
+    eng = engine(cfg)
+    model, tok, device, task = eng.model, eng.tok, eng.device, eng.task
+    peer = Peer(cfg, task, DTYPES[eng.precision], device)
+    lm = task != "classification"
+    rows = [[{"input_ids": b["input_ids"][i].to(torch.int32), **({"n_prompt": cfg.seq // 2} if lm else
+              {"label": int(b["label"][i])})} for b in client for i in range(cfg.batch)] for client in eng.batches]
+    groups = [list(range(g, min(g + eng.groups.eval, cfg.clients))) for g in range(0, cfg.clients, eng.groups.eval)]
+
+    def ours_score() -> None:
+        for group in groups:
+            load_group(model, [eng.init[c] for c in group], [1.0] * len(group), device)
+            evaluate_group(model, [rows[c] for c in group], task, tok.pad_token_id, cfg.batch, device)
+
+    @torch.inference_mode()
+    def peer_score() -> None:
+        for c, client in enumerate(eng.batches):
+            set_peft_model_state_dict(peer.model, to_peft(eng.init[c]))
+            for batch in client:
+                b = {k: v.to(device) for k, v in batch.items()}
+                if "label" in b:
+                    b["labels"] = b.pop("label")
+                peer.model(**b)
+
+    def decode(m: Any, examples: list[dict[str, Any]]) -> None:
+        b = {k: v.to(device) for k, v in collate(examples, tok.pad_token_id, left_pad=True, prompts=True).items()}
+        m.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"], max_new_tokens=new_tokens,
+                   min_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+
+    @torch.inference_mode()
+    def ours_generate() -> None:
+        for group in groups:
+            load_group(model, [eng.init[c] for c in group], [1.0] * len(group), device)
+            decode(model, [ex for c in group for ex in rows[c][:cfg.batch]])
+
+    @torch.inference_mode()
+    def peer_generate() -> None:
+        for c in range(cfg.clients):
+            set_peft_model_state_dict(peer.model, to_peft(eng.init[c]))
+            decode(peer.model, rows[c][:cfg.batch])
+
+    seconds = {"a": _median_s(peer_score, cfg.repeats), "b": _median_s(ours_score, cfg.repeats)}
+    out: dict[str, Any] = {"config": cfg.__dict__, "device": str(device), "precision": eng.precision,
+                           "eval_group": eng.groups.eval, "scored_tokens": eng.tokens, "score_seconds": seconds,
+                           "score_tokens_per_s": {k: eng.tokens / v for k, v in seconds.items()},
+                           "ratio_score": seconds["a"] / seconds["b"]}
+    if lm:
+        generated = cfg.clients * cfg.batch * new_tokens
+        gen = {"a": _median_s(peer_generate, cfg.repeats), "b": _median_s(ours_generate, cfg.repeats)}
+        out.update({"new_tokens": new_tokens, "generated_tokens": generated, "generate_seconds": gen,
+                    "generate_tokens_per_s": {k: generated / v for k, v in gen.items()},
+                    "ratio_generate": gen["a"] / gen["b"]})
+    return out
+
+
+def report_lines(r: dict[str, Any]) -> list[str]:
+    lines = [f"evaluation, device {r['device']}, {r['precision']} both, (b) {r['eval_group']} clients per pass:",
+             f"  scoring  (a) sequential PEFT {r['score_tokens_per_s']['a']:>9.1f} tokens/s   (b) sfedlora batched "
+             f"{r['score_tokens_per_s']['b']:>9.1f} tokens/s   ratio {r['ratio_score']:.2f}x"]
+    if "ratio_generate" in r:
+        lines.append(f"  decoding (a) sequential PEFT {r['generate_tokens_per_s']['a']:>9.1f} tokens/s   (b) sfedlora "
+                     f"batched {r['generate_tokens_per_s']['b']:>9.1f} tokens/s   ratio {r['ratio_generate']:.2f}x "
+                     f"({r['new_tokens']} new tokens per prompt, KV cache both)")
+    return lines
+
+
+__all__ = ["run_eval_bench", "report_lines"]
