@@ -62,3 +62,15 @@ ROW = {"loss": 1.0, "n": 4, "accuracy": 0.5}
 def test_parse_eval_checks_the_counts_that_weight_a_client(row, ok):
     got = parse_eval(json.dumps({"val": ROW, "test": row}), {"val": 4, "test": 4})
     assert (got is not None) == ok
+
+
+def test_generation_samples_from_a_client_are_checked():
+    from sfedlora.flower.wire import parse_samples
+
+    good = [{"prompt": "p", "reference": "r", "completion": "c"}]
+    assert parse_samples(json.dumps(good), 2) == good
+    for bad in ("not json", json.dumps({"prompt": "p"}), json.dumps(good * 3),
+                json.dumps([{"prompt": "p", "reference": "r", "completion": 3}]),
+                json.dumps([{"prompt": "p", "reference": "r", "completion": "c", "extra": "x"}]),
+                json.dumps([{"prompt": "x" * 100_000, "reference": "r", "completion": "c"}]), None):
+        assert parse_samples(bad, 2) is None, bad

@@ -110,14 +110,19 @@ def check_upload(upload: State | None, expected: dict[str, tuple], n_examples: A
     return None
 
 
-def _json_object(text: Any) -> dict[str, Any] | None:
-    """A JSON object sent as a string by a client, or None if it is anything else."""
+def _json(text: Any) -> Any:
+    """A JSON value sent as a string by a client, or None if the text is not JSON."""
     if not isinstance(text, str):
         return None
     try:
-        value = json.loads(text)
+        return json.loads(text)
     except ValueError:
         return None
+
+
+def _json_object(text: Any) -> dict[str, Any] | None:
+    """A JSON object sent as a string by a client, or None if it is anything else."""
+    value = _json(text)
     return value if isinstance(value, dict) else None
 
 
@@ -134,12 +139,7 @@ def parse_stats(text: Any) -> dict[str, Any] | None:
 def parse_samples(text: Any, most: int) -> list[dict[str, str]] | None:
     """A client's generation samples (a JSON list of at most `most` {prompt, reference, completion} strings,
     each under 100,000 characters), or None if they are anything else."""
-    if not isinstance(text, str):
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
+    value = _json(text)
     keys = {"prompt", "reference", "completion"}
     if not isinstance(value, list) or len(value) > most or not all(
             isinstance(v, dict) and set(v) == keys and all(isinstance(x, str) and len(x) < 100_000
