@@ -78,7 +78,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     results = evaluate(Path(args.run), args.client, [t.strip() for t in args.lm_eval.split(",") if t.strip()],
                        Path(args.include_path) if args.include_path else None, args.limit, args.batch_size,
-                       args.num_fewshot, args.best, args.round, log_samples=args.log_samples)
+                       args.num_fewshot, args.best, args.round, log_samples=args.log_samples,
+                       node_dir=Path(args.node_dir) if args.node_dir else None)
     print("\n".join(report_lines(results, Path(args.run), args.client)))
     return 0
 
@@ -225,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-fewshot", type=int, help="few-shot examples (default: each task's own)")
     ev.add_argument("--best", action="store_true", help="the best-on-validation round's adapters, not the last")
     ev.add_argument("--round", type=int, metavar="N", help="the adapters kept after round N (keep_round_adapters)")
+    ev.add_argument("--node-dir", metavar="DIR", help="a Flower run: node-dir of the node that trained the client")
     ev.add_argument("--log-samples", action="store_true", help="also write every scored document and response "
                     "(RUN/lm-eval/client-I.samples.jsonl)")
     ev.set_defaults(func=cmd_eval)

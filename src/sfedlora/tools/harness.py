@@ -46,10 +46,11 @@ def model_args(run_dir: Path, folder: Path, precision: str, device: str) -> dict
 def evaluate(run_dir: Path, client: int, tasks: list[str], include_path: Path | None = None,
              limit: float | None = None, batch_size: int = 8, num_fewshot: int | None = None,
              best: bool = False, rnd: int | None = None, device: str | None = None,
-             log_samples: bool = False) -> dict[str, Any]:
+             log_samples: bool = False, node_dir: Path | None = None) -> dict[str, Any]:
     """Run lm-eval's `tasks` on client `client`'s model (its last round, or `best` / `rnd`); returns
     {task: {metric: value}} and writes RUN/lm-eval/client-I.json (with `log_samples` also every scored
-    document and the model's responses, RUN/lm-eval/client-I.samples.jsonl)."""
+    document and the model's responses, RUN/lm-eval/client-I.samples.jsonl). A Flower run's client is read from
+    the directory of the node that trained it (`node_dir`)."""
     import torch
 
     lm_eval = _require_lm_eval()
@@ -64,7 +65,8 @@ def evaluate(run_dir: Path, client: int, tasks: list[str], include_path: Path | 
         raise SfedloraError(f"--include-path {include_path} is not a folder of lm-eval task YAML files")
     folder = run_dir / "lm-eval" / f"client-{client}"
     saved = rundir.load_adapters(run_dir, best, rnd) if resolved.engine == "simulation" else {}
-    info = export(run_dir, client, folder, merged=bool(saved.get("merged")), force=True, best=best, rnd=rnd)
+    info = export(run_dir, client, folder, merged=bool(saved.get("merged")), force=True, node_dir=node_dir,
+                  best=best, rnd=rnd)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     args = model_args(run_dir, folder, resolved.precision if device != "cpu" else "fp32", device)
     manager = TaskManager(include_path=str(include_path) if include_path else None)
