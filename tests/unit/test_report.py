@@ -144,3 +144,17 @@ def test_each_arm_is_reported_at_its_learning_rate_chosen_on_validation(tmp_path
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "0.001 (chosen on val)" in md and "| 0.5000 ± 0.0000 |" in md and "0.7000" not in md.split("## Learn")[0]
     assert "| 0.01 | 0.6000 | 2 |  |" in md and "| 0.001 | 0.8000 | 2 | chosen |" in md
+
+
+def test_a_run_written_before_a_key_existed_takes_its_default(tmp_path):
+    """A sweep resumed with a newer sfedlora: the older runs' config.yaml lacks keys added since
+    (train.compile here); they take the default, so both seeds form one arm, not two one-seed arms."""
+    fake_run(tmp_path / "runs" / "new", ["seed=0"], [0.2, 0.6])
+    old = fake_run(tmp_path / "runs" / "old", ["seed=1"], [0.2, 0.7])
+    raw = yaml.safe_load((old / "config.yaml").read_text())
+    del raw["train"]["compile"], raw["eval"]["samples"], raw["keep_round_adapters"]
+    (old / "config.yaml").write_text(yaml.safe_dump(raw))
+    arms, _, _ = group_arms(find_runs([tmp_path / "runs"]))
+    assert len(arms) == 1 and sorted(r.seed for r in arms[0].runs) == [0, 1]
+    fake_run(tmp_path / "runs" / "compiled", ["seed=2", "train.compile=true"], [0.2, 0.8])
+    assert len(group_arms(find_runs([tmp_path / "runs"]))[0]) == 2  # a setting that differs still separates

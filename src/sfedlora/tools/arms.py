@@ -4,7 +4,9 @@ partition, adapter placement, precision, ...) are never averaged together.
 
 A run's settings are its config.yaml flattened to dotted keys, with what `auto` became in its place
 (precision, scaling rule, init) and one `rank` key: the rank, or the set of ranks of a heterogeneous run
-("2,4,8"). Keys that do not change results (seed, name, checkpointing, group sizes) are left out.
+("2,4,8"). A key the run's config.yaml lacks (written by a version before the key existed) takes its
+default, so runs of one sweep made across versions still group together. Keys that do not change results
+(seed, name, checkpointing, group sizes, generation samples) are left out.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from typing import Any
 
 import yaml
 
-from sfedlora.config import dotted
+from sfedlora.config import RunConfig, dotted, to_dict
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime.records import read_jsonl
 
-NOT_RESULTS = ("seed", "name", "checkpoint_every", "train.group_size", "train.group_memory", "model.device")
+NOT_RESULTS = ("seed", "name", "checkpoint_every", "keep_round_adapters", "train.group_size", "train.group_memory",
+               "model.device", "eval.samples", "eval.sample_tokens")
 RANK_KEYS = ("lora.rank", "lora.ranks", "lora.rank_set")
 HEAD_ONLY = "head-only (gamma=0)"
 # Keys dropped from an arm's label when the other varying keys determine them (e.g. a method's own scaling).
@@ -53,8 +56,8 @@ class Run:
         return self.resolved.get("scaling") != "none"
 
     def settings(self) -> dict[str, Any]:
-        flat = {k: ",".join(map(str, v)) if isinstance(v, list) else v
-                for k, v in dotted({k: v for k, v in self.config.items() if k != "resolved"}).items()}
+        recorded = {**dotted(to_dict(RunConfig())), **dotted({k: v for k, v in self.config.items() if k != "resolved"})}
+        flat = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in recorded.items()}
         res = self.resolved
         for key in RANK_KEYS:
             flat.pop(key, None)
