@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="figures, tables and an HTML report from run folders",
                             description="Read the runs (folders with summary.json) under DIR... and write PNG "
                             "figures, report.md and a self-contained report.html: per arm (equal settings but "
-                            "the seed) the mean and 95%% interval over seeds, the paired difference to a "
+                            "the seed) the mean and 95% interval over seeds, the paired difference to a "
                             "reference arm, and each arm's learning rate chosen on validation.")
     report.add_argument("dirs", nargs="+", metavar="DIR")
     report.add_argument("--out", help="report folder (default: DIR/report)")
