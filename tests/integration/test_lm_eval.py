@@ -79,3 +79,11 @@ def test_eval_refuses_classification_runs_and_unknown_tasks(sentiment_file, tmp_
                  "--out", str(run), "--quiet"]) == 0
     assert main(["eval", str(run), "--lm-eval", "repeat_mc", "--include-path", str(task_dir)]) == 2
     assert "evaluates causal language models" in capsys.readouterr().err
+
+
+def test_report_lines_show_a_stderr_only_where_lm_eval_has_one(tmp_path):
+    from sfedlora.tools.harness import report_lines
+
+    lines = report_lines({"t": {"acc,none": 1.0, "acc_stderr,none": "N/A", "acc_norm,none": 0.5,
+                                "acc_norm_stderr,none": 0.25}}, tmp_path, 0)
+    assert lines[0] == "t: acc 1.0000, acc_norm 0.5000 (stderr 0.2500)"

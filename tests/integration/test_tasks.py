@@ -79,3 +79,8 @@ def test_sentence_pairs_bf16_and_partial_participation(sentiment_file, tmp_path)
         assert sum(loss is not None for loss in r["train_loss"]) == 2
     layer = next(m for n, m in sim.model.named_modules() if n.endswith("query"))
     assert layer.base_layer.weight.dtype == torch.bfloat16 and layer.lora_A.dtype == torch.float32
+
+
+def test_labels_are_a_copy_whatever_the_token_dtype():
+    ex = {"input_ids": torch.tensor([5, 6, 7, 8]), "n_prompt": 2}  # int64: .long() alone would alias
+    assert labels_of(ex).tolist() == [IGNORE, IGNORE, 7, 8] and ex["input_ids"].tolist() == [5, 6, 7, 8]

@@ -22,11 +22,12 @@ from sfedlora.config import RunConfig
 from sfedlora.core.scaling import Gamma
 from sfedlora.core.schedule import global_step
 from sfedlora.core.state import pad_opt_state, pad_state, rank_of, truncate_opt_state, truncate_state
-from sfedlora.data.batching import ClientSampler, collate, encode_classification, encode_lm
+from sfedlora.data.batching import ClientSampler, collate, encode_classification, encode_lm, prompt_of
 from sfedlora.data.partition import ClientData
 from sfedlora.data.prompts import render
 
 State = dict[str, torch.Tensor]
+MAX_SAMPLE_CHARS = 20_000  # a generation sample's reference is cut to this (Flower nodes send them)
 STAT_KEYS = ("loss", "grad_norm_A", "grad_norm_B", "out_mean", "out_var", "grad_norm_A_steps", "grad_norm_B_steps")
 
 
@@ -78,8 +79,9 @@ def encode(data: ClientData, task: str, tok: Any, cfg: RunConfig, c: int) -> Enc
         split: decode_sample(rows, cfg.eval.generate_examples, cfg.seed * 1000003 + 2 * c + i)
         for i, (split, rows) in enumerate((("val", val), ("test", test)))}
     shown = [] if task == "classification" else data.test[:cfg.eval.samples]
-    samples = [{**ex, "prompt": prompt, "reference": reference} for ex, (prompt, reference) in
-               zip(enc(shown), (render(r, template, tok) for r in shown))] if shown else []
+    # the prompt as decoded from (its tokens: cut from the left where the example was), the reference response
+    samples = [{**ex, "prompt": tok.decode(prompt_of(ex)), "reference": reference[:MAX_SAMPLE_CHARS]}
+               for ex, (_, reference) in zip(enc(shown), (render(r, template, tok) for r in shown))] if shown else []
     return Encoded(enc(data.train), by_len(val), by_len(test), decode, samples)
 
 

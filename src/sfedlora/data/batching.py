@@ -77,7 +77,7 @@ def prompt_of(example: dict[str, Any]) -> torch.Tensor:
 
 def labels_of(example: dict[str, Any]) -> torch.Tensor:
     """A language-modelling example's labels: its tokens, with IGNORE on the prompt's (loss on the response)."""
-    labels = example["input_ids"].long()
+    labels = example["input_ids"].to(torch.long, copy=True)
     labels[:example["n_prompt"]] = IGNORE
     return labels
 

@@ -144,7 +144,8 @@ def load_adapters(out: Path, best: bool = False, rnd: int | None = None) -> dict
             kept = kept_rounds(out)
             raise SfedloraError(f"{out} kept no adapters for round {rnd}: " + (
                 f"it kept rounds {', '.join(map(str, kept))}" if kept else
-                "it was run without keep_round_adapters=true (only the last and the best round can be exported)"))
+                "it was run without keep_round_adapters=true, or with checkpoint_every=0 (only the last and the "
+                "best round can be exported)"))
         return statefile.load(path)
     if best:
         if not (Path(out) / BEST).exists():

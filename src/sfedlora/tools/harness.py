@@ -98,7 +98,8 @@ def evaluate(run_dir: Path, client: int, tasks: list[str], include_path: Path | 
 def report_lines(results: dict[str, Any], run_dir: Path, client: int) -> list[str]:
     """One line per task: each metric with its standard error; then where the record is."""
     def shown(k: str, v: float, values: dict[str, Any]) -> str:  # lm-eval names them "acc,none", "acc_stderr,none"
-        return f"{k.split(',')[0]} {v:.4f} (stderr {values.get(k.replace(',', '_stderr,'), 0):.4f})"
+        err = values.get(k.replace(",", "_stderr,"))  # a number, or "N/A" where lm-eval has none (one document)
+        return f"{k.split(',')[0]} {v:.4f}" + (f" (stderr {err:.4f})" if isinstance(err, float) else "")
 
     lines = [f"{task}: " + ", ".join(shown(k, v, values) for k, v in values.items()
                                      if isinstance(v, float) and "stderr" not in k)
