@@ -7,7 +7,7 @@ sequential peer, on the bench's workload and batches.
 (b) sfedlora: the clients' adapters stacked (the evaluation group size `sfedlora run` would use), every
     client's rows scored in one batched forward per batch (client.evaluate.evaluate_group), and the
     prompts of the whole group decoded together (`generate` over the stacked adapters, KV cache), as
-    client.evaluate.greedy_texts does for math accuracy and samples.
+    client.evaluate.greedy_texts does for math accuracy and samples (both sides decode through it).
 Scored: every client's K batches of b x seq tokens (evaluation tokens per second); decoded: the first half
 of each row as the prompt, `new_tokens` new tokens each, no early stop (generated tokens per second).
 Both sides at the precision (b) resolves to, one untimed warm-up, then the median of `repeats` timings.
@@ -23,8 +23,7 @@ import torch
 
 from sfedlora.adapters.inject import load_group
 from sfedlora.bench.peer import BenchConfig, Peer, engine, to_peft
-from sfedlora.client.evaluate import evaluate_group
-from sfedlora.data.batching import collate
+from sfedlora.client.evaluate import evaluate_group, greedy_texts
 from sfedlora.runtime.setup import DTYPES
 
 
@@ -64,22 +63,15 @@ def run_eval_bench(cfg: BenchConfig, new_tokens: int = 16) -> dict[str, Any]:
                     b["labels"] = b.pop("label")
                 peer.model(**b)
 
-    def decode(m: Any, examples: list[dict[str, Any]]) -> None:
-        b = {k: v.to(device) for k, v in collate(examples, tok.pad_token_id, left_pad=True, prompts=True).items()}
-        m.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"], max_new_tokens=new_tokens,
-                   min_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-
-    @torch.inference_mode()
     def ours_generate() -> None:
         for group in groups:
             load_group(model, [eng.init[c] for c in group], [1.0] * len(group), device)
-            decode(model, [ex for c in group for ex in rows[c][:cfg.batch]])
+            greedy_texts(model, tok, [rows[c][:cfg.batch] for c in group], cfg.batch, new_tokens, device, new_tokens)
 
-    @torch.inference_mode()
     def peer_generate() -> None:
         for c in range(cfg.clients):
             set_peft_model_state_dict(peer.model, to_peft(eng.init[c]))
-            decode(peer.model, rows[c][:cfg.batch])
+            greedy_texts(peer.model, tok, [rows[c][:cfg.batch]], cfg.batch, new_tokens, device, new_tokens)
 
     seconds = {"a": _median_s(peer_score, cfg.repeats), "b": _median_s(ours_score, cfg.repeats)}
     out: dict[str, Any] = {"config": cfg.__dict__, "device": str(device), "precision": eng.precision,

@@ -203,9 +203,8 @@ def engine(cfg: BenchConfig) -> Engine:
     init = [init_adapter_state(ours, cfg.rank, torch.Generator().manual_seed(cfg.seed + c)) for c in range(cfg.clients)]
     batches = make_batches(cfg, len(tok), task)
     tokens = cfg.clients * cfg.steps * cfg.batch * cfg.seq
-    row = {"input_ids": batches[0][0]["input_ids"][0].to(torch.int32), "n_prompt": cfg.seq // 2, "label": 0}
-    if task != "classification":
-        del row["label"]
+    row = {"input_ids": batches[0][0]["input_ids"][0].to(torch.int32),  # the probe's worst-case row
+           **({"label": 0} if task == "classification" else {"n_prompt": cfg.seq // 2})}
     plan = grouping.plan(cfg.group_size, run_cfg.train.group_memory, cfg.batch, cfg.batch, cfg.clients, device,
                          lambda: grouping.bytes_per_row(ours, tok, task, row, cfg.batch, init[0], 1.0, device),
                          cfg.seq)

@@ -62,16 +62,18 @@ def evaluate_group(model: Any, per_client: Sequence[Sequence[dict[str, Any]]], t
 
 @torch.inference_mode()
 def greedy_texts(model: Any, tok: Any, per_client: Sequence[Sequence[dict[str, Any]]], batch_size: int,
-                 max_new_tokens: int, device: torch.device | str) -> list[list[str]]:
+                 max_new_tokens: int, device: torch.device | str, min_new_tokens: int = 0) -> list[list[str]]:
     """Each installed client's greedy continuation of each of its examples' prompts (left padded, eval
-    mode, batched across the group), in the order given."""
+    mode, batched across the group), in the order given; `min_new_tokens` forbids stopping earlier
+    (benchmarks that count tokens)."""
     model.eval()
     c = len(per_client)
     out: list[list[str]] = [[] for _ in range(c)]
     for examples, weights in grouped_chunks(per_client, batch_size):
         batch = _to(collate(examples, tok.pad_token_id, weights, left_pad=True, prompts=True), device)
         generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                   max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+                                   max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False,
+                                   pad_token_id=tok.pad_token_id)
         texts = tok.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         per = len(examples) // c
         for i, (w, text) in enumerate(zip(weights, texts)):

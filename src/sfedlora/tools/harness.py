@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sfedlora.errors import SfedloraError
+from sfedlora.methods import METHODS
 from sfedlora.runtime import rundir
 from sfedlora.runtime.models import loadable_base
 from sfedlora.tools.export import export
@@ -29,10 +30,9 @@ def _require_lm_eval() -> Any:
     return lm_eval
 
 
-def model_args(run_dir: Path, folder: Path, precision: str, device: str) -> dict[str, Any]:
-    """lm-eval's `hf` model arguments for an export in `folder`: the base with the PEFT adapter, or the merged
-    model when the run merged updates into the base (FLoRA)."""
-    cfg, resolved = rundir.read(run_dir)
+def model_args(cfg: Any, resolved: Any, folder: Path, precision: str, device: str) -> dict[str, Any]:
+    """lm-eval's `hf` model arguments for a run's export in `folder`: the base with the PEFT adapter, or the
+    merged model when the run merged updates into the base (FLoRA)."""
     dtype = "bfloat16" if precision == "bf16" else "float16" if precision == "fp16" else "float32"
     common = {"dtype": dtype, "device": device, "tokenizer": str(folder / "adapter")}
     if (folder / "merged").exists():
@@ -64,11 +64,11 @@ def evaluate(run_dir: Path, client: int, tasks: list[str], include_path: Path | 
     if include_path is not None and not Path(include_path).is_dir():
         raise SfedloraError(f"--include-path {include_path} is not a folder of lm-eval task YAML files")
     folder = run_dir / "lm-eval" / f"client-{client}"
-    saved = rundir.load_adapters(run_dir, best, rnd) if resolved.engine == "simulation" else {}
-    info = export(run_dir, client, folder, merged=bool(saved.get("merged")), force=True, node_dir=node_dir,
-                  best=best, rnd=rnd)
+    # FLoRA's updates live in the base weights: only its merged model is the client's model
+    info = export(run_dir, client, folder, merged=METHODS[cfg.fed.method].merges_into_base, force=True,
+                  node_dir=node_dir, best=best, rnd=rnd)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args = model_args(run_dir, folder, resolved.precision if device != "cpu" else "fp32", device)
+    args = model_args(cfg, resolved, folder, resolved.precision if device != "cpu" else "fp32", device)
     manager = TaskManager(include_path=str(include_path) if include_path else None)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
