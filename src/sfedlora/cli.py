@@ -84,39 +84,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    import json
-
-    from sfedlora.bench import memory, peer
-
-    cfg = peer.BenchConfig(workload=args.workload, clients=args.clients or 4, rank=args.rank, steps=args.steps,
-                           batch=args.batch, seq=args.seq, repeats=args.repeats, precision=args.precision,
-                           group_size=args.group_size if args.group_size == "auto" else int(args.group_size))
-    if args.profile:
-        from sfedlora.bench import profile
-
-        r = profile.profile(cfg)
-        lines = profile.report_lines(r)
-    elif args.eval:
-        from sfedlora.bench import evaluation
-
-        _say(peer.heading(cfg).replace("timed rounds", "timed passes"))
-        r = evaluation.run_eval_bench(cfg)
-        lines = evaluation.report_lines(r)
-    elif args.memory:
-        r = memory.measure(args.workload, args.clients or 100, args.rank, args.steps, args.batch, args.seq,
-                           args.precision, args.set, echo=_say)
-        lines = memory.report_lines(r)
-    else:
-        _say(peer.heading(cfg))
-        r = peer.run_bench(cfg, echo=_say)
-        lines = peer.report_lines(r)
-    if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=1))
-    print("\n".join(lines))
-    return 0
-
-
 def cmd_methods(args: argparse.Namespace) -> int:
     from sfedlora.methods import describe
 
@@ -269,36 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--seed", type=int, default=0)
     diag.add_argument("--quick", action="store_true", help="small grid (tests, a first look)")
     diag.set_defaults(func=cmd_diagnose)
-    bench = sub.add_parser("bench", help="sfedlora's batched engine against sequential PEFT clients",
-                           description="Run the peer way of simulating clients (sequential, one PEFT model, "
-                           "per-client adapter load/save; its base in fp32, and also in bf16 when sfedlora runs "
-                           "bf16) and sfedlora's batched engine on the same workload, alternating; print tokens/s, "
-                           "GFLOP/s against a measured GEMM ceiling, peak memory, the adapters' max difference, "
-                           "and last the ratio b/a against the peer at the same precision.")
-    bench.add_argument("--workload", choices=("smollm2-135m", "minilm-l6", "smollm2-random", "tiny-llama", "tiny-bert"),
-                       default="smollm2-135m", help="the two offline models, or tiny random ones (smoke tests)")
-    bench.add_argument("--clients", type=int, default=None, help="N (default 4; with --memory 100)")
-    bench.add_argument("--rank", type=int, default=16)
-    bench.add_argument("--steps", type=int, default=3, help="local steps per round")
-    bench.add_argument("--batch", type=int, default=2, help="examples per client per step")
-    bench.add_argument("--seq", type=int, default=128, help="tokens per example")
-    bench.add_argument("--repeats", type=int, default=3, help="timed rounds of each (after one warm-up)")
-    bench.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                       help="for (b); with --memory, the run's")
-    bench.add_argument("--eval", action="store_true", help="evaluation throughput instead: batched scoring and "
-                       "decoding (KV cache) against the sequential PEFT peer")
-    bench.add_argument("--group-size", default="auto", metavar="G", help="(b)'s clients per batched step: auto "
-                       "(the automatic group size `sfedlora run` uses) or a number")
-    bench.add_argument("--json", help="also write the numbers to this file")
-    bench.add_argument("--profile", action="store_true", help="instead: one round of the batched engine under "
-                       "torch.profiler, its self time by operator category")
-    bench.add_argument("--memory", action="store_true",
-                       help="instead: one real round of N clients (default 100); the memory the engine claims "
-                       "(base once + one group's activations + N x (adapter + optimizer state)) against the "
-                       "process's measured peak")
-    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="--memory: a run-config override, e.g. --set train.group_size=10 (repeatable)")
-    bench.set_defaults(func=cmd_bench)
+    from sfedlora.bench import command as bench_command
+
+    bench_command.add_parser(sub)
     from sfedlora.flower import commands as flower_commands
 
     flower_commands.add_parser(sub)

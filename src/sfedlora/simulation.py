@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,11 @@ from sfedlora.client import local
 from sfedlora.config import RunConfig, to_dict
 from sfedlora.core.adaptive import init_sq_norms
 from sfedlora.core.metrics import PRIMARY, personal
-from sfedlora.core.state import OptState, State, select
+from sfedlora.core.state import State, select
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import checkpoint, grouping, records, rundir
-from sfedlora.runtime.protocol import Exchange, Server, non_finite
+from sfedlora.runtime.clientstore import ClientStore, Current, Held
+from sfedlora.runtime.protocol import Exchange, Server, evaluated_clients, non_finite
 from sfedlora.runtime.resolve import Resolved, resume_mismatch
 from sfedlora.runtime.setup import setup
 from sfedlora.runtime.tracking import Trackers
@@ -45,17 +46,16 @@ class Simulation:
         self.encoded = [s.encoded[c] for c in range(n)]
         self.train_ex = [e.train for e in self.encoded]
         self.resolved = s.resolve()
-        self.states = self._init_states()
-        self.opt_states: list[OptState] = [{} for _ in range(n)]
-        self.samplers = [local.sampler(cfg, c, s.clients[c].n_train) for c in range(n)]
+        self.store = ClientStore(n, self._fresh, self.out_dir if self.resolved.client_store == "disk" else None)
         self.server = Server(cfg, self.method, self.resolved)
-        if self.resolved.scaling == "adaptive":
-            self.server.init_sq_norms = init_sq_norms(self.states)
+        if self.resolved.scaling == "adaptive" and cfg.lora.adaptive == "cumulative":
+            self.server.init_sq_norms = init_sq_norms(h.adapters for h in self.store)
         self.merged: dict[str, torch.Tensor] = {}  # FLoRA: fp32 sum of the updates merged into W0 so far
         if resolved is not None and (changed := resume_mismatch(resolved, self.resolved)):
             raise SfedloraError(f"{self.out_dir} cannot be resumed here: " + "; ".join(changed) + ". Its data, model "
                                 "or resolved settings differ from the run's (a changed data file, another model "
                                 "revision, a machine where `auto` resolves differently); start a new run instead")
+        self.evaluated = evaluated_clients(cfg)
         groups = resolved.groups if resolved is not None and resolved.groups else self._plan_groups()
         self.resolved = self.server.resolved = replace(self.resolved, groups=groups)
 
@@ -68,12 +68,27 @@ class Simulation:
     def weights(self) -> list[float]:
         return self.server.weights
 
+    @property
+    def states(self) -> Sequence[State]:
+        """Every client's adapters now, with the server's latest update downloaded (runtime.clientstore)."""
+        return Current(self.store.n, self.state)
+
+    def state(self, c: int, held: Held | None = None) -> State:
+        """Client c's adapters now: as it last trained them (`held`, else the store's) with the latest update
+        downloaded (protocol step 6, done when the client is next used: the same state as a download every
+        round, as the Flower nodes do it)."""
+        raw = (held or self.store.get(c)).adapters
+        latest = self.server.latest
+        return self.method.download(raw, latest, self.resolved.gammas[c], 0) if latest else raw
+
     # ---- set-up -------------------------------------------------------------------------------------
-    def _init_states(self, rnd: int = 0) -> list[State]:
-        """Fresh adapters (B = 0) for every client; `rnd` > 0 re-draws (FLoRA's restarts)."""
-        r_max = max(self.resolved.ranks)
-        return [local.fresh_state(self.model, self.cfg, self.resolved.init, c, r, r_max, rnd)
-                for c, r in enumerate(self.resolved.ranks)]
+    def _fresh_adapters(self, c: int, rnd: int = 0) -> State:
+        """Client c's fresh adapters (B = 0); `rnd` > 0 re-draws (FLoRA's restarts)."""
+        r = self.resolved
+        return local.fresh_state(self.model, self.cfg, r.init, c, r.ranks[c], max(r.ranks), rnd)
+
+    def _fresh(self, c: int) -> Held:
+        return Held(self._fresh_adapters(c), {}, local.sampler(self.cfg, c, self.setup.clients[c].n_train))
 
     def _plan_groups(self) -> grouping.GroupPlan:
         longest = max((ex for rows in self.train_ex for ex in rows), key=lambda e: len(e["input_ids"]))
@@ -85,7 +100,7 @@ class Simulation:
         longest = max((ex for rows in self.train_ex for ex in rows), key=lambda e: len(e["input_ids"]))
         widest = max(range(self.cfg.fed.clients), key=lambda c: self.resolved.ranks[c])
         return grouping.bytes_per_row(self.model, self.tok, self.task, longest, self.cfg.train.batch_size,
-                                      self.states[widest], self.resolved.gammas[widest], self.device,
+                                      self._fresh_adapters(widest), self.resolved.gammas[widest], self.device,
                                       self.cfg.train.gradient_checkpointing)
 
     def _groups(self, members: list[int], kind: str = "train") -> list[list[int]]:
@@ -93,25 +108,25 @@ class Simulation:
         return [members[i:i + g] for i in range(0, len(members), g)]
 
     # ---- one round ----------------------------------------------------------------------------------
-    def _train(self, rnd: int, members: list[int], bar: Any) -> dict[int, Any]:
-        """Protocol step 2 for the round's participants, G at a time."""
+    def _train(self, rnd: int, members: list[int], bar: Any) -> Iterator[tuple[int, Held, dict[str, Any]]]:
+        """Protocol step 2 for the round's participants, G at a time: each one's new state (not yet stored)
+        and training statistics, a group at a time. Their data orders move on in place."""
         trained = self.method.trained(rnd)
-        stats: dict[int, Any] = {}
         for group in self._groups(members):
-            new, opt, rows = local.train_clients(
-                self.model, self.tok, self.task, self.cfg, trained, [self.states[c] for c in group],
-                [self.server.gamma(c) for c in group], [self.opt_states[c] for c in group],
-                [self.samplers[c] for c in group], [self.train_ex[c] for c in group], self.device,
+            held = [self.store.get(c) for c in group]
+            states, opt, rows = local.train_clients(
+                self.model, self.tok, self.task, self.cfg, trained, [self.state(c, h) for c, h in zip(group, held)],
+                [self.server.gamma(c) for c in group], [h.opt for h in held], [h.sampler for h in held],
+                [self.train_ex[c] for c in group], self.device,
                 on_step=None if bar is None else lambda: bar.update(1), rnd=rnd)
-            for c, state, o, row in zip(group, new, opt, rows):
-                self.states[c], self.opt_states[c], stats[c] = state, o, row
-        return stats
+            for c, h, state, o, row in zip(group, held, states, opt, rows):
+                yield c, Held(state, o, h.sampler), row
 
     def _evaluate(self) -> dict[str, Any]:
         """Every client's own model on its splits; the global model (where one exists) on the pooled splits."""
         rows: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
-        for group in self._groups(list(range(self.cfg.fed.clients)), "eval"):
-            out = local.evaluate_clients(self.model, self.tok, self.task, self.cfg, [self.states[c] for c in group],
+        for group in self._groups(self.evaluated, "eval"):
+            out = local.evaluate_clients(self.model, self.tok, self.task, self.cfg, [self.state(c) for c in group],
                                          [self.server.gamma(c) for c in group], [self.encoded[c] for c in group],
                                          self.device)
             for split in rows:
@@ -119,6 +134,8 @@ class Simulation:
             for c, shown in zip(group, out.get("samples", [])):
                 self.samples[c] = shown["samples"]
         ev: dict[str, Any] = {"personal": personal(rows)}
+        if len(self.evaluated) < self.cfg.fed.clients:  # eval.clients: whose the rows are (as a Flower run's)
+            ev["evaluated_clients"] = self.evaluated
         if self.cfg.eval.global_model and not self.resolved.heterogeneous:
             local.install(self.model, [self.method.global_model(self.states, self.weights)], [self.server.gamma(0)],
                           self.device)
@@ -136,26 +153,26 @@ class Simulation:
         t0 = time.perf_counter()
         gammas = self.resolved.gammas
         ex = Exchange(selected=self.server.select())
-        before = {c: (self.states[c], self.opt_states[c]) for c in ex.selected}
-        stats = self._train(rnd, ex.selected, bar)
-        t_train = time.perf_counter() - t0
-        for c in ex.selected:  # step 3, then step 4
-            reason = non_finite(stats[c]["loss"], self.states[c])
-            if reason:
+        for c, held, stats in self._train(rnd, ex.selected, bar):  # step 2; steps 3 and 4 as each group ends
+            reason = non_finite(stats["loss"], held.adapters)
+            if reason:  # back to its state before the round; its data order moves on
                 ex.excluded.append({"client": c, "reason": reason})
-                self.states[c], self.opt_states[c] = before[c]
+                held = replace(self.store.get(c), sampler=held.sampler)
                 self.echo(f"  round {rnd} excludes client {c}: {reason}")
             else:
-                ex.uploads[c], ex.stats[c] = self.method.upload(self.states[c], gammas[c], rnd), stats[c]
+                ex.uploads[c], ex.stats[c] = self.method.upload(held.adapters, gammas[c], rnd), stats
+            self.store.put(c, held)  # a stopped run resumes from its checkpoint, never from these
+        t_train = time.perf_counter() - t0
         self.server.require(rnd, ex)
-        update = self.server.aggregate(rnd, ex)
+        update = self.server.aggregate(rnd, ex)  # the server's latest: step 6 happens as each client is next used
         self.server.rescale(ex, update)
-        self.states = downloaded = [self.method.download(s, update, gammas[c], rnd) for c, s in enumerate(self.states)]
+        downloaded = {c: self.state(c) for c in sorted(ex.uploads)}
         if self.method.merges_into_base:  # FLoRA: W0 += dW, then every client restarts from fresh adapters
             self._merge(update)
-            fresh = self._init_states(rnd)
-            self.states = [{**fresh[c], **select(s, {"head"})} for c, s in enumerate(self.states)]
-            self.opt_states = [{} for _ in self.states]
+            for c in range(self.store.n):
+                held = self.store.get(c)
+                head = select(self.state(c, held), {"head"})
+                self.store.put(c, Held({**self._fresh_adapters(c, rnd), **head}, {}, held.sampler))
         t1 = time.perf_counter()
         ev = self._evaluate() if (rnd % self.cfg.eval.every == 0 or rnd == self.cfg.fed.rounds) else None
         return self.server.record(rnd, ex, update, ev, t_train, time.perf_counter() - t1, time.perf_counter() - t0,
@@ -177,22 +194,27 @@ class Simulation:
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def _snapshot(self, rnd: int) -> dict[str, Any]:
-        return {"round": rnd, "states": self.states, "opt_states": self.opt_states, "merged": self.merged,
-                "samplers": [(sm.rng.getstate(), sm.order, sm.pos, sm.epoch) for sm in self.samplers],
+        return {"round": rnd, **self.store.snapshot(rnd), "latest": self.server.latest, "merged": self.merged,
                 "participation_rng": self.server.rng.getstate(), "torch_rng": torch.get_rng_state(),
                 "n_eff": self.server.n_eff}
 
     def _restore(self, snap: dict[str, Any]) -> int:
-        self.states, self.opt_states = snap["states"], snap["opt_states"]
+        self.store.restore(snap)  # a checkpoint from before the store kept states downloaded, and no latest
+        self.server.latest = snap.get("latest", {})
         self.merged = snap["merged"]
         self._apply_merged()
-        for sm, (rng_state, order, pos, epoch) in zip(self.samplers, snap["samplers"]):
-            sm.rng.setstate(rng_state)
-            sm.order, sm.pos, sm.epoch = order, pos, epoch
         self.server.rng.setstate(snap["participation_rng"])
         self.server.n_eff = dict(snap.get("n_eff", {}))
         torch.set_rng_state(snap["torch_rng"])
         return int(snap["round"])
+
+    def _final(self) -> tuple[list[State], list[int] | None]:
+        """The adapters a run folder keeps: every client's (memory store), or those of the clients that took
+        part (disk store: a client that never trained is its seeded fresh adapters) with their indices."""
+        if not self.store.on_disk:
+            return list(self.states), None
+        took_part = self.store.took_part()
+        return [self.state(c) for c in took_part], took_part
 
     def _round_zero(self) -> dict[str, Any]:
         """Round 0: no training, B = 0, so every client is the base model; its evaluation is the baseline."""
@@ -243,13 +265,14 @@ class Simulation:
             (bar.write if self.progress else self.echo)(records.row(record, metric))
             sys.stdout.flush()  # rows show up as rounds finish, also when stdout is a file
             if record.get("eval") and records.best_round(history, self.task) == rnd:  # for export --best
-                rundir.save_adapters(out, self.states, self.resolved, self.merged, best_round=rnd)
+                rundir.save_adapters(out, *self._final(), self.resolved, self.merged, best_round=rnd)
             if cfg.checkpoint_every and (rnd % cfg.checkpoint_every == 0 or rnd == cfg.fed.rounds):
                 if cfg.keep_round_adapters:  # for export --round; before the checkpoint that a resume starts after
-                    rundir.save_adapters(out, self.states, self.resolved, self.merged, kept_round=rnd)
+                    rundir.save_adapters(out, *self._final(), self.resolved, self.merged, kept_round=rnd)
                 checkpoint.save(out, self._snapshot(rnd))
+                self.store.prune()
         bar.close()
-        rundir.save_adapters(out, self.states, self.resolved, self.merged)
+        rundir.save_adapters(out, *self._final(), self.resolved, self.merged)
         summary = records.summary(self.method.name, self.resolved, cfg, history, time.perf_counter() - start)
         rundir.finish(out, summary)  # last: the run is complete
         if trackers:

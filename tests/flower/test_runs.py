@@ -285,3 +285,10 @@ def test_both_runners_write_the_same_generation_samples(tmp_path):
     for s in inproc:  # the prompt in the run's template, the record's own response as the reference
         n = s["prompt"].split("Repeat ")[1].split(":")[0]
         assert s["prompt"].endswith("### Response:\n") and s["reference"] == f"{n} {n}"
+
+
+def test_what_only_the_in_process_runner_does_is_refused_up_front(sentiment_file, tmp_path):
+    for setting, match in (("eval.clients=1", "eval.clients"), ("keep_round_adapters=true", "keep_round_adapters")):
+        cfg = load_config(None, [f"data.source={sentiment_file}", *TINY, "fed.clients=2", setting])
+        with pytest.raises(SfedloraError, match=match):
+            FlowerRun(cfg, tmp_path / "run", echo=lambda s: None)

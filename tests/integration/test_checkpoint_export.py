@@ -147,9 +147,10 @@ def test_non_finite_client_is_excluded(sentiment_file, tmp_path):
     a_key = next(k for k in sim.states[0] if k.endswith("lora_A"))
 
     def poisoned(rnd, members, bar):
-        out = original(rnd, members, bar)
-        sim.states[1][a_key] = torch.full_like(sim.states[1][a_key], float("nan"))
-        return out
+        for c, held, stats in original(rnd, members, bar):
+            if c == 1:
+                held.adapters[a_key] = torch.full_like(held.adapters[a_key], float("nan"))
+            yield c, held, stats
 
     sim._train = poisoned
     sim.run()
@@ -168,9 +169,8 @@ def test_too_few_finite_clients_stop_the_run(sentiment_file, tmp_path):
     original = sim._train
 
     def poisoned(rnd, members, bar):
-        out = original(rnd, members, bar)
-        out[0]["loss"] = float("inf")
-        return out
+        for c, held, stats in original(rnd, members, bar):
+            yield c, held, {**stats, "loss": float("inf")} if c == 0 else stats
 
     sim._train = poisoned
     with pytest.raises(SfedloraError, match=r"round 1: only 2 acceptable uploads \(fed.min_clients = 3\): client 0: "

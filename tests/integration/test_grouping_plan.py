@@ -51,3 +51,18 @@ def test_memory_account_terms_by_hand(sentiment_file):
     assert r["terms"]["group_activations"] == r["groups"]["train"] * 4 * r["bytes_per_row"]
     assert r["predicted"] == sum(r["terms"].values())
     assert r["measured_growth"] > 0
+
+
+def test_memory_account_of_a_disk_store_counts_the_participants(sentiment_file):
+    from sfedlora.bench.memory import memory_overrides, report_lines
+
+    overrides = memory_overrides(8, 4, 1, 4, 32, per_round=2, rounds=3, examples=80) + [
+        f"data.source={sentiment_file}", *TINY[:5], "fed.client_store=disk"]
+    r = memory_account(None, overrides, echo=lambda s: None)
+    per_client = 4 * (1024 + 32 * 32 + 32 + 3 * 32 + 3)  # as above
+    assert r["client_store"] == "disk" and r["clients_in_memory"] == 2
+    assert r["terms"]["adapters"] == 2 * per_client and r["per_client"]["adapter"] == per_client
+    assert r["terms"]["optimizer_state"] == 2 * (2 * per_client + 12 * 4)
+    assert 2 <= r["clients_on_disk"] <= 6 and r["disk_bytes"] > r["clients_on_disk"] * 3 * per_client
+    assert len(r["round_wall_s"]) == 3 and r["round_s"] == sum(r["round_wall_s"][1:]) / 2
+    assert any(line.startswith("client store: disk; 8 clients on disk") for line in report_lines(r))

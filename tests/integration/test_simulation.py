@@ -8,6 +8,7 @@ import json
 import torch
 
 from sfedlora.config import load_config
+from sfedlora.runtime.clientstore import Held
 from sfedlora.simulation import Simulation
 
 TINY = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
@@ -22,9 +23,9 @@ def run_with_spy(sentiment_file, tmp_path, *extra):
     original = sim._train
 
     def spy(rnd, members, bar):
-        out = original(rnd, members, bar)
-        trained[rnd] = [dict(s) for s in sim.states]  # right after local training, before aggregation
-        return out
+        for c, held, stats in original(rnd, members, bar):
+            trained.setdefault(rnd, {})[c] = dict(held.adapters)  # right after local training, before aggregation
+            yield c, held, stats
 
     sim._train = spy
     sim.run()
@@ -75,12 +76,12 @@ def test_evaluation_is_deterministic_with_adapter_dropout(sentiment_file, tmp_pa
     evaluations = [sim._evaluate()["personal"] for _ in range(3)]
     assert evaluations[0] == evaluations[1] == evaluations[2]
     assert not any(m.training for m in sim.model.modules())  # training left everything in eval mode
-    before, sampler = dict(sim.states[0]), copy.deepcopy(sim.samplers[0])
+    before = sim.store.get(0)
     losses = []
     for seed in (1, 2):  # the same state and batches, different dropout masks
-        sim.states[0], sim.samplers[0] = dict(before), copy.deepcopy(sampler)
+        sim.store.put(0, Held(dict(before.adapters), {}, copy.deepcopy(before.sampler)))
         torch.manual_seed(seed)
-        losses.append(sim._train(2, [0], None)[0]["loss"])
+        losses.append(next(sim._train(2, [0], None))[2]["loss"])
     assert losses[0] != losses[1]
 
 

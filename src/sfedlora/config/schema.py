@@ -121,6 +121,11 @@ class FedConfig:
                          choices=("samples", "uniform"))
     min_clients: int = opt(1, "a round needs this many clients with finite updates, or the run stops",
                            check="non_negative")
+    client_store: str = opt("auto", "where the in-process runner keeps clients between rounds: `memory` (all of "
+                            "them), `disk` (a state file per client that has trained, in the run folder's clients/; "
+                            "memory then grows with the round's participants, not with N), or `auto` (disk from "
+                            "1,000 clients, except for FLoRA); recorded as `resolved.client_store`",
+                            choices=("auto", "memory", "disk"))
 
 
 @dataclass
@@ -163,6 +168,8 @@ class EvalConfig:
     generate_examples: int = opt(16, "math: a seeded sample of this many examples per client and split is decoded "
                                  "greedily, the same every round; 0 = all", check="non_negative")
     max_new_tokens: int = opt(160, "math: decode length")
+    clients: int = opt(0, "evaluate a seeded sample of this many clients (the same every round; the record lists "
+                       "them) instead of all; 0 = all", check="non_negative")
     samples: int = opt(2, "instruction and math: each client's first S test prompts (the split's seeded order) are "
                        "decoded greedily at every evaluated round and written with their reference to "
                        "samples.jsonl; 0 = none", check="non_negative")

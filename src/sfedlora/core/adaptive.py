@@ -21,7 +21,7 @@ rescaled when gamma changes (that would cancel the compensation in the forward p
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -70,10 +70,18 @@ def measure(mode: str, uploads: Sequence[Mapping[str, torch.Tensor]], weights: S
     raise ValueError(f"unknown adaptive mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
-def init_sq_norms(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, float]:
-    """mean_i ||A_i||^2 per module over the clients' initial states (the `cumulative` reference)."""
-    modules = sorted(k.removesuffix(".lora_A") for k in states[0] if k.endswith(".lora_A"))
-    return {m: sum(float(s[f"{m}.lora_A"].double().pow(2).sum()) for s in states) / len(states) for m in modules}
+def init_sq_norms(states: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, float]:
+    """mean_i ||A_i||^2 per module over the clients' initial states (the `cumulative` reference), read one
+    state at a time."""
+    sums: dict[str, float] = {}
+    n = 0
+    for s in states:
+        for k, a in s.items():
+            if k.endswith(".lora_A"):
+                m = k.removesuffix(".lora_A")
+                sums[m] = sums.get(m, 0.0) + float(a.double().pow(2).sum())
+        n += 1
+    return {m: sums[m] / n for m in sorted(sums)}
 
 
 def module_gammas(alpha: float, rank: int, n_eff: Mapping[str, float]) -> dict[str, float]:

@@ -6,7 +6,7 @@ between distinct ranks averaged over the clients that have it, raFLoRA) and the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -32,20 +32,25 @@ def client_weights(n_examples: Sequence[int], weighting: str) -> list[float]:
 
 
 
-def weighted_mean(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """sum_i w_i * state_i[k] for every key k (weights normalised first); fp32 accumulation."""
-    if not states:
-        raise ValueError("nothing to aggregate")
-    w = normalise(weights)
-    keys = states[0].keys()
-    for s in states[1:]:
-        if s.keys() != keys:
+def weighted_mean(states: Iterable[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """sum_i w_i * state_i[k] for every key k (weights normalised first); fp32 accumulation in client order,
+    reading the states one at a time (a client store on disk need not hold them all)."""
+    w = normalise(weights) if weights else []
+    acc: dict[str, torch.Tensor] | None = None
+    for wi, s in zip(w, states):
+        if acc is None:
+            acc = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in s.items()}
+        elif s.keys() != acc.keys():
             raise ValueError("client states to aggregate have different keys")
-    for k in keys:
-        if len({tuple(s[k].shape) for s in states}) > 1:
-            raise ValueError(f"client tensors {k} have different shapes (ranks?): "
-                             f"{sorted({tuple(s[k].shape) for s in states})}")
-    return {k: accumulate([s[k] for s in states], w) for k in keys}
+        for k, v in s.items():
+            if v.shape != acc[k].shape:
+                raise ValueError(f"client tensors {k} have different shapes (ranks?): "
+                                 f"{tuple(acc[k].shape)} and {tuple(v.shape)}")
+            if wi:
+                acc[k].add_(v.float(), alpha=wi)
+    if acc is None:
+        raise ValueError("nothing to aggregate")
+    return acc
 
 
 

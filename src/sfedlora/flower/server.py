@@ -65,6 +65,9 @@ class FlowerRun:
         if cfg.lora.scaling == "adaptive" and cfg.lora.adaptive == "cumulative":
             raise SfedloraError("lora.adaptive=cumulative needs every client's A at init on the server, which a Flower "
                                 "server never holds: use lora.adaptive=first, or `sfedlora run`")
+        if cfg.eval.clients:
+            raise SfedloraError("eval.clients samples the clients the in-process runner evaluates; a Flower run "
+                                "evaluates every node: use eval.clients=0, or `sfedlora run`")
         if cfg.keep_round_adapters:
             raise SfedloraError("keep_round_adapters keeps every client's adapters per round, which a Flower server "
                                 "never holds (each node keeps its client's final adapters): use `sfedlora run`")

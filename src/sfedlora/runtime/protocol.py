@@ -11,8 +11,10 @@ A round t:
   5. aggregate   method.aggregate over the accepted uploads, weighted by fed.weighting; with
                  lora.scaling=adaptive the server then measures N_eff per module (Server.rescale), which sets
                  every client's gamma from the next evaluation and round on
-  6. download    method.download of the update into every client's state (a Flower node downloads the
-                 latest update when its next message arrives, which gives the same state)
+  6. download    method.download of the server's latest update (Server.latest: every update so far, by rows)
+                 into a client when it is next used: when it next trains or is evaluated (the in-process
+                 runner, whose clients may be on disk) or its next message arrives (a Flower node); the same
+                 state as downloading every round's update into every client
   7. record      one record of the round (Server.record), from what both runners know
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +45,12 @@ def select(rng: random.Random, n_clients: int, per_round: int) -> list[int]:
     """Step 1: the round's participants, sorted; everyone when per_round is 0."""
     everyone = list(range(n_clients))
     return everyone if not per_round else sorted(rng.sample(everyone, per_round))
+
+
+def evaluated_clients(cfg: RunConfig) -> list[int]:
+    """The clients each evaluated round evaluates: all, or (eval.clients) a seeded sample, the same every round."""
+    k, n = cfg.eval.clients, cfg.fed.clients
+    return list(range(n)) if not k or k >= n else sorted(random.Random(cfg.seed + 29).sample(range(n), k))
 
 
 def non_finite(loss: float, state: State) -> str | None:
@@ -141,9 +150,9 @@ class Server:
         return update
 
     def record(self, rnd: int, exchange: Exchange, update: State, ev: dict[str, Any] | None, t_train: float,
-               t_eval: float, wall_s: float, clients: list[State] | None = None) -> dict[str, Any]:
-        """The round's record. `clients`: every client's state after the download, where the runner holds them
-        (the in-process runner), for the spectrum of updates that need them."""
+               t_eval: float, wall_s: float, clients: Mapping[int, State] | None = None) -> dict[str, Any]:
+        """The round's record. `clients`: the accepted participants' states after the download, by client, where
+        the runner holds them (the in-process runner), for the spectrum of updates that need them."""
         r = self.resolved
         accepted = sorted(exchange.uploads)
         out = round_record(rnd, self.method.name, r, self.cfg.fed.clients, exchange.stats, ev, t_train, t_eval, wall_s)

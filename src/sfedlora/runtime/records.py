@@ -131,6 +131,9 @@ def _data_line(n: dict[str, int], labels: list[str], max_chars: int) -> str:
     return text + (f"; labels: {', '.join(labels)}" if labels else "")
 
 
+SHOWN_CLIENTS = 20  # the console describes this many clients one per line
+
+
 def describe_run(method: str, resolved: Any, cfg: Any, descriptions: list[dict[str, Any]]) -> list[str]:
     """The console's opening lines: the method and what its settings resolved to, then every client's data."""
     r = resolved
@@ -143,13 +146,17 @@ def describe_run(method: str, resolved: Any, cfg: Any, descriptions: list[dict[s
                 if r.scaling == "adaptive" else "")]
     if r.data_counts:
         lines.append(_data_line(r.data_counts, r.label_names, cfg.model.max_length * CHARS_PER_TOKEN))
-    for p in descriptions:
+    for p in descriptions[:SHOWN_CLIENTS]:
         hist = p["histogram"]
         if len(hist) > 6:  # e.g. 61 instruction subtasks: show the largest
             top = sorted(hist.items(), key=lambda kv: -kv[1])[:4]
             hist = f"{len(p['histogram'])} values, largest: " + ", ".join(f"{k} {v}" for k, v in top)
         lines.append(f"  client {p['client']}: train {p['train']:>5} val {p['val']:>4} test {p['test']:>4}  "
                      f"{hist or ''}")
+    if len(descriptions) > SHOWN_CLIENTS:  # many clients: the rest in one line (partitions.json has them all)
+        train = sorted(p["train"] for p in descriptions[SHOWN_CLIENTS:])
+        lines.append(f"  ... {len(train)} more clients (partitions.json): train sizes {train[0]} to {train[-1]}, "
+                     f"median {train[len(train) // 2]}")
     return lines
 
 

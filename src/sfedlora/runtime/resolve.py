@@ -70,6 +70,7 @@ class Resolved:
     gammas: list[float]  # per client: gamma_i = scaling(rule, alpha, r_i, N_i)
     n_scaling: list[float]  # per client: the N_i in its gamma (lora.scaling_n)
     scaling_n: str = "participants"
+    client_store: str = "memory"  # memory | disk (runtime.clientstore)
     # what set-up found
     task: str = ""
     label_names: list[str] = field(default_factory=list)
@@ -187,4 +188,19 @@ def resolve(cfg: RunConfig, method: FederatedMethod, n_train: list[int]) -> Reso
         n_i = [float(n)] * len(ranks)
     gammas = [scaling(rule, cfg.lora.alpha, r, ni, cfg.lora.scaling_a, cfg.lora.scaling_b) for r, ni in zip(ranks, n_i)]
     return Resolved(scaling=rule, init=init, n_averaged=n, ranks=ranks, gammas=gammas, n_scaling=n_i,
-                    scaling_n=cfg.lora.scaling_n)
+                    scaling_n=cfg.lora.scaling_n, client_store=client_store(cfg, method))
+
+
+DISK_FROM = 1000  # fed.client_store=auto: clients from which the in-process runner keeps them on disk
+
+
+def client_store(cfg: RunConfig, method: FederatedMethod) -> str:
+    """fed.client_store resolved: `auto` is disk from DISK_FROM clients, except for a method that re-draws every
+    client's adapters each round (FLoRA), which would rewrite every client's file every round."""
+    store = cfg.fed.client_store
+    if store == "disk" and method.merges_into_base:
+        raise SfedloraError(f"{method.name} re-draws every client's adapters each round, so fed.client_store=disk "
+                            "would rewrite every client's file every round: use fed.client_store=memory")
+    if store == "auto":
+        return "disk" if cfg.fed.clients >= DISK_FROM and not method.merges_into_base else "memory"
+    return store

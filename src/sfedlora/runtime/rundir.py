@@ -4,10 +4,14 @@
   partitions.json  per client: train / val / test sizes and its label or category histogram
   metrics.jsonl    one record per round (runtime.records), appended as rounds finish
   checkpoint.safetensors (and .prev)  what --resume continues from (in-process runs; runtime.checkpoint)
-  adapters.safetensors   every client's final adapters (in-process runs; what export reads)
+  adapters.safetensors   every client's final adapters (in-process runs; what export reads); with
+                   fed.client_store=disk those of the clients that trained, with their indices
   adapters.best.safetensors  every client's adapters at the best-on-validation round (export --best)
   rounds/adapters.round-N.safetensors  every client's adapters after checkpointed round N, with
                    keep_round_adapters (export --round N)
+  clients/client-C.safetensors  with fed.client_store=disk: the state of each client that has trained (adapters
+                   before the latest download, optimiser state, data order; runtime.clientstore)
+  checkpoints/clients-round-N/  hard links to clients/ as checkpoint N saw it (the newest two kept)
   server.safetensors     the server's last aggregate (Flower runs: the clients' adapters stay on their nodes)
   samples.jsonl    instruction and math: per evaluated round and client, the greedy completions of its fixed
                    sample prompts beside their references (eval.samples)
@@ -122,16 +126,18 @@ def finish(out: Path, summary: dict[str, Any]) -> None:
     (Path(out) / SUMMARY).write_text(json.dumps(summary, indent=1))
 
 
-def save_adapters(out: Path, states: list[dict[str, Any]], resolved: Resolved, merged: dict[str, Any],
-                  best_round: int | None = None, kept_round: int | None = None) -> None:
+def save_adapters(out: Path, states: list[dict[str, Any]], clients: list[int] | None, resolved: Resolved,
+                  merged: dict[str, Any], best_round: int | None = None, kept_round: int | None = None) -> None:
     """The final adapters; or (best_round given) those of the best-on-validation round so far; or (kept_round
-    given) those after that round, kept beside the others for export --round."""
+    given) those after that round, kept beside the others for export --round. `clients`: whose `states` are
+    (None: every client's, in order; a disk client store keeps only the clients that took part)."""
     if kept_round is not None:
         path = round_adapters_path(out, kept_round)
         path.parent.mkdir(exist_ok=True)
     else:
         path = Path(out) / (ADAPTERS if best_round is None else BEST)
-    statefile.save(path, {"states": states, "ranks": resolved.ranks, "gammas": resolved.gammas, "merged": merged,
+    statefile.save(path, {"states": states, **({} if clients is None else {"clients": clients}),
+                          "ranks": resolved.ranks, "gammas": resolved.gammas, "merged": merged,
                           "targets": resolved.targets, "round": best_round if kept_round is None else kept_round})
 
 
@@ -159,6 +165,17 @@ def load_adapters(out: Path, best: bool = False, rnd: int | None = None) -> dict
                                 "(loading a pickle can run code)")
         raise SfedloraError(f"{out} has no {ADAPTERS}: the run did not finish (resume it with --resume)")
     return statefile.load(path)
+
+
+def client_adapters(saved: dict[str, Any], client: int) -> dict[str, Any]:
+    """Client `client`'s state in an adapters file (load_adapters)."""
+    if "clients" not in saved:
+        return saved["states"][client]
+    if client not in saved["clients"]:
+        shown = ", ".join(map(str, saved["clients"][:20])) + (" ..." if len(saved["clients"]) > 20 else "")
+        raise SfedloraError(f"client {client} never trained in this run, and a run with fed.client_store=disk keeps "
+                            f"the adapters of the clients that did ({len(saved['clients'])}: {shown})")
+    return saved["states"][saved["clients"].index(client)]
 
 
 def save_server(out: Path, update: dict[str, Any], resolved: Resolved) -> None:

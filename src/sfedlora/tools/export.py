@@ -110,7 +110,7 @@ def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None, b
                             + ("best round's" if best else f"adapters of round {rnd}"))
     saved = rundir.load_adapters(run_dir, best, rnd) if resolved.engine == "simulation" else \
         _flower_adapters(run_dir, resolved, client, node_dir)
-    state, rank = saved["states"][client], saved["ranks"][client]
+    state, rank = rundir.client_adapters(saved, client), saved["ranks"][client]
     rnd = saved.get("round") if best or rnd is not None else None
     gamma = final_gamma(cfg, resolved, run_dir, client, rnd)
     task = resolved.task

@@ -1,0 +1,147 @@
+"""Where the in-process runner keeps its clients between rounds: each client's adapters (as it last trained
+them, before any download), optimiser state and data order.
+
+`memory` holds every client as tensors, drawn at the start: the cost grows with the total number of
+clients N. `disk` holds none: a client that has trained is one state file, `<run>/clients/client-<c>.safetensors`
+(runtime.statefile: checksummed, no pickle), read when the client trains or is evaluated and written after it
+trained; a client that never trained is its fresh adapters and data order, drawn again when needed (they are
+seeded per client). Memory then grows with the round's participants, disk with the clients that took part.
+
+A checkpoint of a disk store is a folder of hard links to the files of that moment (a file is never changed
+in place: a write replaces it), so it costs no copy; restore links them back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sfedlora.core.state import OptState, State
+from sfedlora.data.batching import ClientSampler
+from sfedlora.runtime import statefile
+
+FOLDER = "clients"
+CHECKPOINTS = "checkpoints"  # <run>/checkpoints/clients-round-<t>: the disk store as a checkpoint saw it
+
+
+@dataclass
+class Held:
+    """One client between rounds: its adapters before any download, its optimiser state, its data order."""
+
+    adapters: State
+    opt: OptState
+    sampler: ClientSampler
+
+
+def sampler_state(sm: ClientSampler) -> list[Any]:
+    return [sm.rng.getstate(), sm.order, sm.pos, sm.epoch]
+
+
+def set_sampler(sm: ClientSampler, saved: list[Any]) -> ClientSampler:
+    rng_state, sm.order, sm.pos, sm.epoch = saved
+    sm.rng.setstate(rng_state)
+    return sm
+
+
+class Current(Sequence[State]):
+    """Every client's adapters now, computed when read (`get(c)`): a list's interface over a store."""
+
+    def __init__(self, n: int, get: Callable[[int], State]) -> None:
+        self.n, self.get = n, get
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, c: Any) -> Any:
+        if isinstance(c, slice):
+            return [self.get(i) for i in range(self.n)[c]]
+        if not -self.n <= c < self.n:
+            raise IndexError(c)
+        return self.get(c % self.n)
+
+
+class ClientStore:
+    """N clients by index; `fresh(c)` draws client c as it starts (seeded, so the same every time)."""
+
+    def __init__(self, n: int, fresh: Callable[[int], Held], run_dir: Path | None = None) -> None:
+        """`run_dir` None: in memory (every client drawn now); else on disk under run_dir/clients."""
+        self.n, self.fresh = n, fresh
+        self.folder = None if run_dir is None else Path(run_dir) / FOLDER
+        self.held: dict[int, Held] = {c: fresh(c) for c in range(n)} if self.folder is None else {}
+        self.trained: set[int] = set()  # disk: the clients with a file
+
+    @property
+    def on_disk(self) -> bool:
+        return self.folder is not None
+
+    def path(self, c: int) -> Path:
+        assert self.folder is not None
+        return self.folder / f"client-{c}.safetensors"
+
+    def get(self, c: int) -> Held:
+        if self.folder is None:
+            return self.held[c]
+        if c not in self.trained:
+            return self.fresh(c)
+        saved = statefile.load(self.path(c))
+        return Held(saved["adapters"], saved["opt"], set_sampler(self.fresh(c).sampler, saved["sampler"]))
+
+    def put(self, c: int, held: Held) -> None:
+        if self.folder is None:
+            self.held[c] = held
+            return
+        saved = {"adapters": held.adapters, "opt": held.opt, "sampler": sampler_state(held.sampler)}
+        statefile.save(self.path(c), saved)
+        self.trained.add(c)
+
+    def took_part(self) -> list[int]:
+        """The clients whose state moved from their fresh one (disk); every client (memory)."""
+        return sorted(self.trained) if self.folder is not None else list(range(self.n))
+
+    def __iter__(self) -> Iterator[Held]:
+        """Every client in order, one at a time (a disk store reads or draws each as it goes)."""
+        return (self.get(c) for c in range(self.n))
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+    def snapshot(self, rnd: int) -> dict[str, Any]:
+        """What a checkpoint keeps of the store: the states themselves (memory), or a folder of hard links to
+        this round's files (disk), named in the checkpoint."""
+        if self.folder is None:
+            held = [self.held[c] for c in range(self.n)]
+            return {"states": [h.adapters for h in held], "opt_states": [h.opt for h in held],
+                    "samplers": [sampler_state(h.sampler) for h in held]}
+        name = f"{CHECKPOINTS}/clients-round-{rnd}"
+        target = self.folder.parent / name
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for c in sorted(self.trained):
+            os.link(self.path(c), tmp / self.path(c).name)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        return {"store": name, "store_clients": sorted(self.trained)}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        if self.folder is None:
+            for c, (a, o, s) in enumerate(zip(snap["states"], snap["opt_states"], snap["samplers"])):
+                self.held[c] = Held(a, o, set_sampler(self.fresh(c).sampler, s))
+            return
+        source = self.folder.parent / snap["store"]
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True)
+        self.trained = set(int(c) for c in snap["store_clients"])
+        for c in self.trained:
+            os.link(source / self.path(c).name, self.path(c))
+
+    def prune(self) -> None:
+        """Disk: keep the two newest checkpoint folders (the newest checkpoint's and the previous one's)."""
+        root = None if self.folder is None else self.folder.parent / CHECKPOINTS
+        if root is None or not root.exists():
+            return
+        rounds = sorted(int(p.name.rsplit("-", 1)[1]) for p in root.glob("clients-round-*") if p.name[-1].isdigit())
+        for rnd in rounds[:-2]:
+            shutil.rmtree(root / f"clients-round-{rnd}", ignore_errors=True)

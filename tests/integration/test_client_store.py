@@ -1,0 +1,122 @@
+"""fed.client_store=disk runs exactly the run the memory store runs: the same records, adapters and exports,
+with files only for the clients that trained; a crashed disk run resumes to the same end; eval.clients
+evaluates a seeded sample and says which."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sfedlora.config import load_config
+from sfedlora.errors import SfedloraError
+from sfedlora.runtime import rundir
+from sfedlora.runtime.resolve import check, client_store
+from sfedlora.simulation import Simulation
+
+TINY = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
+        "data.label_field=sentiment", "data.partition=iid", "data.min_partition_size=10", "fed.clients=8",
+        "fed.clients_per_round=3", "fed.rounds=3", "fed.local_steps=2", "train.batch_size=4", "eval.batch_size=16",
+        "lora.rank=4", "train.optimizer=adamw", "train.optimizer_state=keep", "eval.initial=false"]
+TIMES = ("train_s", "eval_s", "wall_s")
+
+
+def _sim(sentiment_file, out, store, *extra):
+    cfg = load_config(None, [f"data.source={sentiment_file}", *TINY, f"fed.client_store={store}", *extra])
+    return Simulation(cfg, out, echo=lambda s: None, progress=False)
+
+
+def _records(out):
+    return [{k: v for k, v in r.items() if k not in TIMES} for r in rundir.records(out)]
+
+
+@pytest.mark.parametrize("extra", [("fed.method=sfed-lora", "lora.init=independent"),
+                                   ("fed.method=raflora", "lora.rank_set=[2,4]"),
+                                   ("fed.method=fedit",)], ids=["sfed-lora", "raflora", "fedit"])
+def test_a_disk_store_runs_the_memory_stores_run(sentiment_file, tmp_path, extra):
+    memory = _sim(sentiment_file, tmp_path / "memory", "memory", *extra)
+    memory.run()
+    disk = _sim(sentiment_file, tmp_path / "disk", "disk", *extra)
+    disk.run()
+    assert disk.resolved.client_store == "disk" and memory.resolved.client_store == "memory"
+    assert _records(tmp_path / "disk") == _records(tmp_path / "memory")
+    took_part = disk.store.took_part()
+    assert 3 <= len(took_part) < 8  # 3 of 8 per round for 3 rounds: some never trained
+    files = sorted(p.name for p in (tmp_path / "disk" / "clients").iterdir())
+    assert files == [f"client-{c}.safetensors" for c in took_part]
+    for c in range(8):  # every client, trained or not, holds the same adapters as in the memory run
+        a, b = memory.states[c], disk.states[c]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    saved = rundir.load_adapters(tmp_path / "disk")
+    assert saved["clients"] == took_part
+    for c in took_part:
+        mine = rundir.client_adapters(saved, c)
+        assert all(torch.equal(mine[k], memory.states[c][k]) for k in mine)
+    never = next(c for c in range(8) if c not in took_part)
+    with pytest.raises(SfedloraError, match=f"client {never} never trained in this run"):
+        rundir.client_adapters(saved, never)
+
+
+def test_a_crashed_disk_run_resumes_to_the_same_end(sentiment_file, tmp_path):
+    extra = ("fed.method=sfed-lora", "fed.rounds=4")
+    straight = _sim(sentiment_file, tmp_path / "straight", "disk", *extra)
+    straight.run()
+    crashed = _sim(sentiment_file, tmp_path / "crashed", "disk", *extra)
+    original = crashed._train
+
+    def killed(rnd, members, bar):  # round 3 is killed after its first client was stored
+        for i, out in enumerate(original(rnd, members, bar)):
+            if rnd == 3 and i == 1:
+                raise KeyboardInterrupt("killed in round 3")
+            yield out
+
+    crashed._train = killed
+    with pytest.raises(KeyboardInterrupt):
+        crashed.run()
+    first = rundir.records(tmp_path / "crashed")[-1]
+    assert first["round"] == 2  # and a client of round 3 is stored past the checkpoint: resume must undo it
+    resumed = _sim(sentiment_file, tmp_path / "crashed", "disk", *extra)
+    resumed.run(resume=True)
+    assert _records(tmp_path / "crashed") == _records(tmp_path / "straight")
+    for a, b in zip(straight.states, resumed.states):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    kept = sorted(p.name for p in (tmp_path / "crashed" / "checkpoints").iterdir())
+    assert kept == ["clients-round-3", "clients-round-4"]  # the newest checkpoint's and the previous one's
+
+
+def test_eval_clients_evaluates_a_seeded_sample(sentiment_file, tmp_path):
+    sim = _sim(sentiment_file, tmp_path / "run", "disk", "fed.method=sfed-lora", "eval.clients=3", "fed.rounds=2")
+    sim.run()
+    records = rundir.records(tmp_path / "run")
+    chosen = records[0]["eval"]["evaluated_clients"]
+    assert len(chosen) == 3 and chosen == sorted(chosen) and all(r["eval"]["evaluated_clients"] == chosen
+                                                                 for r in records)
+    assert len(records[-1]["eval"]["personal"]["test"]["clients"]) == 3
+    again = _sim(sentiment_file, tmp_path / "again", "memory", "fed.method=sfed-lora", "eval.clients=3",
+                 "fed.rounds=2")
+    assert again.evaluated == chosen
+
+
+def test_auto_store_and_what_disk_refuses():
+    cfg = load_config(None, ["fed.clients=1000", "fed.clients_per_round=10"])
+    assert client_store(cfg, check(cfg)) == "disk"
+    assert client_store(load_config(None, ["fed.clients=999"]), check(cfg)) == "memory"
+    flora = load_config(None, ["fed.clients=1000", "fed.method=flora"])
+    assert client_store(flora, check(flora)) == "memory"
+    with pytest.raises(SfedloraError, match="fed.client_store=memory"):
+        check(load_config(None, ["fed.method=flora", "fed.client_store=disk"]))
+    summary = json.dumps(load_config(None, ["fed.client_store=disk"]).fed.client_store)
+    assert summary == '"disk"'
+
+
+def test_the_console_describes_twenty_clients_and_sums_up_the_rest():
+    from sfedlora.runtime.records import describe_run
+    from sfedlora.runtime.resolve import resolve
+
+    cfg = load_config(None, ["fed.clients=25"])
+    r = resolve(cfg, check(cfg), [5] * 25)
+    descriptions = [{"client": c, "train": 5 + c, "val": 1, "test": 1, "histogram": {}} for c in range(25)]
+    lines = describe_run("sfed-lora", r, cfg, descriptions)
+    assert len(lines) == 1 + 20 + 1 and lines[20].startswith("  client 19: train    24")
+    assert lines[-1] == "  ... 5 more clients (partitions.json): train sizes 25 to 29, median 27"
