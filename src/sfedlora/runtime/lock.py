@@ -20,6 +20,10 @@ from sfedlora.errors import SfedloraError
 NAME = ".lock"
 
 
+class Busy(SfedloraError):
+    """The folder's lock is held by another process."""
+
+
 @contextmanager
 def hold(folder: Path) -> Iterator[None]:
     """Create `folder` if needed and hold its lock until the block ends; raise if another process holds it."""
@@ -34,8 +38,8 @@ def hold(folder: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise SfedloraError(f"{folder} is in use by another sfedlora process (PID {holder}); wait for it to end "
-                                "or choose another folder") from None
+            raise Busy(f"{folder} is in use by another sfedlora process (PID {holder}); wait for it to end "
+                       "or choose another folder") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
