@@ -18,6 +18,7 @@ from sfedlora.config import RunConfig, to_dict
 from sfedlora.core.adaptive import init_sq_norms
 from sfedlora.core.metrics import PRIMARY, personal
 from sfedlora.core.state import State, select
+from sfedlora.data.batching import ClientSampler
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import checkpoint, grouping, records, rundir
 from sfedlora.runtime.clientstore import ClientStore, Current, Held
@@ -46,7 +47,10 @@ class Simulation:
         self.encoded = [s.encoded[c] for c in range(n)]
         self.train_ex = [e.train for e in self.encoded]
         self.resolved = s.resolve()
-        self.store = ClientStore(n, self._fresh, self.out_dir if self.resolved.client_store == "disk" else None)
+        if resolved is not None:  # a resumed run keeps its client store (runs before the store kept memory)
+            self.resolved = replace(self.resolved, client_store=resolved.client_store)
+        self.store = ClientStore(n, self._fresh, self._sampler,
+                                 self.out_dir if self.resolved.client_store == "disk" else None)
         self.server = Server(cfg, self.method, self.resolved)
         if self.resolved.scaling == "adaptive" and cfg.lora.adaptive == "cumulative":
             self.server.init_sq_norms = init_sq_norms(h.adapters for h in self.store)
@@ -87,8 +91,11 @@ class Simulation:
         r = self.resolved
         return local.fresh_state(self.model, self.cfg, r.init, c, r.ranks[c], max(r.ranks), rnd)
 
+    def _sampler(self, c: int) -> ClientSampler:
+        return local.sampler(self.cfg, c, self.setup.clients[c].n_train)
+
     def _fresh(self, c: int) -> Held:
-        return Held(self._fresh_adapters(c), {}, local.sampler(self.cfg, c, self.setup.clients[c].n_train))
+        return Held(self._fresh_adapters(c), {}, self._sampler(c))
 
     def _plan_groups(self) -> grouping.GroupPlan:
         longest = max((ex for rows in self.train_ex for ex in rows), key=lambda e: len(e["input_ids"]))
@@ -208,13 +215,19 @@ class Simulation:
         torch.set_rng_state(snap["torch_rng"])
         return int(snap["round"])
 
-    def _final(self) -> tuple[list[State], list[int] | None]:
-        """The adapters a run folder keeps: every client's (memory store), or those of the clients that took
-        part (disk store: a client that never trained is its seeded fresh adapters) with their indices."""
+    def _save_adapters(self, best_round: int | None = None, kept_round: int | None = None) -> None:
+        """The adapters a run folder keeps (final, best round, kept round): every client's (memory store); or
+        (disk store) hard links to the trained clients' files, and the latest update that export downloads
+        into them or into a never-trained client's seeded fresh adapters: no cost per client but a link."""
+        out, r = self.out_dir, self.resolved
         if not self.store.on_disk:
-            return list(self.states), None
-        took_part = self.store.took_part()
-        return [self.state(c) for c in took_part], took_part
+            rundir.save_adapters(out, list(self.states), r, self.merged, best_round, kept_round)
+            return
+        folder = rundir.clients_folder(rundir.adapters_path(out, best_round, kept_round))
+        self.store.link_into(folder)
+        rundir.save_adapters(out, [], r, self.merged, best_round, kept_round, held={
+            "clients": self.store.took_part(), "clients_folder": str(folder.relative_to(out)),
+            "latest": self.server.latest})
 
     def _round_zero(self) -> dict[str, Any]:
         """Round 0: no training, B = 0, so every client is the base model; its evaluation is the baseline."""
@@ -265,14 +278,14 @@ class Simulation:
             (bar.write if self.progress else self.echo)(records.row(record, metric))
             sys.stdout.flush()  # rows show up as rounds finish, also when stdout is a file
             if record.get("eval") and records.best_round(history, self.task) == rnd:  # for export --best
-                rundir.save_adapters(out, *self._final(), self.resolved, self.merged, best_round=rnd)
+                self._save_adapters(best_round=rnd)
             if cfg.checkpoint_every and (rnd % cfg.checkpoint_every == 0 or rnd == cfg.fed.rounds):
                 if cfg.keep_round_adapters:  # for export --round; before the checkpoint that a resume starts after
-                    rundir.save_adapters(out, *self._final(), self.resolved, self.merged, kept_round=rnd)
+                    self._save_adapters(kept_round=rnd)
                 checkpoint.save(out, self._snapshot(rnd))
                 self.store.prune()
         bar.close()
-        rundir.save_adapters(out, *self._final(), self.resolved, self.merged)
+        self._save_adapters()
         summary = records.summary(self.method.name, self.resolved, cfg, history, time.perf_counter() - start)
         rundir.finish(out, summary)  # last: the run is complete
         if trackers:

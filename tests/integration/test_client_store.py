@@ -14,6 +14,7 @@ from sfedlora.errors import SfedloraError
 from sfedlora.runtime import rundir
 from sfedlora.runtime.resolve import check, client_store
 from sfedlora.simulation import Simulation
+from sfedlora.tools.export import client_adapters
 
 TINY = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
         "data.label_field=sentiment", "data.partition=iid", "data.min_partition_size=10", "fed.clients=8",
@@ -49,13 +50,60 @@ def test_a_disk_store_runs_the_memory_stores_run(sentiment_file, tmp_path, extra
         a, b = memory.states[c], disk.states[c]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     saved = rundir.load_adapters(tmp_path / "disk")
-    assert saved["clients"] == took_part
-    for c in took_part:
-        mine = rundir.client_adapters(saved, c)
-        assert all(torch.equal(mine[k], memory.states[c][k]) for k in mine)
+    assert saved["clients"] == took_part and saved["states"] == []
+    links = sorted(p.name for p in (tmp_path / "disk" / "adapters.clients").iterdir())
+    assert links == files  # hard links, not copies
+    assert (tmp_path / "disk" / "adapters.clients" / files[0]).stat().st_ino == \
+        (tmp_path / "disk" / "clients" / files[0]).stat().st_ino
     never = next(c for c in range(8) if c not in took_part)
-    with pytest.raises(SfedloraError, match=f"client {never} never trained in this run"):
-        rundir.client_adapters(saved, never)
+    cfg, resolved = rundir.read(tmp_path / "disk")
+    for c in [*took_part, never]:  # what export reads: a trained client's file, or a never-trained one redrawn
+        mine = client_adapters(tmp_path / "disk", saved, c, cfg, resolved)
+        assert mine.keys() == memory.states[c].keys() and all(torch.equal(mine[k], memory.states[c][k]) for k in mine)
+    best = rundir.load_adapters(tmp_path / "disk", best=True)
+    assert best["clients_folder"] == "adapters.best.clients"
+
+
+@pytest.mark.parametrize("extra", [("fed.method=fedsa-lora", "lora.init=independent"), ("fed.method=ffa-lora",),
+                                   ("fed.method=rolora",), ("fed.method=hetlora", "lora.rank_set=[2,4]"),
+                                   ("fed.method=raflora", "lora.rank_set=[2,4]"),
+                                   ("fed.method=flexlora", "lora.rank_set=[2,4]")],
+                         ids=["fedsa-lora", "ffa-lora", "rolora", "hetlora", "raflora", "flexlora"])
+def test_downloading_when_next_used_equals_downloading_every_round(sentiment_file, tmp_path, extra):
+    """The reference: every client downloads every round's update right after the aggregation (the runner's
+    way before the client store), with partial participation and a participant excluded in round 2."""
+    sim = _sim(sentiment_file, tmp_path / "run", "memory", "fed.rounds=4", *extra)
+    n, gammas = sim.store.n, sim.resolved.gammas
+    eager = [dict(s) for s in sim.states]
+    trained: dict[int, dict[str, torch.Tensor]] = {}
+    train, aggregate, one_round = sim._train, sim.server.aggregate, sim._round
+
+    def poisoned(rnd, members, bar):
+        for c, held, stats in train(rnd, members, bar):
+            if rnd == 2 and c == members[0]:
+                key = next(k for k in held.adapters if k.endswith("lora_B"))
+                held.adapters[key] = torch.full_like(held.adapters[key], float("nan"))
+            trained[c] = held.adapters
+            yield c, held, stats
+
+    def eager_aggregate(rnd, ex):
+        update = aggregate(rnd, ex)
+        for c in ex.uploads:  # accepted: its trained state; excluded: its state before the round
+            eager[c] = trained[c]
+        for c in range(n):
+            eager[c] = sim.method.download(eager[c], update, gammas[c], rnd)
+        return update
+
+    def checked_round(rnd, bar):
+        record = one_round(rnd, bar)
+        for c in range(n):
+            now = sim.states[c]
+            assert now.keys() == eager[c].keys() and all(torch.equal(now[k], eager[c][k]) for k in now), (rnd, c)
+        return record
+
+    sim._train, sim.server.aggregate, sim._round = poisoned, eager_aggregate, checked_round
+    sim.run()
+    assert [len(r["excluded"]) for r in rundir.records(tmp_path / "run")] == [0, 1, 0, 0]
 
 
 def test_a_crashed_disk_run_resumes_to_the_same_end(sentiment_file, tmp_path):
@@ -83,6 +131,37 @@ def test_a_crashed_disk_run_resumes_to_the_same_end(sentiment_file, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
     kept = sorted(p.name for p in (tmp_path / "crashed" / "checkpoints").iterdir())
     assert kept == ["clients-round-3", "clients-round-4"]  # the newest checkpoint's and the previous one's
+
+
+def test_a_run_recorded_before_the_store_resumes_with_its_states_in_memory(sentiment_file, tmp_path):
+    """A checkpoint written before fed.client_store existed holds every client's states in itself: the resumed
+    run keeps them in memory whatever the store would resolve to now, and ends as an uninterrupted run."""
+    import yaml
+
+    from sfedlora import api
+
+    extra = ("fed.method=sfed-lora", "fed.rounds=3")
+    straight = _sim(sentiment_file, tmp_path / "straight", "memory", *extra)
+    straight.run()
+    crashed = _sim(sentiment_file, tmp_path / "old", "memory", *extra)
+    original = crashed._round
+
+    def crash(rnd, bar):
+        if rnd == 3:
+            raise KeyboardInterrupt("killed in round 3")
+        return original(rnd, bar)
+
+    crashed._round = crash
+    with pytest.raises(KeyboardInterrupt):
+        crashed.run()
+    path = tmp_path / "old" / "config.yaml"
+    conf = yaml.safe_load(path.read_text())
+    del conf["resolved"]["client_store"]  # as a run of an older version recorded it
+    conf["fed"]["client_store"] = "disk"
+    path.write_text(yaml.safe_dump(conf, sort_keys=False))
+    api.resume(tmp_path / "old")
+    assert _records(tmp_path / "old") == _records(tmp_path / "straight")
+    assert not (tmp_path / "old" / "clients").exists()
 
 
 def test_eval_clients_evaluates_a_seeded_sample(sentiment_file, tmp_path):

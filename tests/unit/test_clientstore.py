@@ -11,12 +11,16 @@ import torch
 from sfedlora.core.adaptive import init_sq_norms
 from sfedlora.core.aggregate import weighted_mean
 from sfedlora.data.batching import ClientSampler
+from sfedlora.errors import SfedloraError
 from sfedlora.runtime.clientstore import ClientStore, Current, Held
 
 
+def sampler(c: int) -> ClientSampler:
+    return ClientSampler(5, 100 + c)
+
+
 def fresh(c: int) -> Held:
-    return Held({"m.lora_A": torch.full((2, 3), float(c)), "m.lora_B": torch.zeros(4, 2)}, {},
-                ClientSampler(5, 100 + c))
+    return Held({"m.lora_A": torch.full((2, 3), float(c)), "m.lora_B": torch.zeros(4, 2)}, {}, sampler(c))
 
 
 def trained(c: int, value: float) -> Held:
@@ -28,7 +32,7 @@ def trained(c: int, value: float) -> Held:
 
 @pytest.mark.parametrize("on_disk", [False, True])
 def test_a_client_reads_back_as_it_was_put_and_others_stay_fresh(tmp_path, on_disk):
-    store = ClientStore(4, fresh, tmp_path if on_disk else None)
+    store = ClientStore(4, fresh, sampler, tmp_path if on_disk else None)
     store.put(2, trained(2, 7.0))
     got = store.get(2)
     assert torch.equal(got.adapters["m.lora_B"], torch.ones(4, 2) * 7.0)
@@ -42,7 +46,7 @@ def test_a_client_reads_back_as_it_was_put_and_others_stay_fresh(tmp_path, on_di
 
 
 def test_a_disk_checkpoint_keeps_its_round_while_the_clients_train_on(tmp_path):
-    store = ClientStore(3, fresh, tmp_path)
+    store = ClientStore(3, fresh, sampler, tmp_path)
     store.put(0, trained(0, 1.0))
     snap = store.snapshot(1)
     assert snap == {"store": "checkpoints/clients-round-1", "store_clients": [0]}
@@ -52,17 +56,22 @@ def test_a_disk_checkpoint_keeps_its_round_while_the_clients_train_on(tmp_path):
     assert store.took_part() == [0]
     assert torch.equal(store.get(0).adapters["m.lora_A"], torch.full((2, 3), 1.0))
     assert torch.equal(store.get(1).adapters["m.lora_A"], torch.full((2, 3), 1.0))  # fresh again
+    (tmp_path / "checkpoints" / "clients-round-5.tmp123").mkdir()  # what a checkpoint killed midway leaves
     for rnd in (2, 3, 4):
         store.snapshot(rnd)
         store.prune()
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["clients-round-3", "clients-round-4"]
+    (tmp_path / "checkpoints" / "clients-round-4" / "client-0.safetensors").unlink()
+    with pytest.raises(SfedloraError, match=r"lacks the files of clients \[0\]"):
+        store.restore({"store": "checkpoints/clients-round-4", "store_clients": [0]})
+    assert store.took_part() == [0] and store.get(0).adapters  # the store was left as it was
 
 
 def test_a_memory_checkpoint_holds_the_states():
-    store = ClientStore(2, fresh)
+    store = ClientStore(2, fresh, sampler)
     store.put(1, trained(1, 3.0))
     snap = store.snapshot(5)
-    other = ClientStore(2, fresh)
+    other = ClientStore(2, fresh, sampler)
     other.restore(snap)
     assert torch.equal(other.get(1).adapters["m.lora_B"], torch.ones(4, 2) * 3.0)
     assert other.get(1).sampler.take(1) == store.get(1).sampler.take(1)

@@ -14,6 +14,7 @@ in place: a write replaces it), so it costs no copy; restore links them back.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,10 +23,16 @@ from typing import Any
 
 from sfedlora.core.state import OptState, State
 from sfedlora.data.batching import ClientSampler
+from sfedlora.errors import SfedloraError
 from sfedlora.runtime import statefile
 
 FOLDER = "clients"
 CHECKPOINTS = "checkpoints"  # <run>/checkpoints/clients-round-<t>: the disk store as a checkpoint saw it
+CHECKPOINT_NAME = re.compile(r"clients-round-(\d+)")
+
+
+def file_name(c: int) -> str:
+    return f"client-{c}.safetensors"
 
 
 @dataclass
@@ -65,11 +72,13 @@ class Current(Sequence[State]):
 
 
 class ClientStore:
-    """N clients by index; `fresh(c)` draws client c as it starts (seeded, so the same every time)."""
+    """N clients by index; `fresh(c)` draws client c as it starts and `sampler(c)` its fresh data order (both
+    seeded, so the same every time)."""
 
-    def __init__(self, n: int, fresh: Callable[[int], Held], run_dir: Path | None = None) -> None:
+    def __init__(self, n: int, fresh: Callable[[int], Held], sampler: Callable[[int], ClientSampler],
+                 run_dir: Path | None = None) -> None:
         """`run_dir` None: in memory (every client drawn now); else on disk under run_dir/clients."""
-        self.n, self.fresh = n, fresh
+        self.n, self.fresh, self.sampler = n, fresh, sampler
         self.folder = None if run_dir is None else Path(run_dir) / FOLDER
         self.held: dict[int, Held] = {c: fresh(c) for c in range(n)} if self.folder is None else {}
         self.trained: set[int] = set()  # disk: the clients with a file
@@ -80,7 +89,7 @@ class ClientStore:
 
     def path(self, c: int) -> Path:
         assert self.folder is not None
-        return self.folder / f"client-{c}.safetensors"
+        return self.folder / file_name(c)
 
     def get(self, c: int) -> Held:
         if self.folder is None:
@@ -88,7 +97,7 @@ class ClientStore:
         if c not in self.trained:
             return self.fresh(c)
         saved = statefile.load(self.path(c))
-        return Held(saved["adapters"], saved["opt"], set_sampler(self.fresh(c).sampler, saved["sampler"]))
+        return Held(saved["adapters"], saved["opt"], set_sampler(self.sampler(c), saved["sampler"]))
 
     def put(self, c: int, held: Held) -> None:
         if self.folder is None:
@@ -106,6 +115,17 @@ class ClientStore:
         """Every client in order, one at a time (a disk store reads or draws each as it goes)."""
         return (self.get(c) for c in range(self.n))
 
+    def link_into(self, target: Path) -> None:
+        """Disk: `target` becomes a folder of hard links to the trained clients' files as they are now (no copy;
+        a later write replaces a store file, the link keeps this one), replacing any earlier `target`."""
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for c in sorted(self.trained):
+            os.link(self.path(c), tmp / file_name(c))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+
     # ---- checkpoints --------------------------------------------------------------------------------
     def snapshot(self, rnd: int) -> dict[str, Any]:
         """What a checkpoint keeps of the store: the states themselves (memory), or a folder of hard links to
@@ -115,33 +135,38 @@ class ClientStore:
             return {"states": [h.adapters for h in held], "opt_states": [h.opt for h in held],
                     "samplers": [sampler_state(h.sampler) for h in held]}
         name = f"{CHECKPOINTS}/clients-round-{rnd}"
-        target = self.folder.parent / name
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for c in sorted(self.trained):
-            os.link(self.path(c), tmp / self.path(c).name)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        self.link_into(self.folder.parent / name)
         return {"store": name, "store_clients": sorted(self.trained)}
 
     def restore(self, snap: dict[str, Any]) -> None:
         if self.folder is None:
             for c, (a, o, s) in enumerate(zip(snap["states"], snap["opt_states"], snap["samplers"])):
-                self.held[c] = Held(a, o, set_sampler(self.fresh(c).sampler, s))
+                self.held[c] = Held(a, o, set_sampler(self.sampler(c), s))
             return
+        if "store" not in snap:
+            raise SfedloraError("this checkpoint holds its clients in itself (fed.client_store=memory), not on disk")
         source = self.folder.parent / snap["store"]
+        clients = sorted(int(c) for c in snap["store_clients"])
+        missing = [c for c in clients if not (source / file_name(c)).exists()]
+        if missing:
+            raise SfedloraError(f"{source} lacks the files of clients {missing[:10]} that its checkpoint names")
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True)
-        self.trained = set(int(c) for c in snap["store_clients"])
-        for c in self.trained:
-            os.link(source / self.path(c).name, self.path(c))
+        for c in clients:
+            os.link(source / file_name(c), self.path(c))
+        self.trained = set(clients)
 
     def prune(self) -> None:
-        """Disk: keep the two newest checkpoint folders (the newest checkpoint's and the previous one's)."""
+        """Disk: keep the two newest checkpoint folders (the newest checkpoint's and the previous one's), and
+        drop what a killed checkpoint left half made."""
         root = None if self.folder is None else self.folder.parent / CHECKPOINTS
         if root is None or not root.exists():
             return
-        rounds = sorted(int(p.name.rsplit("-", 1)[1]) for p in root.glob("clients-round-*") if p.name[-1].isdigit())
-        for rnd in rounds[:-2]:
+        rounds = []
+        for p in root.iterdir():
+            if (m := CHECKPOINT_NAME.fullmatch(p.name)) is not None:
+                rounds.append(int(m.group(1)))
+            elif ".tmp" in p.name:
+                shutil.rmtree(p, ignore_errors=True)
+        for rnd in sorted(rounds)[:-2]:
             shutil.rmtree(root / f"clients-round-{rnd}", ignore_errors=True)

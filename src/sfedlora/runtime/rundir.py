@@ -5,7 +5,8 @@
   metrics.jsonl    one record per round (runtime.records), appended as rounds finish
   checkpoint.safetensors (and .prev)  what --resume continues from (in-process runs; runtime.checkpoint)
   adapters.safetensors   every client's final adapters (in-process runs; what export reads); with
-                   fed.client_store=disk those of the clients that trained, with their indices
+                   fed.client_store=disk the trained clients, the server's latest update and the name of
+                   adapters.clients/, hard links to the trained clients' files (the same for .best and rounds/)
   adapters.best.safetensors  every client's adapters at the best-on-validation round (export --best)
   rounds/adapters.round-N.safetensors  every client's adapters after checkpointed round N, with
                    keep_round_adapters (export --round N)
@@ -126,19 +127,30 @@ def finish(out: Path, summary: dict[str, Any]) -> None:
     (Path(out) / SUMMARY).write_text(json.dumps(summary, indent=1))
 
 
-def save_adapters(out: Path, states: list[dict[str, Any]], clients: list[int] | None, resolved: Resolved,
-                  merged: dict[str, Any], best_round: int | None = None, kept_round: int | None = None) -> None:
-    """The final adapters; or (best_round given) those of the best-on-validation round so far; or (kept_round
-    given) those after that round, kept beside the others for export --round. `clients`: whose `states` are
-    (None: every client's, in order; a disk client store keeps only the clients that took part)."""
+def adapters_path(out: Path, best_round: int | None = None, kept_round: int | None = None) -> Path:
+    """Where the final adapters go; or (best_round given) the best-on-validation round's; or (kept_round
+    given) those after that round, kept beside the others for export --round."""
     if kept_round is not None:
-        path = round_adapters_path(out, kept_round)
-        path.parent.mkdir(exist_ok=True)
-    else:
-        path = Path(out) / (ADAPTERS if best_round is None else BEST)
-    statefile.save(path, {"states": states, **({} if clients is None else {"clients": clients}),
-                          "ranks": resolved.ranks, "gammas": resolved.gammas, "merged": merged,
-                          "targets": resolved.targets, "round": best_round if kept_round is None else kept_round})
+        return round_adapters_path(out, kept_round)
+    return Path(out) / (ADAPTERS if best_round is None else BEST)
+
+
+def clients_folder(adapters: Path) -> Path:
+    """A disk client store's adapters file names this folder of hard links to its clients' files."""
+    return adapters.with_name(adapters.name.removesuffix(".safetensors") + ".clients")
+
+
+def save_adapters(out: Path, states: list[dict[str, Any]], resolved: Resolved, merged: dict[str, Any],
+                  best_round: int | None = None, kept_round: int | None = None,
+                  held: dict[str, Any] | None = None) -> None:
+    """Every client's adapters (`states`, in client order), at adapters_path. A disk client store gives no
+    states but `held`: the trained clients, the folder of their files (clients_folder) and the server's latest
+    update, which a client downloads when it is next used (runtime.clientstore)."""
+    path = adapters_path(out, best_round, kept_round)
+    path.parent.mkdir(exist_ok=True)
+    statefile.save(path, {"states": states, **(held or {}), "ranks": resolved.ranks, "gammas": resolved.gammas,
+                          "merged": merged, "targets": resolved.targets,
+                          "round": best_round if kept_round is None else kept_round})
 
 
 def load_adapters(out: Path, best: bool = False, rnd: int | None = None) -> dict[str, Any]:
@@ -165,17 +177,6 @@ def load_adapters(out: Path, best: bool = False, rnd: int | None = None) -> dict
                                 "(loading a pickle can run code)")
         raise SfedloraError(f"{out} has no {ADAPTERS}: the run did not finish (resume it with --resume)")
     return statefile.load(path)
-
-
-def client_adapters(saved: dict[str, Any], client: int) -> dict[str, Any]:
-    """Client `client`'s state in an adapters file (load_adapters)."""
-    if "clients" not in saved:
-        return saved["states"][client]
-    if client not in saved["clients"]:
-        shown = ", ".join(map(str, saved["clients"][:20])) + (" ..." if len(saved["clients"]) > 20 else "")
-        raise SfedloraError(f"client {client} never trained in this run, and a run with fed.client_store=disk keeps "
-                            f"the adapters of the clients that did ({len(saved['clients'])}: {shown})")
-    return saved["states"][saved["clients"].index(client)]
 
 
 def save_server(out: Path, update: dict[str, Any], resolved: Resolved) -> None:

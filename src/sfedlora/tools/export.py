@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,27 @@ def _flower_adapters(run_dir: Path, resolved: Any, client: int, node_dir: Path |
             "targets": resolved.targets}
 
 
+def client_adapters(run_dir: Path, saved: dict[str, Any], client: int, cfg: Any, resolved: Any) -> dict[str, Any]:
+    """Client `client`'s adapters from a loaded adapters file (rundir.load_adapters): as saved (memory client
+    store); or (disk store) its own file's, or for a client that never trained its seeded fresh ones drawn
+    again, with the run's latest update downloaded into them, as the runner does when a client is next used."""
+    from sfedlora.client.local import fresh_state
+    from sfedlora.methods import get_method
+    from sfedlora.runtime.clientstore import file_name
+    from sfedlora.runtime.setup import load_base
+
+    if "clients" not in saved:
+        return saved["states"][client]
+    if client in saved["clients"]:
+        raw = statefile.load(Path(run_dir) / saved["clients_folder"] / file_name(client))["adapters"]
+    else:  # never trained: its fresh adapters, drawn from its seed on the run's model
+        model, _, _ = load_base(replace(cfg, train=replace(cfg.train, compile=False)), resolved.task,
+                                len(resolved.label_names), torch.device("cpu"), "fp32")
+        raw = fresh_state(model, cfg, resolved.init, client, resolved.ranks[client], max(resolved.ranks))
+    latest = saved["latest"]
+    return get_method(cfg.fed.method).download(raw, latest, resolved.gammas[client], 0) if latest else raw
+
+
 def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None, best: bool = False,
                      rnd: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """A PEFT model for `client` holding exactly its adapters (and head), plus the tokenizer: its final ones,
@@ -110,7 +132,7 @@ def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None, b
                             + ("best round's" if best else f"adapters of round {rnd}"))
     saved = rundir.load_adapters(run_dir, best, rnd) if resolved.engine == "simulation" else \
         _flower_adapters(run_dir, resolved, client, node_dir)
-    state, rank = rundir.client_adapters(saved, client), saved["ranks"][client]
+    state, rank = client_adapters(run_dir, saved, client, cfg, resolved), saved["ranks"][client]
     rnd = saved.get("round") if best or rnd is not None else None
     gamma = final_gamma(cfg, resolved, run_dir, client, rnd)
     task = resolved.task
