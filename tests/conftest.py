@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,3 +53,31 @@ def sentiment_file(tmp_path: Path) -> Path:
             text = " ".join(rng.choice(words[label]) for _ in range(5)) + f" item {i}"
             f.write(json.dumps({"sentence": text, "sentiment": label}) + "\n")
     return path
+
+
+def killed_in_round(sim, rnd: int) -> None:
+    """Run a Simulation until it is killed as round `rnd` starts (after the checkpoint of the round before)."""
+    original = sim._round
+
+    def crash(r, bar):
+        if r == rnd:
+            raise KeyboardInterrupt(f"killed in round {rnd}")
+        return original(r, bar)
+
+    sim._round = crash
+    with pytest.raises(KeyboardInterrupt):
+        sim.run()
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(folder: Path) -> Iterator[int]:
+    """Another process holds `folder`'s run lock while the block runs; yields its PID."""
+    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom sfedlora.runtime import lock\n"
+                               f"with lock.hold({str(folder)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import killed_in_round
 
 from sfedlora.config import load_config
 from sfedlora.errors import SfedloraError
@@ -143,17 +144,7 @@ def test_a_run_recorded_before_the_store_resumes_with_its_states_in_memory(senti
     extra = ("fed.method=sfed-lora", "fed.rounds=3")
     straight = _sim(sentiment_file, tmp_path / "straight", "memory", *extra)
     straight.run()
-    crashed = _sim(sentiment_file, tmp_path / "old", "memory", *extra)
-    original = crashed._round
-
-    def crash(rnd, bar):
-        if rnd == 3:
-            raise KeyboardInterrupt("killed in round 3")
-        return original(rnd, bar)
-
-    crashed._round = crash
-    with pytest.raises(KeyboardInterrupt):
-        crashed.run()
+    killed_in_round(_sim(sentiment_file, tmp_path / "old", "memory", *extra), 3)
     path = tmp_path / "old" / "config.yaml"
     conf = yaml.safe_load(path.read_text())
     del conf["resolved"]["client_store"]  # as a run of an older version recorded it

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import killed_in_round
 
 from sfedlora.adapters.inject import lora_layers
 from sfedlora.config import load_config
@@ -137,17 +138,7 @@ def test_flora_bf16_resume_equals_uninterrupted(sentiment_file, tmp_path):
     straight through: the merged weights are rebuilt from W0 and the same fp32 sum."""
     straight = _bf16_sim(sentiment_file, tmp_path / "straight")
     straight.run()
-    crashed = _bf16_sim(sentiment_file, tmp_path / "crashed")
-    original = crashed._round
-
-    def crash(rnd, bar):
-        if rnd == 3:
-            raise KeyboardInterrupt("killed in round 3")
-        return original(rnd, bar)
-
-    crashed._round = crash
-    with pytest.raises(KeyboardInterrupt):
-        crashed.run()
+    killed_in_round(_bf16_sim(sentiment_file, tmp_path / "crashed"), 3)
     resumed = _bf16_sim(sentiment_file, tmp_path / "crashed")
     resumed.run(resume=True)
     for a, b in zip(straight.states, resumed.states):

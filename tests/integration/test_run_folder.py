@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
+from conftest import lock_held_elsewhere
 
 from sfedlora.cli import main
 from sfedlora.errors import SfedloraError
@@ -27,18 +26,11 @@ def _run(sentiment_file, out, *extra):
 
 def test_a_second_writer_is_refused_naming_the_holder(sentiment_file, tmp_path, capsys):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom sfedlora.runtime import lock\n"
-                               f"with lock.hold({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(out) as pid:
         assert _run(sentiment_file, out, "fed.rounds=1") == 2
-        assert f"in use by another sfedlora process (PID {holder.pid})" in capsys.readouterr().err
+        assert f"in use by another sfedlora process (PID {pid})" in capsys.readouterr().err
         assert main(["run", "--resume", str(out)]) == 2
-        assert f"PID {holder.pid}" in capsys.readouterr().err
-    finally:
-        holder.kill()
-        holder.wait(timeout=30)
+        assert f"PID {pid}" in capsys.readouterr().err
     assert not (out / rundir.METRICS).exists()  # nothing was written by the refused writers
     assert _run(sentiment_file, out, "fed.rounds=1") == 0  # the kernel dropped the lock with its holder
 

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from conftest import lock_held_elsewhere
 
 from sfedlora.cli import main
 from sfedlora.errors import SfedloraError
@@ -70,22 +71,12 @@ def test_sweep_runs_resumes_and_reports(spec, tmp_path, capsys):
 
 
 def test_a_second_sweep_process_leaves_the_runs_another_one_holds(spec, tmp_path, capsys):
-    import subprocess
-    import sys
-
     out = tmp_path / "sweep"
     held = out / "method=fedsa-lora_rank=8"
-    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom sfedlora.runtime import lock\n"
-                               f"with lock.hold({str(held)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(held):
         assert main(["sweep", str(spec), "--out", str(out)]) == 0
         assert "method=fedsa-lora_rank=8: running in another process, left to it" in capsys.readouterr().out
         assert len(list(out.glob("*/summary.json"))) == 4 and not (held / "summary.json").exists()
-    finally:
-        holder.kill()
-        holder.wait(timeout=30)
     assert main(["sweep", str(spec), "--out", str(out)]) == 0  # its holder gone, the run is done now
     assert "5 runs, 4 already finished, 1 to run" in capsys.readouterr().out
     assert len(list(out.glob("*/summary.json"))) == 5
