@@ -5,6 +5,7 @@ evaluates a seeded sample and says which."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -190,3 +191,5 @@ def test_the_console_describes_twenty_clients_and_sums_up_the_rest():
     lines = describe_run("sfed-lora", r, cfg, descriptions)
     assert len(lines) == 1 + 20 + 1 and lines[20].startswith("  client 19: train    24")
     assert lines[-1] == "  ... 5 more clients (partitions.json): train sizes 25 to 29, median 27"
+    assert "on disk" not in lines[0]
+    assert "client states on disk" in describe_run("sfed-lora", replace(r, client_store="disk"), cfg, [])[0]

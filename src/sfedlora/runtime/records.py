@@ -143,7 +143,9 @@ def describe_run(method: str, resolved: Any, cfg: Any, descriptions: list[dict[s
              f"N {r.n_averaged}), init {r.init}, {len(r.targets)} adapted modules, {r.task} on {cfg.data.source}, "
              f"device {r.device}, {r.precision}"
              + (f"; adaptive ({cfg.lora.adaptive}): N_eff = 1 until the first aggregation measures it per module"
-                if r.scaling == "adaptive" else "")]
+                if r.scaling == "adaptive" else "")
+             + ("; client states on disk (fed.client_store), a file per trained client in clients/"
+                if getattr(r, "client_store", "memory") == "disk" else "")]
     if r.data_counts:
         lines.append(_data_line(r.data_counts, r.label_names, cfg.model.max_length * CHARS_PER_TOKEN))
     for p in descriptions[:SHOWN_CLIENTS]:
