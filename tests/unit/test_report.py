@@ -146,6 +146,26 @@ def test_each_arm_is_reported_at_its_learning_rate_chosen_on_validation(tmp_path
     assert "| 0.01 | 0.6000 | 2 |  |" in md and "| 0.001 | 0.8000 | 2 | chosen |" in md
 
 
+def test_gradient_norms_are_also_drawn_at_one_rate_every_rule_ran(tmp_path):
+    """At chosen rates a rule's gradients mix its rate in; the report also draws them at the smallest rate
+    every rule ran (1e-3 here; 3e-3 only rslora ran)."""
+    from sfedlora.tools.arms import find_runs, group_arms
+    from sfedlora.tools.selection import common_rate
+
+    grid = [("sfed", 0.001), ("sfed", 0.01), ("rslora", 0.001), ("rslora", 0.003), ("rslora", 0.01)]
+    for rule, lr in grid:
+        for rank in (4, 16):
+            fake_run(tmp_path / "runs" / f"{rule}-{lr}-{rank}", [f"lora.scaling={rule}", f"train.lr={lr}",
+                                                                   f"lora.rank={rank}"], [0.2, 0.5])
+    arms, _, _ = group_arms(find_runs([tmp_path / "runs"]))
+    assert common_rate(arms) == 0.001
+    assert common_rate([a for a in arms if a.label["lr"] != 0.001]) == 0.01
+    build_report([tmp_path / "runs"], tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Gradient norms of A and B against rank, every rule at lr 0.001" in md
+    assert (tmp_path / "rep" / "grad_norms_vs_rank_fixed_lr.png").stat().st_size > 0
+
+
 def test_a_run_written_before_a_key_existed_takes_its_default(tmp_path):
     """A sweep resumed with a newer sfedlora: the older runs' config.yaml lacks keys added since
     (train.compile here); they take the default, so both seeds form one arm, not two one-seed arms."""

@@ -175,27 +175,42 @@ def plot_by_rank(arms: list[Arm], metric: str, out: Path, logy: bool = False) ->
     fig.savefig(out / f"{metric}_vs_rank.png", dpi=110)
     plt.close(fig)
     figures.append((f"Personalised test {metric} against rank, per rule", out / f"{metric}_vs_rank.png"))
-    trained = [a for a in arms if all(r.trained for r in a.runs)]
-    if trained:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
-        for ax, key in zip(axes, ("grad_norm_A", "grad_norm_B")):
-            for i, name in enumerate(lines):
-                norms: list[tuple[Any, float]] = []
-                for arm in sorted((a for a in trained if line_of(a) == name), key=lambda a: a.label["rank"]):
-                    values = [v for r in arm.runs if (v := mean_grad_norm(r, key)) is not None and v > 0]
-                    if values:
-                        norms.append((arm.label["rank"], statistics.fmean(values)))
-                if norms:
-                    ax.plot([p[0] for p in norms], [p[1] for p in norms], marker="o", color=cmap(i % 10), label=name)
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("rank r")
-            ax.set_ylabel(f"|{key[-1]} gradient| (mean over rounds and clients)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.suptitle("Gradient norms of A and B against rank (mean over seeds)", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out / "grad_norms_vs_rank.png", dpi=110)
-        plt.close(fig)
-        figures.append(("Gradient norms of A and B against rank", out / "grad_norms_vs_rank.png"))
+    figures += plot_grad_norms(arms, out / "grad_norms_vs_rank.png", "Gradient norms of A and B against rank")
     return figures
+
+
+def plot_grad_norms(arms: list[Arm], path: Path, title: str) -> list[tuple[str, Path]]:
+    """The mean gradient norms of A and B against r (log-log), one line per other setting combination but the
+    learning rate (mean over seeds); nothing where no arm trained adapters."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trained = [a for a in arms if all(r.trained for r in a.runs)]
+    if not trained or "rank" not in trained[0].label or any(isinstance(a.label["rank"], str) for a in trained):
+        return []
+    line_of = lambda arm: " ".join(f"{k}={v}" for k, v in arm.label.items() if k not in ("rank", "lr"))  # noqa: E731
+    lines = list(dict.fromkeys(line_of(a) for a in trained))
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
+    for ax, key in zip(axes, ("grad_norm_A", "grad_norm_B")):
+        for i, name in enumerate(lines):
+            norms: list[tuple[Any, float]] = []
+            for arm in sorted((a for a in trained if line_of(a) == name), key=lambda a: a.label["rank"]):
+                values = [v for r in arm.runs if (v := mean_grad_norm(r, key)) is not None and v > 0]
+                if values:
+                    norms.append((arm.label["rank"], statistics.fmean(values)))
+            if norms:
+                ax.plot([p[0] for p in norms], [p[1] for p in norms], marker="o", color=cmap(i % 10), label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("rank r")
+        ax.set_ylabel(f"|{key[-1]} gradient| (mean over rounds and clients)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title} (mean over seeds)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [(title, path)]

@@ -25,10 +25,11 @@ from sfedlora.tools.figures import (
     metric_curve,
     plot_arms,
     plot_by_rank,
+    plot_grad_norms,
     record_curve,
     weighted,
 )
-from sfedlora.tools.selection import counterpart, pick_rates, reference
+from sfedlora.tools.selection import common_rate, counterpart, pick_rates, reference
 from sfedlora.tools.stats import interval, paired, verdict
 
 
@@ -141,6 +142,7 @@ def build_report(dirs: list[Path], out: Path, ref: tuple[str, str] | None = None
         raise SfedloraError(f"runs of different task types ({', '.join(sorted(tasks))}): report them separately")
     metric, higher = PRIMARY[tasks.pop()]
     arms, varying, common = group_arms(runs)
+    every_rate = arms
     arms, rate_choices = pick_rates(arms, higher)  # each rule's rate, chosen on validation
     ref = reference(arms, ref)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,6 +175,12 @@ def build_report(dirs: list[Path], out: Path, ref: tuple[str, str] | None = None
                     f"adapter output {label} of gamma*B*A*x over real tokens (mean over clients)", label, "round",
                     out / f"{key}_by_{line}.png", logy=True)))
     figures += plot_by_rank(arms, metric, out, logy)
+    if rate_choices:  # the gradients at the chosen rates mix rate and rule: also at one rate every rule ran
+        fixed = common_rate(every_rate)
+        if fixed is not None:
+            figures += plot_grad_norms([a for a in every_rate if a.label["lr"] == fixed],
+                                       out / "grad_norms_vs_rank_fixed_lr.png",
+                                       f"Gradient norms of A and B against rank, every rule at lr {fixed}")
     hetero = [a for a in arms if isinstance(a.settings.get("rank"), str)]
     if hetero:
         for key, title, ylabel, logy_h in (

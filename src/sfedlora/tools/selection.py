@@ -64,6 +64,17 @@ def pick_rates(arms: Sequence[Arm], higher: bool) -> tuple[list[Arm], list[RateC
     return kept, choices
 
 
+def common_rate(arms: Sequence[Arm]) -> Any:
+    """The smallest learning rate that every group of arms equal in all but the rate ran (None: no such rate,
+    or no `lr` setting)."""
+    groups: dict[tuple, set[Any]] = {}
+    for arm in arms:
+        if LR in arm.label:
+            groups.setdefault(tuple((k, repr(v)) for k, v in arm.label.items() if k != LR), set()).add(arm.label[LR])
+    shared = set.intersection(*groups.values()) if groups else set()
+    return min(shared) if shared else None
+
+
 REFERENCE_HINTS = (("method", "sfed-lora"), ("scaling", "sfed"))
 
 
