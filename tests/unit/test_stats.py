@@ -40,3 +40,11 @@ def test_a_difference_inside_the_seed_spread_is_within_noise():
     d = paired({0: 0.75, 1: 0.66, 2: 0.72}, {0: 0.70, 1: 0.70, 2: 0.70})
     assert d is not None and d.low < 0 < d.high and verdict(d, True) == "within noise"
     assert verdict(paired({0: 0.8}, {0: 0.7}), True) == "one seed: no verdict"
+
+
+def test_the_same_difference_on_every_seed_gets_no_verdict():
+    """Two arms two test examples apart (of 120) on both seeds: a t interval of width 0, which says nothing."""
+    d = paired({0: 74 / 120, 1: 63 / 120}, {0: 76 / 120, 1: 65 / 120})  # differ in the last bits of a float
+    assert d is not None and d.half < 1e-12 and d.mean == pytest.approx(-2 / 120)
+    assert verdict(d, True) == "equal on every seed: no interval"
+    assert verdict(paired({0: 0.6, 1: 0.5}, {0: 0.6, 1: 0.5}), True) == "within noise"  # no difference at all

@@ -113,7 +113,8 @@ def _intro(runs: list[Run], arms: list[Arm], common: dict[str, Any], metric: str
             f"({'higher' if higher else 'lower'} is better). Personal = each client's own adapters on its own "
             f"test split, averaged over clients weighted by what each evaluated; the best round is chosen on "
             f"validation. ± is the half-width of the 95% Student-t interval over an arm's distinct seeds (seeds "
-            f"column); a paired difference whose interval contains 0 reads 'within noise'. Shared by all runs: "
+            f"column); a paired difference whose interval contains 0 reads 'within noise', and one that is the same on "
+            f"every seed (an interval of no width) gets no verdict. Shared by all runs: "
             f"{facts or 'nothing listed'}.")
     partial = [r for r in runs if r.summary.get("partial_rounds")]
     if partial:
