@@ -135,6 +135,17 @@ def mean_grad_norm(run: Run, key: str) -> float | None:
     return statistics.fmean(per_round) if per_round else None
 
 
+def _rank_axes(ax: Any, ylabel: str, logy: bool) -> None:
+    """A panel against rank: log2 x axis, the y label, a grid and the legend."""
+    ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("rank r")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def plot_by_rank(arms: list[Arm], metric: str, out: Path, logy: bool = False) -> list[tuple[str, Path]]:
     """Where arms differ in rank: each other setting combination's final metric against r (mean over seeds,
     error bars: the 95% interval), and the gradient norms of A and B against r (log-log)."""
@@ -163,13 +174,7 @@ def plot_by_rank(arms: list[Arm], metric: str, out: Path, logy: bool = False) ->
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
                         color=cmap(i % 10), label=name or "all")
-    ax.set_xscale("log", base=2)
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel("rank r")
-    ax.set_ylabel(f"personalised test {metric} (best on val)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _rank_axes(ax, f"personalised test {metric} (best on val)", logy)
     ax.set_title(f"Final {metric} against rank (mean over seeds, bars: 95% interval)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / f"{metric}_vs_rank.png", dpi=110)
@@ -203,12 +208,7 @@ def plot_grad_norms(arms: list[Arm], path: Path, title: str) -> list[tuple[str, 
                     norms.append((arm.label["rank"], statistics.fmean(values)))
             if norms:
                 ax.plot([p[0] for p in norms], [p[1] for p in norms], marker="o", color=cmap(i % 10), label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("rank r")
-        ax.set_ylabel(f"|{key[-1]} gradient| (mean over rounds and clients)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _rank_axes(ax, f"|{key[-1]} gradient| (mean over rounds and clients)", logy=True)
     fig.suptitle(f"{title} (mean over seeds)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
