@@ -160,6 +160,7 @@ class Simulation:
         t0 = time.perf_counter()
         gammas = self.resolved.gammas
         ex = Exchange(selected=self.server.select())
+        accepted: dict[int, Held] = {}  # the round's accepted participants as they trained
         for c, held, stats in self._train(rnd, ex.selected, bar):  # step 2; steps 3 and 4 as each group ends
             reason = non_finite(stats["loss"], held.adapters)
             if reason:  # back to its state before the round; its data order moves on
@@ -168,12 +169,13 @@ class Simulation:
                 self.echo(f"  round {rnd} excludes client {c}: {reason}")
             else:
                 ex.uploads[c], ex.stats[c] = self.method.upload(held.adapters, gammas[c], rnd), stats
+                accepted[c] = held
             self.store.put(c, held)  # a stopped run resumes from its checkpoint, never from these
         t_train = time.perf_counter() - t0
         self.server.require(rnd, ex)
         update = self.server.aggregate(rnd, ex)  # the server's latest: step 6 happens as each client is next used
         self.server.rescale(ex, update)
-        downloaded = {c: self.state(c) for c in sorted(ex.uploads)}
+        downloaded = {c: self.state(c, accepted[c]) for c in sorted(accepted)}  # not read back from the store
         if self.method.merges_into_base:  # FLoRA: W0 += dW, then every client restarts from fresh adapters
             self._merge(update)
             for c in range(self.store.n):
