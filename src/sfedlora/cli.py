@@ -99,12 +99,12 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from sfedlora.tools.sweep import load_spec, plan, run_sweep, stale
+    from sfedlora.tools.sweep import load_spec, parse_only, plan, run_sweep, stale
 
     spec, _ = load_spec(args.spec, args.size)
     name = spec.get("name", Path(args.spec).stem)
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / f"{name}-{args.size}"
-    runs = plan(args.spec, args.size, out, list(args.overrides))
+    runs = plan(args.spec, args.size, out, list(args.overrides), parse_only(args.only))
     if args.dry_run:
         for r in runs:
             print(f"{('other' if stale(r) else 'done ') if r.done else 'todo '} {r.folder}  {' '.join(r.overrides)}")
@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--size", choices=SIZES, default="quick",
                        help="quick: offline models and data, minutes on a CPU; paper: the paper's hub models")
     sweep.add_argument("--out", help="sweep folder (default: runs/sweeps/<name>-<size>)")
+    sweep.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
+                       help="run only the grid's runs with one of these values of KEY (repeatable: all must match)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
     sweep.set_defaults(func=cmd_sweep)
     report = sub.add_parser("report", help="figures, tables and an HTML report from run folders",

@@ -11,7 +11,7 @@ from conftest import lock_held_elsewhere
 from sfedlora.cli import main
 from sfedlora.errors import SfedloraError
 from sfedlora.tools.diagnose import DiagnoseConfig, simulate, slope
-from sfedlora.tools.sweep import plan
+from sfedlora.tools.sweep import parse_only, plan
 
 
 @pytest.fixture
@@ -50,6 +50,23 @@ def test_plan_expands_grid_and_extras(spec, tmp_path):
     assert "lora.rank=8" in runs[1].overrides and "fed.clients=2" in runs[1].overrides
     with pytest.raises(SfedloraError, match="no `paper` section"):
         plan(str(spec), "paper", tmp_path / "out")
+
+
+def test_only_runs_a_slice_of_the_grid(spec, tmp_path, capsys):
+    only = parse_only(["fed.method=sfed-lora", "lora.rank=2,8.0"])
+    assert only == {"fed.method": ["sfed-lora"], "lora.rank": ["2", "8.0"]}
+    labels = [r.label for r in plan(str(spec), "quick", tmp_path / "out", only=only)]
+    assert labels == ["method=sfed-lora_rank=2", "method=sfed-lora_rank=8", "method=sfed-lora_rank=2_scaling=none"]
+    labels = [r.label for r in plan(str(spec), "quick", tmp_path / "out", only=parse_only(["lora.scaling=none"]))]
+    assert labels == ["method=sfed-lora_rank=2_scaling=none"]  # a key of the config, not of the grid
+    with pytest.raises(SfedloraError, match="matches no run"):
+        plan(str(spec), "quick", tmp_path / "out", only=parse_only(["lora.rank=4"]))
+    with pytest.raises(SfedloraError, match="names no config key: lora.rnak"):
+        plan(str(spec), "quick", tmp_path / "out", only=parse_only(["lora.rnak=2"]))
+    with pytest.raises(SfedloraError, match="expected KEY=VALUE"):
+        parse_only(["lora.rank"])
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "s"), "--dry-run", "--only", "lora.rank=8"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["todo", "todo"]
 
 
 def test_sweep_runs_resumes_and_reports(spec, tmp_path, capsys):

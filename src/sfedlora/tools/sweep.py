@@ -15,6 +15,9 @@ config equals the planned one (runtime.rundir.config_hash) is finished and skipp
 continues it; an unfinished folder is started again; a finished folder made with other settings (the spec
 or the extra overrides changed) stops the sweep before anything runs, naming the settings that differ.
 
+`--only KEY=V1,V2` (repeatable) runs a slice of the grid: the runs whose config has one of the listed values
+for every named key (to split a sweep between machines, or to run the part of a grid a question needs first).
+
 Several processes can work through one sweep at once (`sfedlora sweep` started again on the same --out, on
 this machine or another sharing the folder): each run folder is locked while it runs (runtime.lock), and a
 process skips the runs another one holds. On a 2-core CPU two processes of one thread each finish small
@@ -112,8 +115,43 @@ def load_spec(name: str, size: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return spec, section
 
 
-def plan(name: str, size: str, out: Path, extra: Sequence[str] = ()) -> list[PlannedRun]:
-    """Expand the spec's grid into runs (validating every config before anything runs)."""
+def parse_only(items: Sequence[str]) -> dict[str, list[str]]:
+    """`--only` filters: KEY=V1,V2 -> {KEY: [V1, V2]}; a key named twice keeps the values of both."""
+    only: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise SfedloraError(f"--only {item!r}: expected KEY=VALUE[,VALUE...], e.g. lora.init=shared")
+        only.setdefault(key.strip(), []).extend(v.strip() for v in values.split(","))
+    return only
+
+
+def _same(value: Any, text: str) -> bool:
+    """Whether a config value equals a value typed on the command line (1e-3 equals 0.001)."""
+    if yaml.safe_load(text) == value:
+        return True
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(text) == float(value)
+        except ValueError:
+            return False
+    return False
+
+
+def _selected(config: Any, only: dict[str, list[str]]) -> bool:
+    from sfedlora.config import dotted, to_dict
+
+    flat = dotted(to_dict(config))
+    unknown = [k for k in only if k not in flat]
+    if unknown:
+        raise SfedloraError(f"--only names no config key: {', '.join(unknown)} (see `sfedlora config --reference`)")
+    return all(any(_same(flat[k], t) for t in texts) for k, texts in only.items())
+
+
+def plan(name: str, size: str, out: Path, extra: Sequence[str] = (),
+         only: dict[str, list[str]] | None = None) -> list[PlannedRun]:
+    """Expand the spec's grid into runs (validating every config before anything runs); `only` keeps the
+    runs whose config matches it (parse_only)."""
     from sfedlora.config import config_path, load_config
     from sfedlora.runtime.resolve import check
 
@@ -131,10 +169,16 @@ def plan(name: str, size: str, out: Path, extra: Sequence[str] = ()) -> list[Pla
         point = [f"{k}={_value_text(v)}" for k, v in values.items()]
         label = "_".join(_slug(k, v) for k, v in values.items()) or "run"
         overrides = [*fixed, *point, *extra]
-        check(load_config(base, overrides))  # fail before the first run, not in the middle of the sweep
+        config = load_config(base, overrides)
+        check(config)  # fail before the first run, not in the middle of the sweep
         if any(r.label == label for r in runs):
             raise SfedloraError(f"{spec_path(name)}: two runs of the sweep are both named {label}")
+        if only and not _selected(config, only):
+            continue
         runs.append(PlannedRun(folder=out / label, base=base, overrides=overrides, label=label))
+    if only and not runs:
+        wanted = " ".join(f"{k}={','.join(v)}" for k, v in only.items())
+        raise SfedloraError(f"--only {wanted} matches no run of {spec_path(name)} ({size})")
     return runs
 
 
