@@ -162,8 +162,25 @@ def test_gradient_norms_are_also_drawn_at_one_rate_every_rule_ran(tmp_path):
     assert common_rate([a for a in arms if a.label["lr"] != 0.001]) == 0.01
     build_report([tmp_path / "runs"], tmp_path / "rep")
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "## Gradient norms of A and B against rank, every rule at lr 0.001" in md
+    assert "## Gradient norms of A and B against rank r, every rule at lr 0.001" in md
     assert (tmp_path / "rep" / "grad_norms_vs_rank_fixed_lr.png").stat().st_size > 0
+
+
+def test_a_client_sweep_is_drawn_against_n(tmp_path):
+    """Arms that differ in N (the client sweep) get the final metric and the gradient norms against N, also at
+    the rate every rule ran; nothing is drawn against rank, which does not vary."""
+    for rule in ("sfed", "rslora"):
+        for clients in (2, 4):
+            for lr in (0.001, 0.003):
+                fake_run(tmp_path / "runs" / f"{rule}-{clients}-{lr}",
+                         [f"lora.scaling={rule}", f"fed.clients={clients}", f"train.lr={lr}"], [0.2, 0.5])
+    build_report([tmp_path / "runs"], tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Personalised test accuracy against number of clients N, per rule" in md
+    assert "## Gradient norms of A and B against number of clients N, every rule at lr 0.001" in md
+    for name in ("accuracy_vs_clients.png", "grad_norms_vs_clients.png", "grad_norms_vs_clients_fixed_lr.png"):
+        assert (tmp_path / "rep" / name).stat().st_size > 0
+    assert not list((tmp_path / "rep").glob("*_vs_rank*.png"))
 
 
 def test_a_run_written_before_a_key_existed_takes_its_default(tmp_path):

@@ -1,6 +1,6 @@
 """Figures of run arms: a metric per round (one line per arm, or per value of a setting with panels for the
-others: mean over seeds, a band of one std), and per rank (each rule's final metric with its 95% interval;
-gradient norms of A and B, the SFed-LoRA paper's figure 3). Reads only what tools.arms gives."""
+others: mean over seeds, a band of one std), and against rank or N (each rule's final metric with its 95%
+interval; gradient norms of A and B, the SFed-LoRA paper's figures 3 and 4). Reads only what tools.arms gives."""
 
 from __future__ import annotations
 
@@ -135,80 +135,91 @@ def mean_grad_norm(run: Run, key: str) -> float | None:
     return statistics.fmean(per_round) if per_round else None
 
 
-def _rank_axes(ax: Any, ylabel: str, logy: bool) -> None:
-    """A panel against rank: log2 x axis, the y label, a grid and the legend."""
+AGAINST = {"rank": "rank r", "clients": "number of clients N"}  # the settings final results are drawn against
+
+
+def _log2_axes(ax: Any, xlabel: str, ylabel: str, logy: bool) -> None:
+    """A panel against rank or N: log2 x axis, the labels, a grid and the legend."""
     ax.set_xscale("log", base=2)
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel("rank r")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
 
 
-def plot_by_rank(arms: list[Arm], metric: str, out: Path, logy: bool = False) -> list[tuple[str, Path]]:
-    """Where arms differ in rank: each other setting combination's final metric against r (mean over seeds,
-    error bars: the 95% interval), and the gradient norms of A and B against r (log-log)."""
+def _numeric_axis(arms: list[Arm], axis: str) -> bool:
+    """Whether the arms differ in `axis` and every arm has one number for it (not heterogeneous ranks)."""
+    return bool(arms) and axis in arms[0].label and not any(isinstance(a.label[axis], str) for a in arms)
+
+
+def _line_of(axis: str) -> Callable[[Arm], str]:
+    return lambda arm: " ".join(f"{k}={v}" for k, v in arm.label.items() if k not in (axis, "lr"))
+
+
+def plot_against(arms: list[Arm], metric: str, out: Path, axis: str = "rank",
+                 logy: bool = False) -> list[tuple[str, Path]]:
+    """Where arms differ in `axis` (rank or clients): each other setting combination's final metric against it
+    (mean over seeds, error bars: the 95% interval), and the gradient norms of A and B against it (log-log)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not arms or "rank" not in arms[0].label or any(isinstance(a.label["rank"], str) for a in arms):
+    if not _numeric_axis(arms, axis):
         return []
-
-    def line_of(arm: Arm) -> str:
-        return " ".join(f"{k}={v}" for k, v in arm.label.items() if k not in ("rank", "lr"))
-
+    line_of = _line_of(axis)
     lines = list(dict.fromkeys(line_of(a) for a in arms))
     cmap = plt.get_cmap("tab10")
     figures = []
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for i, name in enumerate(lines):
         pts = []
-        for arm in sorted((a for a in arms if line_of(a) == name), key=lambda a: a.label["rank"]):
+        for arm in sorted((a for a in arms if line_of(a) == name), key=lambda a: a.label[axis]):
             values = [v for r in arm.runs if (v := best_test(r)) is not None]
             if values:
                 iv = interval(values)
-                pts.append((arm.label["rank"], iv.mean, 0.0 if math.isnan(iv.half) else iv.half))
+                pts.append((arm.label[axis], iv.mean, 0.0 if math.isnan(iv.half) else iv.half))
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
                         color=cmap(i % 10), label=name or "all")
-    _rank_axes(ax, f"personalised test {metric} (best on val)", logy)
-    ax.set_title(f"Final {metric} against rank (mean over seeds, bars: 95% interval)", fontsize=9)
+    _log2_axes(ax, AGAINST[axis], f"personalised test {metric} (best on val)", logy)
+    ax.set_title(f"Final {metric} against {AGAINST[axis]} (mean over seeds, bars: 95% interval)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / f"{metric}_vs_rank.png", dpi=110)
+    fig.savefig(out / f"{metric}_vs_{axis}.png", dpi=110)
     plt.close(fig)
-    figures.append((f"Personalised test {metric} against rank, per rule", out / f"{metric}_vs_rank.png"))
-    figures += plot_grad_norms(arms, out / "grad_norms_vs_rank.png", "Gradient norms of A and B against rank")
+    figures.append((f"Personalised test {metric} against {AGAINST[axis]}, per rule", out / f"{metric}_vs_{axis}.png"))
+    figures += plot_grad_norms(arms, out / f"grad_norms_vs_{axis}.png",
+                               f"Gradient norms of A and B against {AGAINST[axis]}", axis)
     return figures
 
 
-def plot_grad_norms(arms: list[Arm], path: Path, title: str) -> list[tuple[str, Path]]:
-    """The mean gradient norms of A and B against r (log-log), one line per other setting combination but the
-    learning rate (mean over seeds); nothing where no arm trained adapters."""
+def plot_grad_norms(arms: list[Arm], path: Path, title: str, axis: str = "rank") -> list[tuple[str, Path]]:
+    """The mean gradient norms of A and B against `axis` (log-log), one line per other setting combination but
+    the learning rate (mean over seeds); nothing where no arm trained adapters."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     trained = [a for a in arms if all(r.trained for r in a.runs)]
-    if not trained or "rank" not in trained[0].label or any(isinstance(a.label["rank"], str) for a in trained):
+    if not _numeric_axis(trained, axis):
         return []
-    line_of = lambda arm: " ".join(f"{k}={v}" for k, v in arm.label.items() if k not in ("rank", "lr"))  # noqa: E731
+    line_of = _line_of(axis)
     lines = list(dict.fromkeys(line_of(a) for a in trained))
     cmap = plt.get_cmap("tab10")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
     for ax, key in zip(axes, ("grad_norm_A", "grad_norm_B")):
         for i, name in enumerate(lines):
             norms: list[tuple[Any, float]] = []
-            for arm in sorted((a for a in trained if line_of(a) == name), key=lambda a: a.label["rank"]):
+            for arm in sorted((a for a in trained if line_of(a) == name), key=lambda a: a.label[axis]):
                 values = [v for r in arm.runs if (v := mean_grad_norm(r, key)) is not None and v > 0]
                 if values:
-                    norms.append((arm.label["rank"], statistics.fmean(values)))
+                    norms.append((arm.label[axis], statistics.fmean(values)))
             if norms:
                 ax.plot([p[0] for p in norms], [p[1] for p in norms], marker="o", color=cmap(i % 10), label=name)
-        _rank_axes(ax, f"|{key[-1]} gradient| (mean over rounds and clients)", logy=True)
+        _log2_axes(ax, AGAINST[axis], f"|{key[-1]} gradient| (mean over rounds and clients)", logy=True)
     fig.suptitle(f"{title} (mean over seeds)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

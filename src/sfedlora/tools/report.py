@@ -20,11 +20,12 @@ from sfedlora.core.metrics import PRIMARY
 from sfedlora.errors import SfedloraError
 from sfedlora.tools.arms import Arm, Run, display_names, find_runs, group_arms
 from sfedlora.tools.figures import (
+    AGAINST,
     best_test,
     grad_norm_curve,
     metric_curve,
+    plot_against,
     plot_arms,
-    plot_by_rank,
     plot_grad_norms,
     record_curve,
     weighted,
@@ -98,7 +99,7 @@ def markdown(header: list[str], body: list[list[str]]) -> str:
 
 
 OWN_FIGURES = ("accuracy_", "perplexity_", "grad_norm_by_", "adapter_out_", "energy_beyond", "effective_rank",
-               "grad_norms_vs_rank")
+               "grad_norms_vs_")
 BY = (("rank", "rank"), ("clients", "number of clients"), ("clients_per_round", "clients per round"),
       ("scaling", "scaling rule"), ("targets", "adapter placement"))
 
@@ -175,13 +176,13 @@ def build_report(dirs: list[Path], out: Path, ref: tuple[str, str] | None = None
                     trained, record_curve(key, absolute=key == "adapter_out_mean"), line,
                     f"adapter output {label} of gamma*B*A*x over real tokens (mean over clients)", label, "round",
                     out / f"{key}_by_{line}.png", logy=True)))
-    figures += plot_by_rank(arms, metric, out, logy)
-    if rate_choices:  # the gradients at the chosen rates mix rate and rule: also at one rate every rule ran
-        fixed = common_rate(every_rate)
-        if fixed is not None:
+    fixed = common_rate(every_rate) if rate_choices else None
+    for axis, what in AGAINST.items():
+        figures += plot_against(arms, metric, out, axis, logy)
+        if fixed is not None:  # the gradients at the chosen rates mix rate and rule: also at one rate every rule ran
             figures += plot_grad_norms([a for a in every_rate if a.label["lr"] == fixed],
-                                       out / "grad_norms_vs_rank_fixed_lr.png",
-                                       f"Gradient norms of A and B against rank, every rule at lr {fixed}")
+                                       out / f"grad_norms_vs_{axis}_fixed_lr.png",
+                                       f"Gradient norms of A and B against {what}, every rule at lr {fixed}", axis)
     hetero = [a for a in arms if isinstance(a.settings.get("rank"), str)]
     if hetero:
         for key, title, ylabel, logy_h in (
