@@ -219,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Read the runs (folders with summary.json) under DIR... and write PNG "
                             "figures, report.md and a self-contained report.html: per arm (equal settings but "
                             "the seed) the mean and 95% interval over seeds, the paired difference to a "
-                            "reference arm, and each arm's learning rate chosen on validation.")
+                            "reference arm, and each arm's learning rate chosen on validation; against rank or N, "
+                            "the final metric and the gradient norms with their log-log slopes; what the adaptive "
+                            "rule measured (N_eff, gamma).")
     report.add_argument("dirs", nargs="+", metavar="DIR")
     report.add_argument("--out", help="report folder (default: DIR/report)")
     report.add_argument("--reference", metavar="SETTING=VALUE", help="paired differences against the arms with this "

@@ -195,3 +195,43 @@ def test_a_run_written_before_a_key_existed_takes_its_default(tmp_path):
     assert len(arms) == 1 and sorted(r.seed for r in arms[0].runs) == [0, 1]
     fake_run(tmp_path / "runs" / "compiled", ["seed=2", "train.compile=true"], [0.2, 0.8])
     assert len(group_arms(find_runs([tmp_path / "runs"]))[0]) == 2  # a setting that differs still separates
+
+
+def test_gradient_norm_slopes_against_rank(tmp_path):
+    """fake_run's |grad A| is 0.01 * r (slope +1 against r) and |grad B| 0.02 (slope 0)."""
+    from sfedlora.tools.trends import grad_norm_slopes
+
+    for rank in (4, 16):
+        fake_run(tmp_path / "runs" / f"r{rank}", [f"lora.rank={rank}", "lora.scaling=sfed"], [0.2, 0.5])
+    arms, _, _ = group_arms(find_runs([tmp_path / "runs"]))
+    header, body = grad_norm_slopes(arms, "rank")
+    assert body == [["all", "0.04 at 4 -> 0.16 at 16", "+1.00", "0.02 at 4 -> 0.02 at 16", "+0.00"]]
+    assert grad_norm_slopes(arms, "clients") is None  # N does not vary
+    build_report([tmp_path / "runs"], tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Gradient norms against rank r: ends and log-log slope, every arm" in md
+
+
+def test_the_adaptive_rules_measurements_are_tabled(tmp_path):
+    """Two seeds measured N_eff 3.0 (q) and 2.4 (v) for N = 3 at the first aggregation: mean 2.7, N_eff / N 0.9.
+    rsLoRA's gamma at alpha 8, r 16 is 2; round 1 trains with it (ratio 1), round 2 with 2 * sqrt(N_eff):
+    ratios sqrt(3) = 1.732 and sqrt(2.4) = 1.549."""
+    from sfedlora.tools.trends import adaptive_table
+
+    for seed in range(2):
+        folder = fake_run(tmp_path / "runs" / f"s{seed}", ["lora.scaling=adaptive", "lora.rank=16", "lora.alpha=8",
+                                                            f"seed={seed}"], [0.2, 0.4, 0.5])
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        n_eff = {"q": 3.0, "v": 2.4}
+        records[1].update(n_averaged=3, gamma=[2.0] * 3,
+                          adaptive={"mode": "first", "n_eff": n_eff, "gamma_trained": {}})
+        records[2].update(n_averaged=3, gamma=[2.0] * 3, adaptive={
+            "mode": "first", "n_eff": n_eff, "gamma_trained": {k: 2.0 * v**0.5 for k, v in n_eff.items()}})
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    fake_run(tmp_path / "runs" / "other", ["lora.scaling=sfed", "lora.rank=16"], [0.2, 0.4, 0.5])  # not adaptive
+    arms, _, _ = group_arms(find_runs([tmp_path / "runs"]))
+    header, body = adaptive_table(arms)
+    assert body == [["scaling=adaptive", "3", "2", "2.700", "2.400 .. 3.000", "0.900", "1.000 .. 1.732"]]
+    assert adaptive_table([a for a in arms if a.label["scaling"] != "adaptive"]) is None
+    build_report([tmp_path / "runs"], tmp_path / "rep")
+    assert "## Adaptive rule: N_eff measured at the first aggregation" in (tmp_path / "rep" / "report.md").read_text()

@@ -28,6 +28,7 @@ import torch
 
 from sfedlora.core.adaptive import n_eff_first
 from sfedlora.core.scaling import scaling
+from sfedlora.tools.stats import slope
 
 QUANTITIES = ("out_rms_seen", "out_rms", "in_grad_rms", "grad_norm_A", "grad_norm_B")
 
@@ -88,15 +89,6 @@ def simulate(rule: str, rank: int, n_clients: int, cfg: DiagnoseConfig, init: st
     rms = lambda t: float(t.square().mean().sqrt())
     return {"out_rms_seen": rms(seen), "out_rms": rms(out), "in_grad_rms": rms(in_grad),
             "grad_norm_A": sum(norms_a) / len(norms_a), "grad_norm_B": sum(norms_b) / len(norms_b)}
-
-
-def slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of log y against log x (nan if any y is not positive and finite)."""
-    if any(not (y > 0 and math.isfinite(y)) for y in ys):
-        return math.nan
-    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 
 def run_diagnose(cfg: DiagnoseConfig, progress: bool = True) -> dict[str, Any]:

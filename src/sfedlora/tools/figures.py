@@ -149,12 +149,12 @@ def _log2_axes(ax: Any, xlabel: str, ylabel: str, logy: bool) -> None:
     ax.legend(fontsize=7)
 
 
-def _numeric_axis(arms: list[Arm], axis: str) -> bool:
+def numeric_axis(arms: list[Arm], axis: str) -> bool:
     """Whether the arms differ in `axis` and every arm has one number for it (not heterogeneous ranks)."""
     return bool(arms) and axis in arms[0].label and not any(isinstance(a.label[axis], str) for a in arms)
 
 
-def _line_of(axis: str) -> Callable[[Arm], str]:
+def line_of_axis(axis: str) -> Callable[[Arm], str]:
     return lambda arm: " ".join(f"{k}={v}" for k, v in arm.label.items() if k not in (axis, "lr"))
 
 
@@ -167,9 +167,9 @@ def plot_against(arms: list[Arm], metric: str, out: Path, axis: str = "rank",
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not _numeric_axis(arms, axis):
+    if not numeric_axis(arms, axis):
         return []
-    line_of = _line_of(axis)
+    line_of = line_of_axis(axis)
     lines = list(dict.fromkeys(line_of(a) for a in arms))
     cmap = plt.get_cmap("tab10")
     figures = []
@@ -204,9 +204,9 @@ def plot_grad_norms(arms: list[Arm], path: Path, title: str, axis: str = "rank")
     import matplotlib.pyplot as plt
 
     trained = [a for a in arms if all(r.trained for r in a.runs)]
-    if not _numeric_axis(trained, axis):
+    if not numeric_axis(trained, axis):
         return []
-    line_of = _line_of(axis)
+    line_of = line_of_axis(axis)
     lines = list(dict.fromkeys(line_of(a) for a in trained))
     cmap = plt.get_cmap("tab10")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
@@ -218,7 +218,8 @@ def plot_grad_norms(arms: list[Arm], path: Path, title: str, axis: str = "rank")
                 if values:
                     norms.append((arm.label[axis], statistics.fmean(values)))
             if norms:
-                ax.plot([p[0] for p in norms], [p[1] for p in norms], marker="o", color=cmap(i % 10), label=name)
+                ax.plot([p[0] for p in norms], [p[1] for p in norms], marker="o", color=cmap(i % 10),
+                        label=name or "all")
         _log2_axes(ax, AGAINST[axis], f"|{key[-1]} gradient| (mean over rounds and clients)", logy=True)
     fig.suptitle(f"{title} (mean over seeds)", fontsize=9)
     fig.tight_layout()

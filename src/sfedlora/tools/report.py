@@ -32,6 +32,7 @@ from sfedlora.tools.figures import (
 )
 from sfedlora.tools.selection import common_rate, counterpart, pick_rates, reference
 from sfedlora.tools.stats import interval, paired, verdict
+from sfedlora.tools.trends import adaptive_table, grad_norm_slopes
 
 
 def _cell(values: Sequence[float]) -> str:
@@ -177,11 +178,11 @@ def build_report(dirs: list[Path], out: Path, ref: tuple[str, str] | None = None
                     f"adapter output {label} of gamma*B*A*x over real tokens (mean over clients)", label, "round",
                     out / f"{key}_by_{line}.png", logy=True)))
     fixed = common_rate(every_rate) if rate_choices else None
+    at_fixed = [a for a in every_rate if a.label["lr"] == fixed] if fixed is not None else []
     for axis, what in AGAINST.items():
         figures += plot_against(arms, metric, out, axis, logy)
-        if fixed is not None:  # the gradients at the chosen rates mix rate and rule: also at one rate every rule ran
-            figures += plot_grad_norms([a for a in every_rate if a.label["lr"] == fixed],
-                                       out / f"grad_norms_vs_{axis}_fixed_lr.png",
+        if at_fixed:  # the gradients at the chosen rates mix rate and rule: also at one rate every rule ran
+            figures += plot_grad_norms(at_fixed, out / f"grad_norms_vs_{axis}_fixed_lr.png",
                                        f"Gradient norms of A and B against {what}, every rule at lr {fixed}", axis)
     hetero = [a for a in arms if isinstance(a.settings.get("rank"), str)]
     if hetero:
@@ -197,6 +198,14 @@ def build_report(dirs: list[Path], out: Path, ref: tuple[str, str] | None = None
     if rate_choices:
         tables.append(("Learning rates: chosen per arm on the validation metric, never on test",
                        *_rates_table(rate_choices)))
+    for axis, what in AGAINST.items():
+        for label, group in (("each arm at its chosen rate" if rate_choices else "every arm", arms),
+                             (f"every rule at lr {fixed}", at_fixed)):
+            if group and (slopes := grad_norm_slopes(group, axis)):
+                tables.append((f"Gradient norms against {what}: ends and log-log slope, {label}", *slopes))
+    measured = adaptive_table(arms)
+    if measured:
+        tables.append(("Adaptive rule: N_eff measured at the first aggregation, and the gamma it gave", *measured))
     if len(arms[0].label) == 2 and len(arms) > 2:
         rows, cols = arms[0].label
         tables.append((f"Best-on-validation personalised test {metric}, {rows} by {cols}",

@@ -84,3 +84,13 @@ def verdict(diff: Interval | None, higher_is_better: bool) -> str:
     if diff.contains_zero():
         return "within noise"
     return "better" if (diff.mean > 0) == higher_is_better else "worse"
+
+
+def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of log y against log x: the exponent k of y ~ x^k (nan if any y is not positive and
+    finite, or fewer than two distinct x)."""
+    if len(set(xs)) < 2 or any(not (y > 0 and math.isfinite(y)) for y in ys):
+        return math.nan
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
