@@ -59,9 +59,9 @@ def check_sfedlora_command(argv: list[str], tmp_path: Path) -> None:
         name = items.pop(0) if items and "=" not in items[0] else None
         check(load_config(config_path(name), items))
     elif args.command == "sweep":
-        from sfedlora.tools.sweep import plan
+        from sfedlora.tools.sweep import parse_only, plan
 
-        plan(args.spec, args.size, tmp_path / "sweep", list(args.overrides))
+        plan(args.spec, args.size, tmp_path / "sweep", list(args.overrides), parse_only(args.only))
     elif args.command == "flower" and args.flower_command in ("run", "simulate", "submit"):
         from sfedlora.flower.launch import prepare
         from sfedlora.flower.server import ServerSettings
@@ -100,6 +100,12 @@ def test_every_command_in_the_docs_is_valid(tmp_path):
             check_sfedlora_command(argv[1:], tmp_path)
         elif argv[0] in ("flwr", "flower-superlink", "flower-supernode"):
             check_external_command(argv)
+        elif argv[0].endswith("python") and argv[1].startswith("benchmarks/"):  # a script: it exists and parses
+            import subprocess
+
+            done = subprocess.run([sys.executable, str(ROOT / argv[1]), "--help"], capture_output=True, text=True,
+                                  timeout=120)
+            assert done.returncode == 0, (page, line, done.stderr[-500:])
         elif argv[0] != "ssh-keygen":  # OpenSSH's, not ours
             raise AssertionError(f"{page}: a command no check covers: {line}")
         seen += 1
