@@ -235,3 +235,13 @@ def test_the_adaptive_rules_measurements_are_tabled(tmp_path):
     assert adaptive_table([a for a in arms if a.label["scaling"] != "adaptive"]) is None
     build_report([tmp_path / "runs"], tmp_path / "rep")
     assert "## Adaptive rule: N_eff measured at the first aggregation" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_a_one_seed_difference_says_so_once(tmp_path):
+    fake_run(tmp_path / "runs" / "a", ["fed.method=sfed-lora"], [0.2, 0.7])
+    fake_run(tmp_path / "runs" / "b", ["fed.method=fedsa-lora"], [0.2, 0.75])
+    arms, _, _ = group_arms(find_runs([tmp_path / "runs"]))
+    header, body = arms_table(arms, ("method", "sfed-lora"), higher=True)
+    row = dict(zip(header, next(r for r in body if r[0] == "fedsa-lora")))
+    assert row["Δ vs method=sfed-lora (paired by seed, 95% CI)"] == "0.0500 (n=1, no interval)"
+    assert row["reading"] == "one seed: no verdict"

@@ -78,7 +78,8 @@ def arms_table(arms: list[Arm], ref: tuple[str, str] | None = None,
                 row += ["(reference)" if other is arm else "-", ""]
             else:
                 diff = paired(by_seed(arm), by_seed(other))
-                row += ["-" if diff is None else f"{diff.text()} (n={diff.n})", verdict(diff, higher)]
+                text = "-" if diff is None else diff.text() + ("" if diff.n == 1 else f" (n={diff.n})")  # n=1 says so
+                row += [text, verdict(diff, higher)]
         body.append(row)
     return header, body
 
