@@ -158,6 +158,16 @@ def line_of_axis(axis: str) -> Callable[[Arm], str]:
     return lambda arm: " ".join(f"{k}={v}" for k, v in arm.label.items() if k not in (axis, "lr"))
 
 
+def grad_norm_points(arms: list[Arm], axis: str, key: str) -> list[tuple[Any, float]]:
+    """(value of `axis`, mean over seeds of each run's mean `key` gradient norm) per arm, in `axis` order."""
+    points = []
+    for arm in sorted(arms, key=lambda a: a.label[axis]):
+        values = [v for r in arm.runs if (v := mean_grad_norm(r, key)) is not None and v > 0]
+        if values:
+            points.append((arm.label[axis], statistics.fmean(values)))
+    return points
+
+
 def plot_against(arms: list[Arm], metric: str, out: Path, axis: str = "rank",
                  logy: bool = False) -> list[tuple[str, Path]]:
     """Where arms differ in `axis` (rank or clients): each other setting combination's final metric against it
@@ -212,11 +222,7 @@ def plot_grad_norms(arms: list[Arm], path: Path, title: str, axis: str = "rank")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
     for ax, key in zip(axes, ("grad_norm_A", "grad_norm_B")):
         for i, name in enumerate(lines):
-            norms: list[tuple[Any, float]] = []
-            for arm in sorted((a for a in trained if line_of(a) == name), key=lambda a: a.label[axis]):
-                values = [v for r in arm.runs if (v := mean_grad_norm(r, key)) is not None and v > 0]
-                if values:
-                    norms.append((arm.label[axis], statistics.fmean(values)))
+            norms = grad_norm_points([a for a in trained if line_of(a) == name], axis, key)
             if norms:
                 ax.plot([p[0] for p in norms], [p[1] for p in norms], marker="o", color=cmap(i % 10),
                         label=name or "all")

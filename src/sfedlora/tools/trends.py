@@ -16,7 +16,7 @@ import math
 import statistics
 
 from sfedlora.tools.arms import Arm, Run
-from sfedlora.tools.figures import line_of_axis, mean_grad_norm, numeric_axis
+from sfedlora.tools.figures import grad_norm_points, line_of_axis, numeric_axis
 from sfedlora.tools.stats import slope
 
 
@@ -32,11 +32,7 @@ def grad_norm_slopes(arms: list[Arm], axis: str) -> tuple[list[str], list[list[s
     for name in dict.fromkeys(line_of(a) for a in trained):
         row = [name or "all"]
         for key in ("grad_norm_A", "grad_norm_B"):
-            points = []
-            for arm in sorted((a for a in trained if line_of(a) == name), key=lambda a: a.label[axis]):
-                values = [v for r in arm.runs if (v := mean_grad_norm(r, key)) is not None and v > 0]
-                if values:
-                    points.append((arm.label[axis], statistics.fmean(values)))
+            points = grad_norm_points([a for a in trained if line_of(a) == name], axis, key)
             if len(points) < 2:
                 row += ["-", "-"]
                 continue
