@@ -61,6 +61,8 @@ def test_only_runs_a_slice_of_the_grid(spec, tmp_path, capsys):
     assert labels == ["method=sfed-lora_rank=2_scaling=none"]  # a key of the config, not of the grid
     with pytest.raises(SfedloraError, match="matches no run"):
         plan(str(spec), "quick", tmp_path / "out", only=parse_only(["lora.rank=4"]))
+    with pytest.raises(SfedloraError, match="matches no run"):  # text YAML cannot read is compared as text
+        plan(str(spec), "quick", tmp_path / "out", only=parse_only(["lora.rank=["]))
     with pytest.raises(SfedloraError, match="names no config key: lora.rnak"):
         plan(str(spec), "quick", tmp_path / "out", only=parse_only(["lora.rnak=2"]))
     with pytest.raises(SfedloraError, match="expected KEY=VALUE"):

@@ -10,6 +10,7 @@ from sfedlora.config.load import (
     dotted,
     load_config,
     parse_override,
+    parse_value,
     to_dict,
     validate,
 )
@@ -25,4 +26,4 @@ from sfedlora.config.schema import (
 
 __all__ = ["CONFIG_DIR", "DEFAULT", "DataConfig", "EvalConfig", "FedConfig", "LoraConfig", "ModelConfig", "RunConfig",
            "TrainConfig", "builtin_configs", "config_from_dict", "config_path", "dotted", "load_config",
-           "parse_override", "to_dict", "validate"]
+           "parse_override", "parse_value", "to_dict", "validate"]

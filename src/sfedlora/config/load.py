@@ -160,15 +160,19 @@ def config_path(name: str | None) -> Path | None:
                         f"(built-in: {', '.join(builtin_configs())})")
 
 
+def parse_value(text: str) -> Any:
+    """A value typed on the command line, read as YAML (64, 0.001, true, [q, v]); text YAML cannot read stays text."""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise SfedloraError(f"override {item!r} is not of the form key=value (e.g. lora.rank=64)")
     key, _, text = item.partition("=")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
-    return [p for p in key.strip().split(".") if p], value
+    return [p for p in key.strip().split(".") if p], parse_value(text)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

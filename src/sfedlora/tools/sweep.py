@@ -128,7 +128,9 @@ def parse_only(items: Sequence[str]) -> dict[str, list[str]]:
 
 def _same(value: Any, text: str) -> bool:
     """Whether a config value equals a value typed on the command line (1e-3 equals 0.001)."""
-    if yaml.safe_load(text) == value:
+    from sfedlora.config import parse_value
+
+    if parse_value(text) == value:
         return True
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
