@@ -10,7 +10,8 @@ from conftest import lock_held_elsewhere
 
 from sfedlora.cli import main
 from sfedlora.errors import SfedloraError
-from sfedlora.tools.diagnose import DiagnoseConfig, simulate, slope
+from sfedlora.tools.diagnose import DiagnoseConfig, simulate
+from sfedlora.tools.stats import slope
 from sfedlora.tools.sweep import parse_only, plan
 
 
