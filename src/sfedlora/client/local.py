@@ -25,6 +25,7 @@ from sfedlora.core.state import pad_opt_state, pad_state, rank_of, truncate_opt_
 from sfedlora.data.batching import ClientSampler, collate, encode_classification, encode_lm, prompt_of
 from sfedlora.data.partition import ClientData
 from sfedlora.data.prompts import render
+from sfedlora.errors import incorrect_results_are_errors
 
 State = dict[str, torch.Tensor]
 MAX_SAMPLE_CHARS = 20_000  # a generation sample's reference is cut to this (Flower nodes send them)
@@ -111,8 +112,9 @@ def train_clients(model: Any, tok: Any, task: str, cfg: RunConfig, trained: froz
         return {k: v.to(device) for k, v in collate(examples, tok.pad_token_id).items()}
 
     k = cfg.fed.local_steps
-    result = train_group(model, next_batch, opt, trained, k, cfg.train, task, first_step=global_step(rnd, 0, k),
-                         total_steps=cfg.fed.rounds * k, on_step=on_step)
+    with incorrect_results_are_errors(f"round {rnd}'s local training"):
+        result = train_group(model, next_batch, opt, trained, k, cfg.train, task, first_step=global_step(rnd, 0, k),
+                             total_steps=cfg.fed.rounds * k, on_step=on_step)
     ranks = [rank_of(s) for s in states]
     new_states = [truncate_state(s, r) for s, r in zip(read_group(model), ranks)]
     new_opt = [truncate_opt_state(opt.client_state(i), r) if keep else {} for i, r in enumerate(ranks)]
@@ -130,8 +132,9 @@ def evaluate_clients(model: Any, tok: Any, task: str, cfg: RunConfig, states: Se
                                  [e.decode.get(split, []) for e in encoded], device)
            for split in ("val", "test")}
     if any(e.samples for e in encoded):
-        out["samples"] = [{"samples": s} for s in generate_samples(
-            model, tok, [e.samples for e in encoded], cfg.eval.batch_size, cfg.eval.sample_tokens, device)]
+        with incorrect_results_are_errors("generating samples"):
+            out["samples"] = [{"samples": s} for s in generate_samples(
+                model, tok, [e.samples for e in encoded], cfg.eval.batch_size, cfg.eval.sample_tokens, device)]
     return out
 
 
@@ -140,9 +143,10 @@ def evaluate_split(model: Any, tok: Any, task: str, cfg: RunConfig, examples: Se
     """One row per installed client: loss and accuracy or perplexity on `examples`; math adds the accuracy of
     greedy decoding on `decoded` and its size (`n_decoded`)."""
     bs = cfg.eval.batch_size
-    rows = evaluate_group(model, list(examples), task, tok.pad_token_id, bs, device)
-    if task == "math":
-        accs = math_accuracy(model, tok, list(decoded), bs, cfg.eval.max_new_tokens, device)
-        for r, a, d in zip(rows, accs, decoded):
-            r["accuracy"], r["n_decoded"] = a, len(d)
+    with incorrect_results_are_errors("evaluation"):
+        rows = evaluate_group(model, list(examples), task, tok.pad_token_id, bs, device)
+        if task == "math":
+            accs = math_accuracy(model, tok, list(decoded), bs, cfg.eval.max_new_tokens, device)
+            for r, a, d in zip(rows, accs, decoded):
+                r["accuracy"], r["n_decoded"] = a, len(d)
     return rows

@@ -16,7 +16,7 @@ INTRO = """# Configuration reference
 <!-- Generated from src/sfedlora/config/schema.py by `sfedlora config --reference`; do not edit by hand. -->
 
 A run is configured by these keys. Their defaults are the embedded default run (SFed-LoRA on MiniLM-L6 x
-multiemo, 4 Dirichlet clients): `sfedlora run` with no config runs exactly them. A YAML file, or a built-in
+BBC News topics, 4 Dirichlet clients): `sfedlora run` with no config runs exactly them. A YAML file, or a built-in
 preset, sets some keys by section, and any key can be overridden on the command line as `section.key=value`
 (values are parsed as YAML: `lora.targets=[query,key]`). Unknown keys, wrong types and out-of-range values
 are refused with one message naming the key. `sfedlora config [CONFIG] [key=value ...]` prints the

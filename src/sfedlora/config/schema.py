@@ -1,6 +1,6 @@
 """The run configuration's schema: typed dataclasses that own every default, its help text and its allowed
-values. These defaults are the embedded default run (MiniLM-L6 on multiemo, SFed-LoRA, 4 Dirichlet
-clients); presets and user files state only what they change. docs/configuration.md is generated from
+values. These defaults are the embedded default run (MiniLM-L6 on BBC News topics, SFed-LoRA, 4
+Dirichlet clients); presets and user files state only what they change. docs/configuration.md is generated from
 here (sfedlora.config.reference)."""
 
 from __future__ import annotations
@@ -72,8 +72,9 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    source: str = opt("multiemo", "`multiemo`, `vitaminc`, `natural-instructions` (offline BIG-bench), "
-                      "`gsm-symbolic` (reasoning-gym), a `.json`/`.jsonl`/`.csv` file, or a hub dataset name")
+    source: str = opt("bbc-news", "a built-in set, read from pinned packages (`sfedlora data list`): `bbc-news`, "
+                      "`syllogism`, `reasoning-instructions`, `gsm-symbolic`; a `.json`/`.jsonl`/`.csv` file; or a "
+                      "hub dataset name")
     task: str | None = opt(None, "`classification`, `instruction` or `math`; needed for files and hub datasets",
                            choices=(None, "classification", "instruction", "math"))
     subset: str | None = opt(None, "hub dataset configuration")

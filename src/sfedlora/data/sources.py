@@ -5,9 +5,9 @@ Task types and their record fields:
   instruction      prompt, [input], response, [category]    metric: perplexity on response tokens
   math             prompt, [input], response (worked), answer   metrics: perplexity, greedy-decoding accuracy
 
-Sources: the offline `multiemo`, `vitaminc`, `natural-instructions` (BIG-bench sdist), `gsm-symbolic`
-(reasoning-gym); a local .json / .jsonl / .csv file; any Hugging Face dataset name (`hf:` prefix
-optional), with the field names given in the config.
+Sources: the built-in sets (data.builtin: `bbc-news`, `syllogism`, `reasoning-instructions`, `gsm-symbolic`,
+read from pinned packages, never downloaded); a local .json / .jsonl / .csv file; any Hugging Face dataset
+name (`hf:` prefix optional), with the field names given in the config.
 """
 
 from __future__ import annotations
@@ -19,15 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from sfedlora.config import DataConfig
-from sfedlora.data import bigbench, files, records
+from sfedlora.data import builtin, files, records
+from sfedlora.data.builtin import BUILTIN
 from sfedlora.errors import SfedloraError
 
-BUILTIN_TASKS = {
-    "multiemo": "classification",
-    "vitaminc": "classification",
-    "natural-instructions": "instruction",
-    "gsm-symbolic": "math",
-}
 TASK_FIELDS = {
     "classification": ("text", "label"),
     "instruction": ("prompt", "response"),
@@ -42,14 +37,6 @@ class TaskData:
     label_names: list[str] = field(default_factory=list)
     source: str = ""
     counts: dict[str, int] = field(default_factory=dict)  # read, skipped_bad, cut_long, other_labels, used
-
-
-def _gsm_symbolic(n: int, seed: int) -> list[dict[str, Any]]:
-    import reasoning_gym
-
-    ds = reasoning_gym.create_dataset("gsm_symbolic", size=n, seed=seed)
-    return [{"prompt": e["question"], "response": e["metadata"]["answer_cot"], "answer": str(e["answer"])}
-            for e in ds]
 
 
 def _hub(name: str, subset: str | None, split: str) -> list[dict[str, Any]]:
@@ -91,14 +78,11 @@ def load_task(cfg: DataConfig, seed: int, max_chars: int = 1 << 20) -> TaskData:
     records; text values are cut to `max_chars` characters (data.files). `counts` says what happened."""
     source = cfg.source
     n_cut: int | None = None  # files are cut as they are read; other sources below
-    if source in BUILTIN_TASKS:
-        task = BUILTIN_TASKS[source]
+    if source in BUILTIN:
+        task = BUILTIN[source].task
         if cfg.task and cfg.task != task:
             raise SfedloraError(f"data.source {source} is a {task} task, not {cfg.task}")
-        if source == "gsm-symbolic":
-            rows = _gsm_symbolic(cfg.max_examples or 2000, seed)
-        else:
-            rows = bigbench.load(source)
+        rows = builtin.load(source, cfg.max_examples or 2000, seed)
     else:
         if not cfg.task:
             raise SfedloraError(f"data.task must be set for source {source!r}: classification, instruction or math")
@@ -116,9 +100,9 @@ def load_task(cfg: DataConfig, seed: int, max_chars: int = 1 << 20) -> TaskData:
     n_read = len(rows)
     if n_cut is None:
         n_cut = sum(files.cut(r, max_chars) for r in rows)
-    # the built-in sets are as published (natural-instructions has one empty response): their few bad records
-    # are left out and counted; a user's data stops at the first bad record unless data.on_bad_record=skip
-    on_bad = "skip" if source in BUILTIN_TASKS else cfg.on_bad_record
+    # the built-in sets are as published: any bad record of theirs is left out and counted; a user's data stops
+    # at the first bad record unless data.on_bad_record=skip
+    on_bad = "skip" if source in BUILTIN else cfg.on_bad_record
     rows, n_bad = records.check(rows, task, source, pair=bool(cfg.text_pair_field), on_bad=on_bad)
     label_names: list[str] = []
     n_checked = len(rows)
@@ -147,19 +131,3 @@ def _encode_labels(rows: list[dict[str, Any]], keep: list[str] | None,
         raise SfedloraError(f"classification needs at least 2 labels; the {len(out)} record(s) of {source!r} have "
                             f"only {names}")
     return out, names
-
-
-def prepare(name: str, echo: Callable[[str], None] = print) -> None:
-    """Fetch and cache an offline data set ahead of time (`all`: every one)."""
-    names = [*bigbench.TASKS, "gsm-symbolic"] if name == "all" else [name]
-    wanted = tuple(n for n in names if n in bigbench.TASKS)
-    if wanted:
-        echo(f"preparing {', '.join(wanted)} from the bigbench==1.0.0 sdist (one download, once)...")
-        for task, n in bigbench.prepare(wanted).items():
-            echo(f"  {task}: {n} examples -> {bigbench.jsonl_path(task)}")
-    if "gsm-symbolic" in names:
-        import reasoning_gym
-
-        reasoning_gym.create_dataset("gsm_symbolic", size=1, seed=0)
-        echo("  gsm-symbolic: generated on demand by reasoning-gym (nothing to download)")
-

@@ -63,6 +63,22 @@ def non_finite(loss: float, state: State) -> str | None:
     return None
 
 
+def no_learning(stats: Mapping[int, Mapping[str, Any]], scaling: str) -> str | None:
+    """Step 3, for the round as a whole: why it cannot be a result although every upload is finite, or None.
+    Every accepted participant's adapter gradients exactly zero (their means over the local steps, before
+    clipping) mean that nothing trained: no gradient reaches any adapter. Under `lora.scaling=none` (gamma = 0,
+    the head-only baseline) that is what is asked for."""
+    if scaling == "none" or not stats:
+        return None
+    if any(s["grad_norm_A"] != 0 or s["grad_norm_B"] != 0 for s in stats.values()):
+        return None
+    return ("every participant's adapter gradients are exactly zero, so no adapter learns and the run would "
+            "record an untrained model as a result. Likely causes: a quantised base that cuts the gradient (a "
+            "bitsandbytes layer in an inference-only format: model.quantization), a scaling factor of 0 "
+            "(lora.alpha, or a lora.scaling=custom that gives 0: lora.scaling=none is the head-only baseline), or "
+            "frozen factors (a model whose adapted modules never reach the loss)")
+
+
 def bytes_down(method: FederatedMethod, update: State, ranks: list[int]) -> int:
     """What the round's participants (of these ranks) download of its update, as fp32 values: each gets
     method.sent_to(update, its rank). Clients that did not take part are not counted."""
@@ -129,7 +145,10 @@ class Server:
         return select(self.rng, self.cfg.fed.clients, self.cfg.fed.clients_per_round)
 
     def require(self, rnd: int, exchange: Exchange) -> None:
-        """Too few acceptable uploads (fed.min_clients) stop the run, with every client's reason."""
+        """Too few acceptable uploads (fed.min_clients) stop the run, with every client's reason; so does a round
+        in which no adapter got a gradient (no_learning)."""
+        if reason := no_learning(exchange.stats, self.resolved.scaling):
+            raise SfedloraError(f"round {rnd}: {reason}")
         if len(exchange.uploads) < self.cfg.fed.min_clients:
             hint = (". Lower train.lr or enable train.grad_clip" if any("non-finite" in e["reason"] for e in
                                                                           exchange.excluded) else "")

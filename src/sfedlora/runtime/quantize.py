@@ -6,7 +6,12 @@ without native bf16, where bf16 matmuls are emulated); `8bit` stores them as int
 threshold 6). The task head and the LM head stay
 in full precision, and the per-client adapters on top are fp32 as always.
 
-Devices: bitsandbytes 0.50 runs both modes' forward and backward on CPU (tested here) and on CUDA. It pays
+Devices: bitsandbytes 0.50 runs both modes' forward and backward on CPU (tested here) and on CUDA. On a CPU
+with AVX512-BF16, its Linear4bit repacks the weight for good, at the first forward in eval mode whose input
+needs no gradient (an evaluation), into an inference-only format whose kernel has no backward: every later
+training forward would then cut the gradient to every adapter below it. sfedlora's frozen base is always in
+eval mode, so each 4-bit layer is kept out of that format (`_unpacked`); the probe that decides it
+(`bitsandbytes.nn.modules.has_avx512bf16`) is faked in the tests, so the AVX512-BF16 path is covered on any CPU. It pays
 where the base weights dominate memory (billion-parameter bases, GPUs): for SmolLM2-135M on a 2-core CPU
 the weights shrink from 513 to 159 MiB but the round's peak does not fall and a round is slower (its CPU
 kernels dequantise every call); docs/usage.md has the measurement. FLoRA, which merges updates into the
@@ -39,6 +44,7 @@ def _quantised(layer: nn.Linear, mode: str, compute: torch.dtype) -> nn.Module:
         q = bnb.nn.Linear4bit(layer.in_features, layer.out_features, bias=bias is not None,
                               compute_dtype=compute, compress_statistics=True, quant_type="nf4")
         q.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4", compress_statistics=True)
+        _unpacked(q)
     else:
         q = bnb.nn.Linear8bitLt(layer.in_features, layer.out_features, bias=bias is not None,
                                 has_fp16_weights=False, threshold=6.0)
@@ -46,6 +52,16 @@ def _quantised(layer: nn.Linear, mode: str, compute: torch.dtype) -> nn.Module:
     if bias is not None:
         q.bias = bias
     return q.to("cpu")  # bitsandbytes quantises when the weight moves to a device
+
+
+def _unpacked(layer: Any) -> None:
+    """Keep a bitsandbytes Linear4bit in the format that has a backward: its forward repacks the weight for CPU
+    inference only where this flag (set from the CPU probe at construction) is on."""
+    if not hasattr(layer, "support_avx512bf16_for_cpu"):
+        raise SfedloraError("this bitsandbytes version's Linear4bit has no support_avx512bf16_for_cpu flag, which "
+                            "sfedlora turns off so that a 4-bit base keeps its backward on AVX512-BF16 CPUs; install "
+                            "the version pyproject.toml's `quantization` extra names")
+    layer.support_avx512bf16_for_cpu = False
 
 
 def quantize(model: nn.Module, mode: str, compute: torch.dtype = torch.float32) -> int:
