@@ -4,7 +4,7 @@ LoRA, arXiv 2603.08058: gamma = alpha * sqrt(N / r)), with the methods it is com
 The Python API (docs/api.md):
 
     import sfedlora
-    result = sfedlora.run("vitaminc", overrides=["fed.rounds=3"], out="runs/vc")   # a RunResult
+    result = sfedlora.run("syllogism", overrides=["fed.rounds=3"], out="runs/syl")   # a RunResult
     print(result.metric("personal", "best"))                                     # best-on-val test accuracy
     sfedlora.export(result, client=0, out="exported/vc-0")                       # PEFT adapter + merged model
 """

@@ -1,7 +1,7 @@
 """sfedlora's Python API: what the CLI does, as functions (docs/api.md).
 
     import sfedlora
-    result = sfedlora.run("vitaminc", overrides=["fed.rounds=3"], out="runs/vc")
+    result = sfedlora.run("syllogism", overrides=["fed.rounds=3"], out="runs/syl")
     result.summary["personal"]["best"], result.records[-1]["eval"], result.path
     sfedlora.export(result.path, client=0, out="exported/vc-0")
     again = sfedlora.load_run("runs/vc")
@@ -62,7 +62,7 @@ def default_out(cfg: RunConfig) -> Path:
 def run(config: str | Path | RunConfig | None = None, overrides: Sequence[str] = (), out: str | Path | None = None,
         progress: bool = False, echo: Callable[[str], None] | None = None) -> RunResult:
     """Run one federated fine-tuning in this process. `config`: a YAML path, a built-in name (`default`,
-    `vitaminc`, ...), a RunConfig, or None for the defaults; `overrides`: dotted `key=value` strings; `out`:
+    `syllogism`, ...), a RunConfig, or None for the defaults; `overrides`: dotted `key=value` strings; `out`:
     the run folder (default runs/<name>-<method>-r<rank>-<time>; it must not hold anything yet)."""
     from sfedlora.simulation import Simulation
 

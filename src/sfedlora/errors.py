@@ -14,7 +14,8 @@ class SfedloraError(Exception):
 
 # What torch and bitsandbytes say when the numbers that follow may be wrong (torch's "an autograd kernel was not
 # registered ... This may lead to silently incorrect behavior" for an op without a backward, for one).
-INCORRECT_RESULTS = r"(?is).*(silently incorrect|incorrect (result|behaviou?r|gradient)|results? may be (incorrect|wrong))"
+INCORRECT_RESULTS = (r"(?is).*(silently incorrect|incorrect (result|behaviou?r|gradient)"
+                     r"|results? may be (incorrect|wrong))")
 
 
 @contextmanager

@@ -96,9 +96,9 @@ def test_a_folder_named_like_a_built_in_config_or_spec_is_not_read_as_one(tmp_pa
     (tmp_path / "default").mkdir()
     (tmp_path / "rank-sweep").mkdir()
     assert config_path("default") is None  # the schema's defaults
-    assert config_path("vitaminc") == CONFIG_DIR / "vitaminc.yaml"
-    (tmp_path / "vitaminc").mkdir()
-    assert config_path("vitaminc") == CONFIG_DIR / "vitaminc.yaml"
+    assert config_path("syllogism") == CONFIG_DIR / "syllogism.yaml"
+    (tmp_path / "syllogism").mkdir()
+    assert config_path("syllogism") == CONFIG_DIR / "syllogism.yaml"
     assert spec_path("rank-sweep") == EXPERIMENT_DIR / "rank-sweep.yaml"
 
 

@@ -125,3 +125,40 @@ def test_a_4bit_run_trains_and_flora_is_refused(tmp_path, bnb_probe):
     assert rundir.read(out)[0].model.quantization == "4bit"
     with pytest.raises(SfedloraError, match="quantised base"):
         check(load_config(None, [*args, "fed.method=flora"]))
+
+
+def test_8bit_layers_train_alike_with_the_int8_kernel_of_avx512_cpus():
+    # bitsandbytes registers torch._int_mm as its CPU int8 matmul only where torch reports AVX512 at import
+    # (backends/cpu/ops.py); here that registration is made by hand, so the AVX512 path runs on any CPU
+    g = torch.Generator().manual_seed(7)
+    batch = lm_batch(g, 2)
+
+    def forward_backward():
+        model = tiny_llama()
+        quantize(model, "8bit")
+        inject_adapters(model, "qv", head=False)
+        state = init_adapter_state(model, 4, torch.Generator().manual_seed(0))
+        state = {k: torch.full_like(v, 0.05) if k.endswith("lora_B") else v for k, v in state.items()}
+        load_group(model, [state], [2.0])
+        logits = model(input_ids=batch["input_ids"]).logits
+        logits.square().mean().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    calls = []
+
+    def int_mm(a, b):  # what bitsandbytes 0.50 registers on AVX512 CPUs
+        calls.append(a.shape)
+        return torch._int_mm(a.reshape(-1, a.shape[-1]), b.t()).reshape(*a.shape[:-1], b.shape[0])
+
+    default_logits, default_grads = forward_backward()
+    lib = torch.library.Library("bitsandbytes", "IMPL")
+    try:
+        lib.impl("int8_linear_matmul", int_mm, "CPU")
+        avx512_logits, avx512_grads = forward_backward()
+    finally:
+        lib._destroy()
+    assert calls  # the AVX512 kernel did run
+    torch.testing.assert_close(avx512_logits, default_logits, rtol=0, atol=0)
+    assert avx512_grads.keys() == default_grads.keys() and any("lora_A" in k for k in default_grads)
+    for k in default_grads:
+        torch.testing.assert_close(avx512_grads[k], default_grads[k], rtol=0, atol=0)

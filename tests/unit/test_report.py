@@ -94,10 +94,10 @@ def test_heterogeneous_runs_are_labelled_by_their_rank_set(tmp_path):
 
 
 def test_runs_on_different_data_get_a_data_column(tmp_path):
-    fake_run(tmp_path / "runs" / "a", ["data.source=multiemo"], [0.2, 0.5])
-    fake_run(tmp_path / "runs" / "b", ["data.source=vitaminc"], [0.2, 0.6])
+    fake_run(tmp_path / "runs" / "a", ["data.source=bbc-news"], [0.2, 0.5])
+    fake_run(tmp_path / "runs" / "b", ["data.source=syllogism"], [0.2, 0.6])
     arms, varying, common = group_arms(find_runs([tmp_path / "runs"]))
-    assert varying == ["data.source"] and [a.label for a in arms] == [{"data": "multiemo"}, {"data": "vitaminc"}]
+    assert varying == ["data.source"] and [a.label for a in arms] == [{"data": "bbc-news"}, {"data": "syllogism"}]
     build_report([tmp_path / "runs"], tmp_path / "rep")
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| data | seeds |" in md and "model minilm-l6" in md  # shared settings are stated once

@@ -13,7 +13,6 @@ name (`hf:` prefix optional), with the field names given in the config.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
