@@ -245,3 +245,21 @@ def test_a_one_seed_difference_says_so_once(tmp_path):
     row = dict(zip(header, next(r for r in body if r[0] == "fedsa-lora")))
     assert row["Δ vs method=sfed-lora (paired by seed, 95% CI)"] == "0.0500 (n=1, no interval)"
     assert row["reading"] == "one seed: no verdict"
+
+
+def test_a_pivot_cell_is_the_mean_and_its_95_percent_t_half_width_as_the_docs_say(tmp_path):
+    """Two seeds at 0.5 and 0.7: mean 0.6, standard deviation 0.1414, t(0.975, 1) = 12.706, so ± 12.706 x
+    0.1414 / sqrt(2) = 1.2706 (the standard deviation would read 0.1414: what docs/evaluation.md said)."""
+    from sfedlora.tools.report import pivot_table
+
+    for seed, acc in ((0, 0.5), (1, 0.7)):
+        fake_run(tmp_path / "runs" / f"s{seed}", ["lora.rank=8", "fed.method=sfed-lora", f"seed={seed}"], [0.2, acc])
+    fake_run(tmp_path / "runs" / "f", ["lora.rank=16", "fed.method=fedsa-lora", "seed=0"], [0.2, 0.6])
+    arms, _, _ = group_arms(find_runs([tmp_path / "runs"]))
+    header, body = pivot_table(arms, "method", "rank")
+    assert header == ["method", "rank 8", "rank 16"]
+    assert body[[r[0] for r in body].index("sfed-lora")][1:] == ["0.6000 ± 1.2706", "-"]
+    evaluation = (Path(__file__).parents[2] / "docs" / "evaluation.md").read_text()
+    assert "± is the half-width of the 95%\nStudent-t interval" in evaluation and "± is the standard deviation" \
+        not in evaluation
+    assert "95% Student-t interval" in (pivot_table.__doc__ or "")

@@ -112,6 +112,13 @@ def records(out: Path) -> list[dict[str, Any]]:
     return read_jsonl(Path(out) / METRICS)
 
 
+def is_run(folder: Path) -> bool:
+    """Whether a folder is a run folder (a run, finished or not, or a Flower run): it has config.yaml and the
+    round records or partitions a run writes beside it."""
+    folder = Path(folder)
+    return (folder / CONFIG).is_file() and ((folder / METRICS).exists() or (folder / PARTITIONS).exists())
+
+
 def finished(out: Path) -> bool:
     return (Path(out) / SUMMARY).exists()
 

@@ -174,16 +174,56 @@ def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None, b
     return peft_model.eval(), tok, info
 
 
-def export(run_dir: Path, client: int, out: Path, merged: bool = True, force: bool = False,
-           node_dir: Path | None = None, best: bool = False, rnd: int | None = None) -> dict[str, Any]:
-    """Write OUT/adapter (and OUT/merged). OUT must not exist or be empty unless `force`; the export is written
-    into a temporary folder beside it and renamed into place, so OUT is never half-written or mixed with an
-    earlier export's files."""
-    out = Path(out)
+MARK = "sfedlora-export.json"  # what marks a folder as an export: the only kind --force may replace
+
+
+def check_out(out: Path, force: bool, own_run: Path | None = None) -> None:
+    """Refuse an --out that would lose anything but an earlier export: a file, a run folder, a folder inside
+    a run folder or holding one, and (without `force`) any non-empty folder; with `force`, only a folder that
+    an export wrote (it has MARK, or an adapter/sfedlora.json from before MARK existed) is replaced.
+    `own_run`: the run whose lm-eval/ folder may hold its exports (sfedlora eval)."""
+    out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise SfedloraError(f"--out {out} is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise SfedloraError(f"--out {out} is not empty; choose another folder, or give --force to replace it")
+    own = None if own_run is None else Path(own_run).resolve()
+    for folder in (out, *out.parents):
+        if own is not None and folder == own and own / "lm-eval" in out.parents:
+            continue
+        if rundir.is_run(folder):
+            raise SfedloraError(f"--out {out} is {'a run folder' if folder == out else f'inside the run {folder}'}: "
+                                "an export goes to a folder of its own, outside every run")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    runs = [p.parent for p in out.rglob(rundir.CONFIG) if rundir.is_run(p.parent)]
+    if runs:
+        raise SfedloraError(f"--out {out} holds the run {runs[0]}"
+                            + (f" and {len(runs) - 1} more" if len(runs) > 1 else "") + "; --force never replaces runs")
+    if not force:
+        raise SfedloraError(f"--out {out} is not empty; choose another folder, or give --force to replace an "
+                            "earlier export there")
+    if not ((out / MARK).is_file() or (out / "adapter" / "sfedlora.json").is_file()):
+        raise SfedloraError(f"--out {out} is not an export of sfedlora's (it has no {MARK}): --force replaces only "
+                            "an earlier export; choose another folder")
+
+
+def _umask_modes(folder: Path) -> None:
+    """Give a folder and everything in it the modes the umask gives new files: mkdtemp makes folders 0700,
+    and safetensors writes its files 0600, whatever the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (folder, *folder.rglob("*")):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def export(run_dir: Path, client: int, out: Path, merged: bool = True, force: bool = False,
+           node_dir: Path | None = None, best: bool = False, rnd: int | None = None,
+           own_run: Path | None = None) -> dict[str, Any]:
+    """Write OUT/adapter (and OUT/merged). OUT must not exist or be empty, or (with `force`) hold an earlier
+    export, never a run (check_out); the export is written into a temporary folder beside it and renamed into
+    place, so OUT is never half-written or mixed with an earlier export's files. Folders and files get the
+    permissions the umask gives."""
+    out = Path(out)
+    check_out(out, force, own_run)
     peft_model, tok, info = build_peft_model(run_dir, client, node_dir, best, rnd)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -198,6 +238,8 @@ def export(run_dir: Path, client: int, out: Path, merged: bool = True, force: bo
             tok.save_pretrained(folder)
             (folder / "sfedlora.json").write_text(json.dumps({**info, "run": str(Path(run_dir).resolve())}, indent=1))
             (folder / "README.md").write_text(model_card.render(info, summary, cfg, folder.name))
+        (tmp / MARK).write_text(json.dumps({"run": str(Path(run_dir).resolve()), "client": client}, indent=1))
+        _umask_modes(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
             os.replace(out, old)

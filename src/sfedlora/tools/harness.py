@@ -66,7 +66,7 @@ def evaluate(run_dir: Path, client: int, tasks: list[str], include_path: Path | 
     folder = run_dir / "lm-eval" / f"client-{client}"
     # FLoRA's updates live in the base weights: only its merged model is the client's model
     info = export(run_dir, client, folder, merged=METHODS[cfg.fed.method].merges_into_base, force=True,
-                  node_dir=node_dir, best=best, rnd=rnd)
+                  node_dir=node_dir, best=best, rnd=rnd, own_run=run_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     args = model_args(cfg, resolved, folder, resolved.precision if device != "cpu" else "fp32", device)
     manager = TaskManager(include_path=str(include_path) if include_path else None)
