@@ -85,8 +85,9 @@ def arms_table(arms: list[Arm], ref: tuple[str, str] | None = None,
 
 
 def pivot_table(arms: list[Arm], rows: str, cols: str) -> tuple[list[str], list[list[str]]]:
-    """Best-on-validation personal test metric, mean ± the half-width of its 95% Student-t interval over seeds, with `rows` down and `cols` across
-    (only for arms told apart by exactly these two settings: nothing else is pooled)."""
+    """Best-on-validation personal test metric, mean ± the half-width of its 95% Student-t interval over seeds,
+    with `rows` down and `cols` across (only for arms told apart by exactly these two settings: nothing else is
+    pooled)."""
     cells = {(a.label[rows], a.label[cols]): [v for r in a.runs if (v := best_test(r)) is not None] for a in arms}
     row_vals = list(dict.fromkeys(a.label[rows] for a in arms))
     col_vals = sorted({a.label[cols] for a in arms}, key=lambda v: (isinstance(v, str), str(v).zfill(8)))
