@@ -26,6 +26,10 @@ def test_defaults_and_overrides():
         ("train.optimizer=adam", "train.optimizer must be one of sgd, adamw"),
         ("fed.clients_per_round=9", "exceeds fed.clients"),
         ("norank", "not of the form key=value"),
+        # no validation split: NaN validation everywhere, and "best on validation" became the untrained round 0
+        ("data.val_fraction=0", r"data.val_fraction must be > 0, got 0.0: the best round.*untrained round 0"),
+        ("data.val_fraction=-0.1", "data.val_fraction must be > 0"),
+        ("data.test_fraction=0", r"data.test_fraction must be > 0, got 0.0: results are reported on"),
     ],
 )
 def test_bad_values(override, message):
@@ -97,3 +101,17 @@ def test_every_field_has_help_text():
     from sfedlora.config.load import checks
 
     assert all(f.metadata.get("help") for f in checks().values())
+
+
+def test_a_key_named_twice_in_a_yaml_file_is_refused(tmp_path):
+    """Plain YAML keeps the last of two equal keys without a word (before: rank 16 ran, rank 4 was lost)."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("lora:\n  rank: 4\nfed:\n  rounds: 2\nlora:\n  rank: 16\n")
+    with pytest.raises(SfedloraError, match=r"key 'lora' appears twice \(lines 1 and 5\)"):
+        load_config(str(path))
+    path.write_text("lora:\n  rank: 4\n  alpha: 2\n  rank: 8\n")
+    with pytest.raises(SfedloraError, match=r"key 'rank' appears twice \(lines 2 and 4\)"):
+        load_config(str(path))
+    path.write_text("lora:\n  rank: 4\nfed:\n  rank: 4\n")  # the same name in two mappings is fine
+    with pytest.raises(SfedloraError, match="fed.rank"):  # (and then an unknown key, said as such)
+        load_config(str(path))

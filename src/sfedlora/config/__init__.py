@@ -11,6 +11,7 @@ from sfedlora.config.load import (
     load_config,
     parse_override,
     parse_value,
+    read_yaml,
     to_dict,
     validate,
 )
@@ -26,4 +27,4 @@ from sfedlora.config.schema import (
 
 __all__ = ["CONFIG_DIR", "DEFAULT", "DataConfig", "EvalConfig", "FedConfig", "LoraConfig", "ModelConfig", "RunConfig",
            "TrainConfig", "builtin_configs", "config_from_dict", "config_path", "dotted", "load_config",
-           "parse_override", "parse_value", "to_dict", "validate"]
+           "parse_override", "parse_value", "read_yaml", "to_dict", "validate"]

@@ -17,6 +17,27 @@ import yaml
 from sfedlora.config.schema import TRACKERS, RunConfig
 from sfedlora.errors import SfedloraError
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {seen[key]} and {line}): which one is meant?",
+                    key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML as yaml.safe_load does, except that a key named twice in one mapping is an error."""
+    return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader subclass)
+
+
 CONFIG_DIR = Path(__file__).parent.parent / "configs"
 DEFAULT = "default"  # the name of the defaults themselves, as a built-in config
 
@@ -114,6 +135,13 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.fed.min_clients > n_round:
         raise SfedloraError(f"fed.min_clients ({cfg.fed.min_clients}) exceeds the clients a round has ({n_round}: "
                             "fed.clients_per_round, else fed.clients): no round could ever go ahead")
+    if cfg.data.val_fraction <= 0:
+        raise SfedloraError(f"data.val_fraction must be > 0, got {cfg.data.val_fraction}: the best round, export "
+                            "--best and the report's main column are chosen on each client's validation split, and "
+                            "with none every round would tie on NaN and the untrained round 0 would be chosen")
+    if cfg.data.test_fraction <= 0:
+        raise SfedloraError(f"data.test_fraction must be > 0, got {cfg.data.test_fraction}: results are reported on "
+                            "each client's test split, never on the validation split they were chosen on")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
         raise SfedloraError("data.val_fraction + data.test_fraction must be < 1")
     if len(cfg.train.betas) != 2 or not all(0 <= b < 1 for b in cfg.train.betas):
@@ -183,7 +211,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         path = Path(path)
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = read_yaml(path.read_text())
         except OSError as exc:
             raise SfedloraError(f"cannot read config {path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:

@@ -104,9 +104,8 @@ class DataConfig:
                                  label="Dirichlet alpha")
     min_partition_size: int = opt(100, "every client gets at least this many records, or a clear error",
                                   check="non_negative")
-    val_fraction: float = opt(0.1, "per-client validation share (the best round is chosen on it)",
-                              check="non_negative")
-    test_fraction: float = opt(0.2, "per-client test share (results are reported on it)", check="non_negative")
+    val_fraction: float = opt(0.1, "per-client validation share, > 0 (the best round is chosen on it)")
+    test_fraction: float = opt(0.2, "per-client test share, > 0 (results are reported on it)")
 
 
 @dataclass

@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from sfedlora.config import read_yaml
 from sfedlora.errors import SfedloraError
 
 EXPERIMENT_DIR = Path(__file__).parent.parent / "experiments"
@@ -100,7 +101,7 @@ def _slug(key: str, value: Any) -> str:
 def load_spec(name: str, size: str) -> tuple[dict[str, Any], dict[str, Any]]:
     path = spec_path(name)
     try:
-        spec = yaml.safe_load(path.read_text())
+        spec = read_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise SfedloraError(f"cannot read sweep spec {path}: {exc}") from None
     if not isinstance(spec, dict) or size not in spec:
