@@ -17,6 +17,7 @@ import yaml
 from sfedlora.config.schema import TRACKERS, RunConfig
 from sfedlora.errors import SfedloraError
 
+
 class _UniqueKeys(yaml.SafeLoader):
     """YAML's safe loader, refusing a mapping that names a key twice (plain YAML keeps the last silently)."""
 
