@@ -67,3 +67,19 @@ def test_a_compiled_run_trains_the_same_adapters(sentiment_file, tmp_path):
     for a, b in zip(eager, compiled):
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["sfed-lora", "fedit", "flora", "flexlora"])
+def test_min_clients_0_with_every_participant_excluded_keeps_the_latest_update(method, sentiment_file, tmp_path):
+    """fed.min_clients=0 and a rate that makes every update non-finite: each round is recorded with no accepted
+    client and every client keeps its state, as the Flower server does (before: `aggregation weights must have
+    a positive sum` for sfed-lora and flora, `nothing to aggregate` for fedit and flexlora)."""
+    args = [f"data.source={sentiment_file}", *BASE[:7], "fed.rounds=2", "fed.local_steps=2", "train.batch_size=4",
+            "eval.max_examples=8", "fed.min_clients=0", "train.optimizer=sgd", "train.lr=1e30", f"fed.method={method}"]
+    out = tmp_path / "run"
+    assert main(["run", *args, "--out", str(out), "--quiet"]) == 0
+    recs = rundir.records(out)
+    assert [(r["round"], r.get("n_averaged", 0), len(r.get("excluded", []))) for r in recs] == [(0, 0, 0), (1, 0, 2),
+                                                                                                  (2, 0, 2)]
+    assert all("non-finite" in e["reason"] for r in recs[1:] for e in r["excluded"])
+    assert recs[-1]["eval"]["personal"] == recs[0]["eval"]["personal"]  # nobody's model changed

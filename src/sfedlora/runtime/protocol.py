@@ -157,8 +157,11 @@ class Server:
                                 + "; ".join(f"client {e['client']}: {e['reason']}" for e in exchange.excluded) + hint)
 
     def aggregate(self, rnd: int, exchange: Exchange) -> State:
-        """Step 5: the method's aggregate of the accepted uploads."""
+        """Step 5: the method's aggregate of the accepted uploads; none accepted (possible only with
+        fed.min_clients = 0) is an empty update: every client keeps the latest, as a Flower server does."""
         accepted = sorted(exchange.uploads)
+        if not accepted:
+            return self.adopt({})
         return self.adopt(self.method.aggregate([exchange.uploads[c] for c in accepted],
                                                 [self.weights[c] for c in accepted], rnd))
 
