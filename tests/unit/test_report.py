@@ -263,3 +263,32 @@ def test_a_pivot_cell_is_the_mean_and_its_95_percent_t_half_width_as_the_docs_sa
     assert "± is the half-width of the 95%\nStudent-t interval" in evaluation and "± is the standard deviation" \
         not in evaluation
     assert "95% Student-t interval" in (pivot_table.__doc__ or "")
+
+
+def test_rules_each_run_at_their_own_rates_stay_two_rows_with_a_paired_difference(tmp_path):
+    """FedSA-LoRA with sfed at lr 1e-3 and rslora at lr 3e-3, seeds 0 and 1 (each rule at its own rate, the
+    fair way to compare rules): two rows and a paired difference (before: '4 runs in 1 arms', rslora gone,
+    because the rate alone told the rules apart and so the rule was dropped from the labels)."""
+    for rule, lr, accs in (("sfed", 0.001, (0.60, 0.70)), ("rslora", 0.003, (0.50, 0.58))):
+        for seed, acc in enumerate(accs):
+            fake_run(tmp_path / "runs" / f"{rule}-{seed}", ["fed.method=fedsa-lora", f"lora.scaling={rule}",
+                                                            f"train.lr={lr}", f"seed={seed}"], [0.2, acc])
+    arms, varying, _ = group_arms(find_runs([tmp_path / "runs"]))
+    assert varying == ["lora.scaling", "train.lr"] and [a.label for a in arms] == [
+        {"scaling": "rslora", "lr": 0.003}, {"scaling": "sfed", "lr": 0.001}]
+    build_report([tmp_path / "runs"], tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "4 runs read, in 2 arms (runs with equal settings but the seed); 2 rows, one per arm." in md
+    rslora = next(line for line in md.splitlines() if line.startswith("| rslora | 0.003 |"))
+    # paired by seed: rslora - sfed = -0.10 and -0.12: mean -0.11, sd 0.01414, half 12.706 * 0.01 = 0.1271
+    assert "-0.1100 ± 0.1271" in rslora and "within noise" in rslora
+    assert next(line for line in md.splitlines() if line.startswith("| sfed | 0.001 |")).count("(reference)") == 1
+
+
+def test_the_intro_counts_the_runs_read_and_the_rows_shown_when_rates_are_chosen(tmp_path):
+    for lr, acc in ((0.001, 0.6), (0.003, 0.7)):
+        fake_run(tmp_path / "runs" / f"lr{lr}", [f"train.lr={lr}"], [0.2, acc])
+    build_report([tmp_path / "runs"], tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert ("2 runs read, in 2 arms (runs with equal settings but the seed); 1 rows, each arm at its learning "
+            "rate chosen on validation (the other 1 arms are its other rates, listed in the rates table)") in md

@@ -29,6 +29,9 @@ RANK_KEYS = ("lora.rank", "lora.ranks", "lora.rank_set")
 HEAD_ONLY = "head-only (gamma=0)"
 # Keys dropped from an arm's label when the other varying keys determine them (e.g. a method's own scaling).
 DERIVED = ("lora.scaling", "lora.init", "lora.rank_rule", "lora.scaling_n")
+# The learning rate is chosen per group of arms equal in all else (tools.selection): it never counts as telling
+# a derived key apart, or two rules each run at its own rates would fall into one group and all but one vanish.
+RATE = "train.lr"
 
 
 @dataclass
@@ -140,7 +143,7 @@ def group_arms(runs: Sequence[Run]) -> tuple[list[Arm], list[str], dict[str, Any
     common = {k: all_settings[0].get(k) for k in keys if k not in varying}
     shown = list(varying)
     for key in DERIVED:  # a method's own scaling, say, adds nothing to its label
-        if key in shown and _determined(key, [k for k in shown if k != key], all_settings):
+        if key in shown and _determined(key, [k for k in shown if k not in (key, RATE)], all_settings):
             shown.remove(key)
     names = display_names(shown)
     arms: dict[tuple, Arm] = {}

@@ -107,13 +107,19 @@ BY = (("rank", "rank"), ("clients", "number of clients"), ("clients_per_round", 
       ("scaling", "scaling rule"), ("targets", "adapter placement"))
 
 
-def _intro(runs: list[Run], arms: list[Arm], common: dict[str, Any], metric: str, higher: bool) -> str:
+def _intro(runs: list[Run], arms: list[Arm], shown: list[Arm], common: dict[str, Any], metric: str,
+           higher: bool) -> str:
+    """`arms`: every arm the runs form; `shown`: the table's rows (one rate per group where rates were chosen)."""
     shared = display_names(list(common))
     wanted = ("model.name", "data.source", "data.partition", "model.precision", "fed.method", "rank",
               "fed.clients", "fed.rounds", "lora.scaling")
     facts = ", ".join(f"{shared[k]} {common[k]}" for k in wanted if k in common)
     dupes = [p for a in arms for p in a.duplicates]
-    text = (f"{len(runs)} runs in {len(arms)} arms (runs with equal settings but the seed). Metric: {metric} "
+    rows = (f"{len(shown)} rows, each arm at its learning rate chosen on validation (the other "
+            f"{len(arms) - len(shown)} arms are its other rates, listed in the rates table)" if len(shown) < len(arms)
+            else f"{len(shown)} rows, one per arm")
+    text = (f"{len(runs)} runs read, in {len(arms)} arms (runs with equal settings but the seed); {rows}. "
+            f"Metric: {metric} "
             f"({'higher' if higher else 'lower'} is better). Personal = each client's own adapters on its own "
             f"test split, averaged over clients weighted by what each evaluated; the best round is chosen on "
             f"validation. ± is the half-width of the 95% Student-t interval over an arm's distinct seeds (seeds "
@@ -212,7 +218,7 @@ def build_report(dirs: list[Path], out: Path, ref: tuple[str, str] | None = None
         rows, cols = arms[0].label
         tables.append((f"Best-on-validation personalised test {metric}, {rows} by {cols}",
                        *pivot_table(arms, rows, cols)))
-    intro = _intro(runs, arms, common, metric, higher)
+    intro = _intro(runs, every_rate, arms, common, metric, higher)
     if metric == "accuracy" and not any(str(a.label.get("method", "")).startswith("head-only") for a in arms):
         intro += (" No head-only baseline (lora.scaling=none) among these runs: what the adapters add over training"
                   " the head alone is not shown.")
