@@ -193,8 +193,8 @@ def test_a_run_written_before_a_key_existed_takes_its_default(tmp_path):
     (old / "config.yaml").write_text(yaml.safe_dump(raw))
     arms, _, _ = group_arms(find_runs([tmp_path / "runs"]))
     assert len(arms) == 1 and sorted(r.seed for r in arms[0].runs) == [0, 1]
-    fake_run(tmp_path / "runs" / "compiled", ["seed=2", "train.compile=true"], [0.2, 0.8])
-    assert len(group_arms(find_runs([tmp_path / "runs"]))[0]) == 2  # a setting that differs still separates
+    fake_run(tmp_path / "runs" / "quantised", ["seed=2", "model.quantization=4bit"], [0.2, 0.8])
+    assert len(group_arms(find_runs([tmp_path / "runs"]))[0]) == 2  # a setting that changes results still separates
 
 
 def test_gradient_norm_slopes_against_rank(tmp_path):
@@ -292,3 +292,25 @@ def test_the_intro_counts_the_runs_read_and_the_rows_shown_when_rates_are_chosen
     md = (tmp_path / "rep" / "report.md").read_text()
     assert ("2 runs read, in 2 arms (runs with equal settings but the seed); 1 rows, each arm at its learning "
             "rate chosen on validation (the other 1 arms are its other rates, listed in the rates table)") in md
+
+
+def test_settings_that_do_not_change_results_never_split_arms(tmp_path):
+    """Gradient checkpointing turned on only at the largest rank (to fit memory) must leave the runs in their
+    arms (before: rank 64 became a line of its own, and the slope table lost the rank)."""
+    fake_run(tmp_path / "runs" / "r8", ["lora.rank=8"], [0.2, 0.6])
+    fake_run(tmp_path / "runs" / "r64", ["lora.rank=64", "train.gradient_checkpointing=true",
+                                         "fed.client_store=disk", "tracking=[tensorboard]", "train.compile=true"],
+             [0.2, 0.7])
+    arms, varying, _ = group_arms(find_runs([tmp_path / "runs"]))
+    assert varying == ["rank"] and [a.label for a in arms] == [{"rank": 8}, {"rank": 64}]
+
+
+def test_every_option_says_whether_it_changes_results():
+    """The flag lives on each schema option (config.schema.opt(result=...)); these are the ones that do not."""
+    from sfedlora.config.load import checks, not_results
+
+    assert all("result" in f.metadata for f in checks().values())
+    assert set(not_results()) == {
+        "seed", "name", "checkpoint_every", "keep_round_adapters", "tracking", "model.device", "fed.client_store",
+        "train.gradient_checkpointing", "train.compile", "train.group_size", "train.group_memory", "eval.samples",
+        "eval.sample_tokens"}

@@ -24,7 +24,7 @@ class _UniqueKeys(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -114,6 +114,12 @@ def checks() -> dict[str, dataclasses.Field]:
         else:
             out[section.name] = section
     return out
+
+
+def not_results() -> list[str]:
+    """The dotted keys whose value does not change what a run computes (their schema option says result=False):
+    what reports group runs over."""
+    return [key for key, f in checks().items() if not f.metadata.get("result", True)]
 
 
 def validate(cfg: RunConfig) -> RunConfig:

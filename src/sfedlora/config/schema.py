@@ -11,10 +11,12 @@ from typing import Any
 
 
 def opt(default: Any, help: str, choices: tuple[Any, ...] | None = None, check: str | None = None,
-        label: str | None = None) -> Any:
+        label: str | None = None, result: bool = True) -> Any:
     """A config field: its default, its help text, and what validation allows: `choices`, or `check`
-    ("positive", "non_negative"); `label` names the field in error messages."""
-    meta = {"help": help, "choices": choices, "check": check, "label": label}
+    ("positive", "non_negative"); `label` names the field in error messages; `result`: whether its value can
+    change what a run computes (False: the run's numbers are the same whatever it is, tested, or it is outside
+    the math, as a label or a tracker is). Reports group runs over the keys whose `result` is False."""
+    meta = {"help": help, "choices": choices, "check": check, "label": label, "result": result}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -30,7 +32,8 @@ class ModelConfig:
                          choices=("auto", "fp32", "bf16"))
     max_length: int = opt(64, "tokens per example after truncation (instruction prompts are cut from the left, "
                           "keeping at least half for the response)", check="positive", label="max_length")
-    device: str = opt("auto", "`auto` (CUDA if available), `cpu` or `cuda`", choices=("auto", "cpu", "cuda"))
+    device: str = opt("auto", "`auto` (CUDA if available), `cpu` or `cuda`", choices=("auto", "cpu", "cuda"),
+                      result=False)
     quantization: str = opt("none", "the frozen base's linear layers through bitsandbytes (QLoRA): `4bit` (NF4, double "
                             "quantisation, computing at model.precision), `8bit` (LLM.int8()), or `none`; heads "
                             "stay full precision",
@@ -125,7 +128,7 @@ class FedConfig:
                             "them), `disk` (a state file per client that has trained, in the run folder's clients/; "
                             "memory then grows with the round's participants, not with N), or `auto` (disk from "
                             "1,000 clients, except for FLoRA); recorded as `resolved.client_store`",
-                            choices=("auto", "memory", "disk"))
+                            choices=("auto", "memory", "disk"), result=False)
 
 
 @dataclass
@@ -142,10 +145,11 @@ class TrainConfig:
                                 "grad_accum_steps examples, at the memory of batch_size", check="positive",
                                 label="grad_accum_steps")
     gradient_checkpointing: bool = opt(False, "recompute each transformer block's activations in the backward pass "
-                                       "instead of keeping them: less memory, about a third more compute")
+                                       "instead of keeping them: less memory, about a third more compute",
+                                       result=False)
     compile: bool = opt(False, "torch.compile (inductor) the model with its stacked adapters: on a 2-core CPU "
                         "1.09x faster MiniLM steps after ~100 s of compiling, 1.02x for SmolLM2, so off by default; "
-                        "docs/benchmarks.md")
+                        "docs/benchmarks.md", result=False)
     betas: list[float] = opt([0.9, 0.999], "AdamW betas")
     eps: float = opt(1e-8, "AdamW eps", check="positive", label="AdamW eps")
     batch_size: int = opt(8, "examples per client per local step", check="positive", label="batch size")
@@ -154,8 +158,8 @@ class TrainConfig:
                                "across rounds)", choices=("reset", "keep"))
     group_size: int | str = opt("auto", "clients trained together in one batched step: `auto` (enough to keep "
                                 "the device busy, within free memory), 0 = all, or a number; recorded as "
-                                "`resolved.groups`")
-    group_memory: float = opt(0.5, "`auto`: the share of free memory the group's activations may use")
+                                "`resolved.groups`", result=False)
+    group_memory: float = opt(0.5, "`auto`: the share of free memory the group's activations may use", result=False)
 
 
 @dataclass
@@ -172,8 +176,8 @@ class EvalConfig:
                        "them) instead of all; 0 = all", check="non_negative")
     samples: int = opt(2, "instruction and math: each client's first S test prompts (the split's seeded order) are "
                        "decoded greedily at every evaluated round and written with their reference to "
-                       "samples.jsonl; 0 = none", check="non_negative")
-    sample_tokens: int = opt(64, "decode length of those samples", check="positive")
+                       "samples.jsonl; 0 = none", check="non_negative", result=False)
+    sample_tokens: int = opt(64, "decode length of those samples", check="positive", result=False)
 
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
@@ -187,12 +191,13 @@ class RunConfig:
     fed: FedConfig = field(default_factory=FedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    seed: int = opt(0, "seeds data sampling, partitioning, init, batch order, participation")
+    seed: int = opt(0, "seeds data sampling, partitioning, init, batch order, participation", result=False)
     tracking: list[str] = opt([], "experiment trackers, any of `tensorboard`, `wandb` (offline), `mlflow` (a local "
-                              "SQLite store): per-round metrics, the config, the report's figures; docs/usage.md")
-    name: str = opt("", "a label for the default run-folder name")
+                              "SQLite store): per-round metrics, the config, the report's figures; docs/usage.md",
+                              result=False)
+    name: str = opt("", "a label for the default run-folder name", result=False)
     checkpoint_every: int = opt(1, "rounds between checkpoints (and always the last); 0 = never",
-                                check="non_negative")
+                                check="non_negative", result=False)
     keep_round_adapters: bool = opt(False, "also keep every checkpointed round's adapters in the run folder "
                                     "(rounds/), so `export --round N` can export any of them; one adapters file per "
-                                    "checkpoint")
+                                    "checkpoint", result=False)

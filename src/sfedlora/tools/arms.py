@@ -6,7 +6,8 @@ A run's settings are its config.yaml flattened to dotted keys, with what `auto` 
 (precision, scaling rule, init) and one `rank` key: the rank, or the set of ranks of a heterogeneous run
 ("2,4,8"). A key the run's config.yaml lacks (written by a version before the key existed) takes its
 default, so runs of one sweep made across versions still group together. Keys that do not change results
-(seed, name, checkpointing, group sizes, generation samples) are left out.
+(their schema option says result=False: seed, name, checkpointing, group sizes, generation samples, gradient
+checkpointing, the client store, trackers, compilation) are left out.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from typing import Any
 
 import yaml
 
-from sfedlora.config import RunConfig, dotted, to_dict
+from sfedlora.config import RunConfig, dotted, not_results, to_dict
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime.records import read_jsonl
 
-NOT_RESULTS = ("seed", "name", "checkpoint_every", "keep_round_adapters", "train.group_size", "train.group_memory",
-               "model.device", "eval.samples", "eval.sample_tokens")
+NOT_RESULTS = tuple(not_results())  # the schema's options marked result=False (seed, checkpointing, trackers...)
 RANK_KEYS = ("lora.rank", "lora.ranks", "lora.rank_set")
 HEAD_ONLY = "head-only (gamma=0)"
 # Keys dropped from an arm's label when the other varying keys determine them (e.g. a method's own scaling).
