@@ -90,6 +90,24 @@ def test_sweep_runs_resumes_and_reports(spec, tmp_path, capsys):
     assert "| method | rank 2 | rank 8 |" in md
 
 
+def test_a_sweep_refuses_finished_runs_whose_data_changed(spec, sentiment_file, tmp_path, capsys):
+    """Two records' labels swapped in the data file after the sweep ran: its finished runs are stale (before:
+    '5 already finished, 0 to run', exit 0, with results on the old data)."""
+    out = tmp_path / "sweep"
+    only = ["--only", "lora.rank=2", "--only", "fed.method=sfed-lora"]
+    assert main(["sweep", str(spec), "--out", str(out), *only]) == 0
+    assert main(["sweep", str(spec), "--out", str(out), *only]) == 0
+    assert "2 runs, 2 already finished, 0 to run" in capsys.readouterr().out
+    lines = sentiment_file.read_text().splitlines()
+    first, second = json.loads(lines[0]), json.loads(lines[1])
+    first["sentiment"], second["sentiment"] = second["sentiment"], first["sentiment"]
+    sentiment_file.write_text("\n".join([json.dumps(first), json.dumps(second), *lines[2:]]) + "\n")
+    assert main(["sweep", str(spec), "--out", str(out), *only]) == 2
+    err = capsys.readouterr().err
+    assert "2 finished run(s) were made on other data than their config reads now" in err
+    assert "method=sfed-lora_rank=2_scaling=none" in err and "stale" in err
+
+
 def test_a_second_sweep_process_leaves_the_runs_another_one_holds(spec, tmp_path, capsys):
     out = tmp_path / "sweep"
     held = out / "method=fedsa-lora_rank=8"

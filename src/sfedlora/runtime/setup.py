@@ -74,6 +74,13 @@ def fingerprint(clients: dict[int, ClientData]) -> str:
     return h.hexdigest()[:16]
 
 
+def data_fingerprint(cfg: RunConfig) -> str:
+    """The fingerprint (`resolved.data_fingerprint`) a run of this config would record for its clients' data
+    now: the data read and partitioned as set-up does it, without the model. A finished run whose recorded one
+    differs was made on other data (a changed data file, say)."""
+    return fingerprint(load_clients(cfg)[2])
+
+
 def _histogram_key(task: str, records: list[dict[str, Any]], cfg: RunConfig) -> str:
     if task == "classification":
         return "label"

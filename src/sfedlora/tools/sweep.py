@@ -74,6 +74,28 @@ def stale(run: PlannedRun) -> str | None:
     return f"{run.folder} was made with other settings ({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''})"
 
 
+def stale_data(runs: Sequence[PlannedRun]) -> list[str]:
+    """The finished runs among `runs` whose recorded data fingerprint is not what their data gives now (their
+    data changed since they ran), as --resume checks it; computed once per distinct data set-up."""
+    from sfedlora.config import to_dict
+    from sfedlora.runtime import rundir
+    from sfedlora.runtime.setup import data_fingerprint
+
+    now: dict[str, str] = {}
+    out = []
+    for run in runs:
+        recorded = rundir.read(run.folder)[1].data_fingerprint
+        if not recorded:  # a run written before fingerprints were recorded, or a Flower run: nothing to compare
+            continue
+        cfg = run.config
+        ident = repr((to_dict(cfg)["data"], cfg.seed, cfg.fed.clients, cfg.model.max_length))
+        if ident not in now:
+            now[ident] = data_fingerprint(cfg)
+        if now[ident] != recorded:
+            out.append(str(run.folder))
+    return out
+
+
 def builtin_specs() -> list[str]:
     return sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))
 
@@ -196,6 +218,11 @@ def run_sweep(runs: list[PlannedRun], echo: Any = print) -> list[dict[str, Any]]
     conflicts = [why for r in runs if r.done and (why := stale(r))]
     if conflicts:
         raise SfedloraError("; ".join(conflicts) + ". Move or delete those folders, or sweep into another --out")
+    changed = stale_data([r for r in runs if r.done])
+    if changed:
+        raise SfedloraError(f"{len(changed)} finished run(s) were made on other data than their config reads now "
+                            f"(a changed data file?): {', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''}. "
+                            "Their results are stale: move or delete those folders, or sweep into another --out")
     todo = [r for r in runs if not r.done]
     echo(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run")
     bar = tqdm(todo, desc="runs", unit="run")
