@@ -207,6 +207,17 @@ class Simulation:
                 "participation_rng": self.server.rng.getstate(), "torch_rng": torch.get_rng_state(),
                 "n_eff": self.server.n_eff}
 
+    def _resume_from(self, snap: dict[str, Any], recorded: set[int], first: int) -> None:
+        """Check a verified checkpoint against this run (checkpoint.check), then restore it; raises if either
+        fails."""
+        expected = None if self.store.on_disk else [{k: (tuple(v.shape), str(v.dtype))
+                                                     for k, v in self._fresh_adapters(c).items()}
+                                                    for c in range(self.store.n)]
+        reason = checkpoint.check(snap, self.cfg.fed.rounds, recorded, first, expected)
+        if reason:
+            raise SfedloraError(reason)
+        self._restore(snap)
+
     def _restore(self, snap: dict[str, Any]) -> int:
         self.store.restore(snap)  # a checkpoint from before the store kept states downloaded, and no latest
         self.server.latest = snap.get("latest", {})
@@ -247,10 +258,11 @@ class Simulation:
         if resume:
             if rundir.finished(out):
                 raise SfedloraError(f"{out} is a finished run (it has summary.json); nothing to resume")
-            snap = checkpoint.load(out)
+            recorded = rundir.records(out)
+            snap = checkpoint.load(out, lambda snap: self._resume_from(snap, {r["round"] for r in recorded}, first))
             if snap is not None:
-                first = self._restore(snap) + 1
-                history = [r for r in rundir.records(out) if r["round"] < first]
+                first = int(snap["round"]) + 1
+                history = [r for r in recorded if r["round"] < first]
             self.echo(f"resuming {out} at round {first}" if snap else
                       f"no checkpoint in {out}: starting it again from round {first}")
         descriptions = [self.setup.descriptions[c] for c in range(cfg.fed.clients)]

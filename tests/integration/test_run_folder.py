@@ -110,13 +110,13 @@ def test_a_sweep_refuses_a_finished_run_made_with_other_settings(sentiment_file,
 def test_export_never_destroys(sentiment_file, tmp_path, capsys):
     run, exp = tmp_path / "run", tmp_path / "exp"
     assert _run(sentiment_file, run, "fed.rounds=1") == 0
-    exp.mkdir()
-    (exp / "stale.txt").write_text("another export's file")
     args = ["export", str(run), "--client", "1", "--out", str(exp), "--no-merged"]
+    assert main(args) == 0
+    (exp / "stale.txt").write_text("the earlier export's file")
     assert main(args) == 2 and "not empty" in capsys.readouterr().err
     assert (exp / "stale.txt").exists()
-    assert main([*args, "--force"]) == 0
-    assert sorted(p.name for p in exp.iterdir()) == ["adapter"]  # replaced whole: no stale file beside it
+    assert main([*args, "--force"]) == 0  # an earlier export (it is marked as one) may be replaced
+    assert sorted(p.name for p in exp.iterdir()) == ["adapter", "sfedlora-export.json"]  # whole: no stale file
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exp")]  # no temporary folder left
     (tmp_path / "afile").write_text("x")
     assert main(["export", str(run), "--client", "0", "--out", str(tmp_path / "afile")]) == 2
@@ -204,3 +204,66 @@ def test_export_round_exports_any_kept_round(sentiment_file, tmp_path, capsys):
     assert "not both" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "short"), "--client", "0", "--round", "1", "--out", str(tmp_path / "f")]) == 2
     assert "without keep_round_adapters=true" in capsys.readouterr().err
+
+
+def _stopped_at_round_3(sentiment_file, out):
+    """A finished 3-round run turned into one stopped after round 3's checkpoint (newest: round 3, previous:
+    round 2); returns its records as the uninterrupted run wrote them."""
+    assert _run(sentiment_file, out, "fed.rounds=3") == 0
+    for name in (rundir.SUMMARY, rundir.ADAPTERS):
+        (out / name).unlink()
+    return rundir.records(out)
+
+
+def test_a_checkpoint_ahead_of_the_records_falls_back_and_the_lost_record_is_recomputed(sentiment_file, tmp_path):
+    """Round 3's record torn by a crash after round 3's checkpoint: the resume goes back to round 2's checkpoint
+    and computes round 3 again (before: it went on from round 4, round 3's record was gone without a word)."""
+    out = tmp_path / "run"
+    first = _stopped_at_round_3(sentiment_file, out)
+    lines = (out / rundir.METRICS).read_text().splitlines()
+    (out / rundir.METRICS).write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])
+    with pytest.warns(UserWarning, match=r"no record of round\(s\) \[3\].*resuming from the previous checkpoint"):
+        assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    again = rundir.records(out)
+    assert [r["round"] for r in again] == [0, 1, 2, 3]
+    assert again[3]["eval"]["personal"] == first[3]["eval"]["personal"]
+    assert rundir.summary(out)["personal"]["last"]["round"] == 3
+
+
+def test_records_missing_before_both_checkpoints_are_a_clear_error(sentiment_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    _stopped_at_round_3(sentiment_file, out)
+    lines = (out / rundir.METRICS).read_text().splitlines()
+    (out / rundir.METRICS).write_text("\n".join(lines[:2]) + "\n")  # rounds 2 and 3 lost
+    assert main(["run", "--resume", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no usable checkpoint" in err and "no record of round(s) [2, 3]" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("edit", "reason"), [
+    (lambda s: s.update(round=-2), "its round -2 is outside 0..3"),
+    (lambda s: s.update(round=99999), "its round 99999 is outside 0..3"),
+    (lambda s: s.update(states=s["states"][:1]), "it holds 1 clients' states, the run has 2"),
+    (lambda s: s["states"][0].update({k: v[:, :1] for k, v in s["states"][0].items() if k.endswith("lora_A")}),
+     "client 0's .*lora_A is"),
+    (lambda s: s["samplers"][1].clear(), "cannot be resumed from: ValueError"),
+    (lambda s: s.update(torch_rng=[1, 2]), "cannot be resumed from: TypeError"),
+])
+def test_an_edited_checkpoint_that_passes_its_checksum_is_refused_for_the_previous_one(edit, reason, sentiment_file,
+                                                                                       tmp_path):
+    """A checkpoint whose checksum was recomputed over edited content (before: tracebacks, or a negative round,
+    missing clients or wrong shapes trained on) is checked against the run, the previous one is used, and the
+    rejected one is set aside so that the next checkpoint does not rotate it over the good one."""
+    out = tmp_path / "run"
+    first = _stopped_at_round_3(sentiment_file, out)
+    (out / rundir.METRICS).write_text("".join(json.dumps(r) + "\n" for r in first[:3]))  # records 0-2
+    snap = statefile.load(out / checkpoint.PREVIOUS)  # round 2's, edited into the newest
+    edit(snap)
+    statefile.save(out / checkpoint.NAME, snap)  # a valid checksum over the edited content
+    with pytest.warns(UserWarning, match=reason):
+        assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    again = rundir.records(out)
+    assert [r["round"] for r in again] == [0, 1, 2, 3]
+    assert again[3]["eval"]["personal"] == first[3]["eval"]["personal"]
+    assert (out / checkpoint.DAMAGED).exists()
+    assert statefile.load(out / checkpoint.PREVIOUS)["round"] == 2  # the good one kept, not the edited one

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,12 @@ class JsonlWriter:
         self.path.write_text("")
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append a record and make it durable before returning: a checkpoint written after it must never be of
+        a round whose record a crash can still lose."""
         with self.path.open("a") as f:
             f.write(json.dumps(record, allow_nan=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
