@@ -162,9 +162,11 @@ def test_non_finite_client_is_excluded(sentiment_file, tmp_path):
     assert all(bool(torch.isfinite(v).all()) for s in sim.states for v in s.values())
 
 
-def test_too_few_finite_clients_stop_the_run(sentiment_file, tmp_path):
+@pytest.mark.parametrize(("clip", "hint"), [(None, "Lower train.lr or enable train.grad_clip"),
+                                            (1.0, r"Lower train.lr \(train.grad_clip = 1.0 is on already\)")])
+def test_too_few_finite_clients_stop_the_run(clip, hint, sentiment_file, tmp_path):
     cfg = load_config(None, [f"data.source={sentiment_file}", *BASE, "fed.rounds=1", "fed.local_steps=1",
-                             "fed.min_clients=3"])
+                             "fed.min_clients=3", f"train.grad_clip={'null' if clip is None else clip}"])
     sim = Simulation(cfg, tmp_path / "run", echo=lambda s: None, progress=False)
     original = sim._train
 
@@ -174,7 +176,7 @@ def test_too_few_finite_clients_stop_the_run(sentiment_file, tmp_path):
 
     sim._train = poisoned
     with pytest.raises(SfedloraError, match=r"round 1: only 2 acceptable uploads \(fed.min_clients = 3\): client 0: "
-                                            r"non-finite training loss inf. Lower train.lr"):
+                                            r"non-finite training loss inf. " + hint):
         sim.run()
     assert not (tmp_path / "run" / "summary.json").exists()
 

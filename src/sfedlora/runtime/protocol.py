@@ -150,8 +150,10 @@ class Server:
         if reason := no_learning(exchange.stats, self.resolved.scaling):
             raise SfedloraError(f"round {rnd}: {reason}")
         if len(exchange.uploads) < self.cfg.fed.min_clients:
-            hint = (". Lower train.lr or enable train.grad_clip" if any("non-finite" in e["reason"] for e in
-                                                                          exchange.excluded) else "")
+            diverged = any("non-finite" in e["reason"] for e in exchange.excluded)
+            clip = self.cfg.train.grad_clip
+            hint = "" if not diverged else (". Lower train.lr or enable train.grad_clip" if clip is None else
+                                            f". Lower train.lr (train.grad_clip = {clip} is on already)")
             raise SfedloraError(f"round {rnd}: only {len(exchange.uploads)} acceptable uploads (fed.min_clients = "
                                 f"{self.cfg.fed.min_clients}): "
                                 + "; ".join(f"client {e['client']}: {e['reason']}" for e in exchange.excluded) + hint)
