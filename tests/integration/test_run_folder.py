@@ -267,3 +267,11 @@ def test_an_edited_checkpoint_that_passes_its_checksum_is_refused_for_the_previo
     assert again[3]["eval"]["personal"] == first[3]["eval"]["personal"]
     assert (out / checkpoint.DAMAGED).exists()
     assert statefile.load(out / checkpoint.PREVIOUS)["round"] == 2  # the good one kept, not the edited one
+
+
+def test_resume_of_an_empty_folder_is_refused_without_leaving_anything(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["run", "--resume", str(empty)]) == 2
+    assert "is not a run folder (no config.yaml)" in capsys.readouterr().err
+    assert list(empty.iterdir()) == []  # before: a stray .lock
