@@ -214,3 +214,20 @@ def test_examples_cut_to_max_length_are_marked():
     rows = [{"prompt": "w " * 400, "response": "x y"}, {"prompt": "hi", "response": "ok"}]
     short = len(encode_lm(rows[1:], tok, 10_000)[0]["input_ids"])
     assert [e["truncated"] for e in encode_lm(rows, tok, short)] == [True, False]
+
+
+def test_a_by_field_record_without_the_field_is_named_by_its_line(tmp_path):
+    """The records reach the partitioner drawn and shuffled: the check names them where they are in the file
+    (before: 'records 7', a position after shuffling that matched nothing in the file)."""
+    from sfedlora.config import DataConfig
+    from sfedlora.data.sources import load_task
+
+    lines = [json.dumps({"text": f"t {i}", "label": "a" if i % 2 else "b", "author": f"u{i % 3}"}) for i in range(8)]
+    lines[2] = json.dumps({"text": "no author", "label": "a"})
+    lines.insert(4, "")  # a blank line: line numbers and record positions part ways
+    lines[6] = json.dumps({"text": "none either", "label": "b"})
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    cfg = DataConfig(source=str(path), task="classification", partition="by_field", partition_by="author")
+    with pytest.raises(SfedloraError, match=r"2 records of .* have no 'author' \(line 3, line 7\)"):
+        load_task(cfg, seed=0)

@@ -118,6 +118,13 @@ def is_saved_dataset(path: Path) -> bool:
 
 def read(path: Path, cap: int, split: str = "train") -> tuple[list[dict[str, Any]], int]:
     """(records, how many had text cut to `cap` characters). Each record is a mapping of field names."""
+    out, n_cut, _ = read_located(path, cap, split)
+    return out, n_cut
+
+
+def read_located(path: Path, cap: int, split: str = "train") -> tuple[list[dict[str, Any]], int, list[str]]:
+    """read(), and where each record is in the file: "line N" for JSON Lines and CSV, "record N" for the
+    others (JSON, Parquet, save_to_disk folders)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if is_saved_dataset(path):
@@ -128,15 +135,17 @@ def read(path: Path, cap: int, split: str = "train") -> tuple[list[dict[str, Any
         raise SfedloraError(f"data file {path} must end in {', '.join(SUFFIXES)} (or be a save_to_disk folder)")
     else:
         rows = {".jsonl": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet}[suffix](path)
-    out, n_cut = [], 0
+    out, n_cut, wheres = [], 0, []
+    line_based = suffix in (".jsonl", ".csv")
     try:
         for where, record in rows:
             if not isinstance(record, dict):
                 raise SfedloraError(f"{path}: record {where} is a {type(record).__name__}, not a mapping of fields")
             n_cut += cut(record, cap)
             out.append(record)
+            wheres.append(f"{'line' if line_based else 'record'} {where}")
     except OSError as exc:
         raise SfedloraError(f"cannot read data file {path}: {exc.strerror}") from None
     if not out:
         raise SfedloraError(f"data file {path} holds no records")
-    return out, n_cut
+    return out, n_cut, wheres

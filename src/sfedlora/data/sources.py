@@ -77,6 +77,7 @@ def load_task(cfg: DataConfig, seed: int, max_chars: int = 1 << 20) -> TaskData:
     records; text values are cut to `max_chars` characters (data.files). `counts` says what happened."""
     source = cfg.source
     n_cut: int | None = None  # files are cut as they are read; other sources below
+    wheres: list[str] = []  # where each record is in a file (files.read)
     if source in BUILTIN:
         task = BUILTIN[source].task
         if cfg.task and cfg.task != task:
@@ -90,12 +91,19 @@ def load_task(cfg: DataConfig, seed: int, max_chars: int = 1 << 20) -> TaskData:
         if path.suffix.lower() in files.SUFFIXES or path.exists():
             if not path.exists():
                 raise SfedloraError(f"data file {path} does not exist")
-            rows, n_cut = files.read(path, max_chars, cfg.split)  # cut as read
+            rows, n_cut, wheres = files.read_located(path, max_chars, cfg.split)  # cut as read
         else:
             rows = _hub(source.removeprefix("hf:"), cfg.subset, cfg.split)
         rows = _rename(rows, cfg, task, source)
     if not rows:
         raise SfedloraError(f"dataset {source!r} is empty")
+    if cfg.partition == "by_field":  # named where they are in the source, before records are drawn and shuffled
+        missing = [wheres[i] if wheres else f"record {i + 1}" for i, r in enumerate(rows)
+                   if r.get(cfg.partition_by) is None]
+        if missing:
+            raise SfedloraError(f"data.partition=by_field over {cfg.partition_by!r}: {len(missing)} records of "
+                                f"{source!r} have no {cfg.partition_by!r} ({', '.join(missing[:5])}"
+                                f"{' ...' if len(missing) > 5 else ''})")
     n_read = len(rows)
     if n_cut is None:
         n_cut = sum(files.cut(r, max_chars) for r in rows)
