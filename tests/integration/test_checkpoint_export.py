@@ -96,7 +96,8 @@ def test_export_loads_in_plain_peft_with_the_same_logits(method, extra, sentimen
     merged_config = json.loads((tmp_path / "exp" / "merged" / "config.json").read_text())
     assert merged_config["id2label"] == {"0": "bad", "1": "good", "2": "meh"}
     card = (tmp_path / "exp" / "adapter" / "README.md").read_text()
-    assert f"method `{method}`" in card and "personalised test accuracy, best on validation" in card
+    assert f"| method | `{method}` |" in card and "| best on validation |" in card
+    assert "query, value in layers 0-1 (4 modules)" in card and "num_labels=3" in card
 
 
 def test_peft_alpha_reproduces_gamma():

