@@ -83,3 +83,15 @@ def test_min_clients_0_with_every_participant_excluded_keeps_the_latest_update(m
                                                                                                   (2, 0, 2)]
     assert all("non-finite" in e["reason"] for r in recs[1:] for e in r["excluded"])
     assert recs[-1]["eval"]["personal"] == recs[0]["eval"]["personal"]  # nobody's model changed
+
+
+def test_a_rank_above_the_adapted_modules_width_is_refused(sentiment_file, tmp_path, capsys):
+    """tiny-bert's query and value are 32 x 32: rank 32 runs, 33 is refused before the run folder exists
+    (before: lora.rank=100000 ran, 115 s and 1.7 GB of run folder)."""
+    args = [f"data.source={sentiment_file}", *BASE[:7], "fed.rounds=1", "fed.local_steps=1", "eval.max_examples=4"]
+    assert main(["run", *args, "lora.rank=32", "--out", str(tmp_path / "ok"), "--quiet"]) == 0
+    assert main(["run", *args, "lora.rank=100000", "--out", str(tmp_path / "no"), "--quiet"]) == 2
+    assert ("LoRA rank 100000 exceeds what the adapted modules can use: bert.encoder.layer.0.attention.self.query "
+            "is 32 x 32") in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+    assert main(["run", *args, "lora.ranks=[4,40]", "fed.method=hetlora", "--out", str(tmp_path / "h"), "--quiet"]) == 2

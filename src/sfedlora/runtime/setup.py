@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 
-from sfedlora.adapters.inject import inject_adapters
+from sfedlora.adapters.inject import inject_adapters, lora_layers
 from sfedlora.client.local import Encoded, encode
 from sfedlora.config import RunConfig, to_dict
 from sfedlora.data.files import CHARS_PER_TOKEN
 from sfedlora.data.partition import ClientData, describe, make_clients
 from sfedlora.data.sources import load_task
+from sfedlora.errors import SfedloraError
 from sfedlora.methods import FederatedMethod
 from sfedlora.runtime.models import RANDOM, load_model, model_path, revision
 from sfedlora.runtime.quantize import quantize
@@ -132,6 +133,19 @@ def load_base(cfg: RunConfig, task: str, n_labels: int, device: torch.device, pr
     return model, tok, targets
 
 
+def check_rank(cfg: RunConfig, model: Any) -> None:
+    """No client rank above min(d_in, d_out) of an adapted module: B A has at most that many directions, so a
+    larger rank only adds parameters and compute (lora.rank=100000 on 32-wide layers: 115 s and 1.7 GB)."""
+    top = max(cfg.lora.ranks or cfg.lora.rank_set or [cfg.lora.rank])
+    name, layer = min(lora_layers(model).items(), key=lambda kv: min(kv[1].in_features, kv[1].out_features))
+    width = min(layer.in_features, layer.out_features)
+    if top > width:
+        raise SfedloraError(f"LoRA rank {top} exceeds what the adapted modules can use: {name} is {layer.out_features}"
+                            f" x {layer.in_features}, so B A has at most {width} directions and a larger rank only "
+                            f"adds parameters and compute; use a rank of at most {width} (lora.rank, lora.ranks, "
+                            "lora.rank_set)")
+
+
 def setup(cfg: RunConfig, partitions: list[int] | None = None, cache: Path | None = None) -> Setup:
     """Everything before the first round. Anything that can fail on user input fails here, before a run
     folder exists."""
@@ -143,6 +157,7 @@ def setup(cfg: RunConfig, partitions: list[int] | None = None, cache: Path | Non
     if len(clients) == cfg.fed.clients:  # every client held: the rank assignment can be checked now
         resolve(cfg, method, [clients[c].n_train for c in sorted(clients)])
     model, tok, targets = load_base(cfg, task, len(labels), device, precision)
+    check_rank(cfg, model)
     s = Setup(cfg=cfg, method=method, task=task, label_names=labels, clients=clients, descriptions=descriptions,
               model=model, tok=tok, targets=targets, device=device, precision=precision, counts=counts)
     s.encoded = {c: encode(d, task, tok, cfg, c) for c, d in clients.items()}
