@@ -75,9 +75,11 @@ def run(config: str | Path | RunConfig | None = None, overrides: Sequence[str] =
     return load_run(folder)
 
 
-def resume(path: str | Path, progress: bool = False, echo: Callable[[str], None] | None = None) -> RunResult:
+def resume(path: str | Path, progress: bool = False, echo: Callable[[str], None] | None = None,
+           redraw_damaged: bool = False) -> RunResult:
     """Continue an interrupted run folder from its last checkpoint, with the config and group sizes it
-    recorded; the result equals an uninterrupted run's."""
+    recorded; the result equals an uninterrupted run's. `redraw_damaged` (fed.client_store=disk): a client
+    whose state file is damaged starts again from its seed, recorded as `redrawn_clients` in the round."""
     from sfedlora.simulation import Simulation
 
     folder = Path(path)
@@ -91,7 +93,7 @@ def resume(path: str | Path, progress: bool = False, echo: Callable[[str], None]
         if rundir.finished(folder):
             raise SfedloraError(f"{folder} is a finished run (it has summary.json); nothing to resume")
         Simulation(cfg, folder, echo=echo or (lambda s: None), progress=progress, resolved=resolved,
-                   figures=_figures).run(resume=True)
+                   figures=_figures, redraw_damaged=redraw_damaged).run(resume=True)
     return load_run(folder)
 
 

@@ -22,9 +22,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.items:
             raise SfedloraError("--resume continues a run with the config it was started with; give no CONFIG or "
                                 "overrides")
-        result = api.resume(args.resume, progress=not args.quiet, echo=_say)
+        result = api.resume(args.resume, progress=not args.quiet, echo=_say, redraw_damaged=args.redraw_damaged)
         print(f"results in {args.resume}/ ({result.summary['wall_s'] if result.summary else 0:.1f} s after resuming)")
         return 0
+    if args.redraw_damaged:
+        raise SfedloraError("--redraw-damaged goes with --resume DIR (a run that found a damaged client state file)")
     items = list(args.items)
     name = items.pop(0) if items and "=" not in items[0] else None
     cfg = api._config(name, items)
@@ -160,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder (default: runs/<name>-<method>-r<rank>-<time>)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--resume", metavar="DIR", help="continue an interrupted run folder from its last checkpoint")
+    run.add_argument("--redraw-damaged", action="store_true",
+                     help="with --resume and fed.client_store=disk: a client whose state file is damaged starts "
+                          "again from its seed (recorded in the round's record) instead of stopping the run")
     run.set_defaults(func=cmd_run)
     conf = sub.add_parser("config", help="print the configuration a run would use, or the config reference",
                           description="Print, as YAML, the full configuration `sfedlora run [CONFIG] [key=value ...]` "

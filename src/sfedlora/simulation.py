@@ -35,8 +35,10 @@ def _print(line: str) -> None:
 class Simulation:
     def __init__(self, cfg: RunConfig, out_dir: Path, echo: Callable[[str], None] = _print,
                  progress: bool = True, resolved: Resolved | None = None,
-                 figures: Callable[[Path], list[Path]] | None = None, group: str = "") -> None:
+                 figures: Callable[[Path], list[Path]] | None = None, group: str = "",
+                 redraw_damaged: bool = False) -> None:
         """Set up a run; `resolved`: the description a resumed run recorded (its group sizes are kept);
+        `redraw_damaged`: clients whose state file is damaged start again from their seed (runtime.clientstore);
         `figures`: makes the run's figures for its trackers (cfg.tracking) at the end; `group`: the trackers'
         group (a sweep's name)."""
         self.cfg, self.out_dir, self.echo, self.progress = cfg, Path(out_dir), echo, progress
@@ -50,7 +52,7 @@ class Simulation:
         if resolved is not None:  # a resumed run keeps its client store (runs before the store kept memory)
             self.resolved = replace(self.resolved, client_store=resolved.client_store)
         self.store = ClientStore(n, self._fresh, self._sampler,
-                                 self.out_dir if self.resolved.client_store == "disk" else None)
+                                 self.out_dir if self.resolved.client_store == "disk" else None, redraw_damaged)
         self.server = Server(cfg, self.method, self.resolved)
         if self.resolved.scaling == "adaptive" and cfg.lora.adaptive == "cumulative":
             self.server.init_sq_norms = init_sq_norms(h.adapters for h in self.store)
@@ -283,6 +285,8 @@ class Simulation:
         start = time.perf_counter()
         for rnd in range(first, cfg.fed.rounds + 1):
             record = self._round(rnd, bar) if rnd else self._round_zero()
+            if self.store.redrawn:  # clients whose damaged state file made them start again from their seed
+                record["redrawn_clients"], self.store.redrawn = sorted(set(self.store.redrawn)), []
             writer.write(record)
             if record.get("eval") and self.samples:
                 rundir.write_samples(out, rnd, self.samples)

@@ -193,3 +193,27 @@ def test_the_console_describes_twenty_clients_and_sums_up_the_rest():
     assert lines[-1] == "  ... 5 more clients (partitions.json): train sizes 25 to 29, median 27"
     assert "on disk" not in lines[0]
     assert "client states on disk" in describe_run("sfed-lora", replace(r, client_store="disk"), cfg, [])[0]
+
+
+def test_a_damaged_client_file_stops_the_run_and_resume_can_redraw_that_client(sentiment_file, tmp_path, capsys):
+    """One flipped byte in a client's state file: both checkpoints link the same file, so no copy is intact.
+    The resume stops naming the client; `--resume --redraw-damaged` starts it again from its seed, with a
+    warning, and the round's record lists it."""
+    from sfedlora.cli import main
+    from sfedlora.runtime.clientstore import FOLDER, file_name
+
+    out = tmp_path / "run"
+    killed_in_round(_sim(sentiment_file, out, "disk", "fed.rounds=4"), 3)
+    damaged = next(c for c in range(8) if (out / FOLDER / file_name(c)).exists())
+    path = out / FOLDER / file_name(damaged)
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0xFF  # the same inode as the checkpoints' links: every copy is damaged
+    path.write_bytes(bytes(raw))
+    assert main(["run", "--resume", str(out), "--quiet"]) == 2
+    assert f"client {damaged}'s state file is damaged" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match=f"client {damaged}'s state file is damaged.*starts again from its seed"):
+        assert main(["run", "--resume", str(out), "--quiet", "--redraw-damaged"]) == 0
+    recs = rundir.records(out)
+    assert [r["round"] for r in recs] == [1, 2, 3, 4] and rundir.finished(out)
+    assert [r.get("redrawn_clients") for r in recs if r.get("redrawn_clients")] == [[damaged]]
+    assert main(["run", "--redraw-damaged", "--out", str(tmp_path / "x")]) == 2  # only with --resume

@@ -8,7 +8,9 @@ trained; a client that never trained is its fresh adapters and data order, drawn
 seeded per client). Memory then grows with the round's participants, disk with the clients that took part.
 
 A checkpoint of a disk store is a folder of hard links to the files of that moment (a file is never changed
-in place: a write replaces it), so it costs no copy; restore links them back.
+in place: a write replaces it), so it costs no copy; restore links them back. So a client's file damaged on
+disk (it fails its checksum) is damaged in every checkpoint that links it: the run stops, naming it, and
+`--resume DIR --redraw-damaged` starts such a client again from its seed, recorded in the round's record.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,9 +79,12 @@ class ClientStore:
     seeded, so the same every time)."""
 
     def __init__(self, n: int, fresh: Callable[[int], Held], sampler: Callable[[int], ClientSampler],
-                 run_dir: Path | None = None) -> None:
-        """`run_dir` None: in memory (every client drawn now); else on disk under run_dir/clients."""
-        self.n, self.fresh, self.sampler = n, fresh, sampler
+                 run_dir: Path | None = None, redraw_damaged: bool = False) -> None:
+        """`run_dir` None: in memory (every client drawn now); else on disk under run_dir/clients.
+        `redraw_damaged`: a client whose file fails verification starts again from its seed (listed in
+        `redrawn`) instead of stopping the run."""
+        self.n, self.fresh, self.sampler, self.redraw_damaged = n, fresh, sampler, redraw_damaged
+        self.redrawn: list[int] = []
         self.folder = None if run_dir is None else Path(run_dir) / FOLDER
         self.held: dict[int, Held] = {c: fresh(c) for c in range(n)} if self.folder is None else {}
         self.trained: set[int] = set()  # disk: the clients with a file
@@ -96,7 +102,18 @@ class ClientStore:
             return self.held[c]
         if c not in self.trained:
             return self.fresh(c)
-        saved = statefile.load(self.path(c))
+        try:
+            saved = statefile.load(self.path(c))
+        except statefile.StateError as exc:
+            if not self.redraw_damaged:
+                raise SfedloraError(f"client {c}'s state file is damaged ({exc}); the checkpoints link the same file, "
+                                    "so none holds an intact copy. `sfedlora run --resume RUN --redraw-damaged` "
+                                    "starts such a client again from its seed (recorded in the round's record)"
+                                    ) from None
+            warnings.warn(f"client {c}'s state file is damaged ({exc}): it starts again from its seed", stacklevel=2)
+            self.trained.discard(c)
+            self.redrawn.append(c)
+            return self.fresh(c)
         return Held(saved["adapters"], saved["opt"], set_sampler(self.sampler(c), saved["sampler"]))
 
     def put(self, c: int, held: Held) -> None:
