@@ -83,8 +83,8 @@ def resume(path: str | Path, progress: bool = False, echo: Callable[[str], None]
     from sfedlora.simulation import Simulation
 
     folder = Path(path)
-    if not folder.is_dir() or not (folder / rundir.CONFIG).is_file():  # checked before the lock file is made
-        raise SfedloraError(f"{folder} is not a run folder (no {rundir.CONFIG})")
+    if not folder.is_dir():
+        raise SfedloraError(f"{folder} is not a run folder")
     with lock.hold(folder):  # a run still going cannot be resumed under it
         cfg, resolved = rundir.read(folder)
         if resolved.engine != "simulation":

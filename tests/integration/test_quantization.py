@@ -37,6 +37,20 @@ def packed(model) -> list[str]:
             if getattr(getattr(getattr(m, "weight", None), "quant_state", None), "packing_format_for_cpu", False)]
 
 
+def quantised_llama(mode: str):
+    """tiny-llama with a `mode` base and one client's adapters on q, v (B nonzero, so A gets a gradient too)."""
+    model = tiny_llama()
+    quantize(model, mode)
+    inject_adapters(model, "qv", head=False)
+    state = init_adapter_state(model, 4, torch.Generator().manual_seed(0))
+    load_group(model, [{k: torch.full_like(v, 0.05) if k.endswith("lora_B") else v for k, v in state.items()}], [2.0])
+    return model
+
+
+def grads_of(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
 def test_no_4bit_layer_is_repacked_by_an_evaluation_on_either_cpu_path(monkeypatch):
     # Prepare: the same 4-bit model and adapters, made with the probe answering no and yes
     g = torch.Generator().manual_seed(5)
@@ -44,19 +58,13 @@ def test_no_4bit_layer_is_repacked_by_an_evaluation_on_either_cpu_path(monkeypat
 
     def evaluate_then_train(probe: bool):
         monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: probe)
-        model = tiny_llama()
-        quantize(model, "4bit")
-        inject_adapters(model, "qv", head=False)
-        state = init_adapter_state(model, 4, torch.Generator().manual_seed(0))
-        state = {k: torch.full_like(v, 0.05) if k.endswith("lora_B") else v for k, v in state.items()}
-        load_group(model, [state], [2.0])
+        model = quantised_llama("4bit")
         model.eval()  # the frozen base is always in eval mode: an evaluation is where bitsandbytes repacks
         with torch.no_grad():
             evaluated = model(input_ids=batch["input_ids"]).logits
         logits = model(input_ids=batch["input_ids"]).logits
         logits.square().mean().backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        return evaluated, logits.detach(), grads, packed(model)
+        return evaluated, logits.detach(), grads_of(model), packed(model)
 
     # Execute
     e0, l0, g0, p0 = evaluate_then_train(False)
@@ -134,15 +142,10 @@ def test_8bit_layers_train_alike_with_the_int8_kernel_of_avx512_cpus():
     batch = lm_batch(g, 2)
 
     def forward_backward():
-        model = tiny_llama()
-        quantize(model, "8bit")
-        inject_adapters(model, "qv", head=False)
-        state = init_adapter_state(model, 4, torch.Generator().manual_seed(0))
-        state = {k: torch.full_like(v, 0.05) if k.endswith("lora_B") else v for k, v in state.items()}
-        load_group(model, [state], [2.0])
+        model = quantised_llama("8bit")
         logits = model(input_ids=batch["input_ids"]).logits
         logits.square().mean().backward()
-        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return logits.detach(), grads_of(model)
 
     calls = []
 

@@ -32,6 +32,7 @@ def hold(folder: Path) -> Iterator[None]:
         raise SfedloraError(f"{folder} is a file, not a run folder: choose another --out")
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    made_lock = not (folder / NAME).exists()
     fd = os.open(folder / NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -45,9 +46,10 @@ def hold(folder: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            if created and [p.name for p in folder.iterdir()] == [NAME]:  # nothing written: leave no folder
+            if made_lock and [p.name for p in folder.iterdir()] == [NAME]:  # nothing written: leave nothing
                 (folder / NAME).unlink()
-                folder.rmdir()
+                if created:
+                    folder.rmdir()
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
