@@ -28,7 +28,7 @@ test: $(STAMP)
 
 # the unit tests alone (hand-computed numbers and invariants, no whole runs): under a minute
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest tests/unit -m "not slow"
+	$(BIN)/python -m pytest tests/unit
 
 # what benchmarks/device_check.sh needs on a GPU machine that cannot reach the hub or PyPI: SmolLM2's
 # tokenizer (3.4 MB), in .device-carry/ (git-ignored; carry it with the working tree)

@@ -261,7 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from sfedlora.runtime.allocator import tune_malloc
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # options may stand anywhere among a command's CONFIG and key=value items (`run NAME --out DIR k=v`):
+    # argparse stops the items at the first option, and hands back the ones after it here
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        if not hasattr(args, "items") or any(r.startswith("-") for r in rest):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.items = [*args.items, *rest]
     tune_malloc()  # SFEDLORA_MALLOC_TUNING=0 turns it off
     warnings.formatwarning = lambda message, *_, **__: f"sfedlora: warning: {message}\n"
     try:

@@ -108,3 +108,15 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"sfedlora {sfedlora.__version__}"
+
+
+def test_options_may_stand_anywhere_among_the_items(sentiment_file, tmp_path, capsys):
+    """`sfedlora run CONFIG --out DIR key=value`: before, 'unrecognized arguments: fed.rounds=1'."""
+    out = tmp_path / "run"
+    assert main(["run", f"data.source={sentiment_file}", "--out", str(out), *TINY, "fed.rounds=1", "--quiet",
+                 "eval.max_examples=4"]) == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["fed"]["rounds"] == 1 and cfg["eval"]["max_examples"] == 4 and cfg["lora"]["rank"] == 4
+    with pytest.raises(SystemExit):
+        main(["run", "--out", str(tmp_path / "x"), "fed.rounds=1", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
