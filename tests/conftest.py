@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import random
 import subprocess
@@ -13,6 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+# tests/flower needs the `flower` extra: without flwr it is not collected (test_without_flower.py covers sfedlora
+# itself without it). Here, not in a conftest of its own: two conftest modules would shadow each other's imports.
+collect_ignore_glob = [] if importlib.util.find_spec("flwr") else ["flower/*"]
 
 
 def lm_batch(g: torch.Generator, rows: int, seq: int = 10, padded_row: int = 0) -> dict[str, torch.Tensor]:
