@@ -200,8 +200,11 @@ class Simulation:
 
         layers = lora_layers(self.model)
         with torch.no_grad():
-            for m, total in self.merged.items():
-                layers[m].merge_base(total)
+            for m, layer in layers.items():  # a layer merged before but not in the sum now goes back to W0 (a
+                if m in self.merged:         # checkpoint tried and refused must leave no update in the base)
+                    layer.merge_base(self.merged[m])
+                elif layer.w0 is not None:
+                    layer.merge_base(torch.zeros_like(layer.w0, dtype=torch.float32))
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def _snapshot(self, rnd: int) -> dict[str, Any]:

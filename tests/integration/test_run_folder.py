@@ -238,12 +238,14 @@ def test_records_missing_before_both_checkpoints_are_a_clear_error(sentiment_fil
     assert main(["run", "--resume", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "no usable checkpoint" in err and "no record of round(s) [2, 3]" in err and "Traceback" not in err
+    assert (out / checkpoint.NAME).exists() and not (out / checkpoint.DAMAGED).exists()  # nothing set aside
 
 
 @pytest.mark.parametrize(("edit", "reason"), [
     (lambda s: s.update(round=-2), "its round -2 is outside 0..3"),
     (lambda s: s.update(round=99999), "its round 99999 is outside 0..3"),
     (lambda s: s.update(states=s["states"][:1]), "it holds 1 clients' states, the run has 2"),
+    (lambda s: s.update(samplers=s["samplers"][:1]), "it holds 1 clients' samplers, the run has 2"),
     (lambda s: s["states"][0].update({k: v[:, :1] for k, v in s["states"][0].items() if k.endswith("lora_A")}),
      "client 0's .*lora_A is"),
     (lambda s: s["samplers"][1].clear(), "cannot be resumed from: ValueError"),
@@ -275,3 +277,21 @@ def test_resume_of_an_empty_folder_is_refused_without_leaving_anything(tmp_path,
     assert main(["run", "--resume", str(empty)]) == 2
     assert "is not a run folder (no config.yaml)" in capsys.readouterr().err
     assert list(empty.iterdir()) == []  # before: a stray .lock
+
+
+def test_a_refused_flora_checkpoint_leaves_no_update_in_the_base(sentiment_file, tmp_path):
+    """FLoRA merges updates into the base weights as a checkpoint is restored: a newest checkpoint refused after
+    that step (its RNG state edited) must not leave round 1's update in W0 when the round-0 one is used."""
+    out = tmp_path / "run"
+    assert _run(sentiment_file, out, "fed.rounds=1", "fed.method=flora") == 0
+    first = rundir.records(out)
+    for name in (rundir.SUMMARY, rundir.ADAPTERS):
+        (out / name).unlink()
+    snap = statefile.load(out / checkpoint.NAME)
+    assert snap["round"] == 1 and snap["merged"]  # round 1's update, merged into the base
+    snap["torch_rng"] = [1, 2]
+    statefile.save(out / checkpoint.NAME, snap)
+    with pytest.warns(UserWarning, match="cannot be resumed from: TypeError"):
+        assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    again = rundir.records(out)
+    assert again[1]["eval"]["personal"] == first[1]["eval"]["personal"]

@@ -55,10 +55,12 @@ def check(snap: dict[str, Any], rounds: int, recorded: set[int], first: int,
                 "crash): the previous checkpoint, or a new run, recomputes them")
     if expected is None:
         return None
-    states = snap.get("states")
-    if not isinstance(states, list) or len(states) != len(expected):
-        held = len(states) if isinstance(states, list) else "no"
-        return f"it holds {held} clients' states, the run has {len(expected)}"
+    for key in ("states", "opt_states", "samplers"):
+        held = snap.get(key)
+        if not isinstance(held, list) or len(held) != len(expected):
+            count = len(held) if isinstance(held, list) else "no"
+            return f"it holds {count} clients' {key}, the run has {len(expected)}"
+    states = snap["states"]
     for c, (state, want) in enumerate(zip(states, expected)):
         got = {k: (tuple(v.shape), str(v.dtype)) for k, v in state.items()} if isinstance(state, dict) else {}
         wrong = [k for k in want if got.get(k) != want[k]] + [k for k in got if k not in want]
@@ -89,9 +91,9 @@ def load(run_dir: Path, use: Callable[[dict[str, Any]], None] | None = None) -> 
         except RESTORE_ERRORS as exc:
             problems.append(f"{path} cannot be resumed from: {type(exc).__name__}: {exc}")
         else:
-            if problems:
-                warnings.warn(f"{problems[0]}; resuming from the previous checkpoint, {path.name}", stacklevel=2)
+            if problems:  # the newest was refused: set aside, so the next save never rotates it over this one
+                os.replace(run_dir / NAME, run_dir / DAMAGED)
+                warnings.warn(f"{problems[0]}; resuming from the previous checkpoint, {path.name} (the refused one "
+                              f"is kept as {DAMAGED})", stacklevel=2)
             return snapshot
-        if path.name == NAME:  # never to be rotated over the previous one by the next save
-            os.replace(path, run_dir / DAMAGED)
     raise SfedloraError("no usable checkpoint: " + "; ".join(problems))

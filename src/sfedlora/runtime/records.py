@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,11 @@ def round_record(rnd: int, method: str, resolved: Any, n_clients: int, stats: di
 
 
 class JsonlWriter:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fresh: bool = True) -> None:
+        """Appends records to `path`; `fresh` empties it first."""
         self.path = path
-        self.path.write_text("")
+        if fresh:
+            self.path.write_text("")
 
     def write(self, record: dict[str, Any]) -> None:
         """Append a record and make it durable before returning: a checkpoint written after it must never be of
@@ -50,6 +53,17 @@ class JsonlWriter:
             f.write(json.dumps(record, allow_nan=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """`path` holding exactly `records`, replaced atomically (a temporary file, fsync, rename)."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    with tmp.open("w") as f:
+        for record in records:
+            f.write(json.dumps(record, allow_nan=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ import yaml
 from sfedlora.config import RunConfig, config_from_dict, to_dict
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import lock, statefile
-from sfedlora.runtime.records import JsonlWriter, read_jsonl
+from sfedlora.runtime.records import JsonlWriter, read_jsonl, write_jsonl
 from sfedlora.runtime.resolve import Resolved
 
 CONFIG, PARTITIONS, METRICS, SUMMARY = "config.yaml", "partitions.json", "metrics.jsonl", "summary.json"
@@ -61,15 +61,11 @@ def start(out: Path, cfg: RunConfig, resolved: Resolved, descriptions: list[dict
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG).write_text(yaml.safe_dump({**to_dict(cfg), "resolved": resolved.as_record()}, sort_keys=False))
     (out / PARTITIONS).write_text(json.dumps(descriptions, indent=1))
-    writer = JsonlWriter(out / METRICS)
-    for record in keep:
-        writer.write(record)
+    write_jsonl(out / METRICS, keep)  # atomically: a kill now leaves the old records or the kept ones, never fewer
+    writer = JsonlWriter(out / METRICS, fresh=False)
     if (out / SAMPLES).exists():  # a resumed run keeps its samples up to its checkpoint, as its records
         last = max((r["round"] for r in keep), default=-1)
-        shown = [r for r in read_jsonl(out / SAMPLES) if r["round"] <= last]
-        samples = JsonlWriter(out / SAMPLES)
-        for row in shown:
-            samples.write(row)
+        write_jsonl(out / SAMPLES, [r for r in read_jsonl(out / SAMPLES) if r["round"] <= last])
     return writer
 
 
