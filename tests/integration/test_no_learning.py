@@ -21,11 +21,24 @@ ARGS = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classificatio
 
 
 def test_no_learning_reads_the_rounds_gradient_norms():
-    zero = {"grad_norm_A": 0.0, "grad_norm_B": 0.0}
-    assert no_learning({0: zero, 1: zero}, "sfed") is not None
-    assert no_learning({0: zero, 1: {"grad_norm_A": 0.0, "grad_norm_B": 1e-9}}, "sfed") is None  # one client learns
-    assert no_learning({0: zero, 1: zero}, "none") is None  # the head-only baseline: gamma = 0 is what was asked
-    assert no_learning({}, "sfed") is None  # nobody accepted: fed.min_clients speaks to that
+    zero, both = {"grad_norm_A": 0.0, "grad_norm_B": 0.0}, frozenset({"A", "B"})
+    assert no_learning({0: zero, 1: zero}, "sfed", both) is not None
+    assert no_learning({0: zero, 1: zero}, "lora", frozenset({"B"})) is not None  # FFA-LoRA, RoLoRA's odd rounds
+    assert no_learning({0: zero, 1: {"grad_norm_A": 0.0, "grad_norm_B": 1e-9}}, "sfed", both) is None  # one learns
+    assert no_learning({0: zero, 1: zero}, "none", both) is None  # the head-only baseline: gamma = 0 was asked for
+    assert no_learning({}, "sfed", both) is None  # nobody accepted: fed.min_clients speaks to that
+    # A alone while B is still 0 (RoLoRA's round 2 after a round 1 at a warmup rate of 0): no gradient, no fault
+    assert no_learning({0: zero, 1: zero}, "lora", frozenset({"A"})) is None
+
+
+def test_rolora_whose_first_round_ran_at_a_warmup_rate_of_0_is_not_stopped(sentiment_file, tmp_path):
+    """One local step at warmup rate 0 leaves B = 0 after round 1, so round 2 (A alone) has no gradient; round 3
+    trains B again. Before, the no-learning check stopped the run at round 2."""
+    out = tmp_path / "run"
+    assert main(["run", f"data.source={sentiment_file}", *ARGS, "fed.rounds=3", "fed.local_steps=1",
+                 "fed.method=rolora", "train.warmup_steps=1", "--out", str(out), "--quiet"]) == 0
+    recs = rundir.records(out)
+    assert recs[2]["grad_norm_A"] == [0.0, 0.0] and any(x > 0 for x in recs[3]["grad_norm_B"])
 
 
 def test_a_run_whose_adapters_get_no_gradient_stops_with_the_causes(sentiment_file, tmp_path, monkeypatch, capsys):

@@ -115,3 +115,14 @@ def test_a_key_named_twice_in_a_yaml_file_is_refused(tmp_path):
     path.write_text("lora:\n  rank: 4\nfed:\n  rank: 4\n")  # the same name in two mappings is fine
     with pytest.raises(SfedloraError, match="fed.rank"):  # (and then an unknown key, said as such)
         load_config(str(path))
+
+
+def test_yaml_anchors_and_merge_keys_still_work_and_odd_keys_are_yaml_errors(tmp_path):
+    from sfedlora.config import read_yaml
+
+    assert read_yaml("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  y: 3\n") == {"base": {"x": 1, "y": 2},
+                                                                              "other": {"x": 1, "y": 3}}
+    path = tmp_path / "odd.yaml"
+    path.write_text("[a, b]: 1\n")
+    with pytest.raises(SfedloraError, match="not valid YAML.*unhashable key"):
+        load_config(str(path))

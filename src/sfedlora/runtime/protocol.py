@@ -63,12 +63,14 @@ def non_finite(loss: float, state: State) -> str | None:
     return None
 
 
-def no_learning(stats: Mapping[int, Mapping[str, Any]], scaling: str) -> str | None:
+def no_learning(stats: Mapping[int, Mapping[str, Any]], scaling: str, trained: frozenset[str]) -> str | None:
     """Step 3, for the round as a whole: why it cannot be a result although every upload is finite, or None.
-    Every accepted participant's adapter gradients exactly zero (their means over the local steps, before
-    clipping) mean that nothing trained: no gradient reaches any adapter. Under `lora.scaling=none` (gamma = 0,
-    the head-only baseline) that is what is asked for."""
-    if scaling == "none" or not stats:
+    In a round that trains B, every accepted participant's adapter gradients exactly zero (their means over the
+    local steps, before clipping) mean that no gradient reaches any adapter: B's gradient is gamma (A x) times
+    the output's, nonzero wherever A and gamma are. A round that trains A alone (RoLoRA's even rounds) may
+    legitimately see none while B is still 0. Under `lora.scaling=none` (gamma = 0, the head-only baseline)
+    zero is what is asked for."""
+    if scaling == "none" or not stats or "B" not in trained:
         return None
     if any(s["grad_norm_A"] != 0 or s["grad_norm_B"] != 0 for s in stats.values()):
         return None
@@ -147,7 +149,7 @@ class Server:
     def require(self, rnd: int, exchange: Exchange) -> None:
         """Too few acceptable uploads (fed.min_clients) stop the run, with every client's reason; so does a round
         in which no adapter got a gradient (no_learning)."""
-        if reason := no_learning(exchange.stats, self.resolved.scaling):
+        if reason := no_learning(exchange.stats, self.resolved.scaling, self.method.trained(rnd)):
             raise SfedloraError(f"round {rnd}: {reason}")
         if len(exchange.uploads) < self.cfg.fed.min_clients:
             diverged = any("non-finite" in e["reason"] for e in exchange.excluded)
