@@ -124,5 +124,5 @@ def test_yaml_anchors_and_merge_keys_still_work_and_odd_keys_are_yaml_errors(tmp
                                                                               "other": {"x": 1, "y": 3}}
     path = tmp_path / "odd.yaml"
     path.write_text("[a, b]: 1\n")
-    with pytest.raises(SfedloraError, match="not valid YAML.*unhashable key"):
+    with pytest.raises(SfedloraError, match=r"(?s)not valid YAML.*unhashable key"):
         load_config(str(path))
