@@ -14,6 +14,7 @@ class SfedloraError(Exception):
 
 # What torch and bitsandbytes say when the numbers that follow may be wrong (torch's "an autograd kernel was not
 # registered ... This may lead to silently incorrect behavior" for an op without a backward, for one).
+VOIDED = "a library warned that its results may be incorrect"  # in the error below; a Flower server looks for it
 INCORRECT_RESULTS = (r"(?is).*(silently incorrect|incorrect (result|behaviou?r|gradient)"
                      r"|results? may be (incorrect|wrong))")
 
@@ -27,5 +28,12 @@ def incorrect_results_are_errors(doing: str) -> Iterator[None]:
         try:
             yield
         except Warning as w:
-            raise SfedloraError(f"{doing} stopped: a library warned that its results may be incorrect, so they "
-                                f"cannot be recorded: {type(w).__name__}: {w}") from None
+            raise SfedloraError(f"{doing} stopped: {VOIDED}, so they cannot be recorded: "
+                                f"{type(w).__name__}: {w}") from None
+
+
+def voided(reason: str, where: str) -> None:
+    """A Flower node's error reply that is incorrect_results_are_errors' error stops the run there too (it is
+    no client's fault to be left out for, as a crash or a timeout is)."""
+    if VOIDED in reason:
+        raise SfedloraError(f"{where}: {reason}")

@@ -187,6 +187,24 @@ def test_malformed_replies_are_rejected_and_the_round_completes(sentiment_file, 
     assert summary["personal"]["last"]["round"] == 2
 
 
+def test_a_node_whose_library_warned_of_incorrect_results_stops_the_run(sentiment_file, tmp_path):
+    """The error a node's local training raises on such a warning (errors.incorrect_results_are_errors) is not a
+    client to leave out, as a crash is: the run stops, as the in-process runner does."""
+    from sfedlora.errors import VOIDED
+
+    def warned(partition, reply, msg):
+        if partition != 1 or "upload" not in reply.content:
+            return reply
+        return Message(Error(code=0, reason=f"SfedloraError: round 1's local training stopped: {VOIDED}, so they "
+                                            "cannot be recorded: UserWarning: ... silently incorrect behavior."),
+                       reply_to=msg)
+
+    grid = LocalGrid(client_app, 3, str(tmp_path / "nodes"), tamper=warned)
+    with pytest.raises(SfedloraError, match=r"client 1.*results may be incorrect"):
+        FlowerRun(tiny(sentiment_file), tmp_path / "run", echo=lambda s: None).run(grid)
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
 def test_a_node_that_does_not_reply_flags_partial_rounds_and_shortens_the_timeout(sentiment_file, tmp_path):
     cfg = tiny(sentiment_file, 3, "fed.rounds=3")
     grid = LocalGrid(client_app, 3, str(tmp_path / "nodes"), tamper=_corrupt("drop"))

@@ -8,7 +8,10 @@ message) starts one process per node and round. A final `evaluate` message evalu
 
 Replies are checked before aggregation (wrong keys or shapes, non-finite values, missing or inconsistent
 example counts, errors, no reply in time): a rejected client is logged with its reason and left out of
-the round; the run stops clearly only when fewer than fed.min_clients accepted uploads remain.
+the round; the run stops clearly only when fewer than fed.min_clients accepted uploads remain, when a
+node's error says a library warned that its results may be incorrect (errors.voided), or when no accepted
+participant's adapters got a gradient in a round that trains B (protocol.no_learning; nodes report their own
+gradient norms).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 from sfedlora.config import RunConfig, to_dict
 from sfedlora.core.metrics import PRIMARY, personal
 from sfedlora.core.state import payload_bytes
-from sfedlora.errors import SfedloraError
+from sfedlora.errors import SfedloraError, voided
 from sfedlora.flower.registry import register
 from sfedlora.flower.strategy import MethodStrategy
 from sfedlora.flower.wire import (
@@ -172,6 +175,8 @@ class FlowerRun:
             if r is not None and not r.has_error() and "report" in r.content and "eval" in r.content["report"]:
                 sizes = self.descriptions[p]  # the split sizes it registered
                 parsed = parse_eval(r.content["report"]["eval"], {s: int(sizes[s]) for s in rows})
+            if r is not None and r.has_error():
+                voided(str(r.error.reason), f"client {p}'s evaluation")
             if parsed is None:
                 self.echo(f"  client {p}: no valid evaluation in its reply"
                           + (f" ({r.error.reason})" if r is not None and r.has_error() else ""))
@@ -201,6 +206,7 @@ class FlowerRun:
             if r is None:
                 reason = f"no reply within {self.waited:.0f} s"
             elif r.has_error():
+                voided(str(r.error.reason), f"round {rnd}: client {p}")
                 reason = f"client error: {r.error.reason}"
             elif "report" in r.content and "excluded" in r.content["report"]:
                 reason = str(r.content["report"]["excluded"])
