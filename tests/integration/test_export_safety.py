@@ -56,6 +56,15 @@ def test_force_replaces_an_earlier_export_and_nothing_else(runs, tmp_path, capsy
     assert "not an export" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "keep me"
 
 
+def test_an_out_that_is_a_symbolic_link_is_refused(runs, tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert main(["export", str(runs / "a"), "--client", "0", "--out", str(out), "--no-merged"]) == 0
+    (tmp_path / "link").symlink_to(out)
+    assert main(["export", str(runs / "a"), "--client", "0", "--out", str(tmp_path / "link"), "--no-merged",
+                 "--force"]) == 2
+    assert "is a symbolic link" in capsys.readouterr().err and (out / MARK).exists()
+
+
 def test_an_export_follows_the_umask(runs, tmp_path):
     old = os.umask(0o022)
     try:

@@ -291,7 +291,8 @@ def test_the_intro_counts_the_runs_read_and_the_rows_shown_when_rates_are_chosen
     build_report([tmp_path / "runs"], tmp_path / "rep")
     md = (tmp_path / "rep" / "report.md").read_text()
     assert ("2 runs read, in 2 arms (runs with equal settings but the seed); 1 rows, each arm at its learning "
-            "rate chosen on validation (the other 1 arms are its other rates, listed in the rates table)") in md
+            "rate chosen on validation (the other 1 arms are its other rates, in the rates table, or have no "
+            "validation metric)") in md
 
 
 def test_settings_that_do_not_change_results_never_split_arms(tmp_path):

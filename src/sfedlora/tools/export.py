@@ -182,6 +182,8 @@ def check_out(out: Path, force: bool, own_run: Path | None = None) -> None:
     a run folder or holding one, and (without `force`) any non-empty folder; with `force`, only a folder that
     an export wrote (it has MARK, or an adapter/sfedlora.json from before MARK existed) is replaced.
     `own_run`: the run whose lm-eval/ folder may hold its exports (sfedlora eval)."""
+    if Path(out).is_symlink():  # it would be replaced as a link while its target stayed
+        raise SfedloraError(f"--out {out} is a symbolic link; give the folder itself ({Path(out).resolve()})")
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise SfedloraError(f"--out {out} is a file; give a folder")

@@ -116,8 +116,8 @@ def _intro(runs: list[Run], arms: list[Arm], shown: list[Arm], common: dict[str,
     facts = ", ".join(f"{shared[k]} {common[k]}" for k in wanted if k in common)
     dupes = [p for a in arms for p in a.duplicates]
     rows = (f"{len(shown)} rows, each arm at its learning rate chosen on validation (the other "
-            f"{len(arms) - len(shown)} arms are its other rates, listed in the rates table)" if len(shown) < len(arms)
-            else f"{len(shown)} rows, one per arm")
+            f"{len(arms) - len(shown)} arms are its other rates, in the rates table, or have no validation metric)"
+            if len(shown) < len(arms) else f"{len(shown)} rows, one per arm")
     text = (f"{len(runs)} runs read, in {len(arms)} arms (runs with equal settings but the seed); {rows}. "
             f"Metric: {metric} "
             f"({'higher' if higher else 'lower'} is better). Personal = each client's own adapters on its own "
