@@ -84,7 +84,7 @@ def main() -> None:
         v = [x for x in r["train_loss"] if x is not None]
         return f"{sum(v) / len(v):>10.4f}" if v else f"{'-':>10}"
 
-    rows = [(a, b) for a, b in zip(fp32, bf16) if a["eval"] and b["eval"]]
+    rows = [(a, b) for a, b in zip(fp32, bf16, strict=True) if a["eval"] and b["eval"]]
     for a, b in rows:
         print(f"{a['round']:>5} {pers(a):>15.4f} {pers(b):>15.4f} {glob(a):>10.4f} {glob(b):>10.4f} "
               f"{loss(a)} {loss(b)}")

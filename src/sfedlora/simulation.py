@@ -124,11 +124,12 @@ class Simulation:
         for group in self._groups(members):
             held = [self.store.get(c) for c in group]
             states, opt, rows = local.train_clients(
-                self.model, self.tok, self.task, self.cfg, trained, [self.state(c, h) for c, h in zip(group, held)],
+                self.model, self.tok, self.task, self.cfg, trained,
+                [self.state(c, h) for c, h in zip(group, held, strict=True)],
                 [self.server.gamma(c) for c in group], [h.opt for h in held], [h.sampler for h in held],
                 [self.train_ex[c] for c in group], self.device,
                 on_step=None if bar is None else lambda: bar.update(1), rnd=rnd)
-            for c, h, state, o, row in zip(group, held, states, opt, rows):
+            for c, h, state, o, row in zip(group, held, states, opt, rows, strict=True):
                 yield c, Held(state, o, h.sampler), row
 
     def _evaluate(self) -> dict[str, Any]:
@@ -140,7 +141,7 @@ class Simulation:
                                          self.device)
             for split in rows:
                 rows[split] += out[split]
-            for c, shown in zip(group, out.get("samples", [])):
+            for c, shown in zip(group, out["samples"], strict=True) if "samples" in out else ():
                 self.samples[c] = shown["samples"]
         ev: dict[str, Any] = {"personal": personal(rows)}
         if len(self.evaluated) < self.cfg.fed.clients:  # eval.clients: whose the rows are (as a Flower run's)

@@ -57,7 +57,7 @@ def close(a, b, path="record"):
             close(a[k], b[k], f"{path}.{k}")
     elif isinstance(a, list) and isinstance(b, list):
         assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             close(x, y, f"{path}[{i}]")
     elif isinstance(a, float) or isinstance(b, float):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-6, nan_ok=True), path
@@ -81,7 +81,7 @@ def test_both_runners_record_the_same_rounds(method, extra, simulation_only, sen
     flower = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     inproc = [json.loads(x) for x in (tmp_path / "inproc" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in flower] == [r["round"] for r in inproc] == list(range(cfg.fed.rounds + 1))
-    for f, i in zip(flower, inproc):
+    for f, i in zip(flower, inproc, strict=True):
         assert set(i) - set(f) - TIMINGS == (simulation_only if f["round"] else set())
         close({k: v for k, v in f.items() if k not in TIMINGS},
               {k: v for k, v in i.items() if k not in TIMINGS | simulation_only}, f"round {f['round']}")
@@ -97,7 +97,7 @@ def test_flower_run_equals_in_process_runner(sentiment_file, tmp_path):
     ours = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     theirs = [json.loads(x) for x in (tmp_path / "inproc" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in ours] == [0, 1, 2]
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, nan_ok=True) if a["round"] else True
         assert a["eval"]["personal"]["test"]["accuracy"] == pytest.approx(b["eval"]["personal"]["test"]["accuracy"])
     summary = json.loads((out / "summary.json").read_text())
@@ -242,7 +242,7 @@ def test_a_restarted_node_continues_from_its_directory(sentiment_file, tmp_path)
     plain = LocalGrid(client_app, 3, str(tmp_path / "nodes2"))
     FlowerRun(cfg, tmp_path / "run2", echo=lambda s: None).run(plain)
     for a, b in zip(node_states(tmp_path / "nodes", tmp_path / "run", 3),
-                    node_states(tmp_path / "nodes2", tmp_path / "run2", 3)):
+                    node_states(tmp_path / "nodes2", tmp_path / "run2", 3), strict=True):
         for k in a:
             assert torch.equal(a[k], b[k])
 

@@ -54,7 +54,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(sentiment_file, tmp_pa
     assert main(["run", "--resume", str(killed), "--quiet"]) == 0
     a = rundir.load_adapters(straight)["states"]
     b = rundir.load_adapters(killed)["states"]
-    for sa, sb in zip(a, b):
+    for sa, sb in zip(a, b, strict=True):
         for k in sa:
             assert torch.equal(sa[k], sb[k]), k
     rounds = [json.loads(line)["round"] for line in (killed / "metrics.jsonl").read_text().splitlines()]

@@ -129,7 +129,7 @@ def test_a_crashed_disk_run_resumes_to_the_same_end(sentiment_file, tmp_path):
     resumed = _sim(sentiment_file, tmp_path / "crashed", "disk", *extra)
     resumed.run(resume=True)
     assert _records(tmp_path / "crashed") == _records(tmp_path / "straight")
-    for a, b in zip(straight.states, resumed.states):
+    for a, b in zip(straight.states, resumed.states, strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
     kept = sorted(p.name for p in (tmp_path / "crashed" / "checkpoints").iterdir())
     assert kept == ["clients-round-3", "clients-round-4"]  # the newest checkpoint's and the previous one's

@@ -62,7 +62,7 @@ def test_a_resumed_cuda_run_is_bit_identical(precision, tmp_path, deterministic)
     lines = (cut / rundir.METRICS).read_text().splitlines()
     (cut / rundir.METRICS).write_text("\n".join(lines[:3]) + "\n")
     assert main(["run", "--resume", str(cut), "--quiet"]) == 0
-    for x, y in zip(rundir.load_adapters(whole)["states"], rundir.load_adapters(cut)["states"]):
+    for x, y in zip(rundir.load_adapters(whole)["states"], rundir.load_adapters(cut)["states"], strict=True):
         assert all(torch.equal(x[k], y[k]) for k in x)
 
 

@@ -63,7 +63,7 @@ def test_sfed_n_under_heterogeneous_ranks_is_a_recorded_choice(scaling_n, expect
     Simulation(cfg, tmp_path / "run", echo=lambda s: None, progress=False).run()
     resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["resolved"]
     assert resolved["scaling_n"] == scaling_n and resolved["n_scaling"] == pytest.approx(expected_n)
-    assert resolved["gammas"] == pytest.approx([8 * (n / r) ** 0.5 for n, r in zip(expected_n, (2, 4, 8))])
+    assert resolved["gammas"] == pytest.approx([8 * (n / r) ** 0.5 for n, r in zip(expected_n, (2, 4, 8), strict=True)])
 
 
 def test_partition_n_needs_rank_partitioned_averaging(sentiment_file, tmp_path):
@@ -141,9 +141,9 @@ def test_flora_bf16_resume_equals_uninterrupted(sentiment_file, tmp_path):
     killed_in_round(_bf16_sim(sentiment_file, tmp_path / "crashed"), 3)
     resumed = _bf16_sim(sentiment_file, tmp_path / "crashed")
     resumed.run(resume=True)
-    for a, b in zip(straight.states, resumed.states):
+    for a, b in zip(straight.states, resumed.states, strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
-    for (name, la), lb in zip(lora_layers(straight.model).items(), lora_layers(resumed.model).values()):
+    for (name, la), lb in zip(lora_layers(straight.model).items(), lora_layers(resumed.model).values(), strict=True):
         assert la.base_layer.weight.dtype == torch.float32 and torch.equal(la.base_layer.weight, lb.base_layer.weight)
         assert torch.equal(straight.merged[name], resumed.merged[name])
     rows = [json.loads(x)["eval"]["personal"]["test"] for x in (tmp_path / "straight" / "metrics.jsonl").open()]

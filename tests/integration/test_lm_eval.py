@@ -62,10 +62,12 @@ def test_eval_runs_the_exported_adapter_under_lm_eval(tmp_path, task_dir, capsys
         base = [[_loglikelihood(peft_model, tok, *a) for a in s["arguments"]] for s in samples]
     ours = [[_loglikelihood(peft_model, tok, *a) for a in s["arguments"]] for s in samples]
     scored = [[r[0][0] for r in s["resps"]] for s in samples]
-    assert max(abs(o - b) for os_, bs in zip(ours, base) for o, b in zip(os_, bs)) > 1e-3  # the adapter matters
-    for got, want in zip(scored, ours):
+    # the adapter matters
+    assert max(abs(o - b) for os_, bs in zip(ours, base, strict=True) for o, b in zip(os_, bs, strict=True)) > 1e-3
+    for got, want in zip(scored, ours, strict=True):
         assert got == pytest.approx(want, abs=1e-4)
-    accuracy = sum(max(range(2), key=lambda j: ll[j]) == s["doc"]["answer"] for ll, s in zip(ours, samples)) / 3
+    accuracy = sum(max(range(2), key=lambda j: ll[j]) == s["doc"]["answer"]
+                   for ll, s in zip(ours, samples, strict=True)) / 3
     assert record["results"]["repeat_mc"]["acc,none"] == pytest.approx(accuracy)
     again = sfedlora.lm_eval(run, ["repeat_mc"], client=1, include_path=task_dir)  # the Python API: the same
     assert again["repeat_mc"]["acc,none"] == record["results"]["repeat_mc"]["acc,none"]

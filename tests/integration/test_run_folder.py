@@ -177,7 +177,7 @@ def test_export_best_is_the_best_rounds_model(sentiment_file, tmp_path, capsys):
     saved = rundir.load_adapters(run, best=True)
     assert saved["round"] == best >= 1
     assert _run(sentiment_file, tmp_path / "short", f"fed.rounds={best}", "train.lr=0.05") == 0
-    for a, b in zip(saved["states"], rundir.load_adapters(tmp_path / "short")["states"]):
+    for a, b in zip(saved["states"], rundir.load_adapters(tmp_path / "short")["states"], strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert main(["export", str(run), "--client", "0", "--best", "--no-merged", "--out", str(tmp_path / "e")]) == 0
     meta = json.loads((tmp_path / "e" / "adapter" / "sfedlora.json").read_text())
@@ -194,7 +194,7 @@ def test_export_round_exports_any_kept_round(sentiment_file, tmp_path, capsys):
     assert _run(sentiment_file, tmp_path / "short", "fed.rounds=2", "train.lr=0.05") == 0
     kept = rundir.load_adapters(run, rnd=2)
     assert kept["round"] == 2
-    for a, b in zip(kept["states"], rundir.load_adapters(tmp_path / "short")["states"]):
+    for a, b in zip(kept["states"], rundir.load_adapters(tmp_path / "short")["states"], strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert main(["export", str(run), "--client", "1", "--round", "2", "--no-merged", "--out", str(tmp_path / "e")]) == 0
     assert json.loads((tmp_path / "e" / "adapter" / "sfedlora.json").read_text())["round"] == 2

@@ -34,7 +34,7 @@ def test_a_cosine_schedule_runs_over_the_whole_run_and_survives_resume(sentiment
     (out / rundir.METRICS).write_text("\n".join(lines[:3]) + "\n")
     assert main(["run", "--resume", str(out), "--quiet"]) == 0
     a, b = rundir.load_adapters(tmp_path / "a")["states"], rundir.load_adapters(out)["states"]
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert all((x[k] == y[k]).all() for k in x)
 
 
@@ -64,7 +64,7 @@ def test_a_compiled_run_trains_the_same_adapters(sentiment_file, tmp_path):
     assert main(["run", *args, "train.compile=true", "--out", str(tmp_path / "compiled"), "--quiet"]) == 0
     assert rundir.read(tmp_path / "compiled")[0].train.compile
     eager, compiled = (rundir.load_adapters(tmp_path / d)["states"] for d in ("eager", "compiled"))
-    for a, b in zip(eager, compiled):
+    for a, b in zip(eager, compiled, strict=True):
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 

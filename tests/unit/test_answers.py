@@ -60,8 +60,8 @@ class Oracle:
 
     def generate(self, input_ids, attention_mask, max_new_tokens, **_):
         rows = []
-        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
-            prompt = tuple(i for i, m in zip(ids, mask) if m)
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
+            prompt = tuple(i for i, m in zip(ids, mask, strict=True) if m)
             new = self.tok(self.responses[prompt], add_special_tokens=False)["input_ids"][:max_new_tokens]
             rows.append(ids + new + [self.tok.pad_token_id] * (max_new_tokens - len(new)))
         return torch.tensor(rows)
@@ -79,7 +79,8 @@ def test_gsm8k_records_score_as_correct_when_the_solution_is_reproduced(tmp_path
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     examples = encode_lm(records, tok, max_length=256)
-    oracle = Oracle(tok, {tuple(prompt_of(ex).tolist()): r["response"] for ex, r in zip(examples, records)})
+    oracle = Oracle(tok, {tuple(prompt_of(ex).tolist()): r["response"]
+                          for ex, r in zip(examples, records, strict=True)})
     assert math_accuracy(oracle, tok, [examples], batch_size=2, max_new_tokens=96, device="cpu") == [1.0]
     wrong = Oracle(tok, {k: v.replace("#### ", "#### 1") for k, v in oracle.responses.items()})
     assert math_accuracy(wrong, tok, [examples], batch_size=2, max_new_tokens=96, device="cpu") == [0.0]

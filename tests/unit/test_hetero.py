@@ -63,11 +63,11 @@ def test_flora_stack_is_the_sum_of_weighted_products():
     clients = [{A: torch.randn(r, 5, generator=g, dtype=torch.float64),
                 B: torch.randn(6, r, generator=g, dtype=torch.float64)} for r in ranks]
     m = get_method("flora")
-    uploads = [m.upload(c, gm, 1) for c, gm in zip(clients, gammas)]
+    uploads = [m.upload(c, gm, 1) for c, gm in zip(clients, gammas, strict=True)]
     update = m.aggregate(uploads, w, 1)
     assert update["m.stack_A"].shape == (14, 5) and update["m.stack_B"].shape == (6, 14)  # rank 2 + 4 + 8
     delta = m.merged(update)["m"]
-    expected = sum(wi * gm * c[B] @ c[A] for wi, gm, c in zip(w, gammas, clients))
+    expected = sum(wi * gm * c[B] @ c[A] for wi, gm, c in zip(w, gammas, clients, strict=True))
     torch.testing.assert_close(delta, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -76,10 +76,10 @@ def test_flexlora_gives_each_client_the_best_rank_r_approximation():
     ranks, gammas, w = [1, 2, 4], [8.0, 4.0, 2.0], [0.2, 0.3, 0.5]
     clients = [{A: torch.randn(r, 6, generator=g), B: torch.randn(5, r, generator=g)} for r in ranks]
     m = get_method("flexlora")
-    update = m.aggregate([m.upload(c, gm, 1) for c, gm in zip(clients, gammas)], w, 1)
-    dw = sum(wi * gm * (c[B].double() @ c[A].double()) for wi, gm, c in zip(w, gammas, clients))
+    update = m.aggregate([m.upload(c, gm, 1) for c, gm in zip(clients, gammas, strict=True)], w, 1)
+    dw = sum(wi * gm * (c[B].double() @ c[A].double()) for wi, gm, c in zip(w, gammas, clients, strict=True))
     u, s, vh = torch.linalg.svd(dw)
-    for c, r, gm in zip(clients, ranks, gammas):
+    for c, r, gm in zip(clients, ranks, gammas, strict=True):
         new = m.download(c, update, gm, 1)
         assert new[A].shape == (r, 6) and new[B].shape == (5, r)
         approx = gm * new[B].double() @ new[A].double()

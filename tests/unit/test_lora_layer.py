@@ -73,7 +73,7 @@ def test_round_trip_of_adapter_state():
     states = [init_adapter_state(model, 4, torch.Generator().manual_seed(c)) for c in range(2)]
     load_group(model, states, [1.0, 1.0])
     back = read_group(model)
-    for s, b in zip(states, back):
+    for s, b in zip(states, back, strict=True):
         assert s.keys() == b.keys() and all(torch.equal(s[k], b[k]) for k in s)
 
 

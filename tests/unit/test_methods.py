@@ -42,7 +42,7 @@ def test_fedsa_family_keeps_each_clients_b(name):
     before_b = [c[B].clone() for c in clients]
     after, uploads = one_round(name, clients, [0.2, 0.3, 0.5])
     assert all(B not in u for u in uploads), "a B left its client"
-    for c, b in zip(after, before_b):
+    for c, b in zip(after, before_b, strict=True):
         assert torch.equal(c[B], b)  # unchanged, and its own (the three values differ)
     assert {float(c[B][0, 0]) for c in after} == {10.0, 20.0, 60.0}
     for c in after:  # A averaged: 0.2*1 + 0.3*3 + 0.5*5 = 3.6

@@ -48,7 +48,7 @@ def fake_run(folder: Path, overrides: list[str], curve: list[float], ranks: list
 def table(tmp_path: Path) -> dict[str, dict[str, str]]:
     arms, _, _ = group_arms(find_runs([tmp_path / "runs"]))
     header, body = arms_table(arms)
-    return {" ".join(row[: len(arms[0].label)]): dict(zip(header, row)) for row in body}
+    return {" ".join(row[: len(arms[0].label)]): dict(zip(header, row, strict=True)) for row in body}
 
 
 def test_runs_that_differ_in_any_setting_are_separate_arms(tmp_path):
@@ -121,7 +121,7 @@ def test_paired_differences_against_the_reference_arm(tmp_path):
                                                                           f"seed={seed}"], [0.2, acc])
     arms, _, _ = group_arms(find_runs([tmp_path / "runs"]))
     header, body = arms_table(arms, ("method", "sfed-lora"), higher=True)
-    rows = {(r[0], r[1]): dict(zip(header, r)) for r in body}
+    rows = {(r[0], r[1]): dict(zip(header, r, strict=True)) for r in body}
     diff = "Δ vs method=sfed-lora (paired by seed, 95% CI)"
     assert rows[("fedsa-lora", "4")][diff] == "0.0300 ± 0.0248 (n=3)"
     assert rows[("fedsa-lora", "4")]["reading"] == "better"
@@ -242,7 +242,7 @@ def test_a_one_seed_difference_says_so_once(tmp_path):
     fake_run(tmp_path / "runs" / "b", ["fed.method=fedsa-lora"], [0.2, 0.75])
     arms, _, _ = group_arms(find_runs([tmp_path / "runs"]))
     header, body = arms_table(arms, ("method", "sfed-lora"), higher=True)
-    row = dict(zip(header, next(r for r in body if r[0] == "fedsa-lora")))
+    row = dict(zip(header, next(r for r in body if r[0] == "fedsa-lora"), strict=True))
     assert row["Δ vs method=sfed-lora (paired by seed, 95% CI)"] == "0.0500 (n=1, no interval)"
     assert row["reading"] == "one seed: no verdict"
 

@@ -116,7 +116,7 @@ def test_accumulated_micro_batches_equal_the_large_batch(task):
     accum = TrainConfig(optimizer="adamw", lr=0.01, batch_size=2, grad_accum_steps=2)
     a, sa = _train(task, big, one, 2)
     b, sb = _train(task, [m for batch in big for m in _split(batch, 2, 2)], accum, 2)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         for k in x:
             torch.testing.assert_close(x[k], y[k], rtol=1e-5, atol=1e-6)
     assert sa.loss == pytest.approx(sb.loss, rel=1e-5) and sa.tokens == sb.tokens
@@ -131,7 +131,7 @@ def test_gradient_checkpointing_changes_nothing_but_memory(task):
         batches = [lm_batch(g, 4) for _ in range(3)]
     plain, sp = _train(task, batches, TrainConfig(optimizer="sgd", lr=0.1), 3)
     ckpt, sc = _train(task, batches, TrainConfig(optimizer="sgd", lr=0.1, gradient_checkpointing=True), 3)
-    for x, y in zip(plain, ckpt):
+    for x, y in zip(plain, ckpt, strict=True):
         for k in x:
             torch.testing.assert_close(x[k], y[k], rtol=0, atol=0)
     assert sp.grad_norm_A == sc.grad_norm_A and sp.out_var == pytest.approx(sc.out_var, rel=1e-6)

@@ -147,7 +147,7 @@ class Peer:
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
         out = []
-        for state, client_batches in zip(states, batches):
+        for state, client_batches in zip(states, batches, strict=True):
             set_peft_model_state_dict(self.model, state)
             params = [p for p in self.model.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=tcfg.lr, betas=(tcfg.betas[0], tcfg.betas[1]), eps=tcfg.eps,

@@ -46,7 +46,7 @@ def evaluate_group(model: Any, per_client: Sequence[Sequence[dict[str, Any]]], t
         stacked = torch.stack([loss.double() * w, count.double() * w, correct.double() * w, w], 1)  # (rows, 4)
         sums += stacked.view(c, -1, 4).sum(1).cpu()
     out = []
-    for s, conf in zip(sums.tolist(), confusion.view(c, k, k).round().long().tolist()):
+    for s, conf in zip(sums.tolist(), confusion.view(c, k, k).round().long().tolist(), strict=True):
         loss = s[0] / max(s[1], 1)
         row: dict[str, Any] = {"loss": loss, "n": int(s[3])}
         if task == "classification":
@@ -76,7 +76,7 @@ def greedy_texts(model: Any, tok: Any, per_client: Sequence[Sequence[dict[str, A
                                    pad_token_id=tok.pad_token_id)
         texts = tok.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         per = len(examples) // c
-        for i, (w, text) in enumerate(zip(weights, texts)):
+        for i, (w, text) in enumerate(zip(weights, texts, strict=True)):
             if w > 0:
                 out[i // per].append(text)
     return out
@@ -87,8 +87,8 @@ def math_accuracy(model: Any, tok: Any, per_client: Sequence[Sequence[dict[str, 
     """Greedy-decoding accuracy per installed client on its examples: the final answer of the decoding
     against the example's (client.answers)."""
     texts = greedy_texts(model, tok, per_client, batch_size, max_new_tokens, device)
-    return [sum(same_answer(t, ex["answer"]) for t, ex in zip(ts, rows)) / max(len(rows), 1)
-            for ts, rows in zip(texts, per_client)]
+    return [sum(same_answer(t, ex["answer"]) for t, ex in zip(ts, rows, strict=True)) / max(len(rows), 1)
+            for ts, rows in zip(texts, per_client, strict=True)]
 
 
 def generate_samples(model: Any, tok: Any, per_client: Sequence[Sequence[dict[str, Any]]], batch_size: int,
@@ -96,5 +96,5 @@ def generate_samples(model: Any, tok: Any, per_client: Sequence[Sequence[dict[st
     """Each installed client's greedy completion of its fixed sample prompts, beside the prompt and the
     reference response: what samples.jsonl shows per round."""
     texts = greedy_texts(model, tok, per_client, batch_size, max_new_tokens, device)
-    return [[{"prompt": ex["prompt"], "reference": ex["reference"], "completion": t} for t, ex in zip(ts, rows)]
-            for ts, rows in zip(texts, per_client)]
+    return [[{"prompt": ex["prompt"], "reference": ex["reference"], "completion": t}
+             for t, ex in zip(ts, rows, strict=True)] for ts, rows in zip(texts, per_client, strict=True)]

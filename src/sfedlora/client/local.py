@@ -82,7 +82,8 @@ def encode(data: ClientData, task: str, tok: Any, cfg: RunConfig, c: int) -> Enc
     shown = [] if task == "classification" else data.test[:cfg.eval.samples]
     # the prompt as decoded from (its tokens: cut from the left where the example was), the reference response
     samples = [{**ex, "prompt": tok.decode(prompt_of(ex)), "reference": reference[:MAX_SAMPLE_CHARS]}
-               for ex, (_, reference) in zip(enc(shown), (render(r, template, tok) for r in shown))] if shown else []
+               for ex, (_, reference) in zip(enc(shown), (render(r, template, tok) for r in shown), strict=True)
+               ] if shown else []
     return Encoded(enc(data.train), by_len(val), by_len(test), decode, samples)
 
 
@@ -108,7 +109,7 @@ def train_clients(model: Any, tok: Any, task: str, cfg: RunConfig, trained: froz
     b = cfg.train.batch_size
 
     def next_batch() -> dict[str, torch.Tensor]:
-        examples = [rows[i] for rows, sm in zip(train_ex, samplers) for i in sm.take(b)]
+        examples = [rows[i] for rows, sm in zip(train_ex, samplers, strict=True) for i in sm.take(b)]
         return {k: v.to(device) for k, v in collate(examples, tok.pad_token_id).items()}
 
     k = cfg.fed.local_steps
@@ -116,7 +117,7 @@ def train_clients(model: Any, tok: Any, task: str, cfg: RunConfig, trained: froz
         result = train_group(model, next_batch, opt, trained, k, cfg.train, task, first_step=global_step(rnd, 0, k),
                              total_steps=cfg.fed.rounds * k, on_step=on_step)
     ranks = [rank_of(s) for s in states]
-    new_states = [truncate_state(s, r) for s, r in zip(read_group(model), ranks)]
+    new_states = [truncate_state(s, r) for s, r in zip(read_group(model), ranks, strict=True)]
     new_opt = [truncate_opt_state(opt.client_state(i), r) if keep else {} for i, r in enumerate(ranks)]
     stats = [{k: getattr(result, k)[i] for k in STAT_KEYS} for i in range(len(states))]
     return new_states, new_opt, stats
@@ -147,6 +148,6 @@ def evaluate_split(model: Any, tok: Any, task: str, cfg: RunConfig, examples: Se
         rows = evaluate_group(model, list(examples), task, tok.pad_token_id, bs, device)
         if task == "math":
             accs = math_accuracy(model, tok, list(decoded), bs, cfg.eval.max_new_tokens, device)
-            for r, a, d in zip(rows, accs, decoded):
+            for r, a, d in zip(rows, accs, decoded, strict=True):
                 r["accuracy"], r["n_decoded"] = a, len(d)
     return rows

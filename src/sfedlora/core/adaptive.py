@@ -39,8 +39,8 @@ def n_eff_first(a_factors: Sequence[torch.Tensor], weights: Sequence[float]) -> 
     """sum_i w_i ||A_i||^2 / ||sum_i w_i A_i||^2 for one module's uploaded A's (weights normalised). An
     aggregate of zero norm (A's that cancel exactly) gives the largest value the weights allow, 1/sum w^2."""
     w = _normalised(weights)
-    spread = sum(wi * float(a.double().pow(2).sum()) for wi, a in zip(w, a_factors))
-    mean = sum(wi * a.double() for wi, a in zip(w, a_factors))
+    spread = sum(wi * float(a.double().pow(2).sum()) for wi, a in zip(w, a_factors, strict=True))
+    mean = sum(wi * a.double() for wi, a in zip(w, a_factors, strict=True))
     agg = float(torch.as_tensor(mean).pow(2).sum())
     cap = 1.0 / sum(wi * wi for wi in w)
     if agg <= 0 or not math.isfinite(spread / agg):

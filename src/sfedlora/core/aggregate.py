@@ -37,7 +37,7 @@ def weighted_mean(states: Iterable[dict[str, torch.Tensor]], weights: Sequence[f
     reading the states one at a time (a client store on disk need not hold them all)."""
     w = normalise(weights) if weights else []
     acc: dict[str, torch.Tensor] | None = None
-    for wi, s in zip(w, states):
+    for wi, s in zip(w, states, strict=True):
         if acc is None:
             acc = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in s.items()}
         elif s.keys() != acc.keys():
@@ -57,7 +57,7 @@ def weighted_mean(states: Iterable[dict[str, torch.Tensor]], weights: Sequence[f
 def accumulate(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
     """sum_i w_i * t_i in fp32, in client order (every mean in sfedlora adds up the same way)."""
     acc = torch.zeros_like(tensors[0], dtype=torch.float32)
-    for wi, t in zip(weights, tensors):
+    for wi, t in zip(weights, tensors, strict=True):
         if wi:
             acc.add_(t.float(), alpha=wi)
     return acc
@@ -67,7 +67,7 @@ def accumulate(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> tor
 def partitions(ranks: Sequence[int]) -> list[tuple[int, int]]:
     """Rank partitions [l, h) between consecutive distinct ranks: (2, 4, 8) -> [0,2), [2,4), [4,8)."""
     bounds = sorted(set(ranks))
-    return [(lo, hi) for lo, hi in zip([0, *bounds[:-1]], bounds)]
+    return [(lo, hi) for lo, hi in zip([0, *bounds[:-1]], bounds, strict=True)]
 
 
 
@@ -93,7 +93,7 @@ def partition_weights(ranks: Sequence[int], weights: Sequence[float]) -> list[tu
     w = normalise(weights)
     out = []
     for lo, hi in partitions(ranks):
-        members = [wi if r >= hi else 0.0 for wi, r in zip(w, ranks)]
+        members = [wi if r >= hi else 0.0 for wi, r in zip(w, ranks, strict=True)]
         out.append(((lo, hi), normalise(members)))
     return out
 
@@ -122,7 +122,7 @@ def rank_partitioned_mean(states: Sequence[State], weights: Sequence[float]) -> 
             continue
         parts = []
         for (lo, hi), pw in partition_weights(ranks, w):
-            members = [(s[k].narrow(d, lo, hi - lo), wi) for s, r, wi in zip(states, ranks, pw) if r >= hi]
+            members = [(s[k].narrow(d, lo, hi - lo), wi) for s, r, wi in zip(states, ranks, pw, strict=True) if r >= hi]
             parts.append(accumulate([t for t, _ in members], [wi for _, wi in members]))
         out[k] = torch.cat(parts, dim=d)
     return out

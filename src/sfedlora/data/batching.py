@@ -56,7 +56,7 @@ def encode_lm(records: Sequence[dict[str, Any]], tok: Any, max_length: int,
     responses = tok([a for _, a in texts], add_special_tokens=False)["input_ids"]
     eos = [tok.eos_token_id] if template == "alpaca" else []
     out = []
-    for r, p, a in zip(records, prompts, responses):
+    for r, p, a in zip(records, prompts, responses, strict=True):
         a = list(a) + eos
         truncated = len(p) + len(a) > max_length
         if truncated:
@@ -94,7 +94,7 @@ def collate(examples: Sequence[dict[str, Any]], pad_id: int, weights: Sequence[f
     if "n_prompt" in examples[0] and not prompts:
         fills["labels"] = IGNORE
     batch = {k: torch.full((len(examples), length), fill, dtype=torch.long) for k, fill in fills.items()}
-    for i, (e, t) in enumerate(zip(examples, tokens)):
+    for i, (e, t) in enumerate(zip(examples, tokens, strict=True)):
         n = len(t)
         at = slice(length - n, length) if left_pad else slice(0, n)
         batch["input_ids"][i, at] = t

@@ -64,7 +64,7 @@ def _json(path: Path) -> Iterator[tuple[int, Any]]:
         lengths = {len(v) for v in data.values()}
         if len(lengths) != 1:
             raise SfedloraError(f"{path}: its columns have different lengths {sorted(lengths)}")
-        data = [dict(zip(data, row)) for row in zip(*data.values())]
+        data = [dict(zip(data, row, strict=True)) for row in zip(*data.values(), strict=True)]
     if not isinstance(data, list):
         raise SfedloraError(f"{path} must hold a list of records (or one record per line), not a "
                             f"{type(data).__name__}")

@@ -79,7 +79,7 @@ class FederatedMethod:
             return {}
         w = normalise(weights)
         return {m: functools.reduce(torch.add, [wi * g * c[f"{m}.lora_B"] @ c[f"{m}.lora_A"]
-                                                for wi, g, c in zip(w, gammas, clients)]) for m in modules}
+                                                for wi, g, c in zip(w, gammas, clients, strict=True)]) for m in modules}
 
     def global_model(self, clients: Sequence[State], weights: Sequence[float]) -> State:
         """The model evaluated as 'global': the weighted mean of the clients' states after download.

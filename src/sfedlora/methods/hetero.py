@@ -67,7 +67,8 @@ class FLoRA(FederatedMethod):
                 continue
             m = key[: -len(".lora_A")]
             out[f"{m}.stack_A"] = torch.cat([u[f"{m}.lora_A"] for u in uploads], 0)  # (sum r_i, d_in)
-            out[f"{m}.stack_B"] = torch.cat([wi * u[f"{m}.lora_B"] for wi, u in zip(w, uploads)], 1)  # (d_out, sum r_i)
+            out[f"{m}.stack_B"] = torch.cat([wi * u[f"{m}.lora_B"] for wi, u in zip(w, uploads, strict=True)],
+                                            1)  # (d_out, sum r_i)
         return out
 
     def merged(self, update: State) -> dict[str, torch.Tensor]:

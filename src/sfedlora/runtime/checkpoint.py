@@ -61,7 +61,7 @@ def check(snap: dict[str, Any], rounds: int, recorded: set[int], first: int,
             count = len(held) if isinstance(held, list) else "no"
             return f"it holds {count} clients' {key}, the run has {len(expected)}"
     states = snap["states"]
-    for c, (state, want) in enumerate(zip(states, expected)):
+    for c, (state, want) in enumerate(zip(states, expected, strict=True)):
         got = {k: (tuple(v.shape), str(v.dtype)) for k, v in state.items()} if isinstance(state, dict) else {}
         wrong = [k for k in want if got.get(k) != want[k]] + [k for k in got if k not in want]
         if wrong:

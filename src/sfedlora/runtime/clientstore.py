@@ -157,7 +157,7 @@ class ClientStore:
 
     def restore(self, snap: dict[str, Any]) -> None:
         if self.folder is None:
-            for c, (a, o, s) in enumerate(zip(snap["states"], snap["opt_states"], snap["samplers"])):
+            for c, (a, o, s) in enumerate(zip(snap["states"], snap["opt_states"], snap["samplers"], strict=True)):
                 self.held[c] = Held(a, o, set_sampler(self.sampler(c), s))
             return
         if "store" not in snap:

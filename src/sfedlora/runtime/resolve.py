@@ -186,7 +186,8 @@ def resolve(cfg: RunConfig, method: FederatedMethod, n_train: list[int]) -> Reso
         n_i = partition_n(ranks, n)
     else:
         n_i = [float(n)] * len(ranks)
-    gammas = [scaling(rule, cfg.lora.alpha, r, ni, cfg.lora.scaling_a, cfg.lora.scaling_b) for r, ni in zip(ranks, n_i)]
+    gammas = [scaling(rule, cfg.lora.alpha, r, ni, cfg.lora.scaling_a, cfg.lora.scaling_b)
+              for r, ni in zip(ranks, n_i, strict=True)]
     return Resolved(scaling=rule, init=init, n_averaged=n, ranks=ranks, gammas=gammas, n_scaling=n_i,
                     scaling_n=cfg.lora.scaling_n, client_store=client_store(cfg, method))
 

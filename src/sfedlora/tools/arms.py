@@ -122,7 +122,7 @@ def display_names(keys: Sequence[str]) -> dict[str, str]:
     """Short names for dotted keys: the last part, unless two keys share it; data.source is 'data' and
     model.name 'model'."""
     last = [SPECIAL_NAMES.get(k, k.rsplit(".", 1)[-1]) for k in keys]
-    return {k: short if last.count(short) == 1 else k for k, short in zip(keys, last)}
+    return {k: short if last.count(short) == 1 else k for k, short in zip(keys, last, strict=True)}
 
 
 def _determined(key: str, others: Sequence[str], settings: Sequence[dict[str, Any]]) -> bool:
@@ -147,7 +147,7 @@ def group_arms(runs: Sequence[Run]) -> tuple[list[Arm], list[str], dict[str, Any
             shown.remove(key)
     names = display_names(shown)
     arms: dict[tuple, Arm] = {}
-    for run, s in zip(runs, all_settings):
+    for run, s in zip(runs, all_settings, strict=True):
         ident = tuple(repr(s.get(k)) for k in varying)
         arm = arms.setdefault(ident, Arm(settings=s, label={names[k]: s.get(k) for k in shown}))
         if run.seed in arm.seeds:

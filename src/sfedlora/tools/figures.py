@@ -43,7 +43,8 @@ def grad_norm_curve(run: Run) -> tuple[list[float], list[float]]:
     for r in run.records:
         if r["round"] == 0 or not r.get("grad_norm_A_steps"):
             continue
-        per_client = [(a, b) for a, b in zip(r["grad_norm_A_steps"], r["grad_norm_B_steps"]) if a is not None]
+        per_client = [(a, b) for a, b in zip(r["grad_norm_A_steps"], r["grad_norm_B_steps"], strict=True)
+                      if a is not None]
         steps = len(per_client[0][0])
         for k in range(steps):
             norms = [math.sqrt(a[k] ** 2 + b[k] ** 2) for a, b in per_client]
@@ -94,7 +95,7 @@ def plot_arms(arms: list[Arm], curve: Curve, line: str | None, title: str, ylabe
     panels = list(dict.fromkeys(panel_of(a) for a in arms))
     fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 4.2 * len(panels)), 3.8), squeeze=False, sharey=True)
     cmap = plt.get_cmap("viridis")
-    for ax, panel in zip(axes[0], panels):
+    for ax, panel in zip(axes[0], panels, strict=True):
         members = [a for a in arms if panel_of(a) == panel]
         for i, arm in enumerate(members):
             xs, ys, sd = _average([curve(r) for r in arm.runs])
@@ -104,8 +105,8 @@ def plot_arms(arms: list[Arm], curve: Curve, line: str | None, title: str, ylabe
             name = f"{line} {arm.show(line)}" if line else arm.name()
             ax.plot(xs, ys, label=f"{name} (n={len(arm.runs)})", color=color, lw=1.6)
             if any(sd):
-                ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)], color=color,
-                                alpha=0.15)
+                ax.fill_between(xs, [y - s for y, s in zip(ys, sd, strict=True)],
+                                [y + s for y, s in zip(ys, sd, strict=True)], color=color, alpha=0.15)
         ax.set_title(panel, fontsize=8)
         ax.set_xlabel(xlabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -220,7 +221,7 @@ def plot_grad_norms(arms: list[Arm], path: Path, title: str, axis: str = "rank")
     lines = list(dict.fromkeys(line_of(a) for a in trained))
     cmap = plt.get_cmap("tab10")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
-    for ax, key in zip(axes, ("grad_norm_A", "grad_norm_B")):
+    for ax, key in zip(axes, ("grad_norm_A", "grad_norm_B"), strict=True):
         for i, name in enumerate(lines):
             norms = grad_norm_points([a for a in trained if line_of(a) == name], axis, key)
             if norms:

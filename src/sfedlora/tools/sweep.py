@@ -185,7 +185,7 @@ def plan(name: str, size: str, out: Path, extra: Sequence[str] = (),
     fixed = [f"{k}={_value_text(v)}" for k, v in (section.get("set") or {}).items()]
     grid = section.get("grid") or {}
     keys = list(grid)
-    points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
     also = section.get("also") or []
     if not isinstance(also, list) or not all(isinstance(a, dict) for a in also):
         raise SfedloraError(f"{spec_path(name)}: {size}.also must be a list of mappings of config keys")
