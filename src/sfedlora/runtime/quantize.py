@@ -6,16 +6,18 @@ without native bf16, where bf16 matmuls are emulated); `8bit` stores them as int
 threshold 6). The task head and the LM head stay
 in full precision, and the per-client adapters on top are fp32 as always.
 
-Devices: bitsandbytes 0.50 runs both modes' forward and backward on CPU (tested here) and on CUDA. On a CPU
-with AVX512-BF16, its Linear4bit repacks the weight for good, at the first forward in eval mode whose input
-needs no gradient (an evaluation), into an inference-only format whose kernel has no backward: every later
-training forward would then cut the gradient to every adapter below it. sfedlora's frozen base is always in
-eval mode, so each 4-bit layer is kept out of that format (`_unpacked`); the probe that decides it
-(`bitsandbytes.nn.modules.has_avx512bf16`) is faked in the tests, so the AVX512-BF16 path is covered on any CPU. It pays
+Devices: bitsandbytes 0.50 runs both modes' forward and backward on CPU (tested here) and on CUDA. It pays
 where the base weights dominate memory (billion-parameter bases, GPUs): for SmolLM2-135M on a 2-core CPU
 the weights shrink from 513 to 159 MiB but the round's peak does not fall and a round is slower (its CPU
 kernels dequantise every call); docs/usage.md has the measurement. FLoRA, which merges updates into the
 base weights, cannot use a quantised base.
+
+On a CPU with AVX512-BF16, bitsandbytes' Linear4bit repacks its weight for good, at the first forward in eval
+mode whose input needs no gradient (an evaluation), into an inference-only format whose kernel has no
+backward: every later training forward would then cut the gradient to every adapter below it. sfedlora's
+frozen base is always in eval mode, so each 4-bit layer is kept out of that format (`_unpacked`); the probe
+that decides it (`bitsandbytes.nn.modules.has_avx512bf16`) is faked in the tests, so that path is covered on
+any CPU.
 """
 
 from __future__ import annotations

@@ -88,14 +88,20 @@ def _histogram_key(task: str, records: list[dict[str, Any]], cfg: RunConfig) -> 
     return cfg.data.partition_by if cfg.data.partition_by in records[0] else cfg.data.category_field
 
 
+def data_ident(cfg: RunConfig) -> str:
+    """What the clients' data depend on: the data settings, the seed, the number of clients, and the longest text
+    kept as read (model.max_length). Runs with equal idents get the same clients' data."""
+    return json.dumps({"data": to_dict(cfg)["data"], "seed": cfg.seed, "clients": cfg.fed.clients,
+                       "max_length": cfg.model.max_length}, sort_keys=True)
+
+
 def load_clients(cfg: RunConfig, partitions: list[int] | None = None,
                  cache: Path | None = None) -> tuple[str, list[str], dict[int, ClientData], dict[int, dict[str, Any]],
                                                      dict[str, int]]:
     """(task, label names, clients, descriptions, counts) for the given client indices (all by default). With
     a cache folder, each client's share is kept there after the first draw and read back afterwards."""
     wanted = list(range(cfg.fed.clients)) if partitions is None else list(partitions)
-    ident = json.dumps({"data": to_dict(cfg)["data"], "seed": cfg.seed, "clients": cfg.fed.clients}, sort_keys=True)
-    digest = hashlib.sha1(ident.encode()).hexdigest()[:16]
+    digest = hashlib.sha1(data_ident(cfg).encode()).hexdigest()[:16]
     paths = {c: None if cache is None else cache / f"partition-{digest}-{c}.json" for c in wanted}
     if all(p is not None and p.exists() for p in paths.values()):
         saved = {c: json.loads(p.read_text()) for c, p in paths.items() if p is not None}

@@ -77,9 +77,8 @@ def stale(run: PlannedRun) -> str | None:
 def stale_data(runs: Sequence[PlannedRun]) -> list[str]:
     """The finished runs among `runs` whose recorded data fingerprint is not what their data gives now (their
     data changed since they ran), as --resume checks it; computed once per distinct data set-up."""
-    from sfedlora.config import to_dict
     from sfedlora.runtime import rundir
-    from sfedlora.runtime.setup import data_fingerprint
+    from sfedlora.runtime.setup import data_fingerprint, data_ident
 
     now: dict[str, str] = {}
     out = []
@@ -87,10 +86,9 @@ def stale_data(runs: Sequence[PlannedRun]) -> list[str]:
         recorded = rundir.read(run.folder)[1].data_fingerprint
         if not recorded:  # a run written before fingerprints were recorded, or a Flower run: nothing to compare
             continue
-        cfg = run.config
-        ident = repr((to_dict(cfg)["data"], cfg.seed, cfg.fed.clients, cfg.model.max_length))
+        ident = data_ident(run.config)
         if ident not in now:
-            now[ident] = data_fingerprint(cfg)
+            now[ident] = data_fingerprint(run.config)
         if now[ident] != recorded:
             out.append(str(run.folder))
     return out
