@@ -62,16 +62,33 @@ def sentiment_file(tmp_path: Path) -> Path:
 
 def killed_in_round(sim, rnd: int) -> None:
     """Run a Simulation until it is killed as round `rnd` starts (after the checkpoint of the round before)."""
-    original = sim._round
+    original = sim.exchange
 
-    def crash(r, bar):
-        if r == rnd:
+    def crash(r, selected, evaluate):
+        if r == rnd and selected:
             raise KeyboardInterrupt(f"killed in round {rnd}")
-        return original(r, bar)
+        return original(r, selected, evaluate)
 
-    sim._round = crash
+    sim.exchange = crash
     with pytest.raises(KeyboardInterrupt):
         sim.run()
+
+
+def after_local_training(monkeypatch, sim, change) -> None:
+    """In `sim`, each client's result of local training passes through change(rnd, c, held, stats) -> (held, stats)
+    before the client step checks and uploads it (client.step.train wrapped)."""
+    from sfedlora.client import step
+
+    original = step.train
+
+    def train(engine, rnd, held, states, gammas, encoded, on_step=None):
+        out = original(engine, rnd, held, states, gammas, encoded, on_step)
+        if engine is not sim.setup:
+            return out
+        clients = [next(i for i, e in enumerate(sim.encoded) if e is x) for x in encoded]
+        return [change(rnd, c, h, stats) for c, (h, stats) in zip(clients, out, strict=True)]
+
+    monkeypatch.setattr(step, "train", train)
 
 
 @contextlib.contextmanager

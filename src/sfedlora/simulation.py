@@ -3,7 +3,6 @@ of the protocol (runtime.protocol), into the run folder (runtime.rundir). Set-up
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -13,19 +12,21 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from sfedlora.client import local
-from sfedlora.config import RunConfig, to_dict
+from sfedlora.client import local, step
+from sfedlora.client.step import Held
+from sfedlora.config import RunConfig
 from sfedlora.core.adaptive import init_sq_norms
-from sfedlora.core.metrics import PRIMARY, personal
+from sfedlora.core.metrics import personal
 from sfedlora.core.state import State, select
 from sfedlora.data.batching import ClientSampler
 from sfedlora.errors import SfedloraError
-from sfedlora.runtime import checkpoint, grouping, records, rundir
-from sfedlora.runtime.clientstore import ClientStore, Current, Held
-from sfedlora.runtime.protocol import Exchange, Server, evaluated_clients, non_finite
+from sfedlora.runtime import checkpoint, grouping, rundir
+from sfedlora.runtime.clientstore import ClientStore, Current
+from sfedlora.runtime.protocol import Exchange, Server, evaluated_clients
 from sfedlora.runtime.resolve import Resolved, resume_mismatch
+from sfedlora.runtime.rounds import Reply, run_rounds
+from sfedlora.runtime.runlog import RunLog
 from sfedlora.runtime.setup import setup
-from sfedlora.runtime.tracking import Trackers
 
 
 def _print(line: str) -> None:
@@ -33,6 +34,11 @@ def _print(line: str) -> None:
 
 
 class Simulation:
+    """The transport of the round loop (runtime.rounds) for clients held in this process: the client step for batched
+    groups, evaluation in a pass of its own."""
+
+    piggyback = False
+
     def __init__(self, cfg: RunConfig, out_dir: Path, echo: Callable[[str], None] = _print,
                  progress: bool = True, resolved: Resolved | None = None,
                  figures: Callable[[Path], list[Path]] | None = None, group: str = "",
@@ -47,7 +53,9 @@ class Simulation:
         self.method, self.model, self.tok, self.device, self.task = s.method, s.model, s.tok, s.device, s.task
         n = cfg.fed.clients
         self.encoded = [s.encoded[c] for c in range(n)]
-        self.train_ex = [e.train for e in self.encoded]
+        self._now: dict[int, State] = {}  # clients' current states under the server's latest update, as computed
+        self._accepted: dict[int, Held] = {}  # the round's accepted participants as they trained
+        self.bar: Any = None  # the progress bar of local steps, while the run goes
         self.resolved = s.resolve()
         if resolved is not None:  # a resumed run keeps its client store (runs before the store kept memory)
             self.resolved = replace(self.resolved, client_store=resolved.client_store)
@@ -77,15 +85,22 @@ class Simulation:
     @property
     def states(self) -> Sequence[State]:
         """Every client's adapters now, with the server's latest update downloaded (runtime.clientstore)."""
-        return Current(self.store.n, self.state)
+        return Current(self.store.n, lambda c: self._now[c] if c in self._now else self._current(c, self.store.get(c)))
 
     def state(self, c: int, held: Held | None = None) -> State:
-        """Client c's adapters now: as it last trained them (`held`, else the store's) with the latest update
-        downloaded (protocol step 6, done when the client is next used: the same state as a download every
-        round, as the Flower nodes do it)."""
-        raw = (held or self.store.get(c)).adapters
-        latest = self.server.latest
-        return self.method.download(raw, latest, self.resolved.gammas[c], 0) if latest else raw
+        """Client c's adapters now: as it last trained them (`held`, else the store's) with the server's latest update
+        downloaded (client.step.current, done when the client is next used: the same state as a download every
+        round, as the Flower nodes do it); computed once per update."""
+        if c not in self._now:
+            self._now[c] = self._current(c, held or self.store.get(c))
+        return self._now[c]
+
+    def _current(self, c: int, held: Held) -> State:
+        return step.current(self.method, held.adapters, self.server.latest, self.server.gamma(c))
+
+    def _put(self, c: int, held: Held) -> None:
+        self.store.put(c, held)
+        self._now.pop(c, None)
 
     # ---- set-up -------------------------------------------------------------------------------------
     def _fresh_adapters(self, c: int, rnd: int = 0) -> State:
@@ -100,13 +115,13 @@ class Simulation:
         return Held(self._fresh_adapters(c), {}, self._sampler(c))
 
     def _plan_groups(self) -> grouping.GroupPlan:
-        longest = max((ex for rows in self.train_ex for ex in rows), key=lambda e: len(e["input_ids"]))
+        longest = max((ex for e in self.encoded for ex in e.train), key=lambda e: len(e["input_ids"]))
         return grouping.plan(self.cfg.train.group_size, self.cfg.train.group_memory, self.cfg.train.batch_size,
                              self.cfg.eval.batch_size, self.cfg.fed.clients, self.device, self.bytes_per_row,
                              len(longest["input_ids"]))
 
     def bytes_per_row(self) -> int:
-        longest = max((ex for rows in self.train_ex for ex in rows), key=lambda e: len(e["input_ids"]))
+        longest = max((ex for e in self.encoded for ex in e.train), key=lambda e: len(e["input_ids"]))
         widest = max(range(self.cfg.fed.clients), key=lambda c: self.resolved.ranks[c])
         return grouping.bytes_per_row(self.model, self.tok, self.task, longest, self.cfg.train.batch_size,
                                       self._fresh_adapters(widest), self.resolved.gammas[widest], self.device,
@@ -116,33 +131,28 @@ class Simulation:
         g = self.groups.train if kind == "train" else self.groups.eval
         return [members[i:i + g] for i in range(0, len(members), g)]
 
-    # ---- one round ----------------------------------------------------------------------------------
-    def _train(self, rnd: int, members: list[int], bar: Any) -> Iterator[tuple[int, Held, dict[str, Any]]]:
-        """Protocol step 2 for the round's participants, G at a time: each one's new state (not yet stored)
-        and training statistics, a group at a time. Their data orders move on in place."""
-        trained = self.method.trained(rnd)
+    # ---- the transport of the round loop (runtime.rounds): the client step for batched groups ----------
+    def _train(self, rnd: int, members: list[int], bar: Any) -> Iterator[tuple[int, step.Trained]]:
+        """The client step (train, check, upload) of the round's participants, G at a time; each one's round as
+        its group ends. Their data orders move on in place."""
         for group in self._groups(members):
             held = [self.store.get(c) for c in group]
-            states, opt, rows = local.train_clients(
-                self.model, self.tok, self.task, self.cfg, trained,
-                [self.state(c, h) for c, h in zip(group, held, strict=True)],
-                [self.server.gamma(c) for c in group], [h.opt for h in held], [h.sampler for h in held],
-                [self.train_ex[c] for c in group], self.device,
-                on_step=None if bar is None else lambda: bar.update(1), rnd=rnd)
-            for c, h, state, o, row in zip(group, held, states, opt, rows, strict=True):
-                yield c, Held(state, o, h.sampler), row
+            out = step.step(self.setup, rnd, held, [self.state(c, h) for c, h in zip(group, held, strict=True)],
+                            [self.server.gamma(c) for c in group], [self.encoded[c] for c in group], evaluate=False,
+                            take_part=True, on_step=None if bar is None else lambda: bar.update(1))
+            yield from zip(group, out.trained, strict=True)
 
-    def _evaluate(self) -> dict[str, Any]:
-        """Every client's own model on its splits; the global model (where one exists) on the pooled splits."""
+    def _evaluate(self) -> tuple[dict[str, Any], dict[int, list[dict[str, str]]]]:
+        """Every evaluated client's own model on its splits (the client step, evaluating), and the global model
+        (where one exists) on the pooled splits; with the clients' sample completions."""
         rows: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
+        samples: dict[int, list[dict[str, str]]] = {}
         for group in self._groups(self.evaluated, "eval"):
-            out = local.evaluate_clients(self.model, self.tok, self.task, self.cfg, [self.state(c) for c in group],
-                                         [self.server.gamma(c) for c in group], [self.encoded[c] for c in group],
-                                         self.device)
+            out = step.step(self.setup, 0, [], [self.state(c) for c in group], [self.server.gamma(c) for c in group],
+                            [self.encoded[c] for c in group], evaluate=True, take_part=False)
             for split in rows:
-                rows[split] += out[split]
-            for c, shown in zip(group, out["samples"], strict=True) if "samples" in out else ():
-                self.samples[c] = shown["samples"]
+                rows[split] += out.rows[split]
+            samples.update(zip(group, out.samples, strict=True) if out.samples is not None else ())
         ev: dict[str, Any] = {"personal": personal(rows)}
         if len(self.evaluated) < self.cfg.fed.clients:  # eval.clients: whose the rows are (as a Flower run's)
             ev["evaluated_clients"] = self.evaluated
@@ -157,38 +167,60 @@ class Simulation:
                                  key=lambda ex: ex["n_prompt"])
                 ev["global"][split] = local.evaluate_split(self.model, self.tok, self.task, self.cfg, [pooled],
                                                            [decoded], self.device)[0]
-        return ev
+        return ev, samples
 
-    def _round(self, rnd: int, bar: Any) -> dict[str, Any]:
+    def exchange(self, rnd: int, selected: list[int], evaluate: int | None) -> Reply:
+        """runtime.rounds: evaluate (a pass of its own) or train the round's participants."""
+        reply = Reply(Exchange(selected=selected))
         t0 = time.perf_counter()
-        gammas = self.resolved.gammas
-        ex = Exchange(selected=self.server.select())
-        accepted: dict[int, Held] = {}  # the round's accepted participants as they trained
-        for c, held, stats in self._train(rnd, ex.selected, bar):  # step 2; steps 3 and 4 as each group ends
-            reason = non_finite(stats["loss"], held.adapters)
-            if reason:  # back to its state before the round; its data order moves on
-                ex.excluded.append({"client": c, "reason": reason})
-                held = replace(self.store.get(c), sampler=held.sampler)
-                self.echo(f"  round {rnd} excludes client {c}: {reason}")
+        if evaluate is not None:
+            reply.ev, reply.samples = self._evaluate()
+        t1 = time.perf_counter()
+        self._accepted = {}
+        for c, trained in self._train(rnd, selected, self.bar):
+            if trained.upload is None:
+                reply.exchange.excluded.append({"client": c, "reason": trained.excluded})
+                self.echo(f"  round {rnd} excludes client {c}: {trained.excluded}")
             else:
-                ex.uploads[c], ex.stats[c] = self.method.upload(held.adapters, gammas[c], rnd), stats
-                accepted[c] = held
-            self.store.put(c, held)  # a stopped run resumes from its checkpoint, never from these
-        t_train = time.perf_counter() - t0
-        self.server.require(rnd, ex)
-        update = self.server.aggregate(rnd, ex)  # the server's latest: step 6 happens as each client is next used
-        self.server.rescale(ex, update)
-        downloaded = {c: self.state(c, accepted[c]) for c in sorted(accepted)}  # not read back from the store
+                reply.exchange.uploads[c], reply.exchange.stats[c] = trained.upload, trained.stats
+                self._accepted[c] = trained.held
+            self._put(c, trained.held)  # a stopped run resumes from its checkpoint, never from these
+        reply.t_eval, reply.t_train = t1 - t0, time.perf_counter() - t1
+        return reply
+
+    def aggregate(self, rnd: int, exchange: Exchange) -> State:
+        return self.server.aggregate(rnd, exchange)
+
+    def adopted(self, rnd: int, update: State, exchange: Exchange) -> dict[int, State]:
+        """The latest update changed: every client's current state is computed again when next used. FLoRA merges
+        the update into W0 and restarts every client from fresh adapters."""
+        self._now = {}
+        downloaded = {c: self.state(c, self._accepted[c]) for c in sorted(self._accepted)}  # not read back
         if self.method.merges_into_base:  # FLoRA: W0 += dW, then every client restarts from fresh adapters
             self._merge(update)
             for c in range(self.store.n):
                 held = self.store.get(c)
                 head = select(self.state(c, held), {"head"})
-                self.store.put(c, Held({**self._fresh_adapters(c, rnd), **head}, {}, held.sampler))
-        t1 = time.perf_counter()
-        ev = self._evaluate() if (rnd % self.cfg.eval.every == 0 or rnd == self.cfg.fed.rounds) else None
-        return self.server.record(rnd, ex, update, ev, t_train, time.perf_counter() - t1, time.perf_counter() - t0,
-                                  clients=downloaded)
+                self._put(c, Held({**self._fresh_adapters(c, rnd), **head}, {}, held.sampler))
+        return downloaded
+
+    def notes(self) -> dict[str, Any]:
+        """Clients whose damaged state file made them start again from their seed, since the last record."""
+        if not self.store.redrawn:
+            return {}
+        redrawn, self.store.redrawn = sorted(set(self.store.redrawn)), []
+        return {"redrawn_clients": redrawn}
+
+    def recorded(self, record: dict[str, Any], log: RunLog) -> None:
+        """The best round's adapters (for export --best), checkpoints and kept rounds' adapters."""
+        rnd, every = record["round"], self.cfg.checkpoint_every
+        if log.is_best(record):
+            self._save_adapters(best_round=rnd)
+        if every and (rnd % every == 0 or rnd == self.cfg.fed.rounds):
+            if self.cfg.keep_round_adapters:  # for export --round; before the checkpoint that a resume starts after
+                self._save_adapters(kept_round=rnd)
+            checkpoint.save(self.out_dir, self._snapshot(rnd))
+            self.store.prune()
 
     def _merge(self, update: State) -> None:
         """FLoRA: add the round's dW to the fp32 sum of merged updates; every adapted weight becomes W0 + sum."""
@@ -226,6 +258,7 @@ class Simulation:
 
     def _restore(self, snap: dict[str, Any]) -> int:
         self.store.restore(snap)  # a checkpoint from before the store kept states downloaded, and no latest
+        self._now = {}
         self.server.latest = snap.get("latest", {})
         self.merged = snap["merged"]
         self._apply_merged()
@@ -248,13 +281,6 @@ class Simulation:
             "clients": self.store.took_part(), "clients_folder": str(folder.relative_to(out)),
             "latest": self.server.latest})
 
-    def _round_zero(self) -> dict[str, Any]:
-        """Round 0: no training, B = 0, so every client is the base model; its evaluation is the baseline."""
-        t0 = time.perf_counter()
-        ev = self._evaluate()
-        return self.server.record(0, Exchange(selected=[]), {}, ev, 0.0, time.perf_counter() - t0,
-                                  time.perf_counter() - t0)
-
     # ---- the run ------------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Run all rounds; with resume=True continue a run folder from its last checkpoint."""
@@ -272,44 +298,13 @@ class Simulation:
             self.echo(f"resuming {out} at round {first}" if snap else
                       f"no checkpoint in {out}: starting it again from round {first}")
         descriptions = [self.setup.descriptions[c] for c in range(cfg.fed.clients)]
-        writer = rundir.start(out, cfg, self.resolved, descriptions, keep=history)
-        self.samples: dict[int, list[dict[str, str]]] = {}
-        trackers = Trackers(cfg.tracking, out, {**to_dict(cfg), "resolved": self.resolved.as_record()},
-                            self.group) if cfg.tracking else None
-        if trackers:  # a resumed run's trackers get its earlier rounds too
-            for record in history:
-                trackers.log(record)
-        for line in records.describe_run(self.method.name, self.resolved, cfg, descriptions):
-            self.echo(line)
-        metric, _ = PRIMARY[self.task]
+        log = RunLog(out, cfg, self.resolved, descriptions, self.method.name, self.echo, history, self.group)
         n_groups = len(self._groups(list(range(cfg.fed.clients_per_round or cfg.fed.clients))))
-        self.echo(records.header(metric))
-        bar = tqdm(total=(cfg.fed.rounds - max(first - 1, 0)) * n_groups * cfg.fed.local_steps, desc="local steps",
-                   unit="step", disable=not self.progress, leave=False)
-        start = time.perf_counter()
-        for rnd in range(first, cfg.fed.rounds + 1):
-            record = self._round(rnd, bar) if rnd else self._round_zero()
-            if self.store.redrawn:  # clients whose damaged state file made them start again from their seed
-                record["redrawn_clients"], self.store.redrawn = sorted(set(self.store.redrawn)), []
-            writer.write(record)
-            if record.get("eval") and self.samples:
-                rundir.write_samples(out, rnd, self.samples)
-            history.append(record)
-            if trackers:
-                trackers.log(record)
-            (bar.write if self.progress else self.echo)(records.row(record, metric))
-            sys.stdout.flush()  # rows show up as rounds finish, also when stdout is a file
-            if record.get("eval") and records.best_round(history, self.task) == rnd:  # for export --best
-                self._save_adapters(best_round=rnd)
-            if cfg.checkpoint_every and (rnd % cfg.checkpoint_every == 0 or rnd == cfg.fed.rounds):
-                if cfg.keep_round_adapters:  # for export --round; before the checkpoint that a resume starts after
-                    self._save_adapters(kept_round=rnd)
-                checkpoint.save(out, self._snapshot(rnd))
-                self.store.prune()
-        bar.close()
+        self.bar = tqdm(total=(cfg.fed.rounds - max(first - 1, 0)) * n_groups * cfg.fed.local_steps,
+                        desc="local steps", unit="step", disable=not self.progress, leave=False)
+        if self.progress:
+            log.show = self.bar.write
+        run_rounds(self.server, self, log, first, cfg.fed.rounds, cfg.eval.every)
+        self.bar.close()
         self._save_adapters()
-        summary = records.summary(self.method.name, self.resolved, cfg, history, time.perf_counter() - start)
-        rundir.finish(out, summary)  # last: the run is complete
-        if trackers:
-            trackers.finish(self.figures(out) if self.figures else [])
-        return summary
+        return log.finish(self.method.name, self.figures)

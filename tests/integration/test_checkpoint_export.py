@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from conftest import after_local_training
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -140,20 +141,19 @@ def test_random_config_files_never_raise_a_traceback(tmp_path_factory, text):
         pass
 
 
-def test_non_finite_client_is_excluded(sentiment_file, tmp_path):
+def test_non_finite_client_is_excluded(sentiment_file, tmp_path, monkeypatch):
     cfg = load_config(None, [f"data.source={sentiment_file}", *BASE, "fed.rounds=1", "fed.local_steps=1",
                              "fed.method=fedsa-lora"])
     sim = Simulation(cfg, tmp_path / "run", echo=lambda s: None, progress=False)
-    original, before = sim._train, [dict(s) for s in sim.states]
+    before = [dict(s) for s in sim.states]
     a_key = next(k for k in sim.states[0] if k.endswith("lora_A"))
 
-    def poisoned(rnd, members, bar):
-        for c, held, stats in original(rnd, members, bar):
-            if c == 1:
-                held.adapters[a_key] = torch.full_like(held.adapters[a_key], float("nan"))
-            yield c, held, stats
+    def poisoned(rnd, c, held, stats):
+        if c == 1:
+            held.adapters[a_key] = torch.full_like(held.adapters[a_key], float("nan"))
+        return held, stats
 
-    sim._train = poisoned
+    after_local_training(monkeypatch, sim, poisoned)
     sim.run()
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["excluded"] == [{"client": 1, "reason": f"non-finite values in {a_key}"}]
@@ -165,17 +165,12 @@ def test_non_finite_client_is_excluded(sentiment_file, tmp_path):
 
 @pytest.mark.parametrize(("clip", "hint"), [(None, "Lower train.lr or enable train.grad_clip"),
                                             (1.0, r"Lower train.lr \(train.grad_clip = 1.0 is on already\)")])
-def test_too_few_finite_clients_stop_the_run(clip, hint, sentiment_file, tmp_path):
+def test_too_few_finite_clients_stop_the_run(clip, hint, sentiment_file, tmp_path, monkeypatch):
     cfg = load_config(None, [f"data.source={sentiment_file}", *BASE, "fed.rounds=1", "fed.local_steps=1",
                              "fed.min_clients=3", f"train.grad_clip={'null' if clip is None else clip}"])
     sim = Simulation(cfg, tmp_path / "run", echo=lambda s: None, progress=False)
-    original = sim._train
-
-    def poisoned(rnd, members, bar):
-        for c, held, stats in original(rnd, members, bar):
-            yield c, held, {**stats, "loss": float("inf")} if c == 0 else stats
-
-    sim._train = poisoned
+    after_local_training(monkeypatch, sim, lambda rnd, c, held, stats: (
+        held, {**stats, "loss": float("inf")} if c == 0 else stats))
     with pytest.raises(SfedloraError, match=r"round 1: only 2 acceptable uploads \(fed.min_clients = 3\): client 0: "
                                             r"non-finite training loss inf. " + hint):
         sim.run()

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import killed_in_round
+from conftest import after_local_training, killed_in_round
 
 from sfedlora.config import load_config
 from sfedlora.errors import SfedloraError
@@ -71,39 +71,39 @@ def test_a_disk_store_runs_the_memory_stores_run(sentiment_file, tmp_path, extra
                                    ("fed.method=raflora", "lora.rank_set=[2,4]"),
                                    ("fed.method=flexlora", "lora.rank_set=[2,4]")],
                          ids=["fedsa-lora", "ffa-lora", "rolora", "hetlora", "raflora", "flexlora"])
-def test_downloading_when_next_used_equals_downloading_every_round(sentiment_file, tmp_path, extra):
+def test_downloading_when_next_used_equals_downloading_every_round(sentiment_file, tmp_path, extra, monkeypatch):
     """The reference: every client downloads every round's update right after the aggregation (the runner's
     way before the client store), with partial participation and a participant excluded in round 2."""
     sim = _sim(sentiment_file, tmp_path / "run", "memory", "fed.rounds=4", *extra)
     n, gammas = sim.store.n, sim.resolved.gammas
     eager = [dict(s) for s in sim.states]
     trained: dict[int, dict[str, torch.Tensor]] = {}
-    train, aggregate, one_round = sim._train, sim.server.aggregate, sim._round
+    aggregate, recorded = sim.server.aggregate, sim.recorded
+    first: dict[int, int] = {}
 
-    def poisoned(rnd, members, bar):
-        for c, held, stats in train(rnd, members, bar):
-            if rnd == 2 and c == members[0]:
-                key = next(k for k in held.adapters if k.endswith("lora_B"))
-                held.adapters[key] = torch.full_like(held.adapters[key], float("nan"))
-            trained[c] = held.adapters
-            yield c, held, stats
+    def poisoned(rnd, c, held, stats):
+        if rnd == 2 and first.setdefault(rnd, c) == c:
+            key = next(k for k in held.adapters if k.endswith("lora_B"))
+            held.adapters[key] = torch.full_like(held.adapters[key], float("nan"))
+        trained[c] = held.adapters
+        return held, stats
 
     def eager_aggregate(rnd, ex):
         update = aggregate(rnd, ex)
         for c in ex.uploads:  # accepted: its trained state; excluded: its state before the round
             eager[c] = trained[c]
         for c in range(n):
-            eager[c] = sim.method.download(eager[c], update, gammas[c], rnd)
+            eager[c] = sim.method.download(eager[c], update, gammas[c])
         return update
 
-    def checked_round(rnd, bar):
-        record = one_round(rnd, bar)
+    def checked(record, log):
         for c in range(n):
             now = sim.states[c]
-            assert now.keys() == eager[c].keys() and all(torch.equal(now[k], eager[c][k]) for k in now), (rnd, c)
-        return record
+            assert now.keys() == eager[c].keys() and all(torch.equal(now[k], eager[c][k]) for k in now), (record, c)
+        recorded(record, log)
 
-    sim._train, sim.server.aggregate, sim._round = poisoned, eager_aggregate, checked_round
+    after_local_training(monkeypatch, sim, poisoned)
+    sim.server.aggregate, sim.recorded = eager_aggregate, checked
     sim.run()
     assert [len(r["excluded"]) for r in rundir.records(tmp_path / "run")] == [0, 1, 0, 0]
 

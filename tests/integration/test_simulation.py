@@ -7,8 +7,8 @@ import json
 
 import torch
 
+from sfedlora.client.step import Held
 from sfedlora.config import load_config
-from sfedlora.runtime.clientstore import Held
 from sfedlora.simulation import Simulation
 
 TINY = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
@@ -23,9 +23,9 @@ def run_with_spy(sentiment_file, tmp_path, *extra):
     original = sim._train
 
     def spy(rnd, members, bar):
-        for c, held, stats in original(rnd, members, bar):
-            trained.setdefault(rnd, {})[c] = dict(held.adapters)  # right after local training, before aggregation
-            yield c, held, stats
+        for c, done in original(rnd, members, bar):
+            trained.setdefault(rnd, {})[c] = dict(done.held.adapters)  # right after local training, before aggregation
+            yield c, done
 
     sim._train = spy
     sim.run()
@@ -73,7 +73,7 @@ def test_evaluation_is_deterministic_with_adapter_dropout(sentiment_file, tmp_pa
     evaluation never does (three evaluations of one model agree exactly), in both runners' code paths."""
     sim, _ = run_with_spy(sentiment_file, tmp_path, "fed.method=sfed-lora", "lora.dropout=0.5", "fed.rounds=1")
     assert any(bool(v.abs().sum() > 0) for k, v in sim.states[0].items() if k.endswith("lora_B"))
-    evaluations = [sim._evaluate()["personal"] for _ in range(3)]
+    evaluations = [sim._evaluate()[0]["personal"] for _ in range(3)]
     assert evaluations[0] == evaluations[1] == evaluations[2]
     assert not any(m.training for m in sim.model.modules())  # training left everything in eval mode
     before = sim.store.get(0)
@@ -81,7 +81,7 @@ def test_evaluation_is_deterministic_with_adapter_dropout(sentiment_file, tmp_pa
     for seed in (1, 2):  # the same state and batches, different dropout masks
         sim.store.put(0, Held(dict(before.adapters), {}, copy.deepcopy(before.sampler)))
         torch.manual_seed(seed)
-        losses.append(next(sim._train(2, [0], None))[2]["loss"])
+        losses.append(next(sim._train(2, [0], None))[1].stats["loss"])
     assert losses[0] != losses[1]
 
 

@@ -8,11 +8,12 @@ import os
 import pytest
 import torch
 
+from sfedlora.client.step import Held
 from sfedlora.core.adaptive import init_sq_norms
 from sfedlora.core.aggregate import weighted_mean
 from sfedlora.data.batching import ClientSampler
 from sfedlora.errors import SfedloraError
-from sfedlora.runtime.clientstore import ClientStore, Current, Held
+from sfedlora.runtime.clientstore import ClientStore, Current
 
 
 def sampler(c: int) -> ClientSampler:

@@ -40,7 +40,7 @@ def test_raflora_and_hetlora_on_ranks_2_4_8():
     # zero-padding shrinks the higher partitions: rows 2-3: .3*2 + .2*4 = 1.4 ; rows 4-7: .2*4 = 0.8
     assert het.tolist() == pytest.approx([1.9, 1.9, 1.4, 1.4, 0.8, 0.8, 0.8, 0.8])
     m = get_method("raflora")
-    after = [m.download(c, m.aggregate(clients, w, 1), 1.0, 1) for c in clients]
+    after = [m.download(c, m.aggregate(clients, w, 1), 1.0) for c in clients]
     assert [tuple(c[A].shape) for c in after] == [(2, 3), (4, 3), (8, 3)]
     assert [tuple(c[B].shape) for c in after] == [(3, 2), (3, 4), (3, 8)]
 
@@ -80,7 +80,7 @@ def test_flexlora_gives_each_client_the_best_rank_r_approximation():
     dw = sum(wi * gm * (c[B].double() @ c[A].double()) for wi, gm, c in zip(w, gammas, clients, strict=True))
     u, s, vh = torch.linalg.svd(dw)
     for c, r, gm in zip(clients, ranks, gammas, strict=True):
-        new = m.download(c, update, gm, 1)
+        new = m.download(c, update, gm)
         assert new[A].shape == (r, 6) and new[B].shape == (5, r)
         approx = gm * new[B].double() @ new[A].double()
         torch.testing.assert_close(approx, (u[:, :r] * s[:r]) @ vh[:r], rtol=1e-4, atol=1e-5)
@@ -129,10 +129,10 @@ def test_overlay_and_download_keep_the_rows_an_update_lacks():
     assert out["head.bias"].tolist() == [1, 1] and old[A][0, 0] == 0  # old itself is untouched
     assert overlay(new, old)[A][:, 0].tolist() == list(range(8))  # a wider update replaces all rows
     for name in ("raflora", "hetlora", "sfed-lora"):
-        got = get_method(name).download(old, {A: new[A], "head.bias": new["head.bias"]}, 1.0, 1)
+        got = get_method(name).download(old, {A: new[A], "head.bias": new["head.bias"]}, 1.0)
         assert got[A][:, 0].tolist() == [-1, -1, -1, -1, 4, 5, 6, 7] and torch.equal(got[B], old[B])
         small = {A: old[A][:2], B: old[B][:, :2], "head.bias": old["head.bias"]}
-        assert get_method(name).download(small, new, 1.0, 1)[A].shape == (2, 3)  # cut to its own rank
+        assert get_method(name).download(small, new, 1.0)[A].shape == (2, 3)  # cut to its own rank
 
 
 def test_partition_n_by_hand():

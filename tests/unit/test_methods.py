@@ -17,7 +17,7 @@ def one_round(method_name: str, clients, weights, rnd: int = 1):
     m = get_method(method_name)
     uploads = [m.upload(c, 1.0, rnd) for c in clients]
     update = m.aggregate(uploads, weights, rnd)
-    return [m.download(c, update, 1.0, rnd) for c in clients], uploads
+    return [m.download(c, update, 1.0) for c in clients], uploads
 
 
 def test_weights():

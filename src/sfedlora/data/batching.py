@@ -131,6 +131,16 @@ class ClientSampler:
             self.pos += 1
         return out
 
+    def saved(self) -> list[Any]:
+        """Where the order stands, as plain values (a state file keeps them: runtime.statefile)."""
+        return [self.rng.getstate(), self.order, self.pos, self.epoch]
+
+    def restore(self, saved: Sequence[Any]) -> ClientSampler:
+        """Continue from `saved` (what saved() returned); returns self."""
+        rng_state, self.order, self.pos, self.epoch = saved
+        self.rng.setstate(rng_state)
+        return self
+
 
 def grouped_chunks(per_client: Sequence[Sequence[dict[str, Any]]],
                    batch_size: int) -> Iterator[tuple[list[dict[str, Any]], list[float]]]:

@@ -20,13 +20,14 @@ from typing import Any
 import torch
 
 from sfedlora.client import local as client
+from sfedlora.client.step import Held, current
+from sfedlora.client.step import step as client_step
 from sfedlora.config import RunConfig
-from sfedlora.core.scaling import Gamma, scalar
+from sfedlora.core.scaling import Gamma
 from sfedlora.data.cache import cache_dir
 from sfedlora.errors import SfedloraError
 from sfedlora.flower.wire import schema_of
 from sfedlora.runtime import statefile
-from sfedlora.runtime.protocol import non_finite
 from sfedlora.runtime.setup import setup
 
 State = dict[str, torch.Tensor]
@@ -51,7 +52,7 @@ class Node:
         t0 = time.perf_counter()
         self.cfg, self.partition = cfg, partition
         s = setup(cfg, partitions=[partition], cache=cache)  # the same set-up as the in-process runner's
-        self.method, self.model, self.tok, self.device, self.precision = s.method, s.model, s.tok, s.device, s.precision
+        self.setup, self.method, self.model, self.tok, self.device = s, s.method, s.model, s.tok, s.device
         self.task, self.label_names, self.targets, self.found = s.task, s.label_names, s.targets, s.found()
         self.data, self.description = s.clients[partition], s.descriptions[partition]
         self.encoded = s.encoded[partition]
@@ -76,15 +77,12 @@ class Node:
     @staticmethod
     def pack(state: dict[str, Any]) -> bytes:
         """The client's whole state as a state file's bytes (runtime.statefile: no pickle, checksummed)."""
-        sm = state["sampler"]
         return statefile.dumps({"adapters": state["adapters"], "opt": state["opt"], "round": state["round"],
-                                "sampler": [sm.rng.getstate(), sm.order, sm.pos, sm.epoch]})
+                                "sampler": state["sampler"].saved()})
 
     def unpack(self, blob: bytes) -> dict[str, Any]:
         saved = statefile.loads(blob)
-        sm = client.sampler(self.cfg, self.partition, self.data.n_train)
-        rng_state, sm.order, sm.pos, sm.epoch = saved["sampler"]
-        sm.rng.setstate(rng_state)
+        sm = client.sampler(self.cfg, self.partition, self.data.n_train).restore(saved["sampler"])
         return {"adapters": saved["adapters"], "opt": saved["opt"], "sampler": sm, "round": saved["round"]}
 
     def load_file(self, path: Path) -> dict[str, Any] | None:
@@ -99,34 +97,25 @@ class Node:
     # ---- what a message asks for --------------------------------------------------------------------
     def step(self, state: dict[str, Any], update: State, rnd: int, gamma: Gamma, evaluate: bool,
              train: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Download the server's update (if any), evaluate (if asked: the previous round's personalised
-        evaluation), then train round `rnd` (if this client takes part). Returns the new state and the
-        reply's fields: upload, stats, eval rows and timings."""
-        reply: dict[str, Any] = {}
-        if update:
-            state = {**state, "adapters": self.method.download(state["adapters"], update, scalar(gamma), rnd - 1)}
-        t0 = time.perf_counter()
+        """The client step (client.step) of round `rnd`: download the server's update, evaluate (if asked: the
+        previous round's personalised evaluation), then train, check and upload (if this client takes part).
+        Returns the new state and the reply's fields: upload, stats, eval rows and timings."""
+        held = Held(current(self.method, state["adapters"], update, gamma), state["opt"], state["sampler"])
+        out = client_step(self.setup, rnd, [held], [held.adapters], [gamma], [self.encoded], evaluate, train)
+        state = {**state, "adapters": held.adapters}
+        reply: dict[str, Any] = {"eval_s": out.eval_s, "train_s": out.train_s}
         if evaluate:
-            rows = client.evaluate_clients(self.model, self.tok, self.task, self.cfg, [state["adapters"]], [gamma],
-                                           [self.encoded], self.device)
-            reply["eval"] = {split: rows[split][0] for split in ("val", "test")}
-            if "samples" in rows:  # its completions of its fixed sample prompts (eval.samples)
-                reply["samples"] = rows["samples"][0]["samples"]
-        t1 = time.perf_counter()
-        if train:  # protocol steps 2-4
-            before = state
-            new, opt, stats = client.train_clients(
-                self.model, self.tok, self.task, self.cfg, self.method.trained(rnd), [state["adapters"]], [gamma],
-                [state["opt"]], [state["sampler"]], [self.encoded.train], self.device, rnd=rnd)
-            state = {**state, "adapters": new[0], "opt": opt[0], "round": rnd}
-            reply["stats"] = stats[0]
-            reason = non_finite(stats[0]["loss"], state["adapters"])
-            if reason:  # back to the state before the round (its data order moves on), and nothing to aggregate
-                state = {**before, "sampler": state["sampler"]}
-                reply["excluded"] = reason
+            reply["eval"] = {split: rows[0] for split, rows in out.rows.items()}
+            if out.samples is not None:  # its completions of its fixed sample prompts (eval.samples)
+                reply["samples"] = out.samples[0]
+        if train:
+            done = out.trained[0]
+            state = {**state, "adapters": done.held.adapters, "opt": done.held.opt, "round": rnd}
+            reply["stats"] = done.stats
+            if done.upload is None:  # its round was not usable: back to its state before it, and nothing to aggregate
+                reply["excluded"] = done.excluded
             else:
-                reply["upload"] = self.method.upload(state["adapters"], scalar(gamma), rnd)
-        reply["eval_s"], reply["train_s"] = t1 - t0, time.perf_counter() - t1
+                reply["upload"] = done.upload
         return state, reply
 
 

@@ -1,6 +1,7 @@
-"""The server side of a Flower run: register the nodes, then the rounds of the protocol (runtime.protocol:
-the same Server selects, aggregates through MethodStrategy and records as in the in-process runner) over
-Flower messages, writing the same run folder (runtime.rundir).
+"""The server side of a Flower run: register the nodes, then the round loop both runners run (runtime.rounds: the
+same Server selects, aggregates and records as in the in-process runner; the same log writes the run folder), with
+Flower messages as its transport. Only server-side DP aggregates through a Strategy (Flower's DP wrapper of
+MethodStrategy).
 
 One message per node and round: a round's message carries the server's latest update and, when the
 previous round is evaluated, asks for that evaluation first, so a deployment (one ClientApp process per
@@ -25,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from sfedlora.config import RunConfig, to_dict
-from sfedlora.core.metrics import PRIMARY, personal
-from sfedlora.core.state import payload_bytes
+from sfedlora.core.metrics import personal
+from sfedlora.core.state import State, payload_bytes
 from sfedlora.errors import SfedloraError, voided
 from sfedlora.flower.registry import register
 from sfedlora.flower.strategy import MethodStrategy
@@ -40,10 +41,11 @@ from sfedlora.flower.wire import (
     to_record,
 )
 from sfedlora.methods import names
-from sfedlora.runtime import records, rundir
+from sfedlora.runtime import rundir
 from sfedlora.runtime.protocol import Exchange, Server
 from sfedlora.runtime.resolve import Resolved, check, resolve
-from sfedlora.runtime.tracking import Trackers
+from sfedlora.runtime.rounds import Reply, run_rounds
+from sfedlora.runtime.runlog import RunLog
 
 
 @dataclass
@@ -229,7 +231,6 @@ class FlowerRun:
             else:
                 ex.excluded.append({"client": p, "reason": reason})
                 self.echo(f"  round {rnd} excludes client {p}: {reason}")
-        self.server.require(rnd, ex)
         return ex, accepted
 
     @staticmethod
@@ -244,73 +245,60 @@ class FlowerRun:
                        for m in ok), default=0.0)
         return {"setup_s": most("setup_s"), "train_s": most("train_s"), "eval_s": most("eval_s"), "compute_s": compute}
 
+    # ---- the transport of the round loop (runtime.rounds): Flower messages ---------------------------
+    piggyback = True  # a deployment starts a process per message: an evaluation goes with the next round's
+
+    def exchange(self, rnd: int, selected: list[int], evaluate: int | None) -> Reply:
+        """One message to every recipient (the participants; everyone when the previous round is evaluated),
+        and their replies checked (step 3 on the server). Past the last round, the final `evaluate` message."""
+        final = rnd > self.cfg.fed.rounds
+        replies, elapsed, wire = self._exchange(self.grid, rnd, evaluate is not None, selected, final)
+        times = self._timings(replies)
+        flower = {"round_trip_s": elapsed, "wire_bytes_down": wire, **times, "timeout_s": self.waited,
+                  "no_reply": self.missing}  # clients that did not reply in time: a partial round
+        reply = Reply(Exchange(selected=selected), t_train=times["train_s"], t_eval=times["eval_s"],
+                      extra={"flower": flower})
+        if evaluate is not None:
+            reply.ev, reply.samples = self._evaluation(replies), self.samples
+        if not final:
+            reply.exchange, self.accepted = self._accept(rnd, selected, replies)
+        return reply
+
+    def aggregate(self, rnd: int, exchange: Exchange) -> State:
+        """Step 5 through the same Server as in process; with server-side DP through Flower's wrapper of the
+        method's strategy, whose update the server then adopts."""
+        if self.settings.dp_clipping_norm <= 0:
+            return self.server.aggregate(rnd, exchange)
+        update_record, _ = self.strategy.aggregate_train(rnd, self.accepted)
+        return self.server.adopt(from_record(update_record) if update_record is not None else {})
+
+    def adopted(self, rnd: int, update: State, exchange: Exchange) -> None:
+        return None  # a Flower server never holds the clients' states
+
+    def notes(self) -> dict[str, Any]:
+        return {}
+
+    def recorded(self, record: dict[str, Any], log: RunLog) -> None:
+        return None
+
     # ---- the run ------------------------------------------------------------------------------------
     def run(self, grid: Any) -> dict[str, Any]:
-        from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
-
         cfg = self.cfg
-        start = time.perf_counter()
+        self.grid = grid
         self._register(grid)
         self.resolved = self._describe()
         self.server = Server(cfg, self.method, self.resolved)
         self.server.latest = dict(self.initial)
-        writer = rundir.start(self.out_dir, cfg, self.resolved, self.descriptions)
-        trackers = Trackers(cfg.tracking, self.out_dir, {**to_dict(cfg), "resolved": self.resolved.as_record()}) \
-            if cfg.tracking else None
-        for line in records.describe_run(f"{self.method.name} on Flower", self.resolved, cfg, self.descriptions):
-            self.echo(line)
+        log = RunLog(self.out_dir, cfg, self.resolved, self.descriptions, f"{self.method.name} on Flower", self.echo)
         self.echo("  nodes: " + ", ".join(f"partition {p} -> node {n}" for p, n in sorted(self.node_of.items())))
-        inner = MethodStrategy(self.method, {self.node_of[p]: self.server.weights[p] for p in self.node_of})
-        n_round = cfg.fed.clients_per_round or cfg.fed.clients
-        self.strategy = inner if self.settings.dp_clipping_norm <= 0 else DifferentialPrivacyServerSideFixedClipping(
-            inner, self.settings.dp_noise_multiplier, self.settings.dp_clipping_norm, n_round)
-        metric, _ = PRIMARY[self.resolved.task]
-        history: list[dict[str, Any]] = []
+        weights = {self.node_of[p]: self.server.weights[p] for p in self.node_of}
+        self.strategy: Any = MethodStrategy(self.method, weights)
+        if self.settings.dp_clipping_norm > 0:
+            from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
-        def finish(record: dict[str, Any]) -> None:
-            writer.write(record)
-            history.append(record)
-            if trackers:
-                trackers.log(record)
-            self.echo(records.row(record, metric))
-
-        self.echo(records.header(metric))
-        pending: dict[str, Any] | None = None  # a trained round waiting for its evaluation
-        for rnd in range(1, cfg.fed.rounds + 2):
-            final = rnd == cfg.fed.rounds + 1
-            members = [] if final else self.server.select()  # step 1
-            evaluate = pending is not None or (rnd == 1 and cfg.eval.initial)
-            t0 = time.perf_counter()
-            replies, elapsed, wire = self._exchange(grid, rnd, evaluate, members, final)  # steps 6 (lazily) and 2-4
-            times = self._timings(replies)
-            flower = {"round_trip_s": elapsed, "wire_bytes_down": wire, **times, "timeout_s": self.waited,
-                      "no_reply": self.missing}  # clients that did not reply in time: a partial round
-            if evaluate:
-                ev = self._evaluation(replies)
-                if pending is None:  # round 0: the base model (B = 0) on every client
-                    record = {**self.server.record(0, Exchange(selected=[]), {}, ev, 0.0, times["eval_s"], elapsed),
-                              "flower": flower}
-                else:
-                    record = {**pending, "eval": ev, "eval_s": times["eval_s"]}
-                finish(record)
-                if self.samples:
-                    rundir.write_samples(self.out_dir, record["round"], self.samples)
-                pending = None
-            if final:
-                break
-            ex, accepted = self._accept(rnd, members, replies)
-            update_record, _ = self.strategy.aggregate_train(rnd, accepted)  # step 5, through Flower's strategy
-            update = self.server.adopt(from_record(update_record) if update_record is not None else {})
-            self.server.rescale(ex, update)
-            record = {**self.server.record(rnd, ex, update, None, times["train_s"], 0.0, time.perf_counter() - t0),
-                      "flower": flower}  # step 7
-            if rnd % cfg.eval.every == 0 or rnd == cfg.fed.rounds:
-                pending = record
-            else:
-                finish(record)
+            self.strategy = DifferentialPrivacyServerSideFixedClipping(
+                self.strategy, self.settings.dp_noise_multiplier, self.settings.dp_clipping_norm,
+                cfg.fed.clients_per_round or cfg.fed.clients)
+        run_rounds(self.server, self, log, 0 if cfg.eval.initial else 1, cfg.fed.rounds, cfg.eval.every)
         rundir.save_server(self.out_dir, self.server.latest, self.resolved)
-        summary = records.summary(self.method.name, self.resolved, cfg, history, time.perf_counter() - start)
-        rundir.finish(self.out_dir, summary)
-        if trackers:
-            trackers.finish()
-        return summary
+        return log.finish(self.method.name)

@@ -51,7 +51,7 @@ class FederatedMethod:
         """The server's combination of the uploads: their weighted mean."""
         return weighted_mean(uploads, weights)
 
-    def download(self, client: State, update: State, gamma: float, rnd: int) -> State:
+    def download(self, client: State, update: State, gamma: float) -> State:
         """A client's state after receiving the server's update: uploaded factors are replaced, cut to the
         client's own rank where the update is wider; where it is narrower (heterogeneous ranks, partial
         participation) the client keeps its own further rows (hetero.overlay)."""

@@ -76,7 +76,7 @@ class FLoRA(FederatedMethod):
         return {k[: -len(".stack_A")]: update[k[: -len("A")] + "B"] @ v for k, v in update.items()
                 if k.endswith(".stack_A")}
 
-    def download(self, client: State, update: State, gamma: float, rnd: int) -> State:
+    def download(self, client: State, update: State, gamma: float) -> State:
         return {**client, **select(update, {"head"})}  # the runner merges dW and re-initialises A, B
 
     def sent_to(self, update: State, rank: int) -> State:
@@ -123,7 +123,7 @@ class FlexLoRA(FederatedMethod):
             out[k] = v[:, :rank] if part == "svd_U" else v[:rank] if part in ("svd_S", "svd_Vh") else v
         return out
 
-    def download(self, client: State, update: State, gamma: float, rnd: int) -> State:
+    def download(self, client: State, update: State, gamma: float) -> State:
         r = rank_of(client)
         new = {**client, **{k: v for k, v in update.items() if not k.split(".")[-1].startswith("svd_")}}
         for key in [k for k in update if k.endswith(".svd_S")]:

@@ -20,11 +20,11 @@ import re
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sfedlora.core.state import OptState, State
+from sfedlora.client.step import Held
+from sfedlora.core.state import State
 from sfedlora.data.batching import ClientSampler
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import statefile
@@ -36,25 +36,6 @@ CHECKPOINT_NAME = re.compile(r"clients-round-(\d+)")
 
 def file_name(c: int) -> str:
     return f"client-{c}.safetensors"
-
-
-@dataclass
-class Held:
-    """One client between rounds: its adapters before any download, its optimiser state, its data order."""
-
-    adapters: State
-    opt: OptState
-    sampler: ClientSampler
-
-
-def sampler_state(sm: ClientSampler) -> list[Any]:
-    return [sm.rng.getstate(), sm.order, sm.pos, sm.epoch]
-
-
-def set_sampler(sm: ClientSampler, saved: list[Any]) -> ClientSampler:
-    rng_state, sm.order, sm.pos, sm.epoch = saved
-    sm.rng.setstate(rng_state)
-    return sm
 
 
 class Current(Sequence[State]):
@@ -114,13 +95,13 @@ class ClientStore:
             self.trained.discard(c)
             self.redrawn.append(c)
             return self.fresh(c)
-        return Held(saved["adapters"], saved["opt"], set_sampler(self.sampler(c), saved["sampler"]))
+        return Held(saved["adapters"], saved["opt"], self.sampler(c).restore(saved["sampler"]))
 
     def put(self, c: int, held: Held) -> None:
         if self.folder is None:
             self.held[c] = held
             return
-        saved = {"adapters": held.adapters, "opt": held.opt, "sampler": sampler_state(held.sampler)}
+        saved = {"adapters": held.adapters, "opt": held.opt, "sampler": held.sampler.saved()}
         statefile.save(self.path(c), saved)
         self.trained.add(c)
 
@@ -150,7 +131,7 @@ class ClientStore:
         if self.folder is None:
             held = [self.held[c] for c in range(self.n)]
             return {"states": [h.adapters for h in held], "opt_states": [h.opt for h in held],
-                    "samplers": [sampler_state(h.sampler) for h in held]}
+                    "samplers": [h.sampler.saved() for h in held]}
         name = f"{CHECKPOINTS}/clients-round-{rnd}"
         self.link_into(self.folder.parent / name)
         return {"store": name, "store_clients": sorted(self.trained)}
@@ -158,7 +139,7 @@ class ClientStore:
     def restore(self, snap: dict[str, Any]) -> None:
         if self.folder is None:
             for c, (a, o, s) in enumerate(zip(snap["states"], snap["opt_states"], snap["samplers"], strict=True)):
-                self.held[c] = Held(a, o, set_sampler(self.sampler(c), s))
+                self.held[c] = Held(a, o, self.sampler(c).restore(s))
             return
         if "store" not in snap:
             raise SfedloraError("this checkpoint holds its clients in itself (fed.client_store=memory), not on disk")

@@ -94,6 +94,7 @@ def client_adapters(run_dir: Path, saved: dict[str, Any], client: int, cfg: Any,
     store); or (disk store) its own file's, or for a client that never trained its seeded fresh ones drawn
     again, with the run's latest update downloaded into them, as the runner does when a client is next used."""
     from sfedlora.client.local import fresh_state
+    from sfedlora.client.step import current
     from sfedlora.methods import get_method
     from sfedlora.runtime.clientstore import file_name
     from sfedlora.runtime.setup import load_base
@@ -106,8 +107,7 @@ def client_adapters(run_dir: Path, saved: dict[str, Any], client: int, cfg: Any,
         model, _, _ = load_base(replace(cfg, train=replace(cfg.train, compile=False)), resolved.task,
                                 len(resolved.label_names), torch.device("cpu"), "fp32")
         raw = fresh_state(model, cfg, resolved.init, client, resolved.ranks[client], max(resolved.ranks))
-    latest = saved["latest"]
-    return get_method(cfg.fed.method).download(raw, latest, resolved.gammas[client], 0) if latest else raw
+    return current(get_method(cfg.fed.method), raw, saved["latest"], resolved.gammas[client])
 
 
 def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None, best: bool = False,
