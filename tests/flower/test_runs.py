@@ -70,12 +70,20 @@ def close(a, b, path="record"):
     ("sfed-lora", ["fed.clients_per_round=2", "fed.rounds=3"], {"energy_beyond_rmin", "effective_rank"}),
     ("raflora", ["lora.ranks=[2,4,8]", "fed.clients_per_round=2", "fed.rounds=3"], set()),
     ("sfed-lora", ["lora.scaling=adaptive", "fed.rounds=3"], {"energy_beyond_rmin", "effective_rank"}),
-])
+    ("ffa-lora", [], {"energy_beyond_rmin", "effective_rank"}),
+    ("fedsa-lora", ["fed.clients_per_round=2", "fed.rounds=3"], {"energy_beyond_rmin", "effective_rank"}),
+    ("fedsa-rslora", [], {"energy_beyond_rmin", "effective_rank"}),
+    ("rolora", ["fed.rounds=3"], {"energy_beyond_rmin", "effective_rank"}),
+    ("hetlora", ["lora.ranks=[2,4,8]", "fed.clients_per_round=2", "fed.rounds=3"], set()),
+    ("flexlora", ["lora.ranks=[2,4,8]"], set()),
+], ids=["fedit", "sfed-lora-partial", "raflora", "sfed-lora-adaptive", "ffa-lora", "fedsa-lora", "fedsa-rslora",
+        "rolora", "hetlora", "flexlora"])
 def test_both_runners_record_the_same_rounds(method, extra, simulation_only, sentiment_file, tmp_path):
     """One protocol, two runners: every recorded field of every round is the same but the timings (and
-    Flower's wire statistics), and the final adapters too. The only field one runner has and the other has
-    not: the spectrum of a FedSA update, which needs every client's private B (the in-process runner holds
-    them; a Flower server never sees them)."""
+    Flower's wire statistics), and the final adapters too, for every method a Flower run accepts (FLoRA: below).
+    The only field one runner has and the other has not: the spectrum of an update that sends one factor (FedSA's
+    A, FFA-LoRA's and RoLoRA's B), which needs every client's other factor (the in-process runner holds them; a
+    Flower server never sees them)."""
     cfg = tiny(sentiment_file, 3, f"fed.method={method}", *extra)
     out = run_both_and_compare_adapters(cfg, tmp_path)
     flower = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -90,6 +98,14 @@ def test_both_runners_record_the_same_rounds(method, extra, simulation_only, sen
     for key in ("personal", "metric", "ranks", "gammas", "n_scaling", "scaling", "init", "task", "targets",
                 "precision", "device", "sizes", "model", "revision"):
         close(ours[key], theirs[key], key)
+
+
+def test_flora_is_refused_on_flower_with_the_reason(sentiment_file, tmp_path):
+    """The tenth method: FLoRA merges every round's stacked update into each client's base, which a node that missed
+    a round cannot rebuild from the server's latest update; the Flower run refuses it before any node is asked."""
+    cfg = tiny(sentiment_file, 3, "fed.method=flora", "lora.ranks=[2,4,8]")
+    with pytest.raises(SfedloraError, match="flora merges every round's update into each client's base model"):
+        FlowerRun(cfg, tmp_path / "run", echo=lambda s: None)
 
 
 def test_flower_run_equals_in_process_runner(sentiment_file, tmp_path):
