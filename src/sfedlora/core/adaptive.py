@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
+from sfedlora.core.scaling import scaling
+
 MODES = ("first", "cumulative")
 
 
@@ -36,8 +38,10 @@ def _normalised(weights: Sequence[float]) -> list[float]:
 
 
 def n_eff_first(a_factors: Sequence[torch.Tensor], weights: Sequence[float]) -> float:
-    """sum_i w_i ||A_i||^2 / ||sum_i w_i A_i||^2 for one module's uploaded A's (weights normalised). An
-    aggregate of zero norm (A's that cancel exactly) gives the largest value the weights allow, 1/sum w^2."""
+    """sum_i w_i ||A_i||^2 / ||sum_i w_i A_i||^2 for one module's uploaded A's (weights normalised): at least 1
+    (the mean's squared norm is never above the mean squared norm; rounding could put equal A's a hair under, so
+    1 is its floor). An aggregate of zero norm (A's that cancel exactly) gives the largest value the weights allow,
+    1/sum w^2."""
     w = _normalised(weights)
     spread = sum(wi * float(a.double().pow(2).sum()) for wi, a in zip(w, a_factors, strict=True))
     mean = sum(wi * a.double() for wi, a in zip(w, a_factors, strict=True))
@@ -45,7 +49,7 @@ def n_eff_first(a_factors: Sequence[torch.Tensor], weights: Sequence[float]) -> 
     cap = 1.0 / sum(wi * wi for wi in w)
     if agg <= 0 or not math.isfinite(spread / agg):
         return cap
-    return spread / agg
+    return max(spread / agg, 1.0)
 
 
 def n_eff_cumulative(init_sq_norm: float, aggregated: torch.Tensor, n: int) -> float:
@@ -85,5 +89,5 @@ def init_sq_norms(states: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, flo
 
 
 def module_gammas(alpha: float, rank: int, n_eff: Mapping[str, float]) -> dict[str, float]:
-    """gamma per module: alpha * sqrt(N_eff / r)."""
-    return {m: alpha * math.sqrt(n / rank) for m, n in n_eff.items()}
+    """gamma per module: the adaptive rule of core.scaling with each module's N_eff."""
+    return {m: scaling("adaptive", alpha, rank, n) for m, n in n_eff.items()}

@@ -78,7 +78,7 @@ def simulate(rule: str, rank: int, n_clients: int, cfg: DiagnoseConfig, init: st
                 B -= cfg.lr * gb
         with torch.no_grad():
             if adaptive and rnd == 0:  # the first aggregation measures N_eff
-                gamma = cfg.alpha * math.sqrt(n_eff_first(list(A), [1.0] * n_clients) / rank)
+                gamma = scaling("adaptive", cfg.alpha, rank, n_eff_first(list(A), [1.0] * n_clients))
             A[:] = A.mean(0, keepdim=True)  # FedSA-LoRA: the server averages A, every client keeps its B
     with torch.no_grad():
         seen = gamma * torch.bmm(torch.bmm(x, A.transpose(1, 2)), B.transpose(1, 2))  # last local batch
