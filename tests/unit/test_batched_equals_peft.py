@@ -9,12 +9,12 @@ from conftest import lm_batch, tiny_bert, tiny_llama
 from peft import LoraConfig, get_peft_model
 
 from sfedlora.adapters.inject import init_adapter_state, inject_adapters, load_group, read_group
+from sfedlora.adapters.peft import copy_into, read_from
 from sfedlora.client.losses import prepare_fast_logits
 from sfedlora.client.optim import StackedOptimizer
 from sfedlora.client.train import train_group
 from sfedlora.config import TrainConfig
 from sfedlora.core.scaling import scaling
-from sfedlora.tools.export import copy_into_peft
 
 C, K, BATCH, SEQ, RANK = 3, 4, 2, 10, 4
 
@@ -56,7 +56,7 @@ def run_peft(make_model, batches_c, state, gamma, cfg: TrainConfig, task: str):
                       modules_to_save=["classifier", "pooler.dense"] if task == "classification" else None)
     model = get_peft_model(make_model(), lcfg)
     model.eval()
-    copy_into_peft(model, state)
+    copy_into(model, state)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
@@ -72,15 +72,7 @@ def run_peft(make_model, batches_c, state, gamma, cfg: TrainConfig, task: str):
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         opt.zero_grad()
-    named = dict(model.named_parameters())
-    result = {}
-    for key in state:
-        module, factor = key.rsplit(".", 1)
-        if factor in ("lora_A", "lora_B"):
-            result[key] = named[f"base_model.model.{module}.{factor}.default.weight"].detach()
-        else:
-            result[key] = named[f"base_model.model.{module}.modules_to_save.default.{factor}"].detach()
-    return result
+    return read_from(model, list(state))
 
 
 @pytest.mark.parametrize(

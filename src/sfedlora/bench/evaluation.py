@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from sfedlora.adapters.inject import load_group
-from sfedlora.bench.peer import BenchConfig, Peer, engine, to_peft
+from sfedlora.adapters.peft import to_state_dict
+from sfedlora.bench.peer import BenchConfig, Peer, engine
 from sfedlora.client.evaluate import evaluate_group, greedy_texts
 from sfedlora.runtime.setup import DTYPES
 
@@ -56,7 +57,7 @@ def run_eval_bench(cfg: BenchConfig, new_tokens: int = 16) -> dict[str, Any]:
     @torch.inference_mode()
     def peer_score() -> None:
         for c, client in enumerate(eng.batches):
-            set_peft_model_state_dict(peer.model, to_peft(eng.init[c]))
+            set_peft_model_state_dict(peer.model, to_state_dict(eng.init[c]))
             for batch in client:
                 b = {k: v.to(device) for k, v in batch.items()}
                 if "label" in b:
@@ -70,7 +71,7 @@ def run_eval_bench(cfg: BenchConfig, new_tokens: int = 16) -> dict[str, Any]:
 
     def peer_generate() -> None:
         for c in range(cfg.clients):
-            set_peft_model_state_dict(peer.model, to_peft(eng.init[c]))
+            set_peft_model_state_dict(peer.model, to_state_dict(eng.init[c]))
             greedy_texts(peer.model, tok, [rows[c][:cfg.batch]], cfg.batch, new_tokens, device, new_tokens)
 
     seconds = {"a": _median_s(peer_score, cfg.repeats), "b": _median_s(ours_score, cfg.repeats)}

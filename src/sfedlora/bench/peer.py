@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from sfedlora.adapters.inject import init_adapter_state, load_group, read_group
+from sfedlora.adapters.peft import state_key, to_state_dict
 from sfedlora.client.optim import StackedOptimizer
 from sfedlora.client.train import train_group
 from sfedlora.config import TrainConfig, load_config
@@ -163,15 +164,6 @@ class Peer:
         return out
 
 
-def peft_key(key: str) -> str:
-    """sfedlora's '<module>.lora_A' as PEFT's state-dict key."""
-    return f"base_model.model.{key}.weight"
-
-
-def to_peft(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {peft_key(k): v for k, v in state.items()}
-
-
 @dataclass
 class Engine:
     """sfedlora's side of the bench: one round of the batched engine (`round()` returns every client's
@@ -248,9 +240,10 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for rep in range(cfg.repeats + 1):  # the first round of each is a warm-up, not timed
         for name in names:
+            theirs = [to_state_dict(s) for s in init]
             with PeakRSS() as mem:
                 t = time.perf_counter()
-                res = ours_round() if name == "b" else peers[name].round([to_peft(s) for s in init], batches, tcfg)
+                res = ours_round() if name == "b" else peers[name].round(theirs, batches, tcfg)
                 elapsed = time.perf_counter() - t
             if rep:
                 times[name].append(elapsed)
@@ -258,7 +251,7 @@ def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
             results[name] = res
             echo(f"  {'warm-up' if not rep else f'round {rep}'} {name}: {elapsed:.2f} s")
     same = f"a_{precision}"
-    diff = max(float((v - results[same][c][peft_key(k)].to(v.device)).abs().max())
+    diff = max(float((v - results[same][c][state_key(k)].to(v.device)).abs().max())
                for c in range(cfg.clients) for k, v in results["b"][c].items())
     ceiling = {p: gemm_ceiling(dtype[p], device=device.type) for p in sorted({"fp32", precision})}
     med = {k: statistics.median(v) for k, v in times.items()}

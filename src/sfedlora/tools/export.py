@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from sfedlora.adapters import peft as peft_bridge
 from sfedlora.adapters.inject import _is_head
 from sfedlora.core.adaptive import module_gammas
 from sfedlora.core.scaling import scalar
@@ -53,19 +54,6 @@ def final_gamma(cfg: Any, resolved: Any, run_dir: Path, client: int,
     if not measured:
         return float(resolved.gammas[client])
     return module_gammas(cfg.lora.alpha, resolved.ranks[client], measured[-1])
-
-
-def copy_into_peft(peft_model: Any, state: dict[str, torch.Tensor]) -> None:
-    """Write one client's sfedlora adapter state into a PEFT model's `default` adapter (and its
-    modules_to_save copies of the head)."""
-    params = dict(peft_model.named_parameters())
-    with torch.no_grad():
-        for key, value in state.items():
-            module, factor = key.rsplit(".", 1)
-            if factor in ("lora_A", "lora_B"):
-                params[f"base_model.model.{module}.{factor}.default.weight"].copy_(value)
-            else:
-                params[f"base_model.model.{module}.modules_to_save.default.{factor}"].copy_(value)
 
 
 def _flower_adapters(run_dir: Path, resolved: Any, client: int, node_dir: Path | None) -> dict[str, Any]:
@@ -157,7 +145,7 @@ def build_peft_model(run_dir: Path, client: int, node_dir: Path | None = None, b
                       target_modules=list(saved["targets"]), modules_to_save=heads or None,
                       task_type="SEQ_CLS" if task == "classification" else "CAUSAL_LM")
     peft_model = get_peft_model(model, lcfg)
-    copy_into_peft(peft_model, state)
+    peft_bridge.copy_into(peft_model, state)
     pc: Any = peft_model.peft_config["default"]
     pc.base_model_name_or_path = canonical_id(cfg.model.name)  # the hub id, never a cache path
     if pc.modules_to_save:  # PEFT appends its own defaults (classifier, score) to the heads: once each
@@ -255,4 +243,4 @@ def export(run_dir: Path, client: int, out: Path, merged: bool = True, force: bo
     return info
 
 
-__all__ = ["export", "build_peft_model", "copy_into_peft", "peft_alpha"]
+__all__ = ["export", "build_peft_model", "peft_alpha"]
