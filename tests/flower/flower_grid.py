@@ -66,11 +66,11 @@ def node_state(node_root, out, partition: int) -> dict:
     """The final adapters a node kept for the run in `out` (under its run key, from its config.yaml)."""
     import yaml
 
-    from sfedlora.flower.node import Node
     from sfedlora.runtime import statefile
+    from sfedlora.runtime.clientstore import node_file
 
     key = yaml.safe_load((out / "config.yaml").read_text())["resolved"]["run_key"]
-    return statefile.load(Node.file(node_root, key, partition))["adapters"]
+    return statefile.load(node_file(node_root, key, partition))["adapters"]
 
 
 def node_states(node_root, out, n: int) -> list:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from sfedlora.flower.node import Node
+from sfedlora.errors import SfedloraError
+from sfedlora.runtime.clientstore import node_file
 
 
 @pytest.mark.parametrize("key", ["../../etc", "a/b", "", "x" * 65, "..", "a b", "run\n"])
 def test_node_refuses_a_run_key_that_is_not_a_plain_identifier(key, tmp_path):
-    with pytest.raises(ValueError, match="not a plain identifier"):
-        Node.file(tmp_path, key, 0)
-    assert Node.file(tmp_path, "0f3a_run-1", 2) == tmp_path / "0f3a_run-1" / "client-2.safetensors"
+    with pytest.raises(SfedloraError, match="not a plain identifier"):
+        node_file(tmp_path, key, 0)
+    assert node_file(tmp_path, "0f3a_run-1", 2) == tmp_path / "0f3a_run-1" / "client-2.safetensors"

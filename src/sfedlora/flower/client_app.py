@@ -22,6 +22,7 @@ from sfedlora.config import config_from_dict
 from sfedlora.flower.node import Node, get_node, node_dir, threads_per_node
 from sfedlora.flower.wire import from_record, to_record
 from sfedlora.runtime import statefile
+from sfedlora.runtime.clientstore import node_file
 
 app = ClientApp()
 
@@ -62,7 +63,7 @@ def _load_state(node: Node, context: Context, conf: dict[str, Any]) -> dict[str,
     """context.state first; after a SuperNode restart, the node directory; else fresh adapters."""
     if "client" in context.state:
         return node.unpack(_blob(context.state["client"]["state"]))
-    saved = node.load_file(Node.file(node_dir(context.node_config), str(conf["run_key"]), node.partition))
+    saved = node.load_file(node_file(node_dir(context.node_config), str(conf["run_key"]), node.partition))
     return saved if saved is not None else node.fresh(str(conf["init"]), json.loads(str(conf["ranks"])))
 
 
@@ -73,7 +74,7 @@ def _step(msg: Message, context: Context) -> Message:
     sent = json.loads(str(conf["gammas"]))[node.partition]  # a number, or one per module (adaptive scaling)
     gamma = {str(m): float(g) for m, g in sent.items()} if isinstance(sent, dict) else float(sent)
     state, reply = node.step(state, update, int(conf["round"]), gamma, bool(conf["evaluate"]), bool(conf["train"]))
-    path = Node.file(node_dir(context.node_config), str(conf["run_key"]), node.partition)
+    path = node_file(node_dir(context.node_config), str(conf["run_key"]), node.partition)
     if msg.metadata.message_type == "evaluate":  # the run's last message: keep the model, drop the working state
         node.keep_result(path, state)
         if "client" in context.state:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from sfedlora.runtime import statefile
 from sfedlora.runtime.setup import setup
 
 State = dict[str, torch.Tensor]
-RUN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a run key from the server becomes a folder name: nothing else
 
 
 def node_dir(node_config: Any) -> Path:
@@ -67,12 +65,6 @@ class Node:
     def schema(self) -> str:
         """This node's adapter shapes at rank 1, for the server's consensus (JSON, sorted keys)."""
         return json.dumps(schema_of(client.fresh_state(self.model, self.cfg, "shared", 0, 1, 1)), sort_keys=True)
-
-    @staticmethod
-    def file(directory: Path, run_key: str, partition: int) -> Path:
-        if not RUN_KEY.fullmatch(run_key):
-            raise ValueError(f"run key {run_key[:80]!r} is not a plain identifier; refusing to build a path from it")
-        return directory / run_key / f"client-{partition}.safetensors"
 
     @staticmethod
     def pack(state: dict[str, Any]) -> bytes:

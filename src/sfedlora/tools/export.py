@@ -30,6 +30,7 @@ from sfedlora.core.scaling import scalar
 from sfedlora.data import prompts
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import rundir, statefile
+from sfedlora.runtime.clientstore import file_name, node_file
 from sfedlora.runtime.models import canonical_id, load_model
 from sfedlora.tools import model_card
 
@@ -63,7 +64,7 @@ def _flower_adapters(run_dir: Path, resolved: Any, client: int, node_dir: Path |
         raise SfedloraError(f"{run_dir} is a Flower run: the server never held its clients' adapters (for the FedSA "
                             f"family B never leaves a node). Each node keeps its client's final adapters in "
                             f"<node-dir>/{key}/client-<i>.safetensors: give that node's directory with --node-dir")
-    path = Path(node_dir) / key / f"client-{client}.safetensors"
+    path = node_file(Path(node_dir), key, client)
     if not path.exists():
         raise SfedloraError(f"{path} does not exist: client {client} of this run was not trained on the node whose "
                             f"directory is {node_dir}")
@@ -84,7 +85,6 @@ def client_adapters(run_dir: Path, saved: dict[str, Any], client: int, cfg: Any,
     from sfedlora.client.local import fresh_state
     from sfedlora.client.step import current
     from sfedlora.methods import get_method
-    from sfedlora.runtime.clientstore import file_name
     from sfedlora.runtime.setup import load_base
 
     if "clients" not in saved:
