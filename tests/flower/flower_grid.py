@@ -67,7 +67,7 @@ def node_state(node_root, out, partition: int) -> dict:
     import yaml
 
     from sfedlora.runtime import statefile
-    from sfedlora.runtime.clientstore import node_file
+    from sfedlora.runtime.statefile import node_file
 
     key = yaml.safe_load((out / "config.yaml").read_text())["resolved"]["run_key"]
     return statefile.load(node_file(node_root, key, partition))["adapters"]

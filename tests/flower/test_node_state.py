@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sfedlora.errors import SfedloraError
-from sfedlora.runtime.clientstore import node_file
+from sfedlora.runtime.statefile import node_file
 
 
 @pytest.mark.parametrize("key", ["../../etc", "a/b", "", "x" * 65, "..", "a b", "run\n"])

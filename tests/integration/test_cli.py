@@ -52,7 +52,7 @@ def test_methods_lists_citations(capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["fed.method=bogus"], "unknown method"),
+        (["fed.method=bogus"], "fed.method must be one of"),
         (["lora.scaling=bogus"], "lora.scaling must be one of"),
         (["lora.rank=0"], "must be > 0"),
         (["fed.clients=0"], "number of clients N"),

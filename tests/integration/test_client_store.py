@@ -200,7 +200,8 @@ def test_a_damaged_client_file_stops_the_run_and_resume_can_redraw_that_client(s
     The resume stops naming the client; `--resume --redraw-damaged` starts it again from its seed, with a
     warning, and the round's record lists it."""
     from sfedlora.cli import main
-    from sfedlora.runtime.clientstore import FOLDER, file_name
+    from sfedlora.runtime.statefile import file_name
+    from sfedlora.simulation.clientstore import FOLDER
 
     out = tmp_path / "run"
     killed_in_round(_sim(sentiment_file, out, "disk", "fed.rounds=4"), 3)

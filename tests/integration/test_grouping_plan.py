@@ -7,7 +7,7 @@ import yaml
 
 from sfedlora.bench.memory import memory_account
 from sfedlora.config import load_config
-from sfedlora.runtime.grouping import GroupPlan
+from sfedlora.runtime.resolve import GroupPlan
 from sfedlora.simulation import Simulation
 
 TINY = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",

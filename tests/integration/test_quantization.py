@@ -12,12 +12,12 @@ from conftest import lm_batch, tiny_llama
 
 from sfedlora.adapters.inject import init_adapter_state, inject_adapters, load_group, read_group
 from sfedlora.cli import main
-from sfedlora.client.losses import prepare_fast_logits
 from sfedlora.client.optim import StackedOptimizer
 from sfedlora.client.train import train_group
 from sfedlora.config import TrainConfig, load_config
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import rundir
+from sfedlora.runtime.logits import prepare_fast_logits
 from sfedlora.runtime.quantize import is_quantized, quantize
 from sfedlora.runtime.resolve import check
 

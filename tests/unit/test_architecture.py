@@ -1,5 +1,6 @@
 """The layout shows the architecture (docs/architecture.md), and stays that way: no module imports a layer
-above its own (or a sibling package at its layer), nothing outside flower/ imports Flower, files stay small."""
+above its own (or a sibling package at its layer), nothing outside flower/ imports Flower, the math imports no
+model library, files stay small."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "sfedlora"
 # Lower numbers are further down; a module may import its own package and anything below its layer.
-LAYERS = {"errors": 0, "core": 1, "config": 1, "data": 2, "adapters": 2, "methods": 2, "client": 3, "runtime": 4,
-          "simulation": 5, "flower": 6, "tools": 6, "bench": 6, "api": 7, "cli": 8, "__init__": 9}
+LAYERS = {"errors": 0, "core": 1, "methods": 2, "config": 3, "data": 4, "adapters": 4, "runtime": 5, "client": 6,
+          "simulation": 7, "flower": 8, "tools": 8, "bench": 8, "api": 9, "cli": 10, "__init__": 11}
 MAX_LINES = 330
 
 
@@ -55,6 +56,15 @@ def test_no_module_imports_upwards():
 def test_flower_is_imported_only_by_the_flower_package():
     wrong = [f"{m} imports {t}" for m, p in modules() if unit_of(m) not in ("flower",) and m != "sfedlora"
              for t in imports(p) if t.split(".")[0] == "flwr"]
+    assert not wrong, wrong
+
+
+def test_the_math_knows_no_model_library():
+    """core/ (the math) and methods/ (the methods as arithmetic over states) work on tensors alone: no transformers,
+    peft, Flower or bitsandbytes, so that they read as the papers' formulas and test without a model."""
+    banned = {"transformers", "peft", "flwr", "bitsandbytes", "accelerate"}
+    wrong = [f"{m} imports {t}" for m, p in modules() if unit_of(m) in ("core", "methods")
+             for t in imports(p) if t.split(".")[0] in banned]
     assert not wrong, wrong
 
 

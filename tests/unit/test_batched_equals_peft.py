@@ -10,11 +10,11 @@ from peft import LoraConfig, get_peft_model
 
 from sfedlora.adapters.inject import init_adapter_state, inject_adapters, load_group, read_group
 from sfedlora.adapters.peft import copy_into, read_from
-from sfedlora.client.losses import prepare_fast_logits
 from sfedlora.client.optim import StackedOptimizer
 from sfedlora.client.train import train_group
 from sfedlora.config import TrainConfig
 from sfedlora.core.scaling import scaling
+from sfedlora.runtime.logits import prepare_fast_logits
 
 C, K, BATCH, SEQ, RANK = 3, 4, 2, 10, 4
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from sfedlora.client.local import decode_sample
 from sfedlora.client.optim import StackedOptimizer
 from sfedlora.config import TrainConfig
+from sfedlora.data.encode import decode_sample
 
 
 def test_decoded_sample_represents_the_split_not_its_shortest_examples():

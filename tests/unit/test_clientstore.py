@@ -13,7 +13,7 @@ from sfedlora.core.adaptive import init_sq_norms
 from sfedlora.core.aggregate import weighted_mean
 from sfedlora.data.batching import ClientSampler
 from sfedlora.errors import SfedloraError
-from sfedlora.runtime.clientstore import ClientStore, Current
+from sfedlora.simulation.clientstore import ClientStore, Current
 
 
 def sampler(c: int) -> ClientSampler:

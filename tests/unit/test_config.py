@@ -37,14 +37,20 @@ def test_bad_values(override, message):
         load_config(None, [override])
 
 
-def test_method_choices_are_checked_against_the_registry():
-    """config.py knows no methods (they sit above it); runtime.resolve.check refuses an unknown one, with the
-    registry's names, before any data or model is loaded."""
+def test_method_and_rule_choices_come_from_the_registry_and_core():
+    """The schema takes its choices from the layers below it (the methods' registry, core.scaling's rules,
+    core.adaptive's modes): no list of names is written twice; an unknown one is refused as the config loads."""
+    from sfedlora.core.adaptive import MODES
+    from sfedlora.core.scaling import RULES
     from sfedlora.methods import METHODS
     from sfedlora.runtime.resolve import check
 
-    with pytest.raises(SfedloraError, match="unknown method 'bogus'; choose one of " + ", ".join(METHODS)):
-        check(load_config(None, ["fed.method=bogus"]))
+    with pytest.raises(SfedloraError, match="fed.method must be one of " + ", ".join(METHODS) + "; got 'bogus'"):
+        load_config(None, ["fed.method=bogus"])
+    with pytest.raises(SfedloraError, match="lora.scaling must be one of auto, " + ", ".join(RULES)):
+        load_config(None, ["lora.scaling=bogus"])
+    with pytest.raises(SfedloraError, match="lora.adaptive must be one of " + ", ".join(MODES)):
+        load_config(None, ["lora.adaptive=bogus"])
     assert check(load_config(None, ["fed.method=raflora"])).name == "raflora"
 
 

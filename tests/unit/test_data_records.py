@@ -129,7 +129,7 @@ def test_a_huge_value_keeps_its_first_and_last_cap_characters(tmp_path):
 def test_cutting_changes_nothing_the_model_sees():
     """Long prompts (cut from the left), responses and texts (cut from the right): the encoded examples of
     cut and uncut records are identical at the cap data.sources uses."""
-    from sfedlora.client.local import encode
+    from sfedlora.data.encode import encode
     from sfedlora.runtime.models import load_model
 
     _, tok = load_model("tiny-llama", "instruction")

@@ -8,7 +8,7 @@ import torch
 from sfedlora.bench.memory import tensor_bytes
 from sfedlora.config import load_config
 from sfedlora.errors import SfedloraError
-from sfedlora.runtime.grouping import busy_group, eval_group, memory_caps, saved_activation_bytes
+from sfedlora.simulation.grouping import busy_group, eval_group, memory_caps, saved_activation_bytes
 
 
 def test_memory_caps_by_hand():

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from sfedlora.client import losses
 from sfedlora.runtime.allocator import tune_malloc
+from sfedlora.runtime.logits import prepare_fast_logits
 
 
 def test_chunked_cross_entropy_equals_full(monkeypatch):
@@ -76,9 +77,9 @@ def test_lm_loss_applies_the_models_own_logit_transform(kind):
     model = _tiny_causal_lm(kind)
     if kind == "unknown":
         with pytest.warns(UserWarning, match="full-vocabulary logits"):
-            assert losses.prepare_fast_logits(model) is False
+            assert prepare_fast_logits(model) is False
     else:
-        assert losses.prepare_fast_logits(model) is True
+        assert prepare_fast_logits(model) is True
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1, 64, (3, 10), generator=g)
     labels = ids.clone()

@@ -14,11 +14,11 @@ from transformers import (
 
 from sfedlora.adapters.inject import init_adapter_state, inject_adapters, load_group, read_group
 from sfedlora.client.checkpointing import blocks, checkpointed
-from sfedlora.client.losses import prepare_fast_logits
 from sfedlora.client.optim import StackedOptimizer
 from sfedlora.client.train import train_group
 from sfedlora.config import TrainConfig
 from sfedlora.core.schedule import global_step, lr_factor
+from sfedlora.runtime.logits import prepare_fast_logits
 
 TOTAL, WARMUP = 20, 3
 

@@ -89,6 +89,18 @@ def lora_layers(model: nn.Module) -> dict[str, StackedLoRALinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, StackedLoRALinear)}
 
 
+def set_merged(model: nn.Module, merged: dict[str, torch.Tensor]) -> None:
+    """FLoRA: every adapted weight becomes W0 plus its fp32 sum of merged updates in `merged` (by module); a layer
+    merged before but absent from `merged` goes back to W0 (a checkpoint tried and refused leaves no update in the
+    base)."""
+    with torch.no_grad():
+        for m, layer in lora_layers(model).items():
+            if m in merged:
+                layer.merge_base(merged[m])
+            elif layer.w0 is not None:
+                layer.merge_base(torch.zeros_like(layer.w0, dtype=torch.float32))
+
+
 def head_layers(model: nn.Module) -> dict[str, StackedHead]:
     return {n: m for n, m in model.named_modules() if isinstance(m, StackedHead)}
 

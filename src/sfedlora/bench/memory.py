@@ -2,7 +2,7 @@
 
 The engine's claim: a run costs the base model once, plus one group's activations, plus the client states
 it holds: N x (adapter + optimizer state) with the memory client store, a round's P participants' with the
-disk store (runtime.clientstore), whatever N is. This runs real rounds of the in-process runner (AdamW,
+disk store (simulation.clientstore), whatever N is. This runs real rounds of the in-process runner (AdamW,
 optimizer state kept across rounds so that every state is as large as it gets) and sets the claim's terms,
 each computed from the tensors themselves, against the process's measured memory: peak resident memory on
 the CPU (sampled every 5 ms), torch's peak allocated memory on CUDA; and reports the time per round.
@@ -23,7 +23,7 @@ from sfedlora.bench.peer import PeakRSS
 from sfedlora.config import config_path, load_config
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import rundir
-from sfedlora.runtime.grouping import SAFETY
+from sfedlora.simulation.grouping import SAFETY
 
 WORKLOAD_CONFIGS = {"minilm-l6": "default", "smollm2-135m": "smollm2-instruct"}  # built-in config names
 

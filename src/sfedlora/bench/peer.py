@@ -32,10 +32,10 @@ from sfedlora.adapters.peft import state_key, to_state_dict
 from sfedlora.client.optim import StackedOptimizer
 from sfedlora.client.train import train_group
 from sfedlora.config import TrainConfig, load_config
-from sfedlora.runtime import grouping
 from sfedlora.runtime.models import load_model
 from sfedlora.runtime.resolve import resolve_device, resolve_precision
 from sfedlora.runtime.setup import DTYPES, load_base
+from sfedlora.simulation import grouping
 
 TARGETS = {"smollm2-135m": ["q_proj", "v_proj"], "minilm-l6": ["query", "value"],
            "smollm2-random": ["q_proj", "v_proj"],  # SmolLM2's shapes, random weights (timings only)
@@ -184,7 +184,7 @@ class Engine:
 
 def engine(cfg: BenchConfig) -> Engine:
     """Set up sfedlora's side of the bench the way `sfedlora run` does (runtime.setup.load_base, the
-    automatic group size of runtime.grouping unless cfg.group_size fixes it)."""
+    automatic group size of simulation.grouping unless cfg.group_size fixes it)."""
     task = "classification" if cfg.workload in ("minilm-l6", "tiny-bert") else "instruction"
     device = resolve_device("auto")
     precision = resolve_precision(cfg.precision, device)

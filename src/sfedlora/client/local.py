@@ -7,9 +7,7 @@ Shared by the in-process runner (groups of G clients on one base model) and the 
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,13 +20,11 @@ from sfedlora.config import RunConfig
 from sfedlora.core.scaling import Gamma
 from sfedlora.core.schedule import global_step
 from sfedlora.core.state import pad_opt_state, pad_state, rank_of, truncate_opt_state, truncate_state
-from sfedlora.data.batching import ClientSampler, collate, encode_classification, encode_lm, prompt_of
-from sfedlora.data.partition import ClientData
-from sfedlora.data.prompts import render
+from sfedlora.data.batching import ClientSampler, collate
+from sfedlora.data.encode import Encoded
 from sfedlora.errors import incorrect_results_are_errors
 
 State = dict[str, torch.Tensor]
-MAX_SAMPLE_CHARS = 20_000  # a generation sample's reference is cut to this (Flower nodes send them)
 STAT_KEYS = ("loss", "grad_norm_A", "grad_norm_B", "out_mean", "out_var", "grad_norm_A_steps", "grad_norm_B_steps")
 
 
@@ -45,46 +41,6 @@ def fresh_state(model: Any, cfg: RunConfig, init: str, c: int, rank: int, r_max:
 def sampler(cfg: RunConfig, c: int, n_train: int) -> ClientSampler:
     """Client c's endless seeded order over its training examples."""
     return ClientSampler(n_train, cfg.seed * 7919 + c)
-
-
-@dataclass
-class Encoded:
-    """One client's tokenised splits; evaluation splits sorted by length (batches then pad little).
-    Math: `decode[split]` is the seeded sample of that split decoded for accuracy, the same every round.
-    Instruction and math: `samples` are the fixed prompts decoded every evaluated round (eval.samples)."""
-
-    train: list[dict[str, Any]]
-    val: list[dict[str, Any]]
-    test: list[dict[str, Any]]
-    decode: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    samples: list[dict[str, Any]] = field(default_factory=list)
-
-
-def decode_sample(rows: Sequence[dict[str, Any]], k: int, seed: int) -> list[dict[str, Any]]:
-    """A seeded uniform sample of k rows (all rows if k is 0 or at least their number), drawn before any
-    sorting, so that it represents the split; returned sorted by prompt length for batching."""
-    chosen = list(rows) if not k or k >= len(rows) else random.Random(seed).sample(list(rows), k)
-    return sorted(chosen, key=lambda e: e["n_prompt"])
-
-
-def encode(data: ClientData, task: str, tok: Any, cfg: RunConfig, c: int) -> Encoded:
-    """Client c's splits, tokenised; evaluation capped at eval.max_examples per split (the split's own
-    seeded order), and for math the decoded sample of eval.generate_examples per split."""
-    L, template = cfg.model.max_length, cfg.data.template
-    enc = (lambda rows: encode_classification(rows, tok, L)) if task == "classification" else (
-        lambda rows: encode_lm(rows, tok, L, template))
-    cap = cfg.eval.max_examples or None
-    val, test = enc(data.val[:cap]), enc(data.test[:cap])
-    by_len = lambda rows: sorted(rows, key=lambda e: len(e["input_ids"]))
-    decode = {} if task != "math" else {
-        split: decode_sample(rows, cfg.eval.generate_examples, cfg.seed * 1000003 + 2 * c + i)
-        for i, (split, rows) in enumerate((("val", val), ("test", test)))}
-    shown = [] if task == "classification" else data.test[:cfg.eval.samples]
-    # the prompt as decoded from (its tokens: cut from the left where the example was), the reference response
-    samples = [{**ex, "prompt": tok.decode(prompt_of(ex)), "reference": reference[:MAX_SAMPLE_CHARS]}
-               for ex, (_, reference) in zip(enc(shown), (render(r, template, tok) for r in shown), strict=True)
-               ] if shown else []
-    return Encoded(enc(data.train), by_len(val), by_len(test), decode, samples)
 
 
 def install(model: Any, states: Sequence[State], gammas: Sequence[Gamma], device: torch.device) -> int:

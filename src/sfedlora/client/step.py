@@ -21,11 +21,11 @@ from typing import Any, Protocol
 import torch
 
 from sfedlora.client import local
-from sfedlora.client.local import Encoded
 from sfedlora.config import RunConfig
 from sfedlora.core.scaling import Gamma, scalar
 from sfedlora.core.state import OptState, State
 from sfedlora.data.batching import ClientSampler
+from sfedlora.data.encode import Encoded
 from sfedlora.methods import FederatedMethod
 
 

@@ -9,6 +9,10 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from sfedlora.core.adaptive import MODES
+from sfedlora.core.scaling import RULES
+from sfedlora.methods import METHODS
+
 
 def opt(default: Any, help: str, choices: tuple[Any, ...] | None = None, check: str | None = None,
         label: str | None = None, result: bool = True) -> Any:
@@ -52,10 +56,10 @@ class LoraConfig:
     scaling: str = opt("auto", "gamma: `auto` (the method's own), `lora` alpha/r, `rslora` alpha/sqrt(r), `sfed` "
                        "alpha*sqrt(N/r), `adaptive` alpha*sqrt(N_eff/r) with N_eff measured per module (FedSA family, "
                        "equal ranks; docs/methods.md), `custom` alpha*N^a/r^b, `none` 0 (the head-only baseline)",
-                       choices=("auto", "lora", "rslora", "sfed", "adaptive", "custom", "none"))
+                       choices=("auto", *RULES))
     adaptive: str = opt("first", "`adaptive` scaling: `first` measures N_eff = sum w_i|A_i|^2 / |sum w_i A_i|^2 at the "
                         "first aggregation and keeps it; `cumulative` re-estimates mean|A_i at init|^2 / "
-                        "|aggregated A|^2 every round, clamped to [1, N]", choices=("first", "cumulative"))
+                        "|aggregated A|^2 every round, clamped to [1, N]", choices=MODES)
     scaling_n: str = opt("participants", "N in `sfed`/`custom` under heterogeneous ranks: `participants` (the "
                          "paper's: the clients per round, for every rank) or `partition` (per client, the harmonic "
                          "mean over its A's rows of the clients averaging them; rank-partitioned methods only)",
@@ -113,8 +117,8 @@ class DataConfig:
 
 @dataclass
 class FedConfig:
-    method: str = opt("sfed-lora", "`fedit`, `ffa-lora`, `fedsa-lora`, `fedsa-rslora`, `sfed-lora`, `rolora`, "
-                      "`hetlora`, `raflora`, `flora`, `flexlora` (`sfedlora methods` lists them)")
+    method: str = opt("sfed-lora", "the federated method (sfedlora methods lists each with its paper)",
+                      choices=tuple(METHODS))
     clients: int = opt(4, "number of clients", check="positive", label="number of clients N")
     clients_per_round: int = opt(0, "0 = all (full participation); otherwise this many, sampled each round "
                                  "(and N in gamma)", check="non_negative")

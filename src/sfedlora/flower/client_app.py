@@ -22,7 +22,7 @@ from sfedlora.config import config_from_dict
 from sfedlora.flower.node import Node, get_node, node_dir, threads_per_node
 from sfedlora.flower.wire import from_record, to_record
 from sfedlora.runtime import statefile
-from sfedlora.runtime.clientstore import node_file
+from sfedlora.runtime.statefile import node_file
 
 app = ClientApp()
 

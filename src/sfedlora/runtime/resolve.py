@@ -4,7 +4,7 @@ per-client ranks and gammas; and the typed description of a run that holds them 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,6 @@ from sfedlora.core.aggregate import partition_n
 from sfedlora.core.scaling import scaling
 from sfedlora.errors import SfedloraError
 from sfedlora.methods import FederatedMethod, get_method, names
-from sfedlora.runtime.grouping import GroupPlan
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,6 +55,23 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 @dataclass
+class GroupPlan:
+    """The group sizes of a run and where they came from; recorded in config.yaml (resolved.groups)."""
+
+    train: int  # clients per batched training step
+    eval: int  # clients per batched evaluation pass
+    rule: str  # auto | fixed | all
+    cap: int = 0  # auto: the largest G whose activations fit the budget
+    row_tokens: int = 0  # auto: tokens of the worst-case (longest) training row
+    bytes_per_row: int = 0  # auto: activation bytes one training row saves for backward
+    free_bytes: int = 0  # auto: memory free on the device when the plan was made
+    budget_bytes: int = 0  # auto: the share of it the groups may use
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class Resolved:
     """The resolved, typed description of a run: what its `auto` settings became and what set-up found.
     Built once (runtime.setup for the in-process runner and a Flower node; a Flower server fills the set-up
@@ -70,7 +86,7 @@ class Resolved:
     gammas: list[float]  # per client: gamma_i = scaling(rule, alpha, r_i, N_i)
     n_scaling: list[float]  # per client: the N_i in its gamma (lora.scaling_n)
     scaling_n: str = "participants"
-    client_store: str = "memory"  # memory | disk (runtime.clientstore)
+    client_store: str = "memory"  # memory | disk (simulation.clientstore)
     # what set-up found
     task: str = ""
     label_names: list[str] = field(default_factory=list)

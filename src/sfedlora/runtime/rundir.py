@@ -11,7 +11,7 @@
   rounds/adapters.round-N.safetensors  every client's adapters after checkpointed round N, with
                    keep_round_adapters (export --round N)
   clients/client-C.safetensors  with fed.client_store=disk: the state of each client that has trained (adapters
-                   before the latest download, optimiser state, data order; runtime.clientstore)
+                   before the latest download, optimiser state, data order; simulation.clientstore)
   checkpoints/clients-round-N/  hard links to clients/ as checkpoint N saw it (the newest two kept)
   server.safetensors     the server's last aggregate (Flower runs: the clients' adapters stay on their nodes)
   samples.jsonl    instruction and math: per evaluated round and client, the greedy completions of its fixed
@@ -148,7 +148,7 @@ def save_adapters(out: Path, states: list[dict[str, Any]], resolved: Resolved, m
                   held: dict[str, Any] | None = None) -> None:
     """Every client's adapters (`states`, in client order), at adapters_path. A disk client store gives no
     states but `held`: the trained clients, the folder of their files (clients_folder) and the server's latest
-    update, which a client downloads when it is next used (runtime.clientstore)."""
+    update, which a client downloads when it is next used (simulation.clientstore)."""
     path = adapters_path(out, best_round, kept_round)
     path.parent.mkdir(exist_ok=True)
     statefile.save(path, {"states": states, **(held or {}), "ranks": resolved.ranks, "gammas": resolved.gammas,

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from sfedlora.adapters.inject import inject_adapters, lora_layers
-from sfedlora.client.local import Encoded, encode
 from sfedlora.config import RunConfig, to_dict
+from sfedlora.data.encode import Encoded, encode
 from sfedlora.data.files import CHARS_PER_TOKEN
 from sfedlora.data.partition import ClientData, describe, make_clients
 from sfedlora.data.sources import load_task

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -127,3 +128,18 @@ def load(path: Path) -> Any:
         return loads(path.read_bytes())
     except StateError as exc:
         raise StateError(f"{path} cannot be used: {exc}") from None
+
+
+RUN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a Flower run's key becomes a folder name: nothing else
+
+
+def file_name(c: int) -> str:
+    return f"client-{c}.safetensors"
+
+
+def node_file(node_dir: Path, run_key: str, c: int) -> Path:
+    """Where a Flower node keeps client c's state for the run `run_key`: <node-dir>/<run-key>/client-<c>.safetensors
+    (the node writes it, export reads it). The key comes over the network: a plain identifier or nothing."""
+    if not RUN_KEY.fullmatch(run_key):
+        raise SfedloraError(f"run key {run_key[:80]!r} is not a plain identifier; refusing to build a path from it")
+    return Path(node_dir) / run_key / file_name(c)

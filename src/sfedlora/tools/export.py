@@ -30,8 +30,8 @@ from sfedlora.core.scaling import scalar
 from sfedlora.data import prompts
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import rundir, statefile
-from sfedlora.runtime.clientstore import file_name, node_file
 from sfedlora.runtime.models import canonical_id, load_model
+from sfedlora.runtime.statefile import file_name, node_file
 from sfedlora.tools import model_card
 
 

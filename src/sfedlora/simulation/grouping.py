@@ -32,7 +32,6 @@ MiniLM clients in one group (800 rows): peak growth 1.17x the count with glibc's
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,26 +43,10 @@ from sfedlora.client.local import install
 from sfedlora.client.losses import group_loss
 from sfedlora.client.train import adapters_training
 from sfedlora.data.batching import collate
+from sfedlora.runtime.resolve import GroupPlan
 
 SAFETY = 2.0
 CPU_STEP_TOKENS = 512
-
-
-@dataclass
-class GroupPlan:
-    """The group sizes of a run and where they came from; recorded in config.yaml (resolved.groups)."""
-
-    train: int  # clients per batched training step
-    eval: int  # clients per batched evaluation pass
-    rule: str  # auto | fixed | all
-    cap: int = 0  # auto: the largest G whose activations fit the budget
-    row_tokens: int = 0  # auto: tokens of the worst-case (longest) training row
-    bytes_per_row: int = 0  # auto: activation bytes one training row saves for backward
-    free_bytes: int = 0  # auto: memory free on the device when the plan was made
-    budget_bytes: int = 0  # auto: the share of it the groups may use
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def memory_caps(bytes_per_row: int, budget: int, train_rows: int, eval_rows: int, n_clients: int,

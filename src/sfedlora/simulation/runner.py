@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from sfedlora.adapters.inject import set_merged
 from sfedlora.client import local, step
 from sfedlora.client.step import Held
 from sfedlora.config import RunConfig
@@ -20,13 +21,14 @@ from sfedlora.core.metrics import personal
 from sfedlora.core.state import State, select
 from sfedlora.data.batching import ClientSampler
 from sfedlora.errors import SfedloraError
-from sfedlora.runtime import checkpoint, grouping, rundir
-from sfedlora.runtime.clientstore import ClientStore, Current
+from sfedlora.runtime import checkpoint, rundir
 from sfedlora.runtime.protocol import Exchange, Server, evaluated_clients
 from sfedlora.runtime.resolve import Resolved, resume_mismatch
 from sfedlora.runtime.rounds import Reply, run_rounds
 from sfedlora.runtime.runlog import RunLog
 from sfedlora.runtime.setup import setup
+from sfedlora.simulation import grouping
+from sfedlora.simulation.clientstore import ClientStore, Current
 
 
 def _print(line: str) -> None:
@@ -44,7 +46,7 @@ class Simulation:
                  figures: Callable[[Path], list[Path]] | None = None, group: str = "",
                  redraw_damaged: bool = False) -> None:
         """Set up a run; `resolved`: the description a resumed run recorded (its group sizes are kept);
-        `redraw_damaged`: clients whose state file is damaged start again from their seed (runtime.clientstore);
+        `redraw_damaged`: clients whose state file is damaged start again from their seed (simulation.clientstore);
         `figures`: makes the run's figures for its trackers (cfg.tracking) at the end; `group`: the trackers'
         group (a sweep's name)."""
         self.cfg, self.out_dir, self.echo, self.progress = cfg, Path(out_dir), echo, progress
@@ -84,7 +86,7 @@ class Simulation:
 
     @property
     def states(self) -> Sequence[State]:
-        """Every client's adapters now, with the server's latest update downloaded (runtime.clientstore)."""
+        """Every client's adapters now, with the server's latest update downloaded (simulation.clientstore)."""
         return Current(self.store.n, lambda c: self._now[c] if c in self._now else self._current(c, self.store.get(c)))
 
     def state(self, c: int, held: Held | None = None) -> State:
@@ -226,18 +228,7 @@ class Simulation:
         """FLoRA: add the round's dW to the fp32 sum of merged updates; every adapted weight becomes W0 + sum."""
         for m, d in self.method.merged(update).items():
             self.merged[m] = self.merged[m] + d if m in self.merged else d
-        self._apply_merged()
-
-    def _apply_merged(self) -> None:
-        from sfedlora.adapters.inject import lora_layers
-
-        layers = lora_layers(self.model)
-        with torch.no_grad():
-            for m, layer in layers.items():  # a layer merged before but not in the sum now goes back to W0 (a
-                if m in self.merged:         # checkpoint tried and refused must leave no update in the base)
-                    layer.merge_base(self.merged[m])
-                elif layer.w0 is not None:
-                    layer.merge_base(torch.zeros_like(layer.w0, dtype=torch.float32))
+        set_merged(self.model, self.merged)
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def _snapshot(self, rnd: int) -> dict[str, Any]:
@@ -261,7 +252,7 @@ class Simulation:
         self._now = {}
         self.server.latest = snap.get("latest", {})
         self.merged = snap["merged"]
-        self._apply_merged()
+        set_merged(self.model, self.merged)
         self.server.rng.setstate(snap["participation_rng"])
         self.server.n_eff = dict(snap.get("n_eff", {}))
         torch.set_rng_state(snap["torch_rng"])

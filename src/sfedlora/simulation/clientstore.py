@@ -28,25 +28,11 @@ from sfedlora.core.state import State
 from sfedlora.data.batching import ClientSampler
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import statefile
+from sfedlora.runtime.statefile import file_name
 
 FOLDER = "clients"
 CHECKPOINTS = "checkpoints"  # <run>/checkpoints/clients-round-<t>: the disk store as a checkpoint saw it
 CHECKPOINT_NAME = re.compile(r"clients-round-(\d+)")
-
-
-RUN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a Flower run's key becomes a folder name: nothing else
-
-
-def file_name(c: int) -> str:
-    return f"client-{c}.safetensors"
-
-
-def node_file(node_dir: Path, run_key: str, c: int) -> Path:
-    """Where a Flower node keeps client c's state for the run `run_key`: <node-dir>/<run-key>/client-<c>.safetensors
-    (the node writes it, export reads it). The key comes over the network: a plain identifier or nothing."""
-    if not RUN_KEY.fullmatch(run_key):
-        raise SfedloraError(f"run key {run_key[:80]!r} is not a plain identifier; refusing to build a path from it")
-    return Path(node_dir) / run_key / file_name(c)
 
 
 class Current(Sequence[State]):
