@@ -23,6 +23,7 @@ from sfedlora.bench.peer import PeakRSS
 from sfedlora.config import config_path, load_config
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import rundir
+from sfedlora.simulation import grouping
 from sfedlora.simulation.grouping import SAFETY
 
 WORKLOAD_CONFIGS = {"minilm-l6": "default", "smollm2-135m": "smollm2-instruct"}  # built-in config names
@@ -119,7 +120,7 @@ def memory_account(config: Path | None, overrides: list[str], echo: Callable[[st
     rows = plan.train * b
     per_row = plan.bytes_per_row
     if not per_row:  # a fixed group size: count one row's activations as the auto plan does
-        per_row = sim.bytes_per_row()
+        per_row = grouping.measure_row(sim.setup, sim.resolved)
     scale = 1 if not store.on_disk else in_memory  # disk: one trained client's state, times the participants
     terms = {
         "base_model": base_model_bytes(sim.model),

@@ -50,6 +50,7 @@ class Setup:
     precision: str
     encoded: dict[int, Encoded] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)  # what reading the data did (data.sources.TaskData)
+    resolved: Resolved | None = None  # the run description, where every client is held (an in-process run)
 
     def found(self) -> dict[str, Any]:
         """What set-up found, for the run description (Resolved)."""
@@ -58,12 +59,11 @@ class Setup:
                 "model": self.cfg.model.name, "model_path": path, "revision": revision(self.cfg.model.name, self.model),
                 "device": str(self.device), "precision": self.precision, "data_counts": self.counts}
 
-    def resolve(self) -> Resolved:
-        """The run description of an in-process run (every client held)."""
-        order = sorted(self.clients)
-        sizes = [{k: self.descriptions[c][k] for k in ("train", "val", "test")} for c in order]
-        r = resolve(self.cfg, self.method, [self.clients[c].n_train for c in order])
-        return replace(r, **self.found(), sizes=sizes, data_fingerprint=fingerprint(self.clients))
+    def describe(self, resolved: Resolved) -> Resolved:
+        """The run description of an in-process run (every client held): the method's resolution with what
+        set-up found, the split sizes and the data's fingerprint."""
+        sizes = [{k: self.descriptions[c][k] for k in ("train", "val", "test")} for c in sorted(self.clients)]
+        return replace(resolved, **self.found(), sizes=sizes, data_fingerprint=fingerprint(self.clients))
 
 
 def fingerprint(clients: dict[int, ClientData]) -> str:
@@ -160,8 +160,9 @@ def setup(cfg: RunConfig, partitions: list[int] | None = None, cache: Path | Non
     task, labels, clients, descriptions, counts = load_clients(cfg, partitions, cache)
     device = resolve_device(cfg.model.device)
     precision = resolve_precision(cfg.model.precision, device)
-    if len(clients) == cfg.fed.clients:  # every client held: the rank assignment can be checked now
-        resolve(cfg, method, [clients[c].n_train for c in sorted(clients)])
+    resolved = None  # every client held: resolved once, here (the rank assignment is checked before the model loads)
+    if len(clients) == cfg.fed.clients:
+        resolved = resolve(cfg, method, [clients[c].n_train for c in sorted(clients)])
     model, tok, targets = load_base(cfg, task, len(labels), device, precision)
     check_rank(cfg, model)
     s = Setup(cfg=cfg, method=method, task=task, label_names=labels, clients=clients, descriptions=descriptions,
@@ -170,4 +171,5 @@ def setup(cfg: RunConfig, partitions: list[int] | None = None, cache: Path | Non
     examples = [ex for e in s.encoded.values() for split in (e.train, e.val, e.test) for ex in split]
     s.counts = {**counts, "encoded": len(examples), "cut_to_max_length": sum(bool(ex.get("truncated"))
                                                                               for ex in examples)}
+    s.resolved = None if resolved is None else s.describe(resolved)
     return s

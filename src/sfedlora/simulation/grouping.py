@@ -39,7 +39,7 @@ import torch
 
 from sfedlora.adapters.inject import group_parameters
 from sfedlora.client.checkpointing import checkpointed
-from sfedlora.client.local import install
+from sfedlora.client.local import fresh_state, install
 from sfedlora.client.losses import group_loss
 from sfedlora.client.train import adapters_training
 from sfedlora.data.batching import collate
@@ -161,3 +161,26 @@ def plan(group_size: int | str, group_memory: float, batch_size: int, eval_batch
     g_train = busy_group(device.type, row_tokens, batch_size, cap)
     return GroupPlan(train=g_train, eval=eval_group(g_train, batch_size, eval_batch_size, eval_cap), rule="auto",
                      cap=cap, row_tokens=row_tokens, bytes_per_row=per_row, free_bytes=free, budget_bytes=budget)
+
+
+def plan_run(setup: Any, resolved: Any) -> GroupPlan:
+    """The group plan of an in-process run from its set-up (runtime.setup.Setup) and description, made once the
+    model and every client's state are in place: the worst-case row is the longest training example, the widest
+    client's fresh adapters train it."""
+    cfg = setup.cfg
+    longest = longest_row(setup)
+    return plan(cfg.train.group_size, cfg.train.group_memory, cfg.train.batch_size, cfg.eval.batch_size,
+                cfg.fed.clients, setup.device, lambda: measure_row(setup, resolved), len(longest["input_ids"]))
+
+
+def longest_row(setup: Any) -> dict[str, Any]:
+    return max((ex for e in setup.encoded.values() for ex in e.train), key=lambda e: len(e["input_ids"]))
+
+
+def measure_row(setup: Any, resolved: Any) -> int:
+    """bytes_per_row of this run (its longest training example, its widest client's fresh adapters)."""
+    cfg, r = setup.cfg, resolved
+    widest = max(range(cfg.fed.clients), key=lambda c: r.ranks[c])
+    adapters = fresh_state(setup.model, cfg, r.init, widest, r.ranks[widest], max(r.ranks))
+    return bytes_per_row(setup.model, setup.tok, setup.task, longest_row(setup), cfg.train.batch_size, adapters,
+                         r.gammas[widest], setup.device, cfg.train.gradient_checkpointing)

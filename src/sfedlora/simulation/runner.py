@@ -58,22 +58,24 @@ class Simulation:
         self._now: dict[int, State] = {}  # clients' current states under the server's latest update, as computed
         self._accepted: dict[int, Held] = {}  # the round's accepted participants as they trained
         self.bar: Any = None  # the progress bar of local steps, while the run goes
-        self.resolved = s.resolve()
+        assert s.resolved is not None  # every client is held here
+        self.resolved = s.resolved
         if resolved is not None:  # a resumed run keeps its client store (runs before the store kept memory)
             self.resolved = replace(self.resolved, client_store=resolved.client_store)
+            if changed := resume_mismatch(resolved, self.resolved):
+                raise SfedloraError(f"{self.out_dir} cannot be resumed here: " + "; ".join(changed) + ". Its data, "
+                                    "model or resolved settings differ from the run's (a changed data file, another "
+                                    "model revision, a machine where `auto` resolves differently); start a new run "
+                                    "instead")
         self.store = ClientStore(n, self._fresh, self._sampler,
                                  self.out_dir if self.resolved.client_store == "disk" else None, redraw_damaged)
+        groups = resolved.groups if resolved is not None and resolved.groups else grouping.plan_run(s, self.resolved)
+        self.resolved = replace(self.resolved, groups=groups)  # complete: the Server gets it whole
         self.server = Server(cfg, self.method, self.resolved)
         if self.resolved.scaling == "adaptive" and cfg.lora.adaptive == "cumulative":
             self.server.init_sq_norms = init_sq_norms(h.adapters for h in self.store)
         self.merged: dict[str, torch.Tensor] = {}  # FLoRA: fp32 sum of the updates merged into W0 so far
-        if resolved is not None and (changed := resume_mismatch(resolved, self.resolved)):
-            raise SfedloraError(f"{self.out_dir} cannot be resumed here: " + "; ".join(changed) + ". Its data, model "
-                                "or resolved settings differ from the run's (a changed data file, another model "
-                                "revision, a machine where `auto` resolves differently); start a new run instead")
         self.evaluated = evaluated_clients(cfg)
-        groups = resolved.groups if resolved is not None and resolved.groups else self._plan_groups()
-        self.resolved = self.server.resolved = replace(self.resolved, groups=groups)
 
     @property
     def groups(self) -> grouping.GroupPlan:
@@ -115,19 +117,6 @@ class Simulation:
 
     def _fresh(self, c: int) -> Held:
         return Held(self._fresh_adapters(c), {}, self._sampler(c))
-
-    def _plan_groups(self) -> grouping.GroupPlan:
-        longest = max((ex for e in self.encoded for ex in e.train), key=lambda e: len(e["input_ids"]))
-        return grouping.plan(self.cfg.train.group_size, self.cfg.train.group_memory, self.cfg.train.batch_size,
-                             self.cfg.eval.batch_size, self.cfg.fed.clients, self.device, self.bytes_per_row,
-                             len(longest["input_ids"]))
-
-    def bytes_per_row(self) -> int:
-        longest = max((ex for e in self.encoded for ex in e.train), key=lambda e: len(e["input_ids"]))
-        widest = max(range(self.cfg.fed.clients), key=lambda c: self.resolved.ranks[c])
-        return grouping.bytes_per_row(self.model, self.tok, self.task, longest, self.cfg.train.batch_size,
-                                      self._fresh_adapters(widest), self.resolved.gammas[widest], self.device,
-                                      self.cfg.train.gradient_checkpointing)
 
     def _groups(self, members: list[int], kind: str = "train") -> list[list[int]]:
         g = self.groups.train if kind == "train" else self.groups.eval
