@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +54,6 @@ def _figures(run_dir: Path) -> list[Path]:
     return run_figures(run_dir)
 
 
-def default_out(cfg: RunConfig) -> Path:
-    return Path("runs") / f"{cfg.name or 'run'}-{cfg.fed.method}-r{cfg.lora.rank}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def run(config: str | Path | RunConfig | None = None, overrides: Sequence[str] = (), out: str | Path | None = None,
         progress: bool = False, echo: Callable[[str], None] | None = None) -> RunResult:
     """Run one federated fine-tuning in this process. `config`: a YAML path, a built-in name (`default`,
@@ -67,10 +62,9 @@ def run(config: str | Path | RunConfig | None = None, overrides: Sequence[str] =
     from sfedlora.simulation import Simulation
 
     cfg = _config(config, overrides)
-    folder = Path(out) if out is not None else default_out(cfg)
+    folder = Path(out) if out is not None else rundir.default_folder(cfg)
     with lock.hold(folder):  # one writer per run folder, from the check to the summary
-        if rundir.occupied(folder):
-            raise SfedloraError(f"output folder {folder} exists and is not empty; choose another")
+        rundir.check_free(folder)
         Simulation(cfg, folder, echo=echo or (lambda s: None), progress=progress, figures=_figures).run()
     return load_run(folder)
 
@@ -122,12 +116,15 @@ def export(run: str | Path | RunResult, client: int, out: str | Path, merged: bo
 
 def lm_eval(run: str | Path | RunResult, tasks: Sequence[str], client: int = 0, include_path: str | Path | None = None,
             limit: float | None = None, num_fewshot: int | None = None, best: bool = False,
-            round: int | None = None, log_samples: bool = False) -> dict[str, Any]:
+            round: int | None = None, log_samples: bool = False, batch_size: int = 8,
+            node_dir: str | Path | None = None) -> dict[str, Any]:
     """Client `client`'s exported model under lm-evaluation-harness (`sfedlora eval --lm-eval`): lm-eval's
     `hf` model with the PEFT adapter, on lm-eval task names or tasks of your own (YAML files in
-    `include_path`). Returns {task: {metric: value}}; the record is RUN/lm-eval/client-I.json."""
+    `include_path`; `batch_size` per lm-eval batch; `node_dir`: a Flower run's node that trained the client). Returns
+    {task: {metric: value}}; the record is RUN/lm-eval/client-I.json."""
     from sfedlora.tools.harness import evaluate
 
     folder = run.path if isinstance(run, RunResult) else Path(run)
     return evaluate(folder, client, list(tasks), None if include_path is None else Path(include_path), limit,
-                    num_fewshot=num_fewshot, best=best, rnd=round, log_samples=log_samples)
+                    batch_size, num_fewshot=num_fewshot, best=best, rnd=round, log_samples=log_samples,
+                    node_dir=None if node_dir is None else Path(node_dir))

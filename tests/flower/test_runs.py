@@ -15,7 +15,8 @@ from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
 from sfedlora.config import load_config
 from sfedlora.errors import SfedloraError
 from sfedlora.flower.client_app import app as client_app
-from sfedlora.flower.server import FlowerRun, ServerSettings
+from sfedlora.flower.server import FlowerRun
+from sfedlora.flower.settings import ServerSettings
 from sfedlora.simulation import Simulation
 from sfedlora.tools.report import build_report
 

@@ -64,7 +64,7 @@ def check_sfedlora_command(argv: list[str], tmp_path: Path) -> None:
         plan(args.spec, args.size, tmp_path / "sweep", list(args.overrides), parse_only(args.only))
     elif args.command == "flower" and args.flower_command in ("run", "simulate", "submit"):
         from sfedlora.flower.launch import prepare
-        from sfedlora.flower.server import ServerSettings
+        from sfedlora.flower.settings import ServerSettings
 
         prepare(args.items, tmp_path / "flower", ServerSettings())
 

@@ -32,6 +32,7 @@ from sfedlora.adapters.peft import state_key, to_state_dict
 from sfedlora.client.optim import StackedOptimizer
 from sfedlora.client.train import train_group
 from sfedlora.config import TrainConfig, load_config
+from sfedlora.config.schema import opt
 from sfedlora.runtime.models import load_model
 from sfedlora.runtime.resolve import resolve_device, resolve_precision
 from sfedlora.runtime.setup import DTYPES, load_base
@@ -44,16 +45,20 @@ TARGETS = {"smollm2-135m": ["q_proj", "v_proj"], "minilm-l6": ["query", "value"]
 
 @dataclass
 class BenchConfig:
-    workload: str = "smollm2-135m"  # smollm2-135m (instruction tuning) | minilm-l6 (classification) | tiny-*
-    clients: int = 4
-    rank: int = 16
-    steps: int = 3
-    batch: int = 2
-    seq: int = 128
-    repeats: int = 3
-    precision: str = "auto"
-    seed: int = 0
-    group_size: int | str = "auto"  # clients per batched step, as train.group_size: auto (as `sfedlora run`) | G
+    """A benchmark's workload (`sfedlora bench` takes each field as an option)."""
+
+    workload: str = opt("smollm2-135m", "the two offline models (SmolLM2 instruction tuning, MiniLM classification), "
+                        "or tiny random ones (smoke tests)", choices=tuple(TARGETS))
+    clients: int = opt(4, "N (with --memory: 100 unless given)")
+    rank: int = opt(16, "LoRA rank")
+    steps: int = opt(3, "local steps per round")
+    batch: int = opt(2, "examples per client per step")
+    seq: int = opt(128, "tokens per example")
+    repeats: int = opt(3, "timed rounds of each (after one warm-up)")
+    precision: str = opt("auto", "for (b); with --memory, the run's", choices=("auto", "fp32", "bf16"))
+    seed: int = opt(0, "seed of the data and the adapters")
+    group_size: int | str = opt("auto", "(b)'s clients per batched step: auto (the automatic group size `sfedlora "
+                                "run` uses) or a number")
 
 
 class PeakRSS:

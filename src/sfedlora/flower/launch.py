@@ -3,15 +3,15 @@ run it in Flower's simulation engine, on a local deployment started for it, or o
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from sfedlora.config import RunConfig, config_path, load_config
-from sfedlora.errors import SfedloraError
-from sfedlora.flower.server import FIRST_TIMEOUT, FlowerRun, ServerSettings
+from sfedlora.flower.server import FIRST_TIMEOUT, FlowerRun
+from sfedlora.flower.settings import ServerSettings
+from sfedlora.runtime import rundir
 
 
 @dataclass
@@ -41,9 +41,8 @@ def prepare(items: Sequence[str], out: str | Path | None, settings: ServerSettin
     name = items.pop(0) if items and "=" not in items[0] else None
     path = config_path(name)
     cfg = load_config(path, items)
-    folder = Path(out) if out else Path("runs") / f"flower-{cfg.fed.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if folder.exists() and any(p.name not in ("summary.json", "error.txt", ".lock") for p in folder.iterdir()):
-        raise SfedloraError(f"output folder {folder} exists and is not empty; choose another --out")
+    folder = Path(out) if out else rundir.default_folder(cfg, "flower")
+    rundir.check_free(folder)
     FlowerRun(cfg, folder, settings, echo=lambda s: None)  # validates method, ranks and DP settings
     return Launch(str(path.resolve()) if path else "", items, cfg, settings, folder)
 
@@ -72,13 +71,3 @@ def submit(launch: Launch, state: Path, timeout: float = 0.0, echo: Callable[[st
 
     return deploy.submit(state, launch.out, launch.config, launch.overrides, launch.run_settings(),
                          launch.timeout(timeout), echo=echo)
-
-
-def summary_lines(summary: dict[str, Any], out: Path) -> list[str]:
-    last, best = summary["personal"]["last"], summary["personal"]["best"]
-    lines = []
-    if last:
-        lines.append(f"personal test {summary['metric']}: last round {last['round']} = "
-                     f"{last['test']['weighted']:.4f}; best-on-val round {best['round']} = "
-                     f"{best['test']['weighted']:.4f}")
-    return [*lines, f"results in {out}/ ({summary['wall_s']:.1f} s)"]

@@ -21,7 +21,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from sfedlora.core.metrics import personal
 from sfedlora.core.state import State, payload_bytes
 from sfedlora.errors import SfedloraError, voided
 from sfedlora.flower.registry import register
+from sfedlora.flower.settings import ServerSettings
 from sfedlora.flower.strategy import MethodStrategy
 from sfedlora.flower.wire import (
     check_upload,
@@ -46,15 +47,6 @@ from sfedlora.runtime.protocol import Exchange, Server
 from sfedlora.runtime.resolve import Resolved, check, resolve
 from sfedlora.runtime.rounds import Reply, run_rounds
 from sfedlora.runtime.runlog import RunLog
-
-
-@dataclass
-class ServerSettings:
-    round_timeout: float = 0.0  # seconds a round waits for replies (a node that misses it is left out); 0: auto
-    node_wait: float = 120.0  # seconds to wait for fed.clients nodes to connect
-    dp_noise_multiplier: float = 0.0  # server-side DP (Flower's fixed-clipping wrapper) when dp_clipping_norm > 0
-    dp_clipping_norm: float = 0.0
-
 
 FIRST_TIMEOUT, AUTO_FACTOR, AUTO_MIN = 600.0, 4.0, 60.0
 

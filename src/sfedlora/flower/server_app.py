@@ -24,7 +24,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from sfedlora.config import RunConfig, load_config
 from sfedlora.errors import SfedloraError
-from sfedlora.flower.server import FlowerRun, ServerSettings
+from sfedlora.flower.server import FlowerRun
+from sfedlora.flower.settings import ServerSettings
 from sfedlora.runtime import lock
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from sfedlora.config import RunConfig
 from sfedlora.errors import SfedloraError
-from sfedlora.flower.server import ServerSettings
+from sfedlora.flower.settings import ServerSettings
 
 
 def simulate(cfg: RunConfig, out: Path, settings: ServerSettings | None = None,

@@ -220,3 +220,16 @@ def row(record: dict[str, Any], metric: str) -> str:
         record["wall_s"],
     ]
     return " ".join(_fmt(c) for c in cells)
+
+
+def summary_lines(summary: dict[str, Any], out: Path) -> list[str]:
+    """A finished run in a few lines (every runner's command prints these): the test metric of the last and the
+    best-on-validation round, personalised and global where there is one, and where the results are."""
+    lines = []
+    for scope in ("personal", "global"):
+        last, best = summary[scope]["last"], summary[scope]["best"]
+        if last:
+            value = lambda r: r["test"]["weighted"] if isinstance(r["test"], dict) else r["test"]
+            lines.append(f"{scope:>8} test {summary['metric']}: last round {last['round']} = {value(last):.4f}; "
+                         f"best-on-val round {best['round']} = {value(best):.4f}")
+    return [*lines, f"results in {out}/ ({summary['wall_s']:.1f} s)"]

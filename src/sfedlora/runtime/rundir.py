@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,18 @@ def write_samples(out: Path, rnd: int, per_client: dict[int, list[dict[str, str]
         for client in sorted(per_client):
             for i, sample in enumerate(per_client[client]):
                 f.write(json.dumps({"round": rnd, "client": client, "prompt_index": i, **sample}) + "\n")
+
+
+def default_folder(cfg: RunConfig, engine: str = "simulation") -> Path:
+    """A run's folder when none is given, for every runner: runs/<name>-<method>-r<rank>[-flower]-<time>."""
+    name = f"{cfg.name or 'run'}-{cfg.fed.method}-r{cfg.lora.rank}" + ("" if engine == "simulation" else f"-{engine}")
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_free(out: Path) -> None:
+    """The one rule for a new run's folder, for every runner: new, or empty but for its lock."""
+    if occupied(out):
+        raise SfedloraError(f"output folder {out} exists and is not empty; choose another --out")
 
 
 def occupied(out: Path) -> bool:

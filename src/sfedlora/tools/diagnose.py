@@ -20,12 +20,13 @@ N_eff = sum_i w_i |A_i|^2 / |sum_i w_i A_i|^2 at the first averaging.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sfedlora.config.schema import opt
 from sfedlora.core.adaptive import n_eff_first
 from sfedlora.core.scaling import scaling
 from sfedlora.tools.stats import slope
@@ -35,19 +36,21 @@ QUANTITIES = ("out_rms_seen", "out_rms", "in_grad_rms", "grad_norm_A", "grad_nor
 
 @dataclass
 class DiagnoseConfig:
-    width: int = 512
-    ranks: list[int] = field(default_factory=lambda: [4, 16, 64, 256, 1024])
-    clients: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
-    fixed_rank: int = 64
-    fixed_clients: int = 8
-    rules: list[str] = field(default_factory=lambda: ["lora", "rslora", "sfed", "adaptive"])
-    inits: list[str] = field(default_factory=lambda: ["independent", "shared"])
-    alpha: float = 1.0
-    rounds: int = 3
-    steps: int = 5
-    lr: float = 0.002
-    batch: int = 16
-    seed: int = 0
+    """The diagnosis's grid and training (`sfedlora diagnose` takes each field as an option)."""
+
+    width: int = opt(512, "layer width d")
+    ranks: list[int] = opt([4, 16, 64, 256, 1024], "ranks r swept at fixed N")
+    clients: list[int] = opt([1, 2, 4, 8, 16, 32], "client counts N swept at fixed r")
+    fixed_rank: int = opt(64, "r while N is swept")
+    fixed_clients: int = opt(8, "N while r is swept")
+    rules: list[str] = opt(["lora", "rslora", "sfed", "adaptive"], "scaling rules compared")
+    inits: list[str] = opt(["independent", "shared"], "A initialisations compared")
+    alpha: float = opt(1.0, "alpha in every rule's gamma")
+    rounds: int = opt(3, "rounds")
+    steps: int = opt(5, "local SGD steps per round")
+    lr: float = opt(0.002, "SGD learning rate")
+    batch: int = opt(16, "inputs per local step")
+    seed: int = opt(0, "seed of the teacher, the inputs and the initialisations")
 
 
 def simulate(rule: str, rank: int, n_clients: int, cfg: DiagnoseConfig, init: str = "independent") -> dict[str, float]:

@@ -1,5 +1,5 @@
-"""`sfedlora flower ...`: the command line of the Flower runner (parsed without Flower installed; running
-it needs the `flower` extra)."""
+"""`sfedlora flower ...`: the Flower runner (parsed without Flower installed; running it needs the `flower`
+extra)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import argparse
 import warnings
 from pathlib import Path
 
+from sfedlora.cli.options import add_options, from_options, say
+
 INSECURE_HELP = ("no TLS and no SuperNode authentication (default: a fresh CA and certificate for 127.0.0.1, and "
                  "only the deployment's registered SuperNode keys may connect)")
-
-
-def _say(line: str) -> None:
-    print(line, flush=True)
 
 
 def _insecure(args: argparse.Namespace) -> bool:
@@ -27,7 +25,8 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
     require_flower()
     from sfedlora.flower import deploy, launch
-    from sfedlora.flower.server import ServerSettings
+    from sfedlora.flower.settings import ServerSettings
+    from sfedlora.runtime.records import summary_lines
 
     state = Path(getattr(args, "state", "runs/flower-local"))
     if args.flower_command == "down":
@@ -39,22 +38,22 @@ def cmd_flower(args: argparse.Namespace) -> int:
         print(f"SuperLink on 127.0.0.1:{procs['port']} and {args.nodes} SuperNodes (pids in {state}/processes.json); "
               f"`sfedlora flower submit` runs on it, `sfedlora flower down` stops it")
         return 0
-    settings = ServerSettings(round_timeout=args.round_timeout, node_wait=args.node_wait,
-                              dp_noise_multiplier=args.dp_noise_multiplier, dp_clipping_norm=args.dp_clipping_norm)
+    settings = from_options(ServerSettings, args)
     run = launch.prepare(args.items, args.out, settings)
     if args.flower_command == "simulate":
         summary = launch.simulate(run, args.cpus_per_client)
     elif args.flower_command == "submit":
-        summary = launch.submit(run, state, args.timeout, echo=_say)
+        summary = launch.submit(run, state, args.timeout, echo=say)
     else:
-        summary = launch.run_local(run, state, args.port, args.timeout, echo=_say, insecure=_insecure(args))
-    print("\n".join(launch.summary_lines(summary, run.out)))
+        summary = launch.run_local(run, state, args.port, args.timeout, echo=say, insecure=_insecure(args))
+    print("\n".join(summary_lines(summary, run.out)))
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add(sub: argparse._SubParsersAction) -> None:
     """`sfedlora flower ...`: its subcommands and options."""
     from sfedlora.flower.deploy import DEFAULT_PORT
+    from sfedlora.flower.settings import ServerSettings
 
     flower = sub.add_parser("flower", help="run on Flower: its simulation engine, or a deployment",
                             description="The same methods on Flower (flwr 1.41 Message API): `simulate` in "
@@ -67,17 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        ("submit", "run on a deployment started with `sfedlora flower up`")):
         p = fsub.add_parser(name, help=text, description=text + ". CONFIG and key=value overrides as in `run`.")
         p.add_argument("items", nargs="*", metavar="[CONFIG] key=value")
-        p.add_argument("--out", help="run folder (default: runs/flower-<method>-<time>)")
-        p.add_argument("--round-timeout", type=float, default=0.0,
-                       help="seconds a round waits for replies; a node that misses it is left out of the round and "
-                       "the round is flagged partial (default 0 = auto: 600 s for the first exchange, which "
-                       "includes the nodes' set-up, then 4 x the slowest round so far, at least 60 s)")
-        p.add_argument("--node-wait", type=float, default=120.0,
-                       help="seconds to wait for fed.clients nodes to connect (default 120)")
-        p.add_argument("--dp-clipping-norm", type=float, default=0.0,
-                       help="> 0: server-side DP with fixed clipping of each upload's update to this L2 norm")
-        p.add_argument("--dp-noise-multiplier", type=float, default=0.0,
-                       help="Gaussian noise std = multiplier * clipping norm / clients, added to the aggregate")
+        p.add_argument("--out", help="run folder (default: runs/<name>-<method>-r<rank>-flower-<time>)")
+        add_options(p, ServerSettings)
         if name == "simulate":
             p.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray CPUs per virtual client")
         else:

@@ -1,4 +1,5 @@
-"""`sfedlora bench ...`: the command line of the benchmarks (sfedlora.cli adds it)."""
+"""`sfedlora bench`: sfedlora's batched engine against sequential PEFT clients, and its memory, evaluation and
+profile."""
 
 from __future__ import annotations
 
@@ -6,17 +7,15 @@ import argparse
 import json
 from pathlib import Path
 
-
-def _say(line: str) -> None:
-    print(line, flush=True)
+from sfedlora.cli.options import add_options, from_options
+from sfedlora.cli.options import say as _say
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from sfedlora.bench import memory, peer
 
-    cfg = peer.BenchConfig(workload=args.workload, clients=args.clients or 4, rank=args.rank, steps=args.steps,
-                           batch=args.batch, seq=args.seq, repeats=args.repeats, precision=args.precision,
-                           group_size=args.group_size if args.group_size == "auto" else int(args.group_size))
+    cfg = from_options(peer.BenchConfig, args, clients=args.clients or 4,
+                       group_size=args.group_size if args.group_size == "auto" else int(args.group_size))
     if args.profile:
         from sfedlora.bench import profile
 
@@ -43,27 +42,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="sfedlora's batched engine against sequential PEFT clients",
                            description="Run the peer way of simulating clients (sequential, one PEFT model, "
                            "per-client adapter load/save; its base in fp32, and also in bf16 when sfedlora runs "
                            "bf16) and sfedlora's batched engine on the same workload, alternating; print tokens/s, "
                            "GFLOP/s against a measured GEMM ceiling, peak memory, the adapters' max difference, "
                            "and last the ratio b/a against the peer at the same precision.")
-    bench.add_argument("--workload", choices=("smollm2-135m", "minilm-l6", "smollm2-random", "tiny-llama", "tiny-bert"),
-                       default="smollm2-135m", help="the two offline models, or tiny random ones (smoke tests)")
+    from sfedlora.bench.peer import BenchConfig
+
+    add_options(bench, BenchConfig, skip=("clients",))
     bench.add_argument("--clients", type=int, default=None, help="N (default 4; with --memory 100)")
-    bench.add_argument("--rank", type=int, default=16)
-    bench.add_argument("--steps", type=int, default=3, help="local steps per round")
-    bench.add_argument("--batch", type=int, default=2, help="examples per client per step")
-    bench.add_argument("--seq", type=int, default=128, help="tokens per example")
-    bench.add_argument("--repeats", type=int, default=3, help="timed rounds of each (after one warm-up)")
-    bench.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                       help="for (b); with --memory, the run's")
     bench.add_argument("--eval", action="store_true", help="evaluation throughput instead: batched scoring and "
                        "decoding (KV cache) against the sequential PEFT peer")
-    bench.add_argument("--group-size", default="auto", metavar="G", help="(b)'s clients per batched step: auto "
-                       "(the automatic group size `sfedlora run` uses) or a number")
     bench.add_argument("--json", help="also write the numbers to this file")
     bench.add_argument("--profile", action="store_true", help="instead: one round of the batched engine under "
                        "torch.profiler, its self time by operator category")

@@ -1,0 +1,7 @@
+"""python -m sfedlora.cli: the command line."""
+
+import sys
+
+from sfedlora.cli import main
+
+sys.exit(main())
