@@ -1,17 +1,19 @@
-"""The round protocol both runners follow, as steps over states and messages. The in-process runner
-(sfedlora.simulation) executes them with its clients batched; the Flower apps (sfedlora.flower) execute the
-same steps over Flower messages. Neither has a second copy of any step.
+"""The round protocol both runners follow, as steps over states and messages, and the server's side of it (Server).
+The round loop (runtime.rounds) runs it for both runners; the clients' side (steps 6, 2, 3, 4) is client.step, which
+the in-process runner (sfedlora.simulation) calls for batched groups and a Flower node (sfedlora.flower) for its one
+client. Neither runner has a copy of any step.
 
 A round t:
   1. select      the server samples the round's participants, seeded (all of them under full participation)
-  2. update      each participant trains the factors method.trained(t) for K local steps (client.local)
+  2. update      each participant trains the factors method.trained(t) for K local steps (client.step.train)
   3. check       a participant whose loss or adapters turned non-finite goes back to its state before the
                  round and is left out of the aggregation, with the reason recorded
   4. upload      method.upload: what the method sends (A and the head for the FedSA family; B never leaves)
   5. aggregate   method.aggregate over the accepted uploads, weighted by fed.weighting; with
                  lora.scaling=adaptive the server then measures N_eff per module (Server.rescale), which sets
                  every client's gamma from the next evaluation and round on
-  6. download    method.download of the server's latest update (Server.latest: every update so far, by rows)
+  6. download    method.download of the server's latest update (Server.latest: every update so far, by rows;
+                 client.step.current)
                  into a client when it is next used: when it next trains or is evaluated (the in-process
                  runner, whose clients may be on disk) or its next message arrives (a Flower node); the same
                  state as downloading every round's update into every client
@@ -20,13 +22,10 @@ A round t:
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import torch
 
 from sfedlora.config import RunConfig
 from sfedlora.core.adaptive import measure, module_gammas
@@ -51,16 +50,6 @@ def evaluated_clients(cfg: RunConfig) -> list[int]:
     """The clients each evaluated round evaluates: all, or (eval.clients) a seeded sample, the same every round."""
     k, n = cfg.eval.clients, cfg.fed.clients
     return list(range(n)) if not k or k >= n else sorted(random.Random(cfg.seed + 29).sample(range(n), k))
-
-
-def non_finite(loss: float, state: State) -> str | None:
-    """Step 3: why a client's round cannot be aggregated, or None."""
-    if not math.isfinite(loss):
-        return f"non-finite training loss {loss}"
-    bad = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
-    if bad:
-        return f"non-finite values in {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
-    return None
 
 
 def no_learning(stats: Mapping[int, Mapping[str, Any]], scaling: str, trained: frozenset[str]) -> str | None:
