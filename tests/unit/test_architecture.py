@@ -4,37 +4,9 @@ model library, files stay small."""
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
+from sfedlora.tools.architecture import LAYERS, MODEL_LIBRARIES, SRC, imports, modules, render, unit_of
 
-SRC = Path(__file__).resolve().parents[2] / "src" / "sfedlora"
-# Lower numbers are further down; a module may import its own package and anything below its layer.
-LAYERS = {"errors": 0, "core": 1, "methods": 2, "config": 3, "data": 4, "adapters": 4, "runtime": 5, "client": 6,
-          "simulation": 7, "flower": 8, "tools": 8, "bench": 8, "api": 9, "cli": 10, "__init__": 11}
-MAX_LINES = 330
-
-
-def unit_of(module: str) -> str:
-    parts = module.split(".")
-    return parts[1] if len(parts) > 1 else "__init__"
-
-
-def imports(path: Path) -> list[str]:
-    out = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            out += [f"{node.module}.{a.name}" if node.module == "sfedlora" else node.module for a in node.names]
-        elif isinstance(node, ast.Import):
-            out += [a.name for a in node.names]
-    return out
-
-
-def modules() -> list[tuple[str, Path]]:
-    out = []
-    for path in sorted(SRC.rglob("*.py")):
-        parts = path.relative_to(SRC.parent).with_suffix("").parts
-        out.append((".".join(p for p in parts if p != "__init__") or "sfedlora", path))
-    return out
+MAX_LINES = 300
 
 
 def test_every_package_has_a_layer():
@@ -62,12 +34,23 @@ def test_flower_is_imported_only_by_the_flower_package():
 def test_the_math_knows_no_model_library():
     """core/ (the math) and methods/ (the methods as arithmetic over states) work on tensors alone: no transformers,
     peft, Flower or bitsandbytes, so that they read as the papers' formulas and test without a model."""
-    banned = {"transformers", "peft", "flwr", "bitsandbytes", "accelerate"}
     wrong = [f"{m} imports {t}" for m, p in modules() if unit_of(m) in ("core", "methods")
-             for t in imports(p) if t.split(".")[0] in banned]
+             for t in imports(p) if t.split(".")[0] in MODEL_LIBRARIES]
     assert not wrong, wrong
 
 
 def test_files_stay_small():
     big = {str(p.relative_to(SRC)): n for _, p in modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not big, big
+
+
+def test_the_architecture_page_is_generated_from_the_code():
+    """docs/architecture.md is what sfedlora.tools.architecture writes (python -m sfedlora.tools.architecture >
+    docs/architecture.md): the layer map, the imports and every module's first docstring sentence as they are."""
+    page = SRC.parents[1] / "docs" / "architecture.md"
+    assert page.read_text() == render(), "docs/architecture.md is stale: regenerate it"
+
+
+def test_every_module_says_what_it_holds():
+    missing = [m for m, p in modules() if not p.read_text().lstrip().startswith('"""')]
+    assert not missing, missing

@@ -1,1 +1,2 @@
-"""Benchmarks: the batched engine against the sequential peer, and what N clients cost in memory."""
+"""Benchmarks: the batched engine against the sequential peer, evaluation, a round's profile, and what N clients
+cost in memory."""

@@ -1,1 +1,2 @@
-"""What a client does: local training (losses, per-client optimisers), evaluation and generation, math scoring."""
+"""What a client does: its side of a round (step.py, both runners' one implementation), local training (losses,
+per-client optimisers), evaluation and generation, math scoring."""

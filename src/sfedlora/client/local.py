@@ -1,8 +1,8 @@
-"""What a client does, for one client or a batched group of them: its fresh adapters, its data order,
-its encoded splits, K local steps, and its personalised evaluation.
+"""A client's pieces, for one client or a batched group of them: its fresh adapters, its data order, its adapters
+installed, K local steps, and its personalised evaluation.
 
-Shared by the in-process runner (groups of G clients on one base model) and the Flower ClientApp
-(one client per node), so that both compute the same thing from the same seeds.
+The client step (client.step) puts them together for both runners, so that both compute the same thing from the
+same seeds.
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""Tasks, sources, partitioners and batching."""
+"""Tasks, sources (the built-in sets, files, the hub), record checks, partitioners, prompts, tokenisation and
+batching."""

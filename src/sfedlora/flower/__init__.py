@@ -1,5 +1,6 @@
-"""sfedlora on Flower (flwr 1.41, Message API): a ServerApp and a ClientApp that execute the round protocol
-(sfedlora.runtime.protocol) over Flower messages, a local deployment and the simulation engine. Flower is an
+"""sfedlora on Flower (flwr 1.41, Message API): a ServerApp that runs the round loop (sfedlora.runtime.rounds) with
+Flower messages as its transport, a ClientApp whose nodes run the client step (sfedlora.client.step), a local
+deployment and the simulation engine. Flower is an
 optional extra: `pip install 'sfedlora[flower]'`; nothing outside this package imports it."""
 
 from __future__ import annotations

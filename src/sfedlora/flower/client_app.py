@@ -1,4 +1,4 @@
-"""The Flower ClientApp: sfedlora's client training behind Flower's Message API.
+"""The Flower ClientApp: the client step (client.step, through flower/node.py) behind Flower's Message API.
 
 Message types (sent by sfedlora's ServerApp):
   query     register: partition id, data sizes, partition description, adapter schema

@@ -1,2 +1,2 @@
-"""The runtime both runners share: set-up, what auto settings resolve to, group sizes, the round protocol,
-the run folder, records and checkpoints."""
+"""What both runners share: set-up, what auto settings resolve to, the round protocol and its server, the round
+loop, the record log, the run folder, state files and checkpoints, model loading."""

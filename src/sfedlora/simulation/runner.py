@@ -1,5 +1,6 @@
-"""The in-process runner: every client on one base model, trained in batched groups of G, round after round
-of the protocol (runtime.protocol), into the run folder (runtime.rundir). Set-up is runtime.setup's."""
+"""The in-process runner: the transport of the round loop (runtime.rounds) that runs the client step (client.step)
+for every client on one base model, in batched groups of G, into the run folder (runtime.rundir). Set-up is
+runtime.setup's."""
 
 from __future__ import annotations
 

@@ -1,1 +1,2 @@
-"""Tools over run folders and the library: sweeps, reports, the scaling diagnostic, export."""
+"""Tools over run folders and the library: sweeps, reports, the scaling diagnostic, export, lm-eval, and this
+architecture's page."""
