@@ -26,9 +26,9 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-# the unit tests alone (hand-computed numbers and invariants, no whole runs): under a minute
+# everything but the whole runs (the tests marked slow): hand-computed numbers, invariants, refusals; under a minute
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest -m "not slow"
 
 # what benchmarks/device_check.sh needs on a GPU machine that cannot reach the hub or PyPI: SmolLM2's
 # tokenizer (3.4 MB), in .device-carry/ (git-ignored; carry it with the working tree)

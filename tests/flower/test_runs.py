@@ -20,6 +20,8 @@ from sfedlora.flower.settings import ServerSettings
 from sfedlora.simulation import Simulation
 from sfedlora.tools.report import build_report
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 TINY = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
         "data.label_field=sentiment", "data.partition=iid", "fed.rounds=2", "fed.local_steps=2",
         "train.batch_size=4", "eval.batch_size=16", "lora.rank=4", "eval.global_model=false", "train.group_size=1"]

@@ -14,6 +14,8 @@ import pytest
 
 from sfedlora.flower import credentials, deploy
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 
 def _rogue(state, port, args, log):
     return subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "flower-supernode"), *args,

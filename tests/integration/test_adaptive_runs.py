@@ -12,6 +12,8 @@ from sfedlora.core.scaling import scaling
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import checkpoint, rundir
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 BASE = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
         "data.label_field=sentiment", "data.partition=iid", "fed.clients=4", "fed.rounds=3", "fed.local_steps=3",
         "train.batch_size=4", "eval.max_examples=8", "fed.method=sfed-lora", "lora.scaling=adaptive", "lora.rank=16",

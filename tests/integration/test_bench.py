@@ -10,6 +10,8 @@ import torch
 
 from sfedlora.cli import main
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 
 def test_bench_runs_and_agrees(capsys, tmp_path):
     code = main(["bench", "--workload", "minilm-l6", "--clients", "2", "--steps", "2", "--seq", "16",

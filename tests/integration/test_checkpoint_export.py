@@ -25,6 +25,8 @@ from sfedlora.runtime import rundir
 from sfedlora.simulation import Simulation
 from sfedlora.tools.export import build_peft_model, peft_alpha
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 BASE = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
         "data.label_field=sentiment", "data.partition=iid", "fed.clients=3", "train.batch_size=4", "lora.rank=4",
         "eval.max_examples=8"]

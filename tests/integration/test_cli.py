@@ -13,6 +13,8 @@ import yaml
 
 from sfedlora.cli import main
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 TINY = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
         "data.label_field=sentiment", "data.partition=iid", "fed.clients=3", "fed.rounds=2", "fed.local_steps=2",
         "train.batch_size=4", "eval.batch_size=16", "lora.rank=4"]

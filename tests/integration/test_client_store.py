@@ -18,6 +18,8 @@ from sfedlora.runtime.resolve import check, client_store
 from sfedlora.simulation import Simulation
 from sfedlora.tools.export import client_adapters
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 TINY = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
         "data.label_field=sentiment", "data.partition=iid", "data.min_partition_size=10", "fed.clients=8",
         "fed.clients_per_round=3", "fed.rounds=3", "fed.local_steps=2", "train.batch_size=4", "eval.batch_size=16",

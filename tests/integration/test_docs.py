@@ -8,7 +8,11 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 import sfedlora
+
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

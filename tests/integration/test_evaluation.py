@@ -9,6 +9,8 @@ import pytest
 from sfedlora.config import load_config
 from sfedlora.simulation import Simulation
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 
 @pytest.mark.parametrize(("task", "metric"), [("instruction", "perplexity"), ("classification", "accuracy")])
 def test_personal_and_global_agree_when_every_client_holds_the_global_model(task, metric, sentiment_file,

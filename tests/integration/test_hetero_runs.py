@@ -13,6 +13,8 @@ from sfedlora.adapters.inject import lora_layers
 from sfedlora.config import load_config
 from sfedlora.simulation import Simulation
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 
 @pytest.mark.parametrize("method", ["raflora", "hetlora", "flora", "flexlora", "sfed-lora"])
 def test_heterogeneous_run(method, sentiment_file, tmp_path):

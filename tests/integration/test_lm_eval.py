@@ -13,6 +13,8 @@ import sfedlora
 from sfedlora.cli import main
 from sfedlora.tools.export import build_peft_model
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 pytest.importorskip("lm_eval")
 
 DOCS = [{"question": "Repeat 3:", "choices": ["3 3", "4 4"], "answer": 0},

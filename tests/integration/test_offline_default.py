@@ -18,6 +18,8 @@ from sfedlora.data.sources import load_task
 from sfedlora.runtime import rundir
 from sfedlora.tools.sweep import builtin_specs, plan
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 
 class Refused(RuntimeError):
     pass

@@ -10,6 +10,8 @@ import yaml
 from sfedlora.cli import main
 from sfedlora.data.prompts import ALPACA_INPUT
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 ALPACA = [  # records as tatsu-lab/alpaca serves them: instruction, input (often empty), output
     {"instruction": "Summarize the following text.", "input": "The quick brown fox jumps over the lazy dog.",
      "output": "A fox jumps over a dog."},

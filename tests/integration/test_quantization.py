@@ -21,6 +21,8 @@ from sfedlora.runtime.logits import prepare_fast_logits
 from sfedlora.runtime.quantize import is_quantized, quantize
 from sfedlora.runtime.resolve import check
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 bnb = pytest.importorskip("bitsandbytes")
 
 

@@ -15,6 +15,8 @@ from sfedlora.cli import main
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import checkpoint, lock, rundir, statefile
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 BASE = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
         "data.label_field=sentiment", "data.partition=iid", "fed.clients=2", "train.batch_size=4", "lora.rank=4",
         "eval.max_examples=8", "fed.local_steps=2"]

@@ -5,11 +5,14 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
 import torch
 
 from sfedlora.client.step import Held
 from sfedlora.config import load_config
 from sfedlora.simulation import Simulation
+
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
 
 TINY = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
         "data.label_field=sentiment", "data.partition=iid", "fed.clients=3", "fed.rounds=2", "fed.local_steps=2",

@@ -14,6 +14,8 @@ from sfedlora.tools.diagnose import DiagnoseConfig, simulate
 from sfedlora.tools.stats import slope
 from sfedlora.tools.sweep import parse_only, plan
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 
 @pytest.fixture
 def spec(tmp_path, sentiment_file):

@@ -14,6 +14,8 @@ from sfedlora.data.batching import IGNORE, encode_lm, labels_of, prompt_of
 from sfedlora.runtime.models import smollm2_tokenizer
 from sfedlora.simulation import Simulation
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 LM = ["model.name=tiny-llama", "model.precision=fp32", "data.partition=iid", "fed.clients=2", "fed.rounds=1",
       "fed.local_steps=1",
       "train.batch_size=2", "eval.batch_size=4", "lora.rank=2", "model.max_length=48", "eval.max_examples=3"]
@@ -71,7 +73,8 @@ def test_sentence_pairs_bf16_and_partial_participation(sentiment_file, tmp_path)
         "data.text_field=sentence", "data.text_pair_field=sentence", "data.label_field=sentiment",
         "data.partition=iid", "fed.clients=4", "fed.clients_per_round=2", "fed.rounds=2", "fed.local_steps=1",
         "train.batch_size=2", "model.precision=bf16", "lora.rank=4")
-    assert "token_type_ids" in sim.train_ex[0][0] and 1 in sim.train_ex[0][0]["token_type_ids"]
+    first = sim.encoded[0].train[0]
+    assert "token_type_ids" in first and 1 in first["token_type_ids"]
     assert sim.resolved.n_averaged == 2 and sim.resolved.gamma == pytest.approx(8 * math.sqrt(2 / 4))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for r in records[1:]:

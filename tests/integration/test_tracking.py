@@ -11,6 +11,8 @@ from sfedlora import api
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import rundir
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 BASE = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
         "data.label_field=sentiment", "data.partition=iid", "fed.clients=2", "fed.rounds=2", "fed.local_steps=2",
         "train.batch_size=4", "eval.max_examples=8"]

@@ -12,6 +12,8 @@ import torch
 from sfedlora.cli import main
 from sfedlora.runtime import checkpoint, rundir
 
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 BASE = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classification", "data.text_field=sentence",
         "data.label_field=sentiment", "data.partition=iid", "fed.clients=2", "fed.rounds=3", "fed.local_steps=4",
         "train.batch_size=4", "eval.max_examples=8", "train.lr=0.01", "train.lr_schedule=cosine",

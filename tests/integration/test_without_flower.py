@@ -7,6 +7,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
+
 SCRIPT = textwrap.dedent("""
     import importlib.abc, sys
 
