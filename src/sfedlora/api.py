@@ -128,3 +128,45 @@ def lm_eval(run: str | Path | RunResult, tasks: Sequence[str], client: int = 0, 
     return evaluate(folder, client, list(tasks), None if include_path is None else Path(include_path), limit,
                     batch_size, num_fewshot=num_fewshot, best=best, rnd=round, log_samples=log_samples,
                     node_dir=None if node_dir is None else Path(node_dir))
+
+
+def sweep(spec: str | Path, size: str = "quick", out: str | Path | None = None, overrides: Sequence[str] = (),
+          only: Sequence[str] = (), dry_run: bool = False) -> list[Any]:
+    """An experiment grid (`sfedlora sweep`): `spec` a YAML file or a built-in experiment, at `size` (quick: offline
+    models and data; paper: the paper's hub models), `overrides` applied to every run, `only` KEY=V1,V2 filters. Runs
+    every run not finished yet (a re-run resumes; one finished with other settings stops the sweep), unless
+    `dry_run`. Returns the planned runs (folder, overrides, whether done), in the folder `out` (default
+    runs/sweeps/<name>-<size>)."""
+    from sfedlora.tools.sweep import load_spec, parse_only, plan, run_sweep
+
+    loaded, _ = load_spec(str(spec), size)
+    folder = Path(out) if out else Path("runs") / "sweeps" / f"{loaded.get('name', Path(spec).stem)}-{size}"
+    runs = plan(str(spec), size, folder, list(overrides), parse_only(only))
+    if not dry_run:
+        run_sweep(runs)
+    return runs
+
+
+def report(dirs: Sequence[str | Path], out: str | Path | None = None, reference: str | None = None) -> Path:
+    """The report of the runs under `dirs` (`sfedlora report`): figures, report.md and report.html in `out` (default
+    DIR/report); `reference` SETTING=VALUE names the arms of the paired differences (default: method=sfed-lora or
+    scaling=sfed where the arms have it). Returns the HTML page."""
+    from sfedlora.tools.report import build_report
+
+    folders = [Path(d) for d in dirs]
+    ref = None
+    if reference:
+        key, sep, value = reference.partition("=")
+        if not sep:
+            raise SfedloraError(f"--reference {reference!r} must be SETTING=VALUE, e.g. method=sfed-lora")
+        ref = (key.strip(), value.strip())
+    return build_report(folders, Path(out) if out else folders[0] / "report", ref)
+
+
+def diagnose(settings: Any = None, out: str | Path = "runs/diagnose") -> str:
+    """The numerical check of the scaling theorem on a wide linear adapter (`sfedlora diagnose`), with `settings` (a
+    tools.diagnose.DiagnoseConfig; None: its defaults): diagnose.json, .md and .png in `out`. Returns the slope
+    table (markdown)."""
+    from sfedlora.tools.diagnose import DiagnoseConfig, run_diagnose, write
+
+    return write(run_diagnose(settings or DiagnoseConfig()), Path(out))

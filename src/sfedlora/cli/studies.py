@@ -6,48 +6,37 @@ import argparse
 from pathlib import Path
 
 from sfedlora.cli.options import add_options, from_options
-from sfedlora.errors import SfedloraError
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from sfedlora.tools.sweep import load_spec, parse_only, plan, run_sweep, stale
+    from sfedlora import api
+    from sfedlora.tools.sweep import stale
 
-    spec, _ = load_spec(args.spec, args.size)
-    name = spec.get("name", Path(args.spec).stem)
-    out = Path(args.out) if args.out else Path("runs") / "sweeps" / f"{name}-{args.size}"
-    runs = plan(args.spec, args.size, out, list(args.overrides), parse_only(args.only))
+    runs = api.sweep(args.spec, args.size, args.out, args.overrides, args.only, dry_run=args.dry_run)
     if args.dry_run:
         for r in runs:
             print(f"{('other' if stale(r) else 'done ') if r.done else 'todo '} {r.folder}  {' '.join(r.overrides)}")
         return 0
-    run_sweep(runs)
+    out = runs[0].folder.parent if runs else Path(args.out or "runs/sweeps")
     print(f"sweep folder: {out}/  (sfedlora report {out} --out {out}/report)")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sfedlora.tools.report import build_report
+    from sfedlora import api
 
-    dirs = [Path(d) for d in args.dirs]
-    out = Path(args.out) if args.out else dirs[0] / "report"
-    ref = None
-    if args.reference:
-        key, sep, value = args.reference.partition("=")
-        if not sep:
-            raise SfedloraError(f"--reference {args.reference!r} must be SETTING=VALUE, e.g. method=sfed-lora")
-        ref = (key.strip(), value.strip())
-    page = build_report(dirs, out, ref)
-    print(f"report: {page} (figures and report.md beside it)")
+    print(f"report: {api.report(args.dirs, args.out, args.reference)} (figures and report.md beside it)")
     return 0
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from sfedlora.tools.diagnose import DiagnoseConfig, run_diagnose, write
+    from sfedlora import api
+    from sfedlora.tools.diagnose import DiagnoseConfig
 
     cfg = from_options(DiagnoseConfig, args)
     if args.quick:
         cfg.ranks, cfg.clients, cfg.width = [4, 16, 64], [1, 4, 16], 128
-    print(write(run_diagnose(cfg), Path(args.out)))
+    print(api.diagnose(cfg, args.out))
     print(f"written: {args.out}/diagnose.json, diagnose.md, diagnose.png")
     return 0
 
