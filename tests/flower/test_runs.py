@@ -79,11 +79,13 @@ def close(a, b, path="record"):
     ("rolora", ["fed.rounds=3"], {"energy_beyond_rmin", "effective_rank"}),
     ("hetlora", ["lora.ranks=[2,4,8]", "fed.clients_per_round=2", "fed.rounds=3"], set()),
     ("flexlora", ["lora.ranks=[2,4,8]"], set()),
+    ("flora", ["lora.ranks=[2,4,8]", "fed.clients_per_round=2", "fed.rounds=3"], set()),
 ], ids=["fedit", "sfed-lora-partial", "raflora", "sfed-lora-adaptive", "ffa-lora", "fedsa-lora", "fedsa-rslora",
-        "rolora", "hetlora", "flexlora"])
+        "rolora", "hetlora", "flexlora", "flora"])
 def test_both_runners_record_the_same_rounds(method, extra, simulation_only, sentiment_file, tmp_path):
     """One protocol, two runners: every recorded field of every round is the same but the timings (and
-    Flower's wire statistics), and the final adapters too, for every method a Flower run accepts (FLoRA: below).
+    Flower's wire statistics), and the final adapters too, for all ten methods (FLoRA's nodes merge every round's
+    update they have not merged, sent with their next message, and restart as the in-process runner's clients do).
     The only field one runner has and the other has not: the spectrum of an update that sends one factor (FedSA's
     A, FFA-LoRA's and RoLoRA's B), which needs every client's other factor (the in-process runner holds them; a
     Flower server never sees them)."""
@@ -101,14 +103,6 @@ def test_both_runners_record_the_same_rounds(method, extra, simulation_only, sen
     for key in ("personal", "metric", "ranks", "gammas", "n_scaling", "scaling", "init", "task", "targets",
                 "precision", "device", "sizes", "model", "revision"):
         close(ours[key], theirs[key], key)
-
-
-def test_flora_is_refused_on_flower_with_the_reason(sentiment_file, tmp_path):
-    """The tenth method: FLoRA merges every round's stacked update into each client's base, which a node that missed
-    a round cannot rebuild from the server's latest update; the Flower run refuses it before any node is asked."""
-    cfg = tiny(sentiment_file, 3, "fed.method=flora", "lora.ranks=[2,4,8]")
-    with pytest.raises(SfedloraError, match="flora merges every round's update into each client's base model"):
-        FlowerRun(cfg, tmp_path / "run", echo=lambda s: None)
 
 
 def test_flower_run_equals_in_process_runner(sentiment_file, tmp_path):
@@ -298,8 +292,8 @@ def test_server_side_dp_runs_and_is_recorded(sentiment_file, tmp_path):
     assert summary["dp"] == {"noise_multiplier": 0.5, "clipping_norm": 0.1}
     with pytest.raises(SfedloraError, match="lora.init=shared"):
         FlowerRun(tiny(sentiment_file), tmp_path / "x", settings)
-    with pytest.raises(SfedloraError, match="use `sfedlora run`"):
-        FlowerRun(tiny(sentiment_file, 3, "fed.method=flora"), tmp_path / "y")
+    with pytest.raises(SfedloraError, match="same factors every round: use it with .*, not flora"):
+        FlowerRun(tiny(sentiment_file, 3, "fed.method=flora", "lora.init=shared"), tmp_path / "y", settings)
 
 
 def test_both_runners_write_the_same_generation_samples(tmp_path):
@@ -329,3 +323,26 @@ def test_what_only_the_in_process_runner_does_is_refused_up_front(sentiment_file
         cfg = load_config(None, [f"data.source={sentiment_file}", *TINY, "fed.clients=2", setting])
         with pytest.raises(SfedloraError, match=match):
             FlowerRun(cfg, tmp_path / "run", echo=lambda s: None)
+
+
+def test_a_flora_run_on_flower_exports_the_base_its_node_merged(sentiment_file, tmp_path):
+    """FLoRA's model is W0 plus every merged update: a node keeps the sum with its final adapters, and the export
+    from its directory writes the same merged model as the in-process run's export."""
+    import yaml
+    from safetensors.torch import load_file
+
+    from sfedlora import api
+    from sfedlora.runtime import statefile
+    from sfedlora.runtime.statefile import node_file
+
+    cfg = tiny(sentiment_file, 3, "fed.method=flora", "lora.ranks=[2,4,8]", "fed.rounds=2")
+    out = run_both_and_compare_adapters(cfg, tmp_path)
+    api.export(out, 1, tmp_path / "from-node", node_dir=tmp_path / "nodes")
+    api.export(tmp_path / "inproc", 1, tmp_path / "in-process")
+    ours, theirs = (load_file(tmp_path / d / "merged" / "model.safetensors") for d in ("from-node", "in-process"))
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        torch.testing.assert_close(ours[k], theirs[k], rtol=1e-5, atol=1e-6)
+    key = yaml.safe_load((out / "config.yaml").read_text())["resolved"]["run_key"]
+    merged = statefile.load(node_file(tmp_path / "nodes", key, 1))["merged"]
+    assert merged and all(bool(d.abs().sum() > 0) for d in merged.values())  # two rounds' dW, not nothing

@@ -23,7 +23,7 @@ import torch
 from sfedlora.client import local
 from sfedlora.config import RunConfig
 from sfedlora.core.scaling import Gamma, scalar
-from sfedlora.core.state import OptState, State
+from sfedlora.core.state import OptState, State, select
 from sfedlora.data.batching import ClientSampler
 from sfedlora.data.encode import Encoded
 from sfedlora.methods import FederatedMethod
@@ -77,6 +77,21 @@ def current(method: FederatedMethod, adapters: State, latest: State, gamma: Gamm
     """Download: a client's adapters with the server's latest update (every update so far, by rows) received; the
     same state as downloading every round's update as it came."""
     return method.download(adapters, latest, scalar(gamma)) if latest else adapters
+
+
+def merge_sum(method: FederatedMethod, merged: dict[str, torch.Tensor], update: State) -> dict[str, torch.Tensor]:
+    """FLoRA: the fp32 sum of the updates merged into W0 so far, with this round's dW added (round after round, in
+    order: every runner holds the same sum, bit for bit)."""
+    out = dict(merged)
+    for m, d in method.merged(update).items():
+        out[m] = out[m] + d if m in out else d
+    return out
+
+
+def restarted(method: FederatedMethod, held: Held, latest: State, gamma: Gamma, fresh: State) -> Held:
+    """FLoRA: a client after its base took the round's merge: `fresh` adapters (drawn for that round) with the head
+    it downloads from the server's `latest`, and no optimiser state; its data order goes on."""
+    return Held({**fresh, **select(current(method, held.adapters, latest, gamma), {"head"})}, {}, held.sampler)
 
 
 def non_finite(loss: float, state: State) -> str | None:

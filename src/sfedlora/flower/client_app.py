@@ -3,7 +3,8 @@
 Message types (sent by sfedlora's ServerApp):
   query     register: partition id, data sizes, partition description, adapter schema
   train     download the server's update, optionally evaluate (the previous round), then train this
-            round if the node takes part, and upload what the method uploads
+            round if the node takes part, and upload what the method uploads (FLoRA: first merge the rounds'
+            updates the message carries as `merge-<t>` that the node has not merged yet)
   evaluate  download the final update, evaluate the last round, keep the final adapters
 
 The run configuration comes in every message (the server's copy is the only one); the partition comes
@@ -73,7 +74,11 @@ def _step(msg: Message, context: Context) -> Message:
     update = from_record(msg.content["update"]) if "update" in msg.content else {}
     sent = json.loads(str(conf["gammas"]))[node.partition]  # a number, or one per module (adaptive scaling)
     gamma = {str(m): float(g) for m, g in sent.items()} if isinstance(sent, dict) else float(sent)
-    state, reply = node.step(state, update, int(conf["round"]), gamma, bool(conf["evaluate"]), bool(conf["train"]))
+    init, ranks = str(conf["init"]), json.loads(str(conf["ranks"]))
+    merges = {int(k.split("-", 1)[1]): from_record(msg.content[k]) for k in msg.content.array_records
+              if k.startswith("merge-")}  # FLoRA: the rounds' updates this node has not merged yet
+    state, reply = node.step(state, update, int(conf["round"]), gamma, bool(conf["evaluate"]), bool(conf["train"]),
+                             merges, lambda t: node.fresh_adapters(init, ranks, t))
     path = node_file(node_dir(context.node_config), str(conf["run_key"]), node.partition)
     if msg.metadata.message_type == "evaluate":  # the run's last message: keep the model, drop the working state
         node.keep_result(path, state)
@@ -96,6 +101,8 @@ def _step(msg: Message, context: Context) -> Message:
         fields["eval"] = json.dumps(reply["eval"])
     if "samples" in reply:
         fields["samples"] = json.dumps(reply["samples"])
+    if "merged_round" in reply:  # FLoRA: the last round whose update this node's base holds
+        fields["merged_round"] = int(reply["merged_round"])
     content["report"] = ConfigRecord(fields)
     return Message(content, reply_to=msg)
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sfedlora.adapters.inject import set_merged
 from sfedlora.client import local as client
-from sfedlora.client.step import Held, current
+from sfedlora.client.step import Held, current, merge_sum, restarted
 from sfedlora.client.step import step as client_step
 from sfedlora.config import RunConfig
 from sfedlora.core.scaling import Gamma
@@ -58,9 +60,15 @@ class Node:
 
     # ---- the client's state -------------------------------------------------------------------------
     def fresh(self, init: str, ranks: list[int]) -> dict[str, Any]:
+        """The client's state before its first round; `merged` (FLoRA): the sum of the updates merged into its base,
+        up to round `merged_round`."""
+        return {"adapters": self.fresh_adapters(init, ranks), "opt": {}, "round": 0, "merged": {}, "merged_round": 0,
+                "sampler": client.sampler(self.cfg, self.partition, self.data.n_train)}
+
+    def fresh_adapters(self, init: str, ranks: list[int], rnd: int = 0) -> State:
+        """The client's fresh adapters (B = 0), as the in-process runner draws them; `rnd` > 0 re-draws (FLoRA)."""
         c = self.partition
-        return {"adapters": client.fresh_state(self.model, self.cfg, init, c, ranks[c], max(ranks)),
-                "opt": {}, "sampler": client.sampler(self.cfg, c, self.data.n_train), "round": 0}
+        return client.fresh_state(self.model, self.cfg, init, c, ranks[c], max(ranks), rnd)
 
     def schema(self) -> str:
         """This node's adapter shapes at rank 1, for the server's consensus (JSON, sorted keys)."""
@@ -70,28 +78,36 @@ class Node:
     def pack(state: dict[str, Any]) -> bytes:
         """The client's whole state as a state file's bytes (runtime.statefile: no pickle, checksummed)."""
         return statefile.dumps({"adapters": state["adapters"], "opt": state["opt"], "round": state["round"],
-                                "sampler": state["sampler"].saved()})
+                                "sampler": state["sampler"].saved(), "merged": state["merged"],
+                                "merged_round": state["merged_round"]})
 
     def unpack(self, blob: bytes) -> dict[str, Any]:
         saved = statefile.loads(blob)
         sm = client.sampler(self.cfg, self.partition, self.data.n_train).restore(saved["sampler"])
-        return {"adapters": saved["adapters"], "opt": saved["opt"], "sampler": sm, "round": saved["round"]}
+        return {"adapters": saved["adapters"], "opt": saved["opt"], "sampler": sm, "round": saved["round"],
+                "merged": saved.get("merged", {}), "merged_round": saved.get("merged_round", 0)}
 
     def load_file(self, path: Path) -> dict[str, Any] | None:
         return self.unpack(path.read_bytes()) if path.exists() else None
 
     @staticmethod
     def keep_result(path: Path, state: dict[str, Any]) -> None:
-        """At the end of a run the node keeps its client's final adapters (its model) and drops the rest of its
-        working state (optimizer state, data order)."""
-        statefile.save(path, {"adapters": state["adapters"], "round": state["round"]})
+        """At the end of a run the node keeps its client's final adapters and (FLoRA) what was merged into its base:
+        its model; it drops the rest of its working state (optimizer state, data order)."""
+        merged = {"merged": state["merged"]} if state["merged"] else {}
+        statefile.save(path, {"adapters": state["adapters"], "round": state["round"], **merged})
 
     # ---- what a message asks for --------------------------------------------------------------------
-    def step(self, state: dict[str, Any], update: State, rnd: int, gamma: Gamma, evaluate: bool,
-             train: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    def step(self, state: dict[str, Any], update: State, rnd: int, gamma: Gamma, evaluate: bool, train: bool,
+             merges: dict[int, State] | None = None,
+             fresh: Callable[[int], State] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """The client step (client.step) of round `rnd`: download the server's update, evaluate (if asked: the
         previous round's personalised evaluation), then train, check and upload (if this client takes part).
-        Returns the new state and the reply's fields: upload, stats, eval rows and timings."""
+        FLoRA first merges the rounds' updates it has not merged yet (`merges`, by round; `fresh(t)`: its fresh
+        adapters for round t). Returns the new state and the reply's fields: upload, stats, eval rows, timings."""
+        if self.method.merges_into_base:
+            assert fresh is not None
+            state = self._merge(state, update, gamma, merges or {}, fresh)
         held = Held(current(self.method, state["adapters"], update, gamma), state["opt"], state["sampler"])
         out = client_step(self.setup, rnd, [held], [held.adapters], [gamma], [self.encoded], evaluate, train)
         state = {**state, "adapters": held.adapters}
@@ -108,7 +124,23 @@ class Node:
                 reply["excluded"] = done.excluded
             else:
                 reply["upload"] = done.upload
+        if self.method.merges_into_base:
+            reply["merged_round"] = state["merged_round"]
         return state, reply
+
+    def _merge(self, state: dict[str, Any], latest: State, gamma: Gamma, merges: dict[int, State],
+               fresh: Callable[[int], State]) -> dict[str, Any]:
+        """FLoRA: the rounds' updates this client has not merged yet, in round order, each restarting it from that
+        round's fresh adapters (client.step.merge_sum, restarted: as the in-process runner does it for every
+        client); then the model's base set to W0 plus the sum (a process new to this run starts from W0)."""
+        merged, done = state["merged"], state["merged_round"]
+        held = Held(state["adapters"], state["opt"], state["sampler"])
+        for t in sorted(merges):
+            if t > done:
+                merged = merge_sum(self.method, merged, merges[t])
+                held, done = restarted(self.method, held, latest, gamma, fresh(t)), t
+        set_merged(self.model, merged)
+        return {**state, "adapters": held.adapters, "opt": held.opt, "merged": merged, "merged_round": done}
 
 
 _CACHE: dict[tuple[str, int], Node] = {}

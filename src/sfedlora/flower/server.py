@@ -31,7 +31,7 @@ from sfedlora.core.state import State, payload_bytes
 from sfedlora.errors import SfedloraError, voided
 from sfedlora.flower.registry import register
 from sfedlora.flower.settings import ServerSettings
-from sfedlora.flower.strategy import MethodStrategy
+from sfedlora.flower.strategy import MethodStrategy, with_dp
 from sfedlora.flower.wire import (
     check_upload,
     expected_upload,
@@ -39,6 +39,7 @@ from sfedlora.flower.wire import (
     parse_eval,
     parse_samples,
     parse_stats,
+    timings,
     to_record,
 )
 from sfedlora.methods import names
@@ -56,9 +57,6 @@ class FlowerRun:
                  echo: Callable[[str], None] = print) -> None:
         self.cfg, self.out_dir, self.settings, self.echo = cfg, Path(out_dir), settings or ServerSettings(), echo
         self.method = check(cfg)  # fail fast on method / init / rank errors
-        if self.method.merges_into_base:
-            raise SfedloraError(f"{self.method.name} merges every round's update into each client's base model; "
-                                "the Flower app does not support that yet: use `sfedlora run`")
         if cfg.lora.scaling == "adaptive" and cfg.lora.adaptive == "cumulative":
             raise SfedloraError("lora.adaptive=cumulative needs every client's A at init on the server, which a Flower "
                                 "server never holds: use lora.adaptive=first, or `sfedlora run`")
@@ -87,6 +85,8 @@ class FlowerRun:
         self.round_trips: list[float] = []  # of every exchange so far
         self.waited = 0.0  # the last exchange's timeout
         self.missing: list[int] = []  # the last exchange's recipients that did not reply
+        self.merges: dict[int, State] = {}  # FLoRA: each round's update, until every node has merged it
+        self.merged_to: dict[int, int] = {}  # FLoRA: by partition, the last round its node reported merged
 
     def timeout(self) -> float:
         """How long this exchange waits for replies: --round-timeout where given; else (auto) FIRST_TIMEOUT for
@@ -147,17 +147,32 @@ class FlowerRun:
             messages = list(self.strategy.configure_evaluate(rnd, arrays, conf, grid))
         else:
             messages = list(self.strategy.configure_train(rnd, arrays, conf, grid))
+        wire = payload_bytes(latest) * len(messages)
+        for msg in messages:  # FLoRA: every round's update the node has not merged, in order
+            done = self.merged_to.get(self.partition_of[msg.metadata.dst_node_id], 0)
+            for t in (t for t in sorted(self.merges) if t > done):
+                msg.content[f"merge-{t}"] = to_record(self.merges[t])
+                wire += payload_bytes(self.merges[t])
         t0 = time.perf_counter()
         self.waited = self.timeout()
         replies = list(grid.send_and_receive(messages, timeout=self.waited))
         elapsed = time.perf_counter() - t0
         by_partition = {self.partition_of[r.metadata.src_node_id]: r for r in replies
                         if r.metadata.src_node_id in self.partition_of}
+        self._merged(by_partition)
         self.missing = [p for p in recipients if p not in by_partition]
         # how long a round takes: the exchange's time, or where some node never replied (the exchange then
         # lasted the whole timeout), the longest time a replying node spent on it
-        self.round_trips.append(elapsed if not self.missing else self._timings(by_partition)["compute_s"])
-        return by_partition, elapsed, payload_bytes(latest) * len(messages)
+        self.round_trips.append(elapsed if not self.missing else timings(by_partition)["compute_s"])
+        return by_partition, elapsed, wire
+
+    def _merged(self, replies: dict[int, Any]) -> None:
+        """FLoRA: which round each replying node's base holds now; the updates every node holds are dropped."""
+        for p, r in replies.items():
+            if not r.has_error() and "report" in r.content and "merged_round" in r.content["report"]:
+                self.merged_to[p] = max(self.merged_to.get(p, 0), int(r.content["report"]["merged_round"]))
+        everyone = min((self.merged_to.get(p, 0) for p in range(self.cfg.fed.clients)), default=0)
+        self.merges = {t: u for t, u in self.merges.items() if t > everyone}
 
     def _evaluation(self, replies: dict[int, Any]) -> dict[str, Any] | None:
         rows: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
@@ -225,18 +240,6 @@ class FlowerRun:
                 self.echo(f"  round {rnd} excludes client {p}: {reason}")
         return ex, accepted
 
-    @staticmethod
-    def _timings(replies: dict[int, Any]) -> dict[str, float]:
-        ok = [r.content["metrics"] for r in replies.values() if not r.has_error() and "metrics" in r.content]
-
-        def most(key: str) -> float:
-            vals = [float(m.get(key, 0.0)) for m in ok]
-            return max(vals) if vals else 0.0
-
-        compute = max((float(m.get("setup_s", 0)) + float(m.get("train_s", 0)) + float(m.get("eval_s", 0))
-                       for m in ok), default=0.0)
-        return {"setup_s": most("setup_s"), "train_s": most("train_s"), "eval_s": most("eval_s"), "compute_s": compute}
-
     # ---- the transport of the round loop (runtime.rounds): Flower messages ---------------------------
     piggyback = True  # a deployment starts a process per message: an evaluation goes with the next round's
 
@@ -245,7 +248,7 @@ class FlowerRun:
         and their replies checked (step 3 on the server). Past the last round, the final `evaluate` message."""
         final = rnd > self.cfg.fed.rounds
         replies, elapsed, wire = self._exchange(self.grid, rnd, evaluate is not None, selected, final)
-        times = self._timings(replies)
+        times = timings(replies)
         flower = {"round_trip_s": elapsed, "wire_bytes_down": wire, **times, "timeout_s": self.waited,
                   "no_reply": self.missing}  # clients that did not reply in time: a partial round
         reply = Reply(Exchange(selected=selected), t_train=times["train_s"], t_eval=times["eval_s"],
@@ -259,10 +262,13 @@ class FlowerRun:
     def aggregate(self, rnd: int, exchange: Exchange) -> State:
         """Step 5 through the same Server as in process; with server-side DP through Flower's wrapper of the
         method's strategy, whose update the server then adopts."""
-        if self.settings.dp_clipping_norm <= 0:
-            return self.server.aggregate(rnd, exchange)
-        update_record, _ = self.strategy.aggregate_train(rnd, self.accepted)
-        return self.server.adopt(from_record(update_record) if update_record is not None else {})
+        if self.settings.dp_clipping_norm > 0:
+            update_record, _ = self.strategy.aggregate_train(rnd, self.accepted)
+            return self.server.adopt(from_record(update_record) if update_record is not None else {})
+        update = self.server.aggregate(rnd, exchange)
+        if self.method.merges_into_base:  # FLoRA: every node merges it (and restarts), at its next message
+            self.merges[rnd] = update
+        return update
 
     def adopted(self, rnd: int, update: State, exchange: Exchange) -> None:
         return None  # a Flower server never holds the clients' states
@@ -283,14 +289,9 @@ class FlowerRun:
         self.server.latest = dict(self.initial)
         log = RunLog(self.out_dir, cfg, self.resolved, self.descriptions, f"{self.method.name} on Flower", self.echo)
         self.echo("  nodes: " + ", ".join(f"partition {p} -> node {n}" for p, n in sorted(self.node_of.items())))
-        weights = {self.node_of[p]: self.server.weights[p] for p in self.node_of}
-        self.strategy: Any = MethodStrategy(self.method, weights)
-        if self.settings.dp_clipping_norm > 0:
-            from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
-
-            self.strategy = DifferentialPrivacyServerSideFixedClipping(
-                self.strategy, self.settings.dp_noise_multiplier, self.settings.dp_clipping_norm,
-                cfg.fed.clients_per_round or cfg.fed.clients)
+        self.strategy = with_dp(MethodStrategy(self.method, {self.node_of[p]: self.server.weights[p]
+                                                             for p in self.node_of}),
+                                self.settings, cfg.fed.clients_per_round or cfg.fed.clients)
         run_rounds(self.server, self, log, 0 if cfg.eval.initial else 1, cfg.fed.rounds, cfg.eval.every)
         rundir.save_server(self.out_dir, self.server.latest, self.resolved)
         return log.finish(self.method.name)

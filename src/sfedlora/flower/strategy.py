@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from sfedlora.core.metrics import means
+from sfedlora.flower.settings import ServerSettings
 from sfedlora.flower.wire import from_record, parse_eval, to_record
 from sfedlora.methods import FederatedMethod
 
@@ -71,3 +72,14 @@ class MethodStrategy(Strategy):
         from flwr.common import log
 
         log(INFO, "\t├── sfedlora method: %s (%s)", self.method.name, self.method.citation)
+
+
+def with_dp(strategy: Strategy, settings: ServerSettings, per_round: int) -> Strategy:
+    """Flower's server-side DP with fixed clipping around `strategy` where settings.dp_clipping_norm > 0 (noise std
+    dp_noise_multiplier * clipping norm / `per_round` sampled clients), else `strategy` itself."""
+    if settings.dp_clipping_norm <= 0:
+        return strategy
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+    return DifferentialPrivacyServerSideFixedClipping(strategy, settings.dp_noise_multiplier,
+                                                      settings.dp_clipping_norm, per_round)

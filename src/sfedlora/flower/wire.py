@@ -178,3 +178,17 @@ def parse_eval(text: Any, sizes: dict[str, int]) -> dict[str, dict[str, Any]] | 
         if row["n"] > sizes[split]:
             return None
     return {s: rows[s] for s in ("val", "test")}
+
+
+def timings(replies: dict[int, Any]) -> dict[str, float]:
+    """What the replying nodes report of their time: the longest set-up, training and evaluation, and the longest
+    compute of one node (their sum), in seconds."""
+    ok = [r.content["metrics"] for r in replies.values() if not r.has_error() and "metrics" in r.content]
+
+    def most(key: str) -> float:
+        vals = [float(m.get(key, 0.0)) for m in ok]
+        return max(vals) if vals else 0.0
+
+    compute = max((float(m.get("setup_s", 0)) + float(m.get("train_s", 0)) + float(m.get("eval_s", 0))
+                   for m in ok), default=0.0)
+    return {"setup_s": most("setup_s"), "train_s": most("train_s"), "eval_s": most("eval_s"), "compute_s": compute}

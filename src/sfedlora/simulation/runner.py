@@ -19,7 +19,7 @@ from sfedlora.client.step import Held
 from sfedlora.config import RunConfig
 from sfedlora.core.adaptive import init_sq_norms
 from sfedlora.core.metrics import personal
-from sfedlora.core.state import State, select
+from sfedlora.core.state import State
 from sfedlora.data.batching import ClientSampler
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import checkpoint, rundir
@@ -189,11 +189,11 @@ class Simulation:
         self._now = {}
         downloaded = {c: self.state(c, self._accepted[c]) for c in sorted(self._accepted)}  # not read back
         if self.method.merges_into_base:  # FLoRA: W0 += dW, then every client restarts from fresh adapters
-            self._merge(update)
+            self.merged = step.merge_sum(self.method, self.merged, update)
+            set_merged(self.model, self.merged)
             for c in range(self.store.n):
-                held = self.store.get(c)
-                head = select(self.state(c, held), {"head"})
-                self._put(c, Held({**self._fresh_adapters(c, rnd), **head}, {}, held.sampler))
+                self._put(c, step.restarted(self.method, self.store.get(c), self.server.latest, self.server.gamma(c),
+                                            self._fresh_adapters(c, rnd)))
         return downloaded
 
     def notes(self) -> dict[str, Any]:
@@ -213,12 +213,6 @@ class Simulation:
                 self._save_adapters(kept_round=rnd)
             checkpoint.save(self.out_dir, self._snapshot(rnd))
             self.store.prune()
-
-    def _merge(self, update: State) -> None:
-        """FLoRA: add the round's dW to the fp32 sum of merged updates; every adapted weight becomes W0 + sum."""
-        for m, d in self.method.merged(update).items():
-            self.merged[m] = self.merged[m] + d if m in self.merged else d
-        set_merged(self.model, self.merged)
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def _snapshot(self, rnd: int) -> dict[str, Any]:

@@ -49,8 +49,8 @@ tools                             tools/: report, sweep, export, lm-eval; api.lo
 ```
 
 The runners share the client step, the round loop, the server and the record log; a test runs one config
-through both and compares every recorded field and the final adapters for every method a Flower run accepts
-(`tests/flower/test_runs.py`; FLoRA, which merges each round into every client's base, is in process only).
+through both and compares every recorded field and the final adapters, for all ten methods
+(`tests/flower/test_runs.py`).
 """
 
 TAIL = """

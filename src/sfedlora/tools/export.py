@@ -74,7 +74,7 @@ def _flower_adapters(run_dir: Path, resolved: Any, client: int, node_dir: Path |
                             "did not take part in the run's end, so its final adapters are not known")
     states: list[Any] = [None] * len(resolved.ranks)
     states[client] = saved["adapters"]
-    return {"states": states, "ranks": resolved.ranks, "gammas": resolved.gammas, "merged": {},
+    return {"states": states, "ranks": resolved.ranks, "gammas": resolved.gammas, "merged": saved.get("merged", {}),
             "targets": resolved.targets}
 
 
