@@ -48,10 +48,11 @@ def _config(config: str | Path | RunConfig | None, overrides: Sequence[str]) -> 
     return load_config(config_path(None if config is None else str(config)), list(overrides))
 
 
-def _figures(run_dir: Path) -> list[Path]:
+def _finished(sim: Any) -> None:
+    """A finished run's trackers closed, with the run's figures where there are trackers to take them."""
     from sfedlora.tools.report import run_figures
 
-    return run_figures(run_dir)
+    sim.log.close(run_figures(sim.out_dir) if sim.log.trackers else [])
 
 
 def run(config: str | Path | RunConfig | None = None, overrides: Sequence[str] = (), out: str | Path | None = None,
@@ -65,7 +66,9 @@ def run(config: str | Path | RunConfig | None = None, overrides: Sequence[str] =
     folder = Path(out) if out is not None else rundir.default_folder(cfg)
     with lock.hold(folder):  # one writer per run folder, from the check to the summary
         rundir.check_free(folder)
-        Simulation(cfg, folder, echo=echo or (lambda s: None), progress=progress, figures=_figures).run()
+        sim = Simulation(cfg, folder, echo=echo or (lambda s: None), progress=progress)
+        sim.run(close=False)
+        _finished(sim)
     return load_run(folder)
 
 
@@ -86,8 +89,10 @@ def resume(path: str | Path, progress: bool = False, echo: Callable[[str], None]
                                 "Flower run continues through its nodes' saved state when a SuperNode restarts)")
         if rundir.finished(folder):
             raise SfedloraError(f"{folder} is a finished run (it has summary.json); nothing to resume")
-        Simulation(cfg, folder, echo=echo or (lambda s: None), progress=progress, resolved=resolved,
-                   figures=_figures, redraw_damaged=redraw_damaged).run(resume=True)
+        sim = Simulation(cfg, folder, echo=echo or (lambda s: None), progress=progress, resolved=resolved,
+                         redraw_damaged=redraw_damaged)
+        sim.run(resume=True, close=False)
+        _finished(sim)
     return load_run(folder)
 
 

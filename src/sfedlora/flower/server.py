@@ -294,4 +294,6 @@ class FlowerRun:
                                 self.settings, cfg.fed.clients_per_round or cfg.fed.clients)
         run_rounds(self.server, self, log, 0 if cfg.eval.initial else 1, cfg.fed.rounds, cfg.eval.every)
         rundir.save_server(self.out_dir, self.server.latest, self.resolved)
-        return log.finish(self.method.name)
+        summary = log.finish(self.method.name)
+        log.close()
+        return summary

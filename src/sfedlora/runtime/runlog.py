@@ -53,10 +53,14 @@ class RunLog:
         """Whether `record` (written last) is the best round on validation so far."""
         return bool(record.get("eval")) and records.best_round(self.history, self.resolved.task) == record["round"]
 
-    def finish(self, method: str, figures: Callable[[Path], list[Path]] | None = None) -> dict[str, Any]:
-        """The summary, written last (the run is complete), then the trackers closed with the run's figures."""
+    def finish(self, method: str) -> dict[str, Any]:
+        """The summary, written last: the run is complete."""
         summary = records.summary(method, self.resolved, self.cfg, self.history, time.perf_counter() - self.start)
         rundir.finish(self.out, summary)
-        if self.trackers:
-            self.trackers.finish(figures(self.out) if figures else [])
         return summary
+
+    def close(self, figures: Sequence[Path] = ()) -> None:
+        """Close the trackers, with the run's figures (drawn from the finished run folder by whoever ran it)."""
+        if self.trackers:
+            self.trackers.finish(figures)
+            self.trackers = None

@@ -44,14 +44,13 @@ class Simulation:
 
     def __init__(self, cfg: RunConfig, out_dir: Path, echo: Callable[[str], None] = _print,
                  progress: bool = True, resolved: Resolved | None = None,
-                 figures: Callable[[Path], list[Path]] | None = None, group: str = "",
+                 group: str = "",
                  redraw_damaged: bool = False) -> None:
         """Set up a run; `resolved`: the description a resumed run recorded (its group sizes are kept);
         `redraw_damaged`: clients whose state file is damaged start again from their seed (simulation.clientstore);
-        `figures`: makes the run's figures for its trackers (cfg.tracking) at the end; `group`: the trackers'
-        group (a sweep's name)."""
+        `group`: the trackers' group (a sweep's name)."""
         self.cfg, self.out_dir, self.echo, self.progress = cfg, Path(out_dir), echo, progress
-        self.figures, self.group = figures, group
+        self.group = group
         self.setup = s = setup(cfg)  # everything that can fail on user input, before the run folder exists
         self.method, self.model, self.tok, self.device, self.task = s.method, s.model, s.tok, s.device, s.task
         n = cfg.fed.clients
@@ -257,8 +256,9 @@ class Simulation:
             "latest": self.server.latest})
 
     # ---- the run ------------------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> dict[str, Any]:
-        """Run all rounds; with resume=True continue a run folder from its last checkpoint."""
+    def run(self, resume: bool = False, close: bool = True) -> dict[str, Any]:
+        """Run all rounds; with resume=True continue a run folder from its last checkpoint. `close` False leaves the
+        trackers open (self.log.close(figures) closes them, with the figures its caller draws from the run)."""
         cfg, out = self.cfg, self.out_dir
         first = 0 if cfg.eval.initial else 1
         history: list[dict[str, Any]] = []
@@ -273,7 +273,7 @@ class Simulation:
             self.echo(f"resuming {out} at round {first}" if snap else
                       f"no checkpoint in {out}: starting it again from round {first}")
         descriptions = [self.setup.descriptions[c] for c in range(cfg.fed.clients)]
-        log = RunLog(out, cfg, self.resolved, descriptions, self.method.name, self.echo, history, self.group)
+        self.log = log = RunLog(out, cfg, self.resolved, descriptions, self.method.name, self.echo, history, self.group)
         n_groups = len(self._groups(list(range(cfg.fed.clients_per_round or cfg.fed.clients))))
         self.bar = tqdm(total=(cfg.fed.rounds - max(first - 1, 0)) * n_groups * cfg.fed.local_steps,
                         desc="local steps", unit="step", disable=not self.progress, leave=False)
@@ -282,4 +282,7 @@ class Simulation:
         run_rounds(self.server, self, log, first, cfg.fed.rounds, cfg.eval.every)
         self.bar.close()
         self._save_adapters()
-        return log.finish(self.method.name, self.figures)
+        summary = log.finish(self.method.name)
+        if close:
+            log.close()
+        return summary

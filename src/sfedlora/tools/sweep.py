@@ -231,8 +231,10 @@ def run_sweep(runs: list[PlannedRun], echo: Any = print) -> list[dict[str, Any]]
                 if run.done:  # finished by another process meanwhile
                     continue
                 rundir.clear(run.folder)  # unfinished: no summary.json
-                summary = Simulation(run.config, run.folder, echo=lambda s: None, progress=False,
-                                     figures=run_figures, group=run.folder.parent.name).run()
+                sim = Simulation(run.config, run.folder, echo=lambda s: None, progress=False,
+                                 group=run.folder.parent.name)
+                summary = sim.run(close=False)
+                sim.log.close(run_figures(run.folder) if sim.log.trackers else [])
         except lock.Busy:  # another process of this sweep is running it
             bar.write(f"  {run.label}: running in another process, left to it")
             continue
