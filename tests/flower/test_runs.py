@@ -346,3 +346,52 @@ def test_a_flora_run_on_flower_exports_the_base_its_node_merged(sentiment_file, 
     key = yaml.safe_load((out / "config.yaml").read_text())["resolved"]["run_key"]
     merged = statefile.load(node_file(tmp_path / "nodes", key, 1))["merged"]
     assert merged and all(bool(d.abs().sum() > 0) for d in merged.values())  # two rounds' dW, not nothing
+
+
+@pytest.mark.parametrize("keep", [8, 1], ids=["rounds", "folded-sum"])
+def test_a_flora_node_that_lost_its_state_catches_up(keep, sentiment_file, tmp_path, monkeypatch):
+    """A FLoRA node whose saved state is lost (a SuperNode restarted without its node directory) is left out of the
+    next round with the reason, reports where its base stands, and gets every merged update it lacks with its next
+    message: the rounds themselves, or (keep=1: the server folds older rounds into one fp32 sum) that sum; it then
+    takes part again, and every node ends with the same merged base."""
+    import shutil
+
+    import yaml
+
+    from sfedlora.flower import merges
+    from sfedlora.runtime import statefile
+    from sfedlora.runtime.statefile import node_file
+
+    monkeypatch.setattr(merges, "KEEP", keep)
+    cfg = tiny(sentiment_file, 3, "fed.method=flora", "lora.ranks=[2,4,8]", "fed.rounds=4")
+    out, nodes = tmp_path / "flower", tmp_path / "nodes"
+
+    def lose(partition, reply, msg):  # node 1 forgets everything after answering round 2
+        if partition == 1 and msg.metadata.message_type == "train" and int(msg.content["config"]["round"]) == 2:
+            grid.contexts[1001].state = RecordDict()
+            shutil.rmtree(nodes / yaml.safe_load((out / "config.yaml").read_text())["resolved"]["run_key"])
+        return reply
+
+    grid = LocalGrid(client_app, 3, str(nodes), tamper=lose)
+    FlowerRun(cfg, out, echo=lambda s: None).run(grid)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["client"] for e in records[3]["excluded"]] == [1]
+    assert "its base holds the merged updates up to round 0, not 2" in records[3]["excluded"][0]["reason"]
+    assert records[4]["participants"] == [0, 1, 2] and not records[4]["excluded"]
+    key = yaml.safe_load((out / "config.yaml").read_text())["resolved"]["run_key"]
+    kept = [statefile.load(node_file(nodes, key, p))["merged"] for p in range(3)]
+    assert kept[0] and all(k.keys() == kept[0].keys() for k in kept)
+    for m in kept[0]:  # the node that caught up holds the same sum as the others, bit for bit
+        assert torch.equal(kept[1][m], kept[0][m]) and torch.equal(kept[2][m], kept[0][m])
+
+
+def test_a_malformed_merge_report_is_read_as_nothing_merged():
+    from sfedlora.flower.merges import MergeLog
+    from sfedlora.methods import get_method
+
+    log = MergeLog(get_method("flora"), 2)
+    for report in ({"merged_round": "abc"}, {}, {"merged_round": None}, {"merged_round": -3}):
+        log.heard(0, report)
+        assert log.merged_to[0] == 0
+    log.heard(1, {"merged_round": 2})
+    assert log.merged_to[1] == 2

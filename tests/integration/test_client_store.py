@@ -46,6 +46,8 @@ def test_a_disk_store_runs_the_memory_stores_run(sentiment_file, tmp_path, extra
     disk.run()
     assert disk.resolved.client_store == "disk" and memory.resolved.client_store == "memory"
     assert _records(tmp_path / "disk") == _records(tmp_path / "memory")
+    last = _records(tmp_path / "disk")[-1]  # between rounds the runner holds the last round's participants, no more
+    assert set(disk._now) == set(last["participants"]) and len(disk._now) == 3
     took_part = disk.store.took_part()
     assert 3 <= len(took_part) < 8  # 3 of 8 per round for 3 rounds: some never trained
     files = sorted(p.name for p in (tmp_path / "disk" / "clients").iterdir())

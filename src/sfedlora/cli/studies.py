@@ -34,8 +34,11 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from sfedlora.tools.diagnose import DiagnoseConfig
 
     cfg = from_options(DiagnoseConfig, args)
-    if args.quick:
-        cfg.ranks, cfg.clients, cfg.width = [4, 16, 64], [1, 4, 16], 128
+    if args.quick:  # a small grid, where the command line does not give one
+        default = DiagnoseConfig()
+        cfg.ranks = [4, 16, 64] if cfg.ranks == default.ranks else cfg.ranks
+        cfg.clients = [1, 4, 16] if cfg.clients == default.clients else cfg.clients
+        cfg.width = 128 if cfg.width == default.width else cfg.width
     print(api.diagnose(cfg, args.out))
     print(f"written: {args.out}/diagnose.json, diagnose.md, diagnose.png")
     return 0

@@ -89,5 +89,6 @@ def init_sq_norms(states: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, flo
 
 
 def module_gammas(alpha: float, rank: int, n_eff: Mapping[str, float]) -> dict[str, float]:
-    """gamma per module: the adaptive rule of core.scaling with each module's N_eff."""
-    return {m: scaling("adaptive", alpha, rank, n) for m, n in n_eff.items()}
+    """gamma per module: the adaptive rule of core.scaling with each module's N_eff (at least 1: a run recorded before
+    n_eff_first had its floor may hold a value rounded a hair under it)."""
+    return {m: scaling("adaptive", alpha, rank, max(n, 1.0)) for m, n in n_eff.items()}

@@ -20,6 +20,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from sfedlora.config import config_from_dict
+from sfedlora.flower.merges import received
 from sfedlora.flower.node import Node, get_node, node_dir, threads_per_node
 from sfedlora.flower.wire import from_record, to_record
 from sfedlora.runtime import statefile
@@ -75,10 +76,9 @@ def _step(msg: Message, context: Context) -> Message:
     sent = json.loads(str(conf["gammas"]))[node.partition]  # a number, or one per module (adaptive scaling)
     gamma = {str(m): float(g) for m, g in sent.items()} if isinstance(sent, dict) else float(sent)
     init, ranks = str(conf["init"]), json.loads(str(conf["ranks"]))
-    merges = {int(k.split("-", 1)[1]): from_record(msg.content[k]) for k in msg.content.array_records
-              if k.startswith("merge-")}  # FLoRA: the rounds' updates this node has not merged yet
+    base, merges = received(msg.content)  # FLoRA: what this node has not merged into its base yet
     state, reply = node.step(state, update, int(conf["round"]), gamma, bool(conf["evaluate"]), bool(conf["train"]),
-                             merges, lambda t: node.fresh_adapters(init, ranks, t))
+                             merges, lambda t: node.fresh_adapters(init, ranks, t), base)
     path = node_file(node_dir(context.node_config), str(conf["run_key"]), node.partition)
     if msg.metadata.message_type == "evaluate":  # the run's last message: keep the model, drop the working state
         node.keep_result(path, state)

@@ -99,15 +99,21 @@ class Node:
 
     # ---- what a message asks for --------------------------------------------------------------------
     def step(self, state: dict[str, Any], update: State, rnd: int, gamma: Gamma, evaluate: bool, train: bool,
-             merges: dict[int, State] | None = None,
-             fresh: Callable[[int], State] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+             merges: dict[int, State] | None = None, fresh: Callable[[int], State] | None = None,
+             base: tuple[int, dict[str, Any]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """The client step (client.step) of round `rnd`: download the server's update, evaluate (if asked: the
         previous round's personalised evaluation), then train, check and upload (if this client takes part).
-        FLoRA first merges the rounds' updates it has not merged yet (`merges`, by round; `fresh(t)`: its fresh
-        adapters for round t). Returns the new state and the reply's fields: upload, stats, eval rows, timings."""
+        FLoRA first merges what its base lacks (`base`: the sum of the rounds up to one, `merges`: rounds by number;
+        `fresh(t)`: its fresh adapters for round t); a base still short of round `rnd` - 1 (its saved state was
+        lost) does nothing else this round. Returns the new state and the reply's fields: upload, stats, eval rows,
+        timings."""
         if self.method.merges_into_base:
             assert fresh is not None
-            state = self._merge(state, update, gamma, merges or {}, fresh)
+            state = self._merge(state, update, gamma, base, merges or {}, fresh)
+            if state["merged_round"] != rnd - 1:
+                return state, {"eval_s": 0.0, "train_s": 0.0, "merged_round": state["merged_round"], "excluded": (
+                    f"its base holds the merged updates up to round {state['merged_round']}, not {rnd - 1} (its "
+                    "saved state was lost or is older than the run's): it catches up with its next message")}
         held = Held(current(self.method, state["adapters"], update, gamma), state["opt"], state["sampler"])
         out = client_step(self.setup, rnd, [held], [held.adapters], [gamma], [self.encoded], evaluate, train)
         state = {**state, "adapters": held.adapters}
@@ -128,17 +134,23 @@ class Node:
             reply["merged_round"] = state["merged_round"]
         return state, reply
 
-    def _merge(self, state: dict[str, Any], latest: State, gamma: Gamma, merges: dict[int, State],
-               fresh: Callable[[int], State]) -> dict[str, Any]:
-        """FLoRA: the rounds' updates this client has not merged yet, in round order, each restarting it from that
-        round's fresh adapters (client.step.merge_sum, restarted: as the in-process runner does it for every
-        client); then the model's base set to W0 plus the sum (a process new to this run starts from W0)."""
+    def _merge(self, state: dict[str, Any], latest: State, gamma: Gamma, base: tuple[int, dict[str, Any]] | None,
+               merges: dict[int, State], fresh: Callable[[int], State]) -> dict[str, Any]:
+        """FLoRA: what this client's base lacks, in round order: the server's sum up to a round where it is behind
+        that, then each following round's update; each restarts it from that round's fresh adapters
+        (client.step.merge_sum, restarted: as the in-process runner does it for every client). A round missing
+        from the sequence stops it there. Then the model's base is W0 plus the sum (a process new to the run
+        starts from W0)."""
         merged, done = state["merged"], state["merged_round"]
         held = Held(state["adapters"], state["opt"], state["sampler"])
-        for t in sorted(merges):
-            if t > done:
-                merged = merge_sum(self.method, merged, merges[t])
-                held, done = restarted(self.method, held, latest, gamma, fresh(t)), t
+        if base is not None and base[0] > done:
+            merged, done = dict(base[1]), base[0]
+            held = restarted(self.method, held, latest, gamma, fresh(done))
+        for t in sorted(t for t in merges if t > done):
+            if t != done + 1:
+                break
+            merged = merge_sum(self.method, merged, merges[t])
+            held, done = restarted(self.method, held, latest, gamma, fresh(t)), t
         set_merged(self.model, merged)
         return {**state, "adapters": held.adapters, "opt": held.opt, "merged": merged, "merged_round": done}
 

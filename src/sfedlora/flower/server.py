@@ -29,6 +29,7 @@ from sfedlora.config import RunConfig, to_dict
 from sfedlora.core.metrics import personal
 from sfedlora.core.state import State, payload_bytes
 from sfedlora.errors import SfedloraError, voided
+from sfedlora.flower.merges import MergeLog
 from sfedlora.flower.registry import register
 from sfedlora.flower.settings import ServerSettings
 from sfedlora.flower.strategy import MethodStrategy, with_dp
@@ -85,8 +86,7 @@ class FlowerRun:
         self.round_trips: list[float] = []  # of every exchange so far
         self.waited = 0.0  # the last exchange's timeout
         self.missing: list[int] = []  # the last exchange's recipients that did not reply
-        self.merges: dict[int, State] = {}  # FLoRA: each round's update, until every node has merged it
-        self.merged_to: dict[int, int] = {}  # FLoRA: by partition, the last round its node reported merged
+        self.merges = MergeLog(self.method, cfg.fed.clients)  # FLoRA: what each node has still to merge
 
     def timeout(self) -> float:
         """How long this exchange waits for replies: --round-timeout where given; else (auto) FIRST_TIMEOUT for
@@ -148,31 +148,22 @@ class FlowerRun:
         else:
             messages = list(self.strategy.configure_train(rnd, arrays, conf, grid))
         wire = payload_bytes(latest) * len(messages)
-        for msg in messages:  # FLoRA: every round's update the node has not merged, in order
-            done = self.merged_to.get(self.partition_of[msg.metadata.dst_node_id], 0)
-            for t in (t for t in sorted(self.merges) if t > done):
-                msg.content[f"merge-{t}"] = to_record(self.merges[t])
-                wire += payload_bytes(self.merges[t])
+        if self.method.merges_into_base:  # FLoRA: what each node has not merged into its base
+            wire += sum(self.merges.attach(m.content, self.partition_of[m.metadata.dst_node_id]) for m in messages)
         t0 = time.perf_counter()
         self.waited = self.timeout()
         replies = list(grid.send_and_receive(messages, timeout=self.waited))
         elapsed = time.perf_counter() - t0
         by_partition = {self.partition_of[r.metadata.src_node_id]: r for r in replies
                         if r.metadata.src_node_id in self.partition_of}
-        self._merged(by_partition)
+        for p, r in by_partition.items() if self.method.merges_into_base else ():
+            if not r.has_error() and "report" in r.content:
+                self.merges.heard(p, r.content["report"])
         self.missing = [p for p in recipients if p not in by_partition]
         # how long a round takes: the exchange's time, or where some node never replied (the exchange then
         # lasted the whole timeout), the longest time a replying node spent on it
         self.round_trips.append(elapsed if not self.missing else timings(by_partition)["compute_s"])
         return by_partition, elapsed, wire
-
-    def _merged(self, replies: dict[int, Any]) -> None:
-        """FLoRA: which round each replying node's base holds now; the updates every node holds are dropped."""
-        for p, r in replies.items():
-            if not r.has_error() and "report" in r.content and "merged_round" in r.content["report"]:
-                self.merged_to[p] = max(self.merged_to.get(p, 0), int(r.content["report"]["merged_round"]))
-        everyone = min((self.merged_to.get(p, 0) for p in range(self.cfg.fed.clients)), default=0)
-        self.merges = {t: u for t, u in self.merges.items() if t > everyone}
 
     def _evaluation(self, replies: dict[int, Any]) -> dict[str, Any] | None:
         rows: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
@@ -267,7 +258,7 @@ class FlowerRun:
             return self.server.adopt(from_record(update_record) if update_record is not None else {})
         update = self.server.aggregate(rnd, exchange)
         if self.method.merges_into_base:  # FLoRA: every node merges it (and restarts), at its next message
-            self.merges[rnd] = update
+            self.merges.add(rnd, update)
         return update
 
     def adopted(self, rnd: int, update: State, exchange: Exchange) -> None:
@@ -287,8 +278,9 @@ class FlowerRun:
         self.resolved = self._describe()
         self.server = Server(cfg, self.method, self.resolved)
         self.server.latest = dict(self.initial)
-        log = RunLog(self.out_dir, cfg, self.resolved, self.descriptions, f"{self.method.name} on Flower", self.echo)
-        self.echo("  nodes: " + ", ".join(f"partition {p} -> node {n}" for p, n in sorted(self.node_of.items())))
+        nodes = "  nodes: " + ", ".join(f"partition {p} -> node {n}" for p, n in sorted(self.node_of.items()))
+        log = RunLog(self.out_dir, cfg, self.resolved, self.descriptions, f"{self.method.name} on Flower", self.echo,
+                     also=[nodes])
         self.strategy = with_dp(MethodStrategy(self.method, {self.node_of[p]: self.server.weights[p]
                                                              for p in self.node_of}),
                                 self.settings, cfg.fed.clients_per_round or cfg.fed.clients)

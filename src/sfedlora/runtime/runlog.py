@@ -19,10 +19,10 @@ from sfedlora.runtime.tracking import Trackers
 class RunLog:
     def __init__(self, out: Path, cfg: RunConfig, resolved: Resolved, descriptions: list[dict[str, Any]],
                  title: str, echo: Callable[[str], None], history: Sequence[dict[str, Any]] = (),
-                 group: str = "") -> None:
+                 group: str = "", also: Sequence[str] = ()) -> None:
         """Start the run folder with the records of `history` (a resumed run's rounds so far), open the trackers
         (cfg.tracking; `group`: a sweep's name) with those rounds, and print the run description and the table's
-        header. `title`: the method as the description names it."""
+        header. `title`: the method as the description names it; `also`: lines the runner adds to the description."""
         self.out, self.cfg, self.resolved, self.echo = Path(out), cfg, resolved, echo
         self.history = list(history)
         self.writer = rundir.start(self.out, cfg, resolved, descriptions, keep=self.history)
@@ -31,7 +31,7 @@ class RunLog:
         if self.trackers:
             for record in self.history:
                 self.trackers.log(record)
-        for line in records.describe_run(title, resolved, cfg, descriptions):
+        for line in [*records.describe_run(title, resolved, cfg, descriptions), *also]:
             echo(line)
         self.metric = PRIMARY[resolved.task][0]
         self.show = echo  # where a round's row goes (a runner with a progress bar prints above it)

@@ -55,7 +55,7 @@ class Simulation:
         self.method, self.model, self.tok, self.device, self.task = s.method, s.model, s.tok, s.device, s.task
         n = cfg.fed.clients
         self.encoded = [s.encoded[c] for c in range(n)]
-        self._now: dict[int, State] = {}  # clients' current states under the server's latest update, as computed
+        self._now: dict[int, State] = {}  # the accepted participants' states under the latest update (adopted)
         self._accepted: dict[int, Held] = {}  # the round's accepted participants as they trained
         self.bar: Any = None  # the progress bar of local steps, while the run goes
         assert s.resolved is not None  # every client is held here
@@ -94,10 +94,10 @@ class Simulation:
     def state(self, c: int, held: Held | None = None) -> State:
         """Client c's adapters now: as it last trained them (`held`, else the store's) with the server's latest update
         downloaded (client.step.current, done when the client is next used: the same state as a download every
-        round, as the Flower nodes do it); computed once per update."""
-        if c not in self._now:
-            self._now[c] = self._current(c, held or self.store.get(c))
-        return self._now[c]
+        round, as the Flower nodes do it). A round's accepted participants are downloaded once, after the
+        aggregation, for the record and the evaluation; other clients as they are used, and not kept (a disk
+        store keeps no client in memory between rounds)."""
+        return self._now[c] if c in self._now else self._current(c, held or self.store.get(c))
 
     def _current(self, c: int, held: Held) -> State:
         return step.current(self.method, held.adapters, self.server.latest, self.server.gamma(c))
@@ -185,8 +185,8 @@ class Simulation:
     def adopted(self, rnd: int, update: State, exchange: Exchange) -> dict[int, State]:
         """The latest update changed: every client's current state is computed again when next used. FLoRA merges
         the update into W0 and restarts every client from fresh adapters."""
-        self._now = {}
-        downloaded = {c: self.state(c, self._accepted[c]) for c in sorted(self._accepted)}  # not read back
+        self._now = {c: self._current(c, self._accepted[c]) for c in sorted(self._accepted)}  # not read back
+        downloaded = dict(self._now)
         if self.method.merges_into_base:  # FLoRA: W0 += dW, then every client restarts from fresh adapters
             self.merged = step.merge_sum(self.method, self.merged, update)
             set_merged(self.model, self.merged)
