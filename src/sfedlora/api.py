@@ -152,20 +152,28 @@ def sweep(spec: str | Path, size: str = "quick", out: str | Path | None = None, 
     return runs
 
 
-def report(dirs: Sequence[str | Path], out: str | Path | None = None, reference: str | None = None) -> Path:
+def _setting(option: str, text: str | None, example: str) -> tuple[str, str] | None:
+    if not text:
+        return None
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SfedloraError(f"{option} {text!r} must be SETTING=VALUE, e.g. {example}")
+    return key.strip(), value.strip()
+
+
+def report(dirs: Sequence[str | Path], out: str | Path | None = None, reference: str | None = None,
+           rates: str = "per-arm", rate_at: str | None = None, rate: float | None = None) -> Path:
     """The report of the runs under `dirs` (`sfedlora report`): figures, report.md and report.html in `out` (default
     DIR/report); `reference` SETTING=VALUE names the arms of the paired differences (default: method=sfed-lora or
-    scaling=sfed where the arms have it). Returns the HTML page."""
+    scaling=sfed where the arms have it). `rates`: the rate protocol (per-arm: each arm's rate chosen on
+    validation; transfer: chosen on validation at `rate_at` AXIS=VALUE, e.g. rank=8, then used at every value of
+    the axis; fixed: `rate` for every arm). Returns the HTML page."""
     from sfedlora.tools.report import build_report
 
     folders = [Path(d) for d in dirs]
-    ref = None
-    if reference:
-        key, sep, value = reference.partition("=")
-        if not sep:
-            raise SfedloraError(f"--reference {reference!r} must be SETTING=VALUE, e.g. method=sfed-lora")
-        ref = (key.strip(), value.strip())
-    return build_report(folders, Path(out) if out else folders[0] / "report", ref)
+    return build_report(folders, Path(out) if out else folders[0] / "report",
+                        _setting("--reference", reference, "method=sfed-lora"), rates,
+                        _setting("--rate-at", rate_at, "rank=8"), rate)
 
 
 def diagnose(settings: Any = None, out: str | Path = "runs/diagnose") -> str:

@@ -111,6 +111,7 @@ def test_settings_that_do_not_change_results_do_not_split_arms(tmp_path, key):
     assert len(arms) == 1
 
 
+@pytest.mark.slow  # builds whole reports (figures)
 def test_paired_differences_against_the_reference_arm(tmp_path):
     """Per seed, fedsa-lora minus sfed-lora at the same rank: +0.02, +0.03, +0.04 at r 4 (mean 0.03, half
     4.303 * 0.01 / sqrt(3) = 0.0248: better), and +0.05, -0.04, +0.02 at r 8 (within noise)."""
@@ -146,6 +147,7 @@ def test_each_arm_is_reported_at_its_learning_rate_chosen_on_validation(tmp_path
     assert "| 0.01 | 0.6000 | 2 |  |" in md and "| 0.001 | 0.8000 | 2 | chosen |" in md
 
 
+@pytest.mark.slow  # builds whole reports (figures)
 def test_gradient_norms_are_also_drawn_at_one_rate_every_rule_ran(tmp_path):
     """At chosen rates a rule's gradients mix its rate in; the report also draws them at the smallest rate
     every rule ran (1e-3 here; 3e-3 only rslora ran)."""
@@ -166,6 +168,7 @@ def test_gradient_norms_are_also_drawn_at_one_rate_every_rule_ran(tmp_path):
     assert (tmp_path / "rep" / "grad_norms_vs_rank_fixed_lr.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # builds whole reports (figures)
 def test_a_client_sweep_is_drawn_against_n(tmp_path):
     """Arms that differ in N (the client sweep) get the final metric and the gradient norms against N, also at
     the rate every rule ran; nothing is drawn against rank, which does not vary."""
@@ -197,6 +200,7 @@ def test_a_run_written_before_a_key_existed_takes_its_default(tmp_path):
     assert len(group_arms(find_runs([tmp_path / "runs"]))[0]) == 2  # a setting that changes results still separates
 
 
+@pytest.mark.slow  # builds whole reports (figures)
 def test_gradient_norm_slopes_against_rank(tmp_path):
     """fake_run's |grad A| is 0.01 * r (slope +1 against r) and |grad B| 0.02 (slope 0)."""
     from sfedlora.tools.trends import grad_norm_slopes
@@ -343,3 +347,57 @@ def test_a_model_card_reads_like_one_on_the_hub(tmp_path):
     assert "```text\nBelow is an instruction" in card and "{'template'" not in card
     assert 'PeftModel.from_pretrained(base, "path/to/this/folder")' in card
     assert "https://github.com/)" not in card and "torch " in card and "transformers " in card
+
+
+VAL = {("lora", 8): (0.5, 0.7, 0.6), ("lora", 512): (0.3, 0.4, 0.8),  # validation accuracy at lr 0.01, 0.1, 1.0
+       ("sfed", 8): (0.6, 0.75, 0.5), ("sfed", 512): (0.55, 0.78, 0.45)}
+
+
+def _rate_grid(tmp_path: Path) -> Path:
+    for (rule, rank), accs in VAL.items():
+        for lr, acc in zip((0.01, 0.1, 1.0), accs, strict=True):
+            fake_run(tmp_path / "runs" / f"{rule}-{rank}-{lr}", ["fed.method=fedsa-lora", f"lora.scaling={rule}",
+                                                                f"lora.rank={rank}", f"train.lr={lr}"], [0.2, acc])
+    return tmp_path / "runs"
+
+
+@pytest.mark.slow  # builds whole reports (figures)
+def test_the_three_rate_protocols_pick_different_rates_from_one_grid(tmp_path):
+    """One grid, three answers for alpha/r at rank 512: per-arm tunes it there (1.0: 0.8), transfer takes the rate
+    tuned at rank 8 (0.1: 0.4), fixed uses the one rate given (0.01: 0.3); sfed's rate is 0.1 under the first
+    two. Chosen on validation only."""
+    from sfedlora.tools.selection import pick_rates
+
+    arms, _, _ = group_arms(find_runs([_rate_grid(tmp_path)]))
+    rate = lambda kept, rule, rank: next(a.label["lr"] for a in kept
+                                         if a.label["scaling"] == rule and a.label["rank"] == rank)
+    per_arm, _ = pick_rates(arms, True)
+    transfer, choices = pick_rates(arms, True, "transfer", ("rank", "8"))
+    fixed, _ = pick_rates(arms, True, "fixed", rate=0.01)
+    assert [rate(per_arm, "lora", 512), rate(transfer, "lora", 512), rate(fixed, "lora", 512)] == [1.0, 0.1, 0.01]
+    assert rate(per_arm, "sfed", 512) == rate(transfer, "sfed", 512) == 0.1 and rate(per_arm, "lora", 8) == 0.1
+    assert {c.how for c in choices} == {"chosen on val at rank=8"} and len(transfer) == 4
+    build_report([tmp_path / "runs"], tmp_path / "rep", rates="transfer", rate_at=("rank", "8"))
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert ("each arm at the rate chosen on validation at rank=8 for its other settings, used at every rank "
+            "(rate transfer)") in md
+    assert "## Learning rates: chosen on the validation metric at rank=8, then used at every rank, never on test" in md
+    assert "| lora | 0.1 (chosen on val at rank=8) | 512 | 1 | 1 | 0.4000" in md
+    build_report([tmp_path / "runs"], tmp_path / "rep-fixed", rates="fixed", rate=0.01)
+    md = (tmp_path / "rep-fixed" / "report.md").read_text()
+    assert "every arm at lr 0.01 (one fixed rate)" in md and "| lora | 0.01 (fixed) | 512 | 1 | 1 | 0.3000" in md
+
+
+def test_a_rate_protocol_that_cannot_be_followed_says_why(tmp_path):
+    from sfedlora.errors import SfedloraError
+    from sfedlora.tools.selection import pick_rates
+
+    arms, _, _ = group_arms(find_runs([_rate_grid(tmp_path)]))
+    with pytest.raises(SfedloraError, match="--rates transfer needs --rate-at AXIS=VALUE.*differ in scaling, rank"):
+        pick_rates(arms, True, "transfer")
+    with pytest.raises(SfedloraError, match="--rates fixed needs --rate LR: every group ran 0.01, 0.1, 1.0"):
+        pick_rates(arms, True, "fixed")
+    with pytest.raises(SfedloraError, match="--rate 0.3: no arm ran it"):
+        pick_rates(arms, True, "fixed", rate=0.3)
+    kept, choices = pick_rates(arms, True, "transfer", ("rank", "64"))  # no arm at rank 64: nothing chosen
+    assert kept == [] and all(c.chosen is None for c in choices)

@@ -25,7 +25,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from sfedlora import api
 
-    print(f"report: {api.report(args.dirs, args.out, args.reference)} (figures and report.md beside it)")
+    page = api.report(args.dirs, args.out, args.reference, args.rates, args.rate_at, args.rate)
+    print(f"report: {page} (figures and report.md beside it)")
     return 0
 
 
@@ -45,6 +46,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def add(sub: argparse._SubParsersAction) -> None:
+    from sfedlora.tools.selection import PROTOCOLS
     from sfedlora.tools.sweep import SIZES, builtin_specs
 
     sweep = sub.add_parser("sweep", help="run an experiment grid (resumable)", description=(
@@ -73,6 +75,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--reference", metavar="SETTING=VALUE", help="paired differences against the arms with this "
                         "setting (as the table names it), e.g. scaling=rslora (default: method=sfed-lora or "
                         "scaling=sfed where the arms have it)")
+    report.add_argument("--rates", choices=PROTOCOLS, default="per-arm",
+                        help="the rate protocol: per-arm (each arm's learning rate chosen on validation), transfer "
+                        "(each rule's rate chosen on validation at --rate-at, then used at every value of that axis), "
+                        "fixed (--rate for every arm: the SFed-LoRA paper's protocol); all never choose on test")
+    report.add_argument("--rate-at", metavar="AXIS=VALUE", help="--rates transfer: where rates are chosen, e.g. rank=8")
+    report.add_argument("--rate", type=float, metavar="LR", help="--rates fixed: the rate (default: the one rate every "
+                        "arm ran, where there is one)")
     report.set_defaults(func=cmd_report)
     diag = sub.add_parser("diagnose", help="numerical check of the scaling theorem on a wide linear adapter",
                           description="FedSA-LoRA on a synthetic wide layer: sweep r and N per scaling rule, "

@@ -108,14 +108,15 @@ BY = (("rank", "rank"), ("clients", "number of clients"), ("clients_per_round", 
 
 
 def _intro(runs: list[Run], arms: list[Arm], shown: list[Arm], common: dict[str, Any], metric: str,
-           higher: bool) -> str:
-    """`arms`: every arm the runs form; `shown`: the table's rows (one rate per group where rates were chosen)."""
+           higher: bool, rates: str = "each arm at its learning rate chosen on validation") -> str:
+    """`arms`: every arm the runs form; `shown`: the table's rows (one rate per group where rates were chosen);
+    `rates`: how the rows' rates were chosen (the rate protocol, in words)."""
     shared = display_names(list(common))
     wanted = ("model.name", "data.source", "data.partition", "model.precision", "fed.method", "rank",
               "fed.clients", "fed.rounds", "lora.scaling")
     facts = ", ".join(f"{shared[k]} {common[k]}" for k in wanted if k in common)
     dupes = [p for a in arms for p in a.duplicates]
-    rows = (f"{len(shown)} rows, each arm at its learning rate chosen on validation (the other "
+    rows = (f"{len(shown)} rows, {rates} (the other "
             f"{len(arms) - len(shown)} arms are its other rates, in the rates table, or have no validation metric)"
             if len(shown) < len(arms) else f"{len(shown)} rows, one per arm")
     text = (f"{len(runs)} runs read, in {len(arms)} arms (runs with equal settings but the seed); {rows}. "
@@ -139,14 +140,31 @@ def _intro(runs: list[Run], arms: list[Arm], shown: list[Arm], common: dict[str,
 
 
 def _rates_table(choices: list[Any]) -> tuple[list[str], list[list[str]]]:
-    body = [[c.group, str(lr), "-" if v is None else f"{v:.4f}", str(n), "chosen" if lr == c.chosen else ""]
+    mark = lambda c: "chosen" if c.how == "chosen on val" else c.how
+    body = [[c.group, str(lr), "-" if v is None else f"{v:.4f}", str(n), mark(c) if lr == c.chosen else ""]
             for c in choices for lr, v, n in c.candidates]
+    body += [[c.group, str(c.chosen), "-", "0", "not run"] for c in choices
+             if c.chosen is not None and all(lr != c.chosen for lr, _, _ in c.candidates)]
     return ["arm (other settings)", "lr", "validation metric (mean over seeds)", "seeds", ""], body
 
 
-def build_report(dirs: list[Path], out: Path, ref: tuple[str, str] | None = None) -> Path:
+def rate_protocol(rates: str, at: tuple[str, str] | None, choices: list[Any]) -> tuple[str, str]:
+    """The rate protocol in words: for the rows (`each arm at ...`) and for the rates table's title."""
+    if rates == "transfer" and at is not None:
+        return (f"each arm at the rate chosen on validation at {at[0]}={at[1]} for its other settings, used at every "
+                f"{at[0]} (rate transfer)", f"chosen on the validation metric at {at[0]}={at[1]}, then used at every "
+                f"{at[0]}, never on test")
+    if rates == "fixed" and choices:
+        return f"every arm at lr {choices[0].chosen} (one fixed rate)", "one rate for every arm, chosen by no metric"
+    return ("each arm at its learning rate chosen on validation",
+            "chosen per arm on the validation metric, never on test")
+
+
+def build_report(dirs: list[Path], out: Path, ref: tuple[str, str] | None = None, rates: str = "per-arm",
+                 rate_at: tuple[str, str] | None = None, rate: Any = None) -> Path:
     """Tables, figures, report.md and report.html for the runs under `dirs`. `ref`: the (setting, value)
-    paired differences are taken against (default: SFed-LoRA's, where the arms have it)."""
+    paired differences are taken against (default: SFed-LoRA's, where the arms have it); `rates`, `rate_at`,
+    `rate`: the rate protocol (tools.selection: per-arm, transfer at rate_at = (axis, value), or fixed at `rate`)."""
     runs = find_runs(dirs)
     tasks = {r.task for r in runs}
     if len(tasks) > 1:
@@ -154,7 +172,8 @@ def build_report(dirs: list[Path], out: Path, ref: tuple[str, str] | None = None
     metric, higher = PRIMARY[tasks.pop()]
     arms, varying, common = group_arms(runs)
     every_rate = arms
-    arms, rate_choices = pick_rates(arms, higher)  # each rule's rate, chosen on validation
+    arms, rate_choices = pick_rates(arms, higher, rates, rate_at, rate)  # the rates the protocol gives
+    rows_text, rates_title = rate_protocol(rates, rate_at, rate_choices)
     ref = reference(arms, ref)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.png"):  # figures of an earlier report into the same folder, not this one's
@@ -201,13 +220,11 @@ def build_report(dirs: list[Path], out: Path, ref: tuple[str, str] | None = None
             figures.append((title, plot_arms(hetero, record_curve(key, per_client=False), None, title, ylabel,
                                              "round", out / f"{key}.png", logy_h)))
     header, body = arms_table(arms, ref, higher)
-    tables = [(f"Personalised test {metric} per arm" + (" (each at its learning rate chosen on validation)"
-                                                         if rate_choices else ""), header, body)]
+    tables = [(f"Personalised test {metric} per arm" + (f" ({rows_text})" if rate_choices else ""), header, body)]
     if rate_choices:
-        tables.append(("Learning rates: chosen per arm on the validation metric, never on test",
-                       *_rates_table(rate_choices)))
+        tables.append((f"Learning rates: {rates_title}", *_rates_table(rate_choices)))
     for axis, what in AGAINST.items():
-        for label, group in (("each arm at its chosen rate" if rate_choices else "every arm", arms),
+        for label, group in ((rows_text if rate_choices else "every arm", arms),
                              (f"every rule at lr {fixed}", at_fixed)):
             if group and (slopes := grad_norm_slopes(group, axis)):
                 tables.append((f"Gradient norms against {what}: ends and log-log slope, {label}", *slopes))
@@ -218,7 +235,7 @@ def build_report(dirs: list[Path], out: Path, ref: tuple[str, str] | None = None
         rows, cols = arms[0].label
         tables.append((f"Best-on-validation personalised test {metric}, {rows} by {cols}",
                        *pivot_table(arms, rows, cols)))
-    intro = _intro(runs, every_rate, arms, common, metric, higher)
+    intro = _intro(runs, every_rate, arms, common, metric, higher, rows_text)
     if metric == "accuracy" and not any(str(a.label.get("method", "")).startswith("head-only") for a in arms):
         intro += (" No head-only baseline (lora.scaling=none) among these runs: what the adapters add over training"
                   " the head alone is not shown.")
