@@ -286,6 +286,8 @@ def test_rules_each_run_at_their_own_rates_stay_two_rows_with_a_paired_differenc
     rslora = next(line for line in md.splitlines() if line.startswith("| rslora | 0.003 |"))
     # paired by seed: rslora - sfed = -0.10 and -0.12: mean -0.11, sd 0.01414, half 12.706 * 0.01 = 0.1271
     assert "-0.1100 ± 0.1271" in rslora and "within noise" in rslora
+    # the smallest difference two seeds with that spread detect: (12.706 + 1.376) * 0.014142 / sqrt(2) = 0.1408
+    assert rslora.rstrip(" |").endswith("0.1408")
     assert next(line for line in md.splitlines() if line.startswith("| sfed | 0.001 |")).count("(reference)") == 1
 
 

@@ -48,3 +48,14 @@ def test_the_same_difference_on_every_seed_gets_no_verdict():
     assert d is not None and d.half < 1e-12 and d.mean == pytest.approx(-2 / 120)
     assert verdict(d, True) == "equal on every seed: no interval"
     assert verdict(paired({0: 0.6, 1: 0.5}, {0: 0.6, 1: 0.5}), True) == "within noise"  # no difference at all
+
+
+def test_the_smallest_detectable_difference_by_hand():
+    """Paired differences 0.01, 0.03, 0.05 (sd 0.02, n 3): half-width 4.303 * 0.02 / sqrt(3) = 0.04969; the smallest
+    difference detected with 80% power, (4.303 + 1.061) * 0.02 / sqrt(3) = 0.06194; none with one seed."""
+    from sfedlora.tools.stats import detectable, interval
+
+    diff = interval([0.01, 0.03, 0.05])
+    assert diff.half == pytest.approx(0.049687, abs=1e-6)
+    assert detectable(diff) == pytest.approx(0.061939, abs=1e-6)
+    assert math.isnan(detectable(interval([0.02])))

@@ -31,7 +31,7 @@ from sfedlora.tools.figures import (
     weighted,
 )
 from sfedlora.tools.selection import common_rate, counterpart, pick_rates, reference
-from sfedlora.tools.stats import interval, paired, verdict
+from sfedlora.tools.stats import detectable, interval, paired, verdict
 from sfedlora.tools.trends import adaptive_table, grad_norm_slopes
 
 
@@ -52,12 +52,14 @@ def arms_table(arms: list[Arm], ref: tuple[str, str] | None = None,
     """One row per arm: its settings, distinct seeds, best-on-val round, personal test metric at that round
     and at the last round, and the global model's (mean ± the 95% t-interval over seeds); with a reference
     (setting, value), the paired difference (by seed) to the arm with that value and the same other
-    settings, its 95% interval and how to read it (better, worse, within noise)."""
+    settings, its 95% interval, how to read it (better, worse, within noise) and the smallest difference the
+    seeds could have detected (stats.detectable)."""
     label_keys = list(arms[0].label)
     glob = any(best_test(r, "global") is not None for a in arms for r in a.runs)
     header = [*label_keys, "seeds", "best round(s)", BEST_COLUMN, "personal test (last round)"]
     header += ["global test (best on val)"] if glob else []
-    header += [f"Δ vs {ref[0]}={ref[1]} (paired by seed, 95% CI)", "reading"] if ref else []
+    header += [f"Δ vs {ref[0]}={ref[1]} (paired by seed, 95% CI)", "reading",
+               "smallest detectable |Δ| (95%, 80% power)"] if ref else []
 
     def values(arm: Arm, pick: Callable[[Run, str], float | None], scope: str = "personal") -> list[float]:
         return [v for r in arm.runs if (v := pick(r, scope)) is not None]
@@ -75,11 +77,12 @@ def arms_table(arms: list[Arm], ref: tuple[str, str] | None = None,
         if ref:
             other = counterpart(arm, arms, ref)
             if other is None or other is arm:
-                row += ["(reference)" if other is arm else "-", ""]
+                row += ["(reference)" if other is arm else "-", "", ""]
             else:
                 diff = paired(by_seed(arm), by_seed(other))
                 text = "-" if diff is None else diff.text() + ("" if diff.n == 1 else f" (n={diff.n})")  # n=1 says so
-                row += [text, verdict(diff, higher)]
+                smallest = "-" if diff is None or diff.n < 2 else f"{detectable(diff):.4f}"
+                row += [text, verdict(diff, higher), smallest]
         body.append(row)
     return header, body
 
