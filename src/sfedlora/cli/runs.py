@@ -88,6 +88,15 @@ def cmd_data_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _which_adapters(parser: argparse.ArgumentParser) -> None:
+    """The options export and eval share: which round's adapters of the client, and where a Flower run keeps them."""
+    parser.add_argument("--best", action="store_true",
+                        help="the adapters of the best-on-validation round, not the last")
+    parser.add_argument("--round", type=int, metavar="N", help="the adapters after round N (a run with "
+                        "keep_round_adapters=true keeps every checkpointed round)")
+    parser.add_argument("--node-dir", metavar="DIR", help="a Flower run: node-dir of the node that trained the client")
+
+
 def add(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run one federated fine-tuning", description=(
         "Run one federated fine-tuning. CONFIG is a YAML file or a built-in config name ("
@@ -116,10 +125,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--out", required=True)
     exp.add_argument("--no-merged", action="store_true", help="only the adapter folder")
     exp.add_argument("--force", action="store_true", help="replace OUT if it is not empty (default: refuse)")
-    exp.add_argument("--best", action="store_true", help="the adapters of the best-on-validation round, not the last")
-    exp.add_argument("--round", type=int, metavar="N", help="the adapters after round N (a run with "
-                     "keep_round_adapters=true keeps every checkpointed round)")
-    exp.add_argument("--node-dir", metavar="DIR", help="a Flower run: node-dir of the node that trained the client")
+    _which_adapters(exp)
     exp.set_defaults(func=cmd_export)
     ev = sub.add_parser("eval", help="evaluate a client's exported model with lm-evaluation-harness",
                         description="Export RUN's client I (RUN/lm-eval/client-I/adapter) and run lm-eval's tasks on "
@@ -131,9 +137,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--limit", type=float, help="examples per task (or a fraction, < 1); default all")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--num-fewshot", type=int, help="few-shot examples (default: each task's own)")
-    ev.add_argument("--best", action="store_true", help="the best-on-validation round's adapters, not the last")
-    ev.add_argument("--round", type=int, metavar="N", help="the adapters kept after round N (keep_round_adapters)")
-    ev.add_argument("--node-dir", metavar="DIR", help="a Flower run: node-dir of the node that trained the client")
+    _which_adapters(ev)
     ev.add_argument("--log-samples", action="store_true", help="also write every scored document and response "
                     "(RUN/lm-eval/client-I.samples.jsonl)")
     ev.set_defaults(func=cmd_eval)

@@ -14,6 +14,7 @@ from the node's `--node-config` (partition-id, num-partitions, and optionally no
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -61,25 +62,25 @@ def _blob(value: Any) -> bytes:
     return value
 
 
-def _load_state(node: Node, context: Context, conf: dict[str, Any]) -> dict[str, Any]:
-    """context.state first; after a SuperNode restart, the node directory; else fresh adapters."""
+def _load_state(node: Node, context: Context, path: Path, init: str, ranks: list[int]) -> dict[str, Any]:
+    """context.state first; after a SuperNode restart, its file `path` in the node directory; else fresh adapters."""
     if "client" in context.state:
         return node.unpack(_blob(context.state["client"]["state"]))
-    saved = node.load_file(node_file(node_dir(context.node_config), str(conf["run_key"]), node.partition))
-    return saved if saved is not None else node.fresh(str(conf["init"]), json.loads(str(conf["ranks"])))
+    saved = node.load_file(path)
+    return saved if saved is not None else node.fresh(init, ranks)
 
 
 def _step(msg: Message, context: Context) -> Message:
     node, conf = _node(msg, context)
-    state = _load_state(node, context, conf)
+    init, ranks = str(conf["init"]), json.loads(str(conf["ranks"]))
+    path = node_file(node_dir(context.node_config), str(conf["run_key"]), node.partition)
+    state = _load_state(node, context, path, init, ranks)
     update = from_record(msg.content["update"]) if "update" in msg.content else {}
     sent = json.loads(str(conf["gammas"]))[node.partition]  # a number, or one per module (adaptive scaling)
     gamma = {str(m): float(g) for m, g in sent.items()} if isinstance(sent, dict) else float(sent)
-    init, ranks = str(conf["init"]), json.loads(str(conf["ranks"]))
     base, merges = received(msg.content)  # FLoRA: what this node has not merged into its base yet
     state, reply = node.step(state, update, int(conf["round"]), gamma, bool(conf["evaluate"]), bool(conf["train"]),
                              merges, lambda t: node.fresh_adapters(init, ranks, t), base)
-    path = node_file(node_dir(context.node_config), str(conf["run_key"]), node.partition)
     if msg.metadata.message_type == "evaluate":  # the run's last message: keep the model, drop the working state
         node.keep_result(path, state)
         if "client" in context.state:

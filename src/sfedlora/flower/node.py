@@ -137,20 +137,21 @@ class Node:
     def _merge(self, state: dict[str, Any], latest: State, gamma: Gamma, base: tuple[int, dict[str, Any]] | None,
                merges: dict[int, State], fresh: Callable[[int], State]) -> dict[str, Any]:
         """FLoRA: what this client's base lacks, in round order: the server's sum up to a round where it is behind
-        that, then each following round's update; each restarts it from that round's fresh adapters
-        (client.step.merge_sum, restarted: as the in-process runner does it for every client). A round missing
-        from the sequence stops it there. Then the model's base is W0 plus the sum (a process new to the run
-        starts from W0)."""
+        that, then each following round's update (client.step.merge_sum, as the in-process runner merges); a round
+        missing from the sequence stops it there. Having merged, it restarts from the last merged round's fresh
+        adapters (client.step.restarted: each restart replaces the one before, so one is the same as one per
+        round). Then the model's base is W0 plus the sum (a process new to the run starts from W0)."""
         merged, done = state["merged"], state["merged_round"]
         held = Held(state["adapters"], state["opt"], state["sampler"])
+        start = done
         if base is not None and base[0] > done:
             merged, done = dict(base[1]), base[0]
-            held = restarted(self.method, held, latest, gamma, fresh(done))
         for t in sorted(t for t in merges if t > done):
             if t != done + 1:
                 break
-            merged = merge_sum(self.method, merged, merges[t])
-            held, done = restarted(self.method, held, latest, gamma, fresh(t)), t
+            merged, done = merge_sum(self.method, merged, merges[t]), t
+        if done != start:
+            held = restarted(self.method, held, latest, gamma, fresh(done))
         set_merged(self.model, merged)
         return {**state, "adapters": held.adapters, "opt": held.opt, "merged": merged, "merged_round": done}
 

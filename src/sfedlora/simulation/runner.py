@@ -89,7 +89,7 @@ class Simulation:
     @property
     def states(self) -> Sequence[State]:
         """Every client's adapters now, with the server's latest update downloaded (simulation.clientstore)."""
-        return Current(self.store.n, lambda c: self._now[c] if c in self._now else self._current(c, self.store.get(c)))
+        return Current(self.store.n, self.state)
 
     def state(self, c: int, held: Held | None = None) -> State:
         """Client c's adapters now: as it last trained them (`held`, else the store's) with the server's latest update
