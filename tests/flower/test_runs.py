@@ -49,7 +49,7 @@ def run_both_and_compare_adapters(cfg, tmp_path) -> Path:
     return out
 
 
-TIMINGS = {"train_s", "eval_s", "wall_s", "flower"}
+TIMINGS = {"train_s", "eval_s", "wall_s", "flower", "server_opt_s"}
 
 
 def close(a, b, path="record"):
@@ -80,15 +80,18 @@ def close(a, b, path="record"):
     ("hetlora", ["lora.ranks=[2,4,8]", "fed.clients_per_round=2", "fed.rounds=3"], set()),
     ("flexlora", ["lora.ranks=[2,4,8]"], set()),
     ("flora", ["lora.ranks=[2,4,8]", "fed.clients_per_round=2", "fed.rounds=3"], set()),
+    ("sfed-lora", ["fed.server_optimizer=adam", "fed.server_lr=0.05", "fed.rounds=3"],
+     {"energy_beyond_rmin", "effective_rank"}),
+    ("fedit", ["fed.server_optimizer=avgm", "fed.server_lr=0.7", "fed.clients_per_round=2", "fed.rounds=3"], set()),
 ], ids=["fedit", "sfed-lora-partial", "raflora", "sfed-lora-adaptive", "ffa-lora", "fedsa-lora", "fedsa-rslora",
-        "rolora", "hetlora", "flexlora", "flora"])
+        "rolora", "hetlora", "flexlora", "flora", "sfed-lora-server-adam", "fedit-server-avgm"])
 def test_both_runners_record_the_same_rounds(method, extra, simulation_only, sentiment_file, tmp_path):
     """One protocol, two runners: every recorded field of every round is the same but the timings (and
     Flower's wire statistics), and the final adapters too, for all ten methods (FLoRA's nodes merge every round's
     update they have not merged, sent with their next message, and restart as the in-process runner's clients do).
     The only field one runner has and the other has not: the spectrum of an update that sends one factor (FedSA's
     A, FFA-LoRA's and RoLoRA's B), which needs every client's other factor (the in-process runner holds them; a
-    Flower server never sees them)."""
+    Flower server never sees them). A server optimizer's step is the same Server code in both (the last two)."""
     cfg = tiny(sentiment_file, 3, f"fed.method={method}", *extra)
     out = run_both_and_compare_adapters(cfg, tmp_path)
     flower = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

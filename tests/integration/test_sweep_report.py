@@ -55,6 +55,26 @@ def test_plan_expands_grid_and_extras(spec, tmp_path):
         plan(str(spec), "paper", tmp_path / "out")
 
 
+def test_a_list_of_grids_runs_their_union_in_order(spec, tmp_path):
+    text = spec.read_text().replace("""  grid:
+    fed.method: [fedsa-lora, sfed-lora]
+    lora.rank: [2, 8]
+""", """  grid:
+    - {train.optimizer: [sgd], train.lr: [0.1, 0.3]}
+    - {train.optimizer: [adamw], train.lr: [0.001]}
+""")
+    spec.write_text(text)
+    runs = plan(str(spec), "quick", tmp_path / "out")
+    assert [r.label for r in runs] == ["optimizer=sgd_lr=0.1", "optimizer=sgd_lr=0.3", "optimizer=adamw_lr=0.001",
+                                       "method=sfed-lora_rank=2_scaling=none"]
+    spec.write_text(text.replace("- {train.optimizer: [adamw], train.lr: [0.001]}", "- [adamw]"))
+    with pytest.raises(SfedloraError, match="list of such"):
+        plan(str(spec), "quick", tmp_path / "out")
+    spec.write_text(text.replace("train.lr: [0.001]", "train.lr: []"))
+    with pytest.raises(SfedloraError, match="grid key train.lr must list at least one value"):
+        plan(str(spec), "quick", tmp_path / "out")
+
+
 def test_only_runs_a_slice_of_the_grid(spec, tmp_path, capsys):
     only = parse_only(["fed.method=sfed-lora", "lora.rank=2,8.0"])
     assert only == {"fed.method": ["sfed-lora"], "lora.rank": ["2", "8.0"]}

@@ -40,6 +40,35 @@ def test_a_cosine_schedule_runs_over_the_whole_run_and_survives_resume(sentiment
         assert all((x[k] == y[k]).all() for k in x)
 
 
+def test_a_server_optimizer_steps_on_the_mean_and_resumes_bit_exactly(sentiment_file, tmp_path):
+    """fed.server_optimizer=adam: its moments are checkpointed, so a run resumed from round 2's checkpoint ends
+    with the same adapters and records as one that never stopped; the step moves the update off the mean."""
+    args = [f"data.source={sentiment_file}", *BASE[:-3], "fed.method=sfed-lora", "fed.server_optimizer=adam",
+            "fed.server_lr=0.05"]
+    assert main(["run", *args, "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    straight = rundir.records(tmp_path / "a")
+    assert all(r["server_opt_s"] >= 0 for r in straight[1:])
+    assert rundir.read(tmp_path / "a")[1].server_lr == 0.05
+    out = tmp_path / "b"
+    assert main(["run", *args, "--out", str(out), "--quiet"]) == 0
+    for name in (rundir.SUMMARY, rundir.ADAPTERS, checkpoint.NAME):  # back to round 2's checkpoint
+        (out / name).unlink()
+    os.replace(out / checkpoint.PREVIOUS, out / checkpoint.NAME)
+    lines = (out / rundir.METRICS).read_text().splitlines()
+    (out / rundir.METRICS).write_text("\n".join(lines[:3]) + "\n")
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    a, b = rundir.load_adapters(tmp_path / "a")["states"], rundir.load_adapters(out)["states"]
+    for x, y in zip(a, b, strict=True):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    resumed = rundir.records(out)
+    assert [r["eval"] for r in resumed] == [r["eval"] for r in straight]
+    plain = tmp_path / "plain"  # the same run without the server's step: other adapters
+    assert main(["run", *args[:-2], "--out", str(plain), "--quiet"]) == 0
+    c = rundir.load_adapters(plain)["states"]
+    assert any(not torch.equal(a[0][k], c[0][k]) for k in a[0] if k.endswith("lora_A"))
+    assert "server_opt_s" not in rundir.records(plain)[1]
+
+
 @pytest.mark.parametrize("source", ["sentiment", "instruction"])
 def test_accumulation_and_checkpointing_in_a_run(source, sentiment_file, tmp_path):
     if source == "sentiment":

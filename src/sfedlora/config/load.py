@@ -163,6 +163,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise SfedloraError(f"train.group_size must be auto, 0 (all clients) or a number of clients >= 1, got {g!r}")
     if not 0 < cfg.train.group_memory <= 1:
         raise SfedloraError(f"train.group_memory must be in (0, 1], got {cfg.train.group_memory}")
+    if cfg.fed.server_lr is not None and not (cfg.fed.server_lr > 0 and math.isfinite(cfg.fed.server_lr)):
+        raise SfedloraError(f"fed.server_lr must be > 0 or null (the optimizer's default), got {cfg.fed.server_lr}")
     if cfg.train.grad_clip is not None and cfg.train.grad_clip <= 0:
         raise SfedloraError(f"train.grad_clip must be > 0 or null, got {cfg.train.grad_clip}")
     if cfg.lora.ranks is not None and cfg.lora.rank_set is not None:

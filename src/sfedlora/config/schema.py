@@ -11,6 +11,7 @@ from typing import Any
 
 from sfedlora.core.adaptive import MODES
 from sfedlora.core.scaling import RULES
+from sfedlora.core.server_opt import SERVER_OPTIMIZERS
 from sfedlora.methods import METHODS
 
 
@@ -128,6 +129,17 @@ class FedConfig:
                          choices=("samples", "uniform"))
     min_clients: int = opt(1, "a round needs this many clients with finite updates, or the run stops",
                            check="non_negative")
+    server_optimizer: str = opt("none", "the server's step on the aggregated factors from the round's pseudo-gradient "
+                                "(weighted mean minus the previous global value; docs/methods.md): `none` (FedAvg), "
+                                "`avgm` (FedAvgM), `adagrad`, `yogi` or `adam` (Reddi et al., ICLR 2021)",
+                                choices=SERVER_OPTIMIZERS)
+    server_lr: float | None = opt(None, "server learning rate eta; null: 1.0 for avgm, 0.01 for adagrad, yogi and adam "
+                                  "(recorded as `resolved.server_lr`)")
+    server_momentum: float = opt(0.9, "avgm: momentum mu", check="fraction")
+    server_beta1: float = opt(0.9, "adagrad, yogi, adam: beta1 of the first moment", check="fraction")
+    server_beta2: float = opt(0.99, "yogi, adam: beta2 of the second moment", check="fraction")
+    server_tau: float = opt(0.001, "adagrad, yogi, adam: tau, the adaptivity (v starts at tau^2)", check="positive",
+                            label="fed.server_tau")
     client_store: str = opt("auto", "where the in-process runner keeps clients between rounds: `memory` (all of "
                             "them), `disk` (a state file per client that has trained, in the run folder's clients/; "
                             "memory then grows with the round's participants, not with N), or `auto` (disk from "

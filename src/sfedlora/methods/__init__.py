@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from sfedlora.core.server_opt import SERVER_OPTIMIZERS
 from sfedlora.errors import SfedloraError
 from sfedlora.methods.base import FederatedMethod
 from sfedlora.methods.fedavg import FedIT, FFALoRA, RoLoRA
@@ -43,6 +44,10 @@ def describe() -> list[str]:
         lines.append(f"{name:<13} scaling {cls.default_scaling:<7} trains {trains:<32} uploads "
                      f"{'/'.join(sorted(m.uploaded(1) - {'head'}))}")
         lines.append(f"{'':<13} {cls.citation}")
+        acts = "/".join(sorted(m.uploaded(1) - {"head"} if m.trained(1) == m.trained(2) else {"the trained factor"}))
+        lines.append(f"{'':<13} fed.server_optimizer: " + (f"none only ({cls.no_server_optimizer})"
+                     if cls.no_server_optimizer else f"{', '.join(SERVER_OPTIMIZERS)} (acting on {acts}, and a "
+                                                    "classification head)"))
     return lines
 
 

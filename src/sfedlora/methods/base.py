@@ -34,6 +34,8 @@ class FederatedMethod:
     merges_into_base: ClassVar[bool] = False  # FLoRA: the update is added to W0, adapters restart
     adaptive_scaling: ClassVar[bool] = False  # lora.scaling=adaptive fits it (A averaged, B kept: the FedSA family)
     dp_compatible: ClassVar[bool] = False  # uploads the same factors every round (server-side DP can clip them)
+    # why a server optimizer (core.server_opt) is not defined for it; empty: it acts on the aggregated factors
+    no_server_optimizer: ClassVar[str] = ""
 
     def trained(self, rnd: int) -> frozenset[str]:
         """Factor kinds that receive gradient updates in round `rnd`."""

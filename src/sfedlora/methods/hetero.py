@@ -21,6 +21,7 @@ class HetLoRA(FederatedMethod):
     name = "hetlora"
     citation = "Cho et al., Heterogeneous LoRA for Federated Fine-tuning of On-Device Foundation Models, EMNLP 2024"
     heterogeneous_ranks = True
+    no_server_optimizer = "averages zero-padded factors whose rows each client fills to its own rank"
 
     def aggregate(self, uploads: Sequence[State], weights: Sequence[float], rnd: int) -> State:
         return zero_padded_mean(uploads, weights)
@@ -36,6 +37,7 @@ class RaFLoRA(FederatedMethod):
     citation = ("Wu et al., Preventing Rank Collapse in Federated Low-Rank Adaptation with Client Heterogeneity, "
                 "arXiv 2602.13486")
     heterogeneous_ranks = True
+    no_server_optimizer = "averages each rank partition over a different set of clients"
     rank_partitioned = True
 
     def aggregate(self, uploads: Sequence[State], weights: Sequence[float], rnd: int) -> State:
@@ -53,6 +55,7 @@ class FLoRA(FederatedMethod):
     citation = ("Wang et al., FLoRA: Federated Fine-Tuning Large Language Models with Heterogeneous Low-Rank "
                 "Adaptations, NeurIPS 2024")
     heterogeneous_ranks = True
+    no_server_optimizer = "merges each round's stacked update into the base and restarts every adapter"
     merges_into_base = True
 
     def upload(self, client: State, gamma: float, rnd: int) -> State:
@@ -98,6 +101,7 @@ class FlexLoRA(FederatedMethod):
     citation = ("Bai et al., Federated Fine-tuning of Large Language Models under Heterogeneous Tasks and Client "
                 "Resources, NeurIPS 2024")
     heterogeneous_ranks = True
+    no_server_optimizer = "re-factorises the averaged dW for each client by SVD"
 
     def upload(self, client: State, gamma: float, rnd: int) -> State:
         out = select(client, {"head"})

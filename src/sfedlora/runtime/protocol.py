@@ -23,6 +23,7 @@ A round t:
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from sfedlora.core.adaptive import measure, module_gammas
 from sfedlora.core.aggregate import client_weights
 from sfedlora.core.scaling import Gamma
 from sfedlora.core.schedule import global_step, lr_factor
+from sfedlora.core.server_opt import ServerOptimizer, ServerOptSettings
 from sfedlora.core.spectrum import spectrum_stats
 from sfedlora.core.state import State, overlay, payload_bytes
 from sfedlora.errors import SfedloraError
@@ -111,6 +113,11 @@ class Server:
         self.n_eff: dict[str, float] = {}  # adaptive scaling: N_eff per module, measured (empty: N_eff = 1)
         self.trained_n_eff: dict[str, float] = {}  # what the round being recorded trained with
         self.init_sq_norms: dict[str, float] = {}  # adaptive `cumulative`: mean |A_i at init|^2 per module
+        f = cfg.fed
+        self.opt = ServerOptimizer(ServerOptSettings(f.server_optimizer, resolved.server_lr or 1.0, f.server_momentum,
+                                                     f.server_beta1, f.server_beta2, f.server_tau))
+        self.mean: State = {}  # the round's weighted mean, before the server optimizer's step
+        self.opt_s = 0.0  # the time of the round's server optimizer step
 
     @property
     def adaptive(self) -> bool:
@@ -130,7 +137,7 @@ class Server:
             return
         accepted = sorted(exchange.uploads)
         self.n_eff = measure(self.cfg.lora.adaptive, [exchange.uploads[c] for c in accepted],
-                             [self.weights[c] for c in accepted], update, self.n_eff, self.init_sq_norms)
+                             [self.weights[c] for c in accepted], self.mean, self.n_eff, self.init_sq_norms)
 
     def select(self) -> list[int]:
         return select(self.rng, self.cfg.fed.clients, self.cfg.fed.clients_per_round)
@@ -158,9 +165,14 @@ class Server:
         return self.adopt(self.method.aggregate([exchange.uploads[c] for c in accepted],
                                                 [self.weights[c] for c in accepted], rnd))
 
-    def adopt(self, update: State) -> State:
-        """Keep a round's update as the latest (a runner that aggregates elsewhere, e.g. through a Flower
-        strategy that adds differential privacy, hands it over here)."""
+    def adopt(self, mean: State) -> State:
+        """The round's update from its aggregate `mean` (the server optimizer's step, fed.server_optimizer; `none`:
+        the mean itself), kept as the latest. A runner that aggregates elsewhere, e.g. through a Flower strategy
+        that adds differential privacy, hands its aggregate over here."""
+        self.mean = mean
+        t0 = time.perf_counter()
+        update = self.opt.step(self.latest, mean)
+        self.opt_s = time.perf_counter() - t0
         self.latest = overlay(self.latest, update)
         return update
 
@@ -181,6 +193,8 @@ class Server:
             "bytes_up": sum(payload_bytes(exchange.uploads[c]) for c in accepted),
             "bytes_down": bytes_down(self.method, update, [r.ranks[c] for c in accepted]),
         })
+        if self.opt.on:  # what the server's step cost (none: records as before)
+            out["server_opt_s"] = self.opt_s
         held = None if clients is None else [clients[c] for c in accepted]
         out.update(spectrum(self.method, update, held, [r.gammas[c] for c in accepted],
                             [self.weights[c] for c in accepted], min(r.ranks)))

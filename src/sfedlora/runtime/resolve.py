@@ -13,6 +13,7 @@ import torch
 from sfedlora.config import RunConfig
 from sfedlora.core.aggregate import partition_n
 from sfedlora.core.scaling import scaling
+from sfedlora.core.server_opt import server_lr
 from sfedlora.errors import SfedloraError
 from sfedlora.methods import FederatedMethod, get_method, names
 
@@ -87,6 +88,7 @@ class Resolved:
     n_scaling: list[float]  # per client: the N_i in its gamma (lora.scaling_n)
     scaling_n: str = "participants"
     client_store: str = "memory"  # memory | disk (simulation.clientstore)
+    server_lr: float | None = None  # fed.server_optimizer's eta (fed.server_lr or its default); None: no optimizer
     # what set-up found
     task: str = ""
     label_names: list[str] = field(default_factory=list)
@@ -186,6 +188,15 @@ def resolve(cfg: RunConfig, method: FederatedMethod, n_train: list[int]) -> Reso
         raise SfedloraError(f"{method.name} needs equal ranks on all clients (got {ranks}); for heterogeneous "
                             f"ranks use one of {', '.join(names(lambda m: m.heterogeneous_ranks))}")
     n = cfg.fed.clients_per_round or cfg.fed.clients
+    if cfg.fed.server_optimizer != "none":
+        if method.no_server_optimizer:
+            takes = ", ".join(names(lambda m: not m.no_server_optimizer))
+            raise SfedloraError(f"{method.name} {method.no_server_optimizer}, so fed.server_optimizer (a step on a "
+                                f"weighted mean of factors of one shape) is not defined for it: use it with one of "
+                                f"{takes}, or fed.server_optimizer=none")
+        if len(set(ranks)) > 1:
+            raise SfedloraError(f"fed.server_optimizer needs equal ranks on all clients (got {ranks}): with "
+                                "heterogeneous ranks a factor's rows are averaged over different clients")
     if rule == "adaptive":
         if not method.adaptive_scaling:
             raise SfedloraError(f"lora.scaling=adaptive measures how averaging shrinks A while each client keeps its "
@@ -205,7 +216,9 @@ def resolve(cfg: RunConfig, method: FederatedMethod, n_train: list[int]) -> Reso
     gammas = [scaling(rule, cfg.lora.alpha, r, ni, cfg.lora.scaling_a, cfg.lora.scaling_b)
               for r, ni in zip(ranks, n_i, strict=True)]
     return Resolved(scaling=rule, init=init, n_averaged=n, ranks=ranks, gammas=gammas, n_scaling=n_i,
-                    scaling_n=cfg.lora.scaling_n, client_store=client_store(cfg, method))
+                    scaling_n=cfg.lora.scaling_n, client_store=client_store(cfg, method),
+                    server_lr=None if cfg.fed.server_optimizer == "none" else server_lr(cfg.fed.server_optimizer,
+                                                                                         cfg.fed.server_lr))
 
 
 DISK_FROM = 1000  # fed.client_store=auto: clients from which the in-process runner keeps them on disk

@@ -217,7 +217,7 @@ class Simulation:
     def _snapshot(self, rnd: int) -> dict[str, Any]:
         return {"round": rnd, **self.store.snapshot(rnd), "latest": self.server.latest, "merged": self.merged,
                 "participation_rng": self.server.rng.getstate(), "torch_rng": torch.get_rng_state(),
-                "n_eff": self.server.n_eff}
+                "n_eff": self.server.n_eff, **({"server_opt": self.server.opt.saved()} if self.server.opt.on else {})}
 
     def _resume_from(self, snap: dict[str, Any], recorded: set[int], first: int) -> None:
         """Check a verified checkpoint against this run (checkpoint.check), then restore it; raises if either
@@ -238,6 +238,7 @@ class Simulation:
         set_merged(self.model, self.merged)
         self.server.rng.setstate(snap["participation_rng"])
         self.server.n_eff = dict(snap.get("n_eff", {}))
+        self.server.opt.restore(snap.get("server_opt"))
         torch.set_rng_state(snap["torch_rng"])
         return int(snap["round"])
 

@@ -10,6 +10,9 @@ A spec (YAML) names a base config, fixed overrides and a grid per size (`quick` 
       grid: {fed.method: [fedsa-lora, sfed-lora], lora.rank: [4, 64], seed: [0, 1]}
       also: [{fed.method: sfed-lora, lora.scaling: none}]   # extra single runs (e.g. a baseline)
 
+`grid` may also be a list of such mappings, run one after another: the union of their products, for grids whose
+values depend on another key (SGD and AdamW with a rate grid each).
+
 Each grid point gets its own run folder named after the grid values. A folder with summary.json whose
 config equals the planned one (runtime.rundir.config_hash) is finished and skipped, so re-running a sweep
 continues it; an unfinished folder is started again; a finished folder made with other settings (the spec
@@ -127,13 +130,23 @@ def load_spec(name: str, size: str) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(spec, dict) or size not in spec:
         raise SfedloraError(f"sweep spec {path} has no `{size}` section (sizes: {', '.join(SIZES)})")
     section = spec[size]
-    for key in ("grid", "set"):
-        if not isinstance(section.get(key, {}), dict):
-            raise SfedloraError(f"{path}: {size}.{key} must be a mapping of config keys")
-    for key, values in section.get("grid", {}).items():
-        if not isinstance(values, list) or not values:
-            raise SfedloraError(f"{path}: grid key {key} must list at least one value")
+    if not isinstance(section.get("set", {}), dict):
+        raise SfedloraError(f"{path}: {size}.set must be a mapping of config keys")
+    grids(section, path, size)
     return spec, section
+
+
+def grids(section: dict[str, Any], path: Path, size: str) -> list[dict[str, list[Any]]]:
+    """The section's grids: `grid` is one mapping of key -> values, or a list of them (their union)."""
+    grid = section.get("grid") or {}
+    listed = grid if isinstance(grid, list) else [grid]
+    if not all(isinstance(g, dict) for g in listed):
+        raise SfedloraError(f"{path}: {size}.grid must be a mapping of config keys to lists, or a list of such")
+    for g in listed:
+        for key, values in g.items():
+            if not isinstance(values, list) or not values:
+                raise SfedloraError(f"{path}: grid key {key} must list at least one value")
+    return listed
 
 
 def parse_only(items: Sequence[str]) -> dict[str, list[str]]:
@@ -181,9 +194,9 @@ def plan(name: str, size: str, out: Path, extra: Sequence[str] = (),
     spec, section = load_spec(name, size)
     base = config_path(section.get("base"))
     fixed = [f"{k}={_value_text(v)}" for k, v in (section.get("set") or {}).items()]
-    grid = section.get("grid") or {}
-    keys = list(grid)
-    points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
+    points = [dict(zip(grid, values, strict=True))
+              for grid in grids(section, spec_path(name), size)
+              for values in itertools.product(*grid.values())]
     also = section.get("also") or []
     if not isinstance(also, list) or not all(isinstance(a, dict) for a in also):
         raise SfedloraError(f"{spec_path(name)}: {size}.also must be a list of mappings of config keys")
