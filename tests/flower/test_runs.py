@@ -83,15 +83,18 @@ def close(a, b, path="record"):
     ("sfed-lora", ["fed.server_optimizer=adam", "fed.server_lr=0.05", "fed.rounds=3"],
      {"energy_beyond_rmin", "effective_rank"}),
     ("fedit", ["fed.server_optimizer=avgm", "fed.server_lr=0.7", "fed.clients_per_round=2", "fed.rounds=3"], set()),
+    ("sfed-lora", ["lora.init=shared", "fed.dp_clipping_norm=0.05", "fed.dp_noise_multiplier=0.3",
+                   "fed.server_optimizer=adam"], {"energy_beyond_rmin", "effective_rank"}),
 ], ids=["fedit", "sfed-lora-partial", "raflora", "sfed-lora-adaptive", "ffa-lora", "fedsa-lora", "fedsa-rslora",
-        "rolora", "hetlora", "flexlora", "flora", "sfed-lora-server-adam", "fedit-server-avgm"])
+        "rolora", "hetlora", "flexlora", "flora", "sfed-lora-server-adam", "fedit-server-avgm", "sfed-lora-dp"])
 def test_both_runners_record_the_same_rounds(method, extra, simulation_only, sentiment_file, tmp_path):
     """One protocol, two runners: every recorded field of every round is the same but the timings (and
     Flower's wire statistics), and the final adapters too, for all ten methods (FLoRA's nodes merge every round's
     update they have not merged, sent with their next message, and restart as the in-process runner's clients do).
     The only field one runner has and the other has not: the spectrum of an update that sends one factor (FedSA's
     A, FFA-LoRA's and RoLoRA's B), which needs every client's other factor (the in-process runner holds them; a
-    Flower server never sees them). A server optimizer's step is the same Server code in both (the last two)."""
+    Flower server never sees them). A server optimizer's step and server-side DP are the same Server code in both
+    (the last three)."""
     cfg = tiny(sentiment_file, 3, f"fed.method={method}", *extra)
     out = run_both_and_compare_adapters(cfg, tmp_path)
     flower = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -286,17 +289,19 @@ def test_a_new_run_on_a_reused_folder_never_sees_the_previous_runs_state(sentime
             assert set(statefile.load(nodes / key / f"client-{c}.safetensors")) == {"adapters", "round"}
 
 
-def test_server_side_dp_runs_and_is_recorded(sentiment_file, tmp_path):
-    cfg = tiny(sentiment_file, 3, "lora.init=shared")
-    settings = ServerSettings(dp_noise_multiplier=0.5, dp_clipping_norm=0.1)
-    FlowerRun(cfg, tmp_path / "run", settings, echo=lambda s: None).run(
+def test_server_side_dp_is_a_run_config_key_the_flower_runner_honours(sentiment_file, tmp_path):
+    cfg = tiny(sentiment_file, 3, "lora.init=shared", "fed.dp_clipping_norm=0.1", "fed.dp_noise_multiplier=0.5")
+    FlowerRun(cfg, tmp_path / "run", ServerSettings(), echo=lambda s: None).run(
         LocalGrid(client_app, 3, str(tmp_path / "nodes")))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["dp"] == {"noise_multiplier": 0.5, "clipping_norm": 0.1}
+    assert summary["dp"] == {"noise_multiplier": 0.5, "clipping_norm": 0.1, "noise_std": pytest.approx(0.5 * 0.1 / 3)}
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["dp"]["noise_norm"] > 0 and len(r["dp"]["update_norm"]) == 3 for r in records[1:])
     with pytest.raises(SfedloraError, match="lora.init=shared"):
-        FlowerRun(tiny(sentiment_file), tmp_path / "x", settings)
+        FlowerRun(tiny(sentiment_file, 3, "fed.dp_clipping_norm=0.1"), tmp_path / "x", ServerSettings())
     with pytest.raises(SfedloraError, match="same factors every round: use it with .*, not flora"):
-        FlowerRun(tiny(sentiment_file, 3, "fed.method=flora", "lora.init=shared"), tmp_path / "y", settings)
+        FlowerRun(tiny(sentiment_file, 3, "fed.method=flora", "lora.init=shared", "fed.dp_clipping_norm=0.1"),
+                  tmp_path / "y", ServerSettings())
 
 
 def test_both_runners_write_the_same_generation_samples(tmp_path):

@@ -40,10 +40,13 @@ def test_a_cosine_schedule_runs_over_the_whole_run_and_survives_resume(sentiment
         assert all((x[k] == y[k]).all() for k in x)
 
 
-def test_a_server_optimizer_steps_on_the_mean_and_resumes_bit_exactly(sentiment_file, tmp_path):
+@pytest.mark.parametrize("dp", [[], ["lora.init=shared", "fed.dp_clipping_norm=0.05", "fed.dp_noise_multiplier=0.5"]],
+                         ids=["adam", "adam-dp"])
+def test_a_server_optimizer_steps_on_the_mean_and_resumes_bit_exactly(dp, sentiment_file, tmp_path):
     """fed.server_optimizer=adam: its moments are checkpointed, so a run resumed from round 2's checkpoint ends
-    with the same adapters and records as one that never stopped; the step moves the update off the mean."""
-    args = [f"data.source={sentiment_file}", *BASE[:-3], "fed.method=sfed-lora", "fed.server_optimizer=adam",
+    with the same adapters and records as one that never stopped (with server-side DP too: its noise is drawn
+    from the seed and the round); the step moves the update off the mean."""
+    args = [f"data.source={sentiment_file}", *BASE[:-3], "fed.method=sfed-lora", *dp, "fed.server_optimizer=adam",
             "fed.server_lr=0.05"]
     assert main(["run", *args, "--out", str(tmp_path / "a"), "--quiet"]) == 0
     straight = rundir.records(tmp_path / "a")
@@ -62,6 +65,9 @@ def test_a_server_optimizer_steps_on_the_mean_and_resumes_bit_exactly(sentiment_
         assert all(torch.equal(x[k], y[k]) for k in x)
     resumed = rundir.records(out)
     assert [r["eval"] for r in resumed] == [r["eval"] for r in straight]
+    assert [r.get("dp") for r in resumed] == [r.get("dp") for r in straight]
+    if dp:
+        assert all(r["dp"]["noise_norm"] > 0 for r in straight[1:])
     plain = tmp_path / "plain"  # the same run without the server's step: other adapters
     assert main(["run", *args[:-2], "--out", str(plain), "--quiet"]) == 0
     c = rundir.load_adapters(plain)["states"]

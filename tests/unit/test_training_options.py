@@ -146,3 +146,64 @@ def test_checkpointing_wraps_the_blocks_and_unwraps_them():
     assert "forward" not in vars(layers[0])
     with checkpointed(model, False) as n:
         assert n == 0
+
+
+def _prox_start(seeds):
+    model = tiny_llama()
+    prepare_fast_logits(model)
+    inject_adapters(model, "qv", head=False)
+    states = [init_adapter_state(model, 4, torch.Generator().manual_seed(s)) for s in seeds]
+    for s, seed in zip(states, seeds, strict=True):
+        for k in s:
+            if k.endswith("lora_B"):
+                s[k] = torch.randn(s[k].shape, generator=torch.Generator().manual_seed(100 + seed)) * 0.1
+    return model, states
+
+
+def _prox_train(batches, cfg, steps, seeds, anchored):
+    """SGD steps of a group of clients (one per seed, client-major rows) from adapters with B != 0."""
+    model, states = _prox_start(seeds)
+    load_group(model, states, [2.0] * len(seeds))
+    feed = iter(batches)
+
+    def next_batch():
+        b = next(feed)
+        return {**b, "weight": torch.ones(b["input_ids"].shape[0])}
+
+    stats = train_group(model, next_batch, StackedOptimizer(cfg), frozenset({"A", "B"}), steps, cfg, "instruction",
+                        anchored=anchored)
+    return read_group(model), stats
+
+
+def test_fedprox_adds_mu_times_the_distance_to_the_download_and_only_on_the_anchored_factors():
+    """SGD without clipping: step 1 is the same with and without the term (w = w_0); at step 2 the task
+    gradient is the same too (same w_1), so w_2 with the term = w_2 without - lr mu (w_1 - w_0), by hand, on A;
+    B, not anchored (a FedSA client's own), is the same in both."""
+    g = torch.Generator().manual_seed(5)
+    batches = [lm_batch(g, 2) for _ in range(2)]
+    plain_cfg = TrainConfig(optimizer="sgd", lr=0.5, grad_clip=None)
+    prox_cfg = TrainConfig(optimizer="sgd", lr=0.5, grad_clip=None, prox_mu=0.3)
+    w0 = _prox_start([0])[1][0]
+    w1 = _prox_train(batches[:1], plain_cfg, 1, [0], frozenset({"A"}))[0][0]
+    plain, sp = _prox_train(batches, plain_cfg, 2, [0], frozenset({"A"}))
+    prox, sx = _prox_train(batches, prox_cfg, 2, [0], frozenset({"A"}))
+    for k in w0:
+        if k.endswith("lora_A"):
+            torch.testing.assert_close(prox[0][k], plain[0][k] - 0.5 * 0.3 * (w1[k] - w0[k]), rtol=1e-5, atol=1e-7)
+            assert not torch.equal(w1[k], w0[k])
+        else:
+            torch.testing.assert_close(prox[0][k], plain[0][k], rtol=0, atol=0)
+    assert sx.grad_norm_A_steps == sp.grad_norm_A_steps  # the recorded norms are the task loss's
+
+
+def test_fedprox_in_a_batched_group_equals_each_client_alone():
+    """Each client's term is against its own download: two clients trained together equal each one alone."""
+    g = torch.Generator().manual_seed(6)
+    batches = [lm_batch(g, 4) for _ in range(3)]  # 2 clients x 2 rows, client-major
+    cfg = TrainConfig(optimizer="sgd", lr=0.5, prox_mu=0.5)
+    both, _ = _prox_train(batches, cfg, 3, [0, 1], frozenset({"A", "B"}))
+    for c in (0, 1):
+        alone, _ = _prox_train([{k: v[2 * c:2 * c + 2] for k, v in b.items()} for b in batches], cfg, 3, [c],
+                               frozenset({"A", "B"}))
+        for k in alone[0]:
+            torch.testing.assert_close(both[c][k], alone[0][k], rtol=1e-5, atol=1e-6)

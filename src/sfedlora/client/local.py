@@ -53,10 +53,12 @@ def install(model: Any, states: Sequence[State], gammas: Sequence[Gamma], device
 def train_clients(model: Any, tok: Any, task: str, cfg: RunConfig, trained: frozenset[str],
                   states: Sequence[State], gammas: Sequence[Gamma], opt_states: Sequence[ClientOptState],
                   samplers: Sequence[ClientSampler], train_ex: Sequence[Sequence[dict[str, Any]]],
-                  device: torch.device, on_step: Any = None, rnd: int = 1
+                  device: torch.device, on_step: Any = None, rnd: int = 1,
+                  anchored: frozenset[str] = frozenset()
                   ) -> tuple[list[State], list[ClientOptState], list[dict[str, Any]]]:
     """K local steps of round `rnd` for a group of clients at once. Returns their new states, optimizer
-    states (empty unless train.optimizer_state=keep) and per-client training statistics."""
+    states (empty unless train.optimizer_state=keep) and per-client training statistics. `anchored`: the factor
+    kinds the server aggregates (FedProx's proximal term, train.prox_mu)."""
     r_group = install(model, states, gammas, device)
     opt = StackedOptimizer(cfg.train)
     keep = cfg.train.optimizer_state == "keep"
@@ -71,7 +73,7 @@ def train_clients(model: Any, tok: Any, task: str, cfg: RunConfig, trained: froz
     k = cfg.fed.local_steps
     with incorrect_results_are_errors(f"round {rnd}'s local training"):
         result = train_group(model, next_batch, opt, trained, k, cfg.train, task, first_step=global_step(rnd, 0, k),
-                             total_steps=cfg.fed.rounds * k, on_step=on_step)
+                             total_steps=cfg.fed.rounds * k, on_step=on_step, anchored=anchored)
     ranks = [rank_of(s) for s in states]
     new_states = [truncate_state(s, r) for s, r in zip(read_group(model), ranks, strict=True)]
     new_opt = [truncate_opt_state(opt.client_state(i), r) if keep else {} for i, r in enumerate(ranks)]

@@ -111,7 +111,8 @@ def train(engine: Engine, rnd: int, held: Sequence[Held], states: Sequence[State
     e = engine
     new, opt, stats = local.train_clients(e.model, e.tok, e.task, e.cfg, e.method.trained(rnd), states, gammas,
                                           [h.opt for h in held], [h.sampler for h in held], [x.train for x in encoded],
-                                          e.device, on_step=on_step, rnd=rnd)
+                                          e.device, on_step=on_step, rnd=rnd,
+                                          anchored=e.method.uploaded(rnd) & e.method.trained(rnd))
     return [(Held(s, o, h.sampler), row) for s, o, h, row in zip(new, opt, held, stats, strict=True)]
 
 

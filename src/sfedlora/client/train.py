@@ -10,7 +10,7 @@ optimiser step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -74,21 +74,34 @@ def adapters_training(model: Any) -> Iterator[None]:
 
 def train_group(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], optimizer: StackedOptimizer,
                 trained: frozenset[str], steps: int, cfg: TrainConfig, task: str, first_step: int = 0,
-                total_steps: int = 0, on_step: Callable[[], None] | None = None) -> GroupStats:
+                total_steps: int = 0, on_step: Callable[[], None] | None = None,
+                anchored: frozenset[str] = frozenset()) -> GroupStats:
     """`steps` optimiser steps; `first_step` is the global step of the first (its learning rate follows
-    train.lr_schedule over `total_steps`, the run's; 0: this call's steps)."""
+    train.lr_schedule over `total_steps`, the run's; 0: this call's steps). With train.prox_mu > 0 the factor
+    kinds in `anchored` (those the server aggregates) get FedProx's proximal term (Li et al., MLSys 2020)
+    mu/2 |w - w_0|^2, w_0 each client's own values when the call starts (what it downloaded)."""
     with adapters_training(model), checkpointed(model, cfg.gradient_checkpointing):
         return _train_steps(model, next_batch, optimizer, trained, steps, cfg, task, first_step,
-                            total_steps or steps, on_step)
+                            total_steps or steps, on_step, anchored if cfg.prox_mu > 0 else frozenset())
+
+
+def proximal(active: Mapping[str, torch.Tensor], anchors: dict[str, torch.Tensor], mu: float) -> None:
+    """FedProx: the gradient of mu/2 |w - w_0|^2, mu (w - w_0), added to each anchored parameter's gradient
+    (stacked clients: each row block against its own client's w_0)."""
+    for k, w0 in anchors.items():
+        p = active[k]
+        term = mu * (p.detach() - w0)
+        p.grad = term if p.grad is None else p.grad.add_(term)
 
 
 def _train_steps(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], optimizer: StackedOptimizer,
                  trained: frozenset[str], steps: int, cfg: TrainConfig, task: str, first_step: int,
-                 total_steps: int, on_step: Callable[[], None] | None) -> GroupStats:
+                 total_steps: int, on_step: Callable[[], None] | None, anchored: frozenset[str]) -> GroupStats:
     params = group_parameters(model)
     for key, p in params.items():
         p.requires_grad_(factor_kind(key) in trained)
     active = {k: p for k, p in params.items() if p.requires_grad}
+    anchors = {k: p.detach().clone() for k, p in active.items() if factor_kind(k) in anchored}  # (C, ...) each
     any_param = next(iter(params.values()))
     c, device = any_param.shape[0], any_param.device
     layers = list(lora_layers(model).values())
@@ -126,6 +139,8 @@ def _train_steps(model: Any, next_batch: Callable[[], dict[str, torch.Tensor]], 
             grads = [p.grad for k, p in active.items() if factor_kind(k) == kind and p.grad is not None]
             norm = per_client_sq_norm(grads, c, device).sqrt() if grads else torch.zeros(c, device=device)
             norm_steps[kind].append(norm)
+        if anchors:  # after the norms: they stay the task loss's, comparable with and without the term
+            proximal(active, anchors, cfg.prox_mu)
         if cfg.grad_clip is not None:
             total = per_client_sq_norm([p.grad for p in active.values() if p.grad is not None], c, device).sqrt()
             scale_grads(active.values(), (cfg.grad_clip / (total + 1e-6)).clamp(max=1.0))  # clip_grad_norm_

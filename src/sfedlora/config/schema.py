@@ -129,6 +129,12 @@ class FedConfig:
                          choices=("samples", "uniform"))
     min_clients: int = opt(1, "a round needs this many clients with finite updates, or the run stops",
                            check="non_negative")
+    dp_clipping_norm: float = opt(0.0, "> 0: server-side differential privacy with fixed clipping (both runners; "
+                                  "docs/methods.md): each upload's change from the server's previous value clipped "
+                                  "to this L2 norm C", check="non_negative")
+    dp_noise_multiplier: float = opt(0.0, "z: Gaussian noise of std z C / n (n the clients per round) on every "
+                                     "element of the aggregate; the noise added is recorded per round",
+                                     check="non_negative")
     server_optimizer: str = opt("none", "the server's step on the aggregated factors from the round's pseudo-gradient "
                                 "(weighted mean minus the previous global value; docs/methods.md): `none` (FedAvg), "
                                 "`avgm` (FedAvgM), `adagrad`, `yogi` or `adam` (Reddi et al., ICLR 2021)",
@@ -170,6 +176,10 @@ class TrainConfig:
     eps: float = opt(1e-8, "AdamW eps", check="positive", label="AdamW eps")
     batch_size: int = opt(8, "examples per client per local step", check="positive", label="batch size")
     grad_clip: float | None = opt(1.0, "per-client global-norm clip; null = off")
+    prox_mu: float = opt(0.0, "FedProx (Li et al., MLSys 2020): mu of the proximal term mu/2 |w - w_global|^2 on "
+                         "the factors the server aggregates (A for the FedSA family, never a client's own B; and a "
+                         "classification head), w_global what the client downloaded at the round's start; 0 = off",
+                         check="non_negative")
     optimizer_state: str = opt("reset", "`reset` (fresh every round) or `keep` (each client's state carried "
                                "across rounds)", choices=("reset", "keep"))
     group_size: int | str = opt("auto", "clients trained together in one batched step: `auto` (enough to keep "

@@ -32,7 +32,7 @@ from sfedlora.errors import SfedloraError, voided
 from sfedlora.flower.merges import MergeLog
 from sfedlora.flower.registry import register
 from sfedlora.flower.settings import ServerSettings
-from sfedlora.flower.strategy import MethodStrategy, with_dp
+from sfedlora.flower.strategy import MethodStrategy
 from sfedlora.flower.wire import (
     check_upload,
     expected_upload,
@@ -43,7 +43,6 @@ from sfedlora.flower.wire import (
     timings,
     to_record,
 )
-from sfedlora.methods import names
 from sfedlora.runtime import rundir
 from sfedlora.runtime.protocol import Exchange, Server
 from sfedlora.runtime.resolve import Resolved, check, resolve
@@ -67,20 +66,6 @@ class FlowerRun:
         if cfg.keep_round_adapters:
             raise SfedloraError("keep_round_adapters keeps every client's adapters per round, which a Flower server "
                                 "never holds (each node keeps its client's final adapters): use `sfedlora run`")
-        s = self.settings
-        if s.dp_clipping_norm > 0:
-            if not self.method.dp_compatible:
-                raise SfedloraError(f"server-side DP clips each upload against the previous aggregate, which needs "
-                                    f"the same factors every round: use it with one of "
-                                    f"{', '.join(names(lambda m: m.dp_compatible))}, not {self.method.name}")
-            if cfg.lora.ranks is not None or cfg.lora.rank_set is not None:
-                raise SfedloraError("server-side DP needs equal ranks on all clients")
-            init = self.method.default_init if cfg.lora.init == "auto" else cfg.lora.init
-            if init != "shared":
-                raise SfedloraError("server-side DP clips updates against the previous aggregate, so round 1 needs "
-                                    "a common starting point: set lora.init=shared")
-        if s.dp_noise_multiplier < 0:
-            raise SfedloraError("dp noise multiplier must be >= 0")
         self.cfg_json = json.dumps(to_dict(cfg), sort_keys=True)
         self.key = uuid.uuid4().hex  # nodes keep this run's client state under it: no run sees another's
         self.round_trips: list[float] = []  # of every exchange so far
@@ -102,7 +87,7 @@ class FlowerRun:
     # ---- registration -------------------------------------------------------------------------------
     def _register(self, grid: Any) -> None:
         reg = register(grid, self.cfg.fed.clients, self.cfg_json, self.settings.node_wait, self.timeout(),
-                       self.cfg.lora.rank if self.settings.dp_clipping_norm > 0 else 0, self.echo)
+                       self.cfg.lora.rank if self.cfg.fed.dp_clipping_norm > 0 else 0, self.echo)
         self.node_of, self.partition_of, self.infos = reg.node_of, reg.partition_of, reg.infos
         self.schema, self.initial = reg.schema, reg.initial
         self.sizes = [int(self.infos[p]["n_train"]) for p in range(self.cfg.fed.clients)]
@@ -120,10 +105,8 @@ class FlowerRun:
             merged["data_counts"] = {**per_node[0], **{k: sum(int(n.get(k, 0)) for n in per_node)
                                                        for k in ("encoded", "cut_to_max_length")}}
         sizes = [{k: int(d[k]) for k in ("train", "val", "test")} for d in self.descriptions]
-        dp = ({"noise_multiplier": self.settings.dp_noise_multiplier, "clipping_norm": self.settings.dp_clipping_norm}
-              if self.settings.dp_clipping_norm else None)
         return replace(resolve(self.cfg, self.method, self.sizes), **merged, sizes=sizes, engine="flower",
-                       extra={"run_key": self.key, "dp": dp})
+                       extra={"run_key": self.key})
 
     # ---- one exchange -------------------------------------------------------------------------------
     def _exchange(self, grid: Any, rnd: int, evaluate: bool, members: list[int],
@@ -195,11 +178,10 @@ class FlowerRun:
             ev["evaluated_clients"] = clients
         return ev
 
-    def _accept(self, rnd: int, members: list[int], replies: dict[int, Any]) -> tuple[Exchange, list[Any]]:
+    def _accept(self, rnd: int, members: list[int], replies: dict[int, Any]) -> Exchange:
         """Protocol step 3 on the server: every participant's reply checked (wire.check_upload) or its own
-        report that its round was not usable. Returns the exchange and the accepted replies."""
+        report that its round was not usable."""
         ex = Exchange(selected=members)
-        accepted = []
         for p in members:
             r = replies.get(p)
             reason, upload = None, None
@@ -225,11 +207,10 @@ class FlowerRun:
             parsed = None if reason or r is None else parse_stats(r.content["report"]["stats"])
             if reason is None and upload is not None and parsed is not None:
                 ex.uploads[p], ex.stats[p] = upload, parsed
-                accepted.append(r)
             else:
                 ex.excluded.append({"client": p, "reason": reason})
                 self.echo(f"  round {rnd} excludes client {p}: {reason}")
-        return ex, accepted
+        return ex
 
     # ---- the transport of the round loop (runtime.rounds): Flower messages ---------------------------
     piggyback = True  # a deployment starts a process per message: an evaluation goes with the next round's
@@ -247,15 +228,11 @@ class FlowerRun:
         if evaluate is not None:
             reply.ev, reply.samples = self._evaluation(replies), self.samples
         if not final:
-            reply.exchange, self.accepted = self._accept(rnd, selected, replies)
+            reply.exchange = self._accept(rnd, selected, replies)
         return reply
 
     def aggregate(self, rnd: int, exchange: Exchange) -> State:
-        """Step 5 through the same Server as in process; with server-side DP through Flower's wrapper of the
-        method's strategy, whose update the server then adopts."""
-        if self.settings.dp_clipping_norm > 0:
-            update_record, _ = self.strategy.aggregate_train(rnd, self.accepted)
-            return self.server.adopt(from_record(update_record) if update_record is not None else {})
+        """Step 5 through the same Server as in process (server-side DP and a server optimizer included)."""
         update = self.server.aggregate(rnd, exchange)
         if self.method.merges_into_base:  # FLoRA: every node merges it (and restarts), at its next message
             self.merges.add(rnd, update)
@@ -277,13 +254,11 @@ class FlowerRun:
         self._register(grid)
         self.resolved = self._describe()
         self.server = Server(cfg, self.method, self.resolved)
-        self.server.latest = dict(self.initial)
+        self.server.dp_reference = dict(self.initial)  # DP: the shared initial upload the nodes reported
         nodes = "  nodes: " + ", ".join(f"partition {p} -> node {n}" for p, n in sorted(self.node_of.items()))
         log = RunLog(self.out_dir, cfg, self.resolved, self.descriptions, f"{self.method.name} on Flower", self.echo,
                      also=[nodes])
-        self.strategy = with_dp(MethodStrategy(self.method, {self.node_of[p]: self.server.weights[p]
-                                                             for p in self.node_of}),
-                                self.settings, cfg.fed.clients_per_round or cfg.fed.clients)
+        self.strategy = MethodStrategy(self.method, {self.node_of[p]: self.server.weights[p] for p in self.node_of})
         run_rounds(self.server, self, log, 0 if cfg.eval.initial else 1, cfg.fed.rounds, cfg.eval.every)
         rundir.save_server(self.out_dir, self.server.latest, self.resolved)
         summary = log.finish(self.method.name)

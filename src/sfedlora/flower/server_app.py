@@ -5,7 +5,6 @@
   out             the run folder to write ("" = runs/flower/<time>)
   round-timeout   seconds a round waits for replies (default 600)
   node-wait       seconds to wait for the nodes to connect (default 120)
-  dp-noise-multiplier, dp-clipping-norm   server-side DP (Flower's fixed-clipping wrapper) when the norm > 0
 
 A failed run writes error.txt in the run folder (`flwr run` returns 0 whatever the ServerApp does, so
 callers check for summary.json or error.txt).
@@ -33,9 +32,7 @@ def settings_from(run_config: dict[str, Any]) -> tuple[RunConfig, Path, ServerSe
     cfg = load_config(str(run_config.get("config") or "") or None, shlex.split(str(run_config.get("overrides", ""))))
     out = Path(str(run_config.get("out") or "") or f"runs/flower/{time.strftime('%Y%m%d-%H%M%S')}")
     settings = ServerSettings(round_timeout=float(run_config.get("round-timeout", 0)),
-                              node_wait=float(run_config.get("node-wait", 120)),
-                              dp_noise_multiplier=float(run_config.get("dp-noise-multiplier", 0.0)),
-                              dp_clipping_norm=float(run_config.get("dp-clipping-norm", 0.0)))
+                              node_wait=float(run_config.get("node-wait", 120)))
     return cfg, out, settings
 
 

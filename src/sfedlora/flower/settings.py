@@ -15,7 +15,3 @@ class ServerSettings:
                                "and the round is flagged partial (0 = auto: 600 s for the first exchange, which "
                                "includes the nodes' set-up, then 4 x the slowest round so far, at least 60 s)")
     node_wait: float = opt(120.0, "seconds to wait for fed.clients nodes to connect")
-    dp_noise_multiplier: float = opt(0.0, "Gaussian noise std = multiplier * clipping norm / clients, added to the "
-                                     "aggregate")
-    dp_clipping_norm: float = opt(0.0, "> 0: server-side DP with fixed clipping of each upload's update to this L2 "
-                                  "norm")

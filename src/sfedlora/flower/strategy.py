@@ -2,8 +2,8 @@
 
 configure_train sends every recipient the server's latest update and the round's plan (which nodes
 train, whether the previous round is evaluated); aggregate_train is `method.aggregate` over the uploads
-the server accepted, weighted as the in-process runner weights them. Being a Strategy, it can be wrapped
-by Flower's server-side differential-privacy strategies.
+the server accepted, weighted as the in-process runner weights them (the run itself aggregates through
+runtime.protocol.Server, as the in-process runner does: server-side DP and a server optimizer included).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from sfedlora.core.metrics import means
-from sfedlora.flower.settings import ServerSettings
 from sfedlora.flower.wire import from_record, parse_eval, to_record
 from sfedlora.methods import FederatedMethod
 
@@ -72,14 +71,3 @@ class MethodStrategy(Strategy):
         from flwr.common import log
 
         log(INFO, "\t├── sfedlora method: %s (%s)", self.method.name, self.method.citation)
-
-
-def with_dp(strategy: Strategy, settings: ServerSettings, per_round: int) -> Strategy:
-    """Flower's server-side DP with fixed clipping around `strategy` where settings.dp_clipping_norm > 0 (noise std
-    dp_noise_multiplier * clipping norm / `per_round` sampled clients), else `strategy` itself."""
-    if settings.dp_clipping_norm <= 0:
-        return strategy
-    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
-
-    return DifferentialPrivacyServerSideFixedClipping(strategy, settings.dp_noise_multiplier,
-                                                      settings.dp_clipping_norm, per_round)

@@ -28,9 +28,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from sfedlora.config import RunConfig
 from sfedlora.core.adaptive import measure, module_gammas
 from sfedlora.core.aggregate import client_weights
+from sfedlora.core.privacy import add_noise, clip_upload
 from sfedlora.core.scaling import Gamma
 from sfedlora.core.schedule import global_step, lr_factor
 from sfedlora.core.server_opt import ServerOptimizer, ServerOptSettings
@@ -118,6 +121,8 @@ class Server:
                                                      f.server_beta1, f.server_beta2, f.server_tau))
         self.mean: State = {}  # the round's weighted mean, before the server optimizer's step
         self.opt_s = 0.0  # the time of the round's server optimizer step
+        self.dp_reference: State = {}  # server-side DP: the shared initial upload, round 1's reference (core.privacy)
+        self.dp_round: dict[str, Any] = {}  # server-side DP: what the round's clipping and noise did
 
     @property
     def adaptive(self) -> bool:
@@ -162,8 +167,29 @@ class Server:
         accepted = sorted(exchange.uploads)
         if not accepted:
             return self.adopt({})
-        return self.adopt(self.method.aggregate([exchange.uploads[c] for c in accepted],
-                                                [self.weights[c] for c in accepted], rnd))
+        uploads, weights = [exchange.uploads[c] for c in accepted], [self.weights[c] for c in accepted]
+        if self.resolved.dp is None:
+            return self.adopt(self.method.aggregate(uploads, weights, rnd))
+        return self.adopt(self.private(rnd, accepted, uploads, weights))
+
+    def private(self, rnd: int, accepted: list[int], uploads: list[State], weights: list[float]) -> State:
+        """Server-side DP (core.privacy): each upload's change from the previous aggregate (round 1: the shared
+        initial upload) clipped to C, the method's aggregate, Gaussian noise of std z C / n drawn from a generator
+        seeded by the run's seed and the round (a resumed run draws the same)."""
+        dp = self.resolved.dp
+        assert dp is not None
+        reference = {**self.dp_reference, **self.latest}
+        clipped, norms = [], []
+        for u in uploads:
+            c, norm = clip_upload(u, reference, dp["clipping_norm"])
+            clipped.append(c)
+            norms.append(norm)
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + rnd)
+        noised, noise_norm = add_noise(self.method.aggregate(clipped, weights, rnd), dp["noise_std"], gen)
+        self.dp_round = {"update_norm": norms, "clipped": [c for c, n in zip(accepted, norms, strict=True)
+                                                           if n > dp["clipping_norm"]],
+                         "noise_std": dp["noise_std"], "noise_norm": noise_norm}
+        return noised
 
     def adopt(self, mean: State) -> State:
         """The round's update from its aggregate `mean` (the server optimizer's step, fed.server_optimizer; `none`:
@@ -195,6 +221,8 @@ class Server:
         })
         if self.opt.on:  # what the server's step cost (none: records as before)
             out["server_opt_s"] = self.opt_s
+        if self.resolved.dp is not None:  # the norms of the participants' changes, who was clipped, the noise added
+            out["dp"] = self.dp_round
         held = None if clients is None else [clients[c] for c in accepted]
         out.update(spectrum(self.method, update, held, [r.gammas[c] for c in accepted],
                             [self.weights[c] for c in accepted], min(r.ranks)))

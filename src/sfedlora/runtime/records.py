@@ -164,7 +164,10 @@ def describe_run(method: str, resolved: Any, cfg: Any, descriptions: list[dict[s
              + (f"; adaptive ({cfg.lora.adaptive}): N_eff = 1 until the first aggregation measures it per module"
                 if r.scaling == "adaptive" else "")
              + ("; client states on disk (fed.client_store), a file per trained client in clients/"
-                if getattr(r, "client_store", "memory") == "disk" else "")]
+                if getattr(r, "client_store", "memory") == "disk" else "")
+             + (f"; server optimizer {cfg.fed.server_optimizer} (eta {r.server_lr:g})"
+                if getattr(r, "server_lr", None) is not None else "")
+             + (f"; FedProx mu {cfg.train.prox_mu:g} on the aggregated factors" if cfg.train.prox_mu > 0 else "")]
     if r.data_counts:
         lines.append(_data_line(r.data_counts, r.label_names, cfg.model.max_length * CHARS_PER_TOKEN))
     for p in descriptions[:SHOWN_CLIENTS]:

@@ -12,6 +12,7 @@ import torch
 
 from sfedlora.config import RunConfig
 from sfedlora.core.aggregate import partition_n
+from sfedlora.core.privacy import noise_std
 from sfedlora.core.scaling import scaling
 from sfedlora.core.server_opt import server_lr
 from sfedlora.errors import SfedloraError
@@ -89,6 +90,7 @@ class Resolved:
     scaling_n: str = "participants"
     client_store: str = "memory"  # memory | disk (simulation.clientstore)
     server_lr: float | None = None  # fed.server_optimizer's eta (fed.server_lr or its default); None: no optimizer
+    dp: dict[str, float] | None = None  # server-side DP: clipping norm C, noise multiplier z, noise std z C / n
     # what set-up found
     task: str = ""
     label_names: list[str] = field(default_factory=list)
@@ -197,6 +199,18 @@ def resolve(cfg: RunConfig, method: FederatedMethod, n_train: list[int]) -> Reso
         if len(set(ranks)) > 1:
             raise SfedloraError(f"fed.server_optimizer needs equal ranks on all clients (got {ranks}): with "
                                 "heterogeneous ranks a factor's rows are averaged over different clients")
+    if cfg.fed.dp_clipping_norm > 0:
+        if not method.dp_compatible:
+            raise SfedloraError(f"server-side DP (fed.dp_clipping_norm) clips each upload against the previous "
+                                f"aggregate, which needs the same factors every round: use it with one of "
+                                f"{', '.join(names(lambda m: m.dp_compatible))}, not {method.name}")
+        if len(set(ranks)) > 1:
+            raise SfedloraError(f"server-side DP (fed.dp_clipping_norm) needs equal ranks on all clients (got {ranks})")
+        if init != "shared":
+            raise SfedloraError("server-side DP (fed.dp_clipping_norm) clips updates against the previous aggregate, "
+                                "so round 1 needs a common starting point: set lora.init=shared")
+    elif cfg.fed.dp_noise_multiplier > 0:
+        raise SfedloraError("fed.dp_noise_multiplier needs fed.dp_clipping_norm > 0 (the noise's scale is z C / n)")
     if rule == "adaptive":
         if not method.adaptive_scaling:
             raise SfedloraError(f"lora.scaling=adaptive measures how averaging shrinks A while each client keeps its "
@@ -218,7 +232,10 @@ def resolve(cfg: RunConfig, method: FederatedMethod, n_train: list[int]) -> Reso
     return Resolved(scaling=rule, init=init, n_averaged=n, ranks=ranks, gammas=gammas, n_scaling=n_i,
                     scaling_n=cfg.lora.scaling_n, client_store=client_store(cfg, method),
                     server_lr=None if cfg.fed.server_optimizer == "none" else server_lr(cfg.fed.server_optimizer,
-                                                                                         cfg.fed.server_lr))
+                                                                                         cfg.fed.server_lr),
+                    dp=None if cfg.fed.dp_clipping_norm <= 0 else {
+                        "clipping_norm": cfg.fed.dp_clipping_norm, "noise_multiplier": cfg.fed.dp_noise_multiplier,
+                        "noise_std": noise_std(cfg.fed.dp_noise_multiplier, cfg.fed.dp_clipping_norm, n)})
 
 
 DISK_FROM = 1000  # fed.client_store=auto: clients from which the in-process runner keeps them on disk

@@ -72,6 +72,8 @@ class Simulation:
         groups = resolved.groups if resolved is not None and resolved.groups else grouping.plan_run(s, self.resolved)
         self.resolved = replace(self.resolved, groups=groups)  # complete: the Server gets it whole
         self.server = Server(cfg, self.method, self.resolved)
+        if self.resolved.dp is not None:  # round 1 clips against the shared initial upload (core.privacy)
+            self.server.dp_reference = self.method.upload(self._fresh_adapters(0), self.resolved.gammas[0], 1)
         if self.resolved.scaling == "adaptive" and cfg.lora.adaptive == "cumulative":
             self.server.init_sq_norms = init_sq_norms(h.adapters for h in self.store)
         self.merged: dict[str, torch.Tensor] = {}  # FLoRA: fp32 sum of the updates merged into W0 so far

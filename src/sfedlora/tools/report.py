@@ -118,6 +118,13 @@ def _intro(runs: list[Run], arms: list[Arm], shown: list[Arm], common: dict[str,
     wanted = ("model.name", "data.source", "data.partition", "model.precision", "fed.method", "rank",
               "fed.clients", "fed.rounds", "lora.scaling")
     facts = ", ".join(f"{shared[k]} {common[k]}" for k in wanted if k in common)
+    if common.get("fed.dp_clipping_norm"):  # privacy: every arm's (where it differs, the arms' labels say it)
+        facts += (f", server-side DP with clipping norm {common['fed.dp_clipping_norm']} and noise multiplier "
+                  f"{common.get('fed.dp_noise_multiplier')}")
+    elif "fed.dp_clipping_norm" in common:
+        facts += ", no differential privacy"
+    facts += "".join(f", {shared[k]} {common[k]}" for k in ("fed.server_optimizer", "train.prox_mu")
+                     if common.get(k) not in (None, 0, 0.0, "none"))
     dupes = [p for a in arms for p in a.duplicates]
     rows = (f"{len(shown)} rows, {rates} (the other "
             f"{len(arms) - len(shown)} arms are its other rates, in the rates table, or have no validation metric)"
