@@ -20,6 +20,18 @@ BASE = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classificatio
         "train.warmup_steps=2"]
 
 
+def resumed_from_round_2(args: list[str], out):
+    """A 3-round run into `out`, taken back to its round-2 checkpoint (as if stopped there), then resumed."""
+    assert main(["run", *args, "--out", str(out), "--quiet"]) == 0
+    for name in (rundir.SUMMARY, rundir.ADAPTERS, checkpoint.NAME):
+        (out / name).unlink()
+    os.replace(out / checkpoint.PREVIOUS, out / checkpoint.NAME)
+    lines = (out / rundir.METRICS).read_text().splitlines()
+    (out / rundir.METRICS).write_text("\n".join(lines[:3]) + "\n")
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    return out
+
+
 def test_a_cosine_schedule_runs_over_the_whole_run_and_survives_resume(sentiment_file, tmp_path):
     args = [f"data.source={sentiment_file}", *BASE]
     assert main(["run", *args, "--out", str(tmp_path / "a"), "--quiet"]) == 0
@@ -27,46 +39,35 @@ def test_a_cosine_schedule_runs_over_the_whole_run_and_survives_resume(sentiment
     # round t starts at global step 4 (t - 1) of 12: 0 (warmup), then cosine over steps 2..12
     expected = [0.0] + [0.01 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 10)) for s in (4, 8)]
     assert [r["lr"] for r in straight[1:]] == pytest.approx(expected)
-    out = tmp_path / "b"
-    assert main(["run", *args, "--out", str(out), "--quiet"]) == 0
-    for name in (rundir.SUMMARY, rundir.ADAPTERS, checkpoint.NAME):  # back to round 2's checkpoint
-        (out / name).unlink()
-    os.replace(out / checkpoint.PREVIOUS, out / checkpoint.NAME)
-    lines = (out / rundir.METRICS).read_text().splitlines()
-    (out / rundir.METRICS).write_text("\n".join(lines[:3]) + "\n")
-    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    out = resumed_from_round_2(args, tmp_path / "b")
     a, b = rundir.load_adapters(tmp_path / "a")["states"], rundir.load_adapters(out)["states"]
     for x, y in zip(a, b, strict=True):
         assert all((x[k] == y[k]).all() for k in x)
 
 
-@pytest.mark.parametrize("dp", [[], ["lora.init=shared", "fed.dp_clipping_norm=0.05", "fed.dp_noise_multiplier=0.5"]],
-                         ids=["adam", "adam-dp"])
-def test_a_server_optimizer_steps_on_the_mean_and_resumes_bit_exactly(dp, sentiment_file, tmp_path):
-    """fed.server_optimizer=adam: its moments are checkpointed, so a run resumed from round 2's checkpoint ends
+@pytest.mark.parametrize(("dp", "opt"), [
+    ([], "adam"),
+    (["lora.init=shared", "fed.dp_clipping_norm=0.05", "fed.dp_noise_multiplier=0.5"], "adam"),
+    (["lora.init=shared"], "avgm"),  # round 1 steps from the shared init (runtime.protocol.known_start)
+], ids=["adam", "adam-dp", "avgm-shared"])
+def test_a_server_optimizer_steps_on_the_mean_and_resumes_bit_exactly(dp, opt, sentiment_file, tmp_path):
+    """fed.server_optimizer: its moments are checkpointed, so a run resumed from round 2's checkpoint ends
     with the same adapters and records as one that never stopped (with server-side DP too: its noise is drawn
     from the seed and the round); the step moves the update off the mean."""
-    args = [f"data.source={sentiment_file}", *BASE[:-3], "fed.method=sfed-lora", *dp, "fed.server_optimizer=adam",
+    args = [f"data.source={sentiment_file}", *BASE[:-3], "fed.method=sfed-lora", *dp, f"fed.server_optimizer={opt}",
             "fed.server_lr=0.05"]
     assert main(["run", *args, "--out", str(tmp_path / "a"), "--quiet"]) == 0
     straight = rundir.records(tmp_path / "a")
     assert all(r["server_opt_s"] >= 0 for r in straight[1:])
     assert rundir.read(tmp_path / "a")[1].server_lr == 0.05
-    out = tmp_path / "b"
-    assert main(["run", *args, "--out", str(out), "--quiet"]) == 0
-    for name in (rundir.SUMMARY, rundir.ADAPTERS, checkpoint.NAME):  # back to round 2's checkpoint
-        (out / name).unlink()
-    os.replace(out / checkpoint.PREVIOUS, out / checkpoint.NAME)
-    lines = (out / rundir.METRICS).read_text().splitlines()
-    (out / rundir.METRICS).write_text("\n".join(lines[:3]) + "\n")
-    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    out = resumed_from_round_2(args, tmp_path / "b")
     a, b = rundir.load_adapters(tmp_path / "a")["states"], rundir.load_adapters(out)["states"]
     for x, y in zip(a, b, strict=True):
         assert all(torch.equal(x[k], y[k]) for k in x)
     resumed = rundir.records(out)
     assert [r["eval"] for r in resumed] == [r["eval"] for r in straight]
     assert [r.get("dp") for r in resumed] == [r.get("dp") for r in straight]
-    if dp:
+    if any("dp_clipping" in a for a in dp):
         assert all(r["dp"]["noise_norm"] > 0 for r in straight[1:])
     plain = tmp_path / "plain"  # the same run without the server's step: other adapters
     assert main(["run", *args[:-2], "--out", str(plain), "--quiet"]) == 0

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sfedlora.config import load_config
-from sfedlora.core.privacy import add_noise, clip_upload, noise_std
+from sfedlora.core.privacy import add_noise, clip_upload, noise_std, sensitivity_clients
 from sfedlora.errors import SfedloraError
 from sfedlora.methods import get_method
 from sfedlora.runtime.protocol import Exchange, Server
@@ -53,17 +53,17 @@ def test_noise_is_seeded_and_its_norm_is_what_was_added():
     assert float(added.std()) == pytest.approx(0.1, rel=0.1)
 
 
-def _server(*over: str) -> Server:
+def _server(*over: str, sizes: tuple[int, int] = (10, 10)) -> Server:
     cfg = load_config(None, ["fed.method=fedsa-lora", "fed.clients=2", "lora.rank=2", "lora.init=shared", *over])
     m = get_method(cfg.fed.method)
-    sizes = [{"train": 10, "val": 2, "test": 2}, {"train": 10, "val": 2, "test": 2}]
-    return Server(cfg, m, replace(resolve(cfg, m, [10, 10]), sizes=sizes))
+    return Server(cfg, m, replace(resolve(cfg, m, list(sizes)), sizes=[{"train": n, "val": 2, "test": 2}
+                                                                       for n in sizes]))
 
 
 def test_a_dp_round_clips_against_the_initial_upload_then_the_previous_aggregate():
     server = _server("fed.dp_clipping_norm=1.0", "fed.dp_noise_multiplier=0.0")
-    assert server.resolved.dp == {"clipping_norm": 1.0, "noise_multiplier": 0.0, "noise_std": 0.0}
-    server.dp_reference = {"m.lora_A": t(0.0, 0.0)}
+    assert server.resolved.dp == {"clipping_norm": 1.0, "noise_multiplier": 0.0}
+    server.initial = {"m.lora_A": t(0.0, 0.0)}
     ups = {0: {"m.lora_A": t(3.0, 4.0)}, 1: {"m.lora_A": t(0.3, 0.4)}}  # change norms 5 (clipped to 1) and 0.5
     first = server.aggregate(1, Exchange(selected=[0, 1], uploads=ups))
     assert first["m.lora_A"].tolist() == pytest.approx([0.45, 0.6])  # mean of (0.6, 0.8) and (0.3, 0.4)
@@ -75,16 +75,28 @@ def test_a_dp_round_clips_against_the_initial_upload_then_the_previous_aggregate
     assert server.dp_round["update_norm"] == pytest.approx([2.0, 0.0], abs=1e-6)
 
 
-def test_the_noise_depends_on_the_seed_and_the_round_only():
-    a = _server("fed.dp_clipping_norm=1.0", "fed.dp_noise_multiplier=2.0")
-    b = _server("fed.dp_clipping_norm=1.0", "fed.dp_noise_multiplier=2.0")
-    assert a.resolved.dp["noise_std"] == 1.0  # z C / n = 2 * 1 / 2
-    for s in (a, b):
-        s.dp_reference = {"m.lora_A": t(0.0, 0.0)}
+def _noised(rnd: int, *over: str) -> tuple[torch.Tensor, Server]:
+    server = _server("fed.dp_clipping_norm=1.0", "fed.dp_noise_multiplier=2.0", *over)
+    server.initial = {"m.lora_A": t(0.0, 0.0)}
     ups = {0: {"m.lora_A": t(0.1, 0.1)}, 1: {"m.lora_A": t(0.1, 0.1)}}
-    x = a.aggregate(3, Exchange(selected=[0, 1], uploads=ups))
-    y = b.aggregate(3, Exchange(selected=[0, 1], uploads=ups))
-    assert torch.equal(x["m.lora_A"], y["m.lora_A"]) and a.dp_round["noise_norm"] > 0
+    return server.aggregate(rnd, Exchange(selected=[0, 1], uploads=ups))["m.lora_A"], server
+
+
+def test_the_noise_depends_on_the_seed_and_the_round_only():
+    x, a = _noised(3)
+    assert a.dp_round["noise_std"] == 1.0 and a.dp_round["noise_norm"] > 0  # z C / n = 2 * 1 / 2, equal weights
+    assert torch.equal(x, _noised(3)[0])
+    assert not torch.equal(x, _noised(4)[0]) and not torch.equal(x, _noised(3, "seed=1")[0])
+
+
+def test_under_sample_weights_the_noise_follows_the_largest_weight():
+    # sizes 10 and 30: normalised weights 1/4 and 3/4, one clipped upload moves the mean by up to 3/4 C,
+    # so n = 4/3 and the std is z C 3/4 = 1.5 (Flower's z C / n would give 1.0)
+    server = _server("fed.dp_clipping_norm=1.0", "fed.dp_noise_multiplier=2.0", sizes=(10, 30))
+    server.initial = {"m.lora_A": t(0.0, 0.0)}
+    server.aggregate(1, Exchange(selected=[0, 1], uploads={0: {"m.lora_A": t(0.1, 0.1)}, 1: {"m.lora_A": t(0.1, 0.1)}}))
+    assert server.dp_round["noise_std"] == pytest.approx(1.5)
+    assert sensitivity_clients([1.0, 1.0, 1.0]) == 3.0 and sensitivity_clients([1.0, 3.0]) == pytest.approx(4 / 3)
 
 
 def test_what_dp_is_refused_for():
@@ -97,3 +109,6 @@ def test_what_dp_is_refused_for():
                                  "lora.ranks=[2,4,4,8]"]))
     with pytest.raises(SfedloraError, match="needs fed.dp_clipping_norm"):
         check(load_config(None, ["fed.dp_noise_multiplier=1"]))
+    with pytest.raises(SfedloraError, match="adaptive do not go together"):
+        check(load_config(None, ["fed.method=sfed-lora", "lora.init=shared", "fed.dp_clipping_norm=1",
+                                 "lora.scaling=adaptive"]))

@@ -12,7 +12,7 @@ from sfedlora.config import load_config
 from sfedlora.core.server_opt import ServerOptimizer, ServerOptSettings, server_lr
 from sfedlora.errors import SfedloraError
 from sfedlora.methods import get_method
-from sfedlora.runtime.protocol import Exchange, Server
+from sfedlora.runtime.protocol import Exchange, Server, known_start
 from sfedlora.runtime.resolve import check, resolve
 
 
@@ -123,7 +123,21 @@ def test_the_fedsa_server_steps_on_a_and_the_head_and_never_sees_b():
     ups = [{"m.lora_A": t(4.5), "head.w": t(5.0)}, {"m.lora_A": t(4.5), "head.w": t(5.0)}]
     second = server.aggregate(2, Exchange(selected=[0, 1], uploads=dict(enumerate(ups))))
     assert float(second["m.lora_A"]) == pytest.approx(2.5 + 0.5 * 2.0) and float(second["head.w"]) == 5.0
-    assert server.mean == {"m.lora_A": t(4.5), "head.w": t(5.0)} and server.latest == second
+    assert server.latest == second
+
+
+def test_the_first_step_starts_from_what_every_client_started_from():
+    """FedIT with a shared init: B starts at 0 and A at the shared draw, so round 1 is a step (eta 0.5) from them;
+    with independent inits (known_start drops A) A's first mean is adopted."""
+    server = _server("fedit", "fed.server_optimizer=avgm", "fed.server_lr=0.5", "fed.server_momentum=0",
+                     "lora.init=shared")
+    fresh = {"m.lora_A": t(1.0), "m.lora_B": t(0.0), "head.w": t(0.5)}
+    server.initial = known_start(fresh, "shared")
+    ups = {0: {"m.lora_A": t(3.0), "m.lora_B": t(2.0), "head.w": t(0.5)},
+           1: {"m.lora_A": t(3.0), "m.lora_B": t(2.0), "head.w": t(0.5)}}
+    first = server.aggregate(1, Exchange(selected=[0, 1], uploads=ups))
+    assert [float(first[k]) for k in ("m.lora_A", "m.lora_B", "head.w")] == pytest.approx([2.0, 1.0, 0.5])
+    assert known_start(fresh, "independent") == {"m.lora_B": t(0.0), "head.w": t(0.5)}
 
 
 def test_the_methods_and_ranks_a_server_optimizer_is_refused_for():
@@ -134,4 +148,8 @@ def test_the_methods_and_ranks_a_server_optimizer_is_refused_for():
         check(load_config(None, ["fed.method=sfed-lora", "fed.server_optimizer=adam", "lora.ranks=[2,4,4,8]"]))
     with pytest.raises(SfedloraError, match="fed.server_lr must be > 0"):
         load_config(None, ["fed.server_optimizer=adam", "fed.server_lr=0"])
+    with pytest.raises(SfedloraError, match="fed.server_optimizer is none"):
+        check(load_config(None, ["fed.server_lr=0.1"]))
+    with pytest.raises(SfedloraError, match="adaptive do not go together"):
+        check(load_config(None, ["fed.server_optimizer=adam", "lora.scaling=adaptive"]))
     assert check(load_config(None, ["fed.method=rolora", "fed.server_optimizer=yogi"])).name == "rolora"

@@ -207,3 +207,27 @@ def test_fedprox_in_a_batched_group_equals_each_client_alone():
                                frozenset({"A", "B"}))
         for k in alone[0]:
             torch.testing.assert_close(both[c][k], alone[0][k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("method", "rnd", "kinds"), [
+    ("sfed-lora", 1, {"A", "head"}), ("fedit", 1, {"A", "B", "head"}), ("ffa-lora", 1, {"B", "head"}),
+    ("rolora", 1, {"B", "head"}), ("rolora", 2, {"A", "head"})])
+def test_fedprox_anchors_what_the_server_aggregates_and_never_a_fedsa_clients_own_b(method, rnd, kinds, monkeypatch):
+    """client.step.train hands the local steps the factor kinds the method uploads (and trains) that round."""
+    from types import SimpleNamespace
+
+    from sfedlora.client import local, step
+    from sfedlora.config import load_config
+    from sfedlora.methods import get_method
+
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen["anchored"] = kwargs["anchored"]
+        return [], [], []
+
+    monkeypatch.setattr(local, "train_clients", fake)
+    engine = SimpleNamespace(cfg=load_config(None, ["train.prox_mu=0.1"]), method=get_method(method), model=None,
+                             tok=None, task="classification", device=torch.device("cpu"))
+    step.train(engine, rnd, [], [], [], [])
+    assert seen["anchored"] == kinds

@@ -132,8 +132,9 @@ class FedConfig:
     dp_clipping_norm: float = opt(0.0, "> 0: server-side differential privacy with fixed clipping (both runners; "
                                   "docs/methods.md): each upload's change from the server's previous value clipped "
                                   "to this L2 norm C", check="non_negative")
-    dp_noise_multiplier: float = opt(0.0, "z: Gaussian noise of std z C / n (n the clients per round) on every "
-                                     "element of the aggregate; the noise added is recorded per round",
+    dp_noise_multiplier: float = opt(0.0, "z: Gaussian noise of std z C / n on every element of the aggregate, n "
+                                     "the clients averaged (1 / max_i w_i under sample weights); the noise added is "
+                                     "recorded per round",
                                      check="non_negative")
     server_optimizer: str = opt("none", "the server's step on the aggregated factors from the round's pseudo-gradient "
                                 "(weighted mean minus the previous global value; docs/methods.md): `none` (FedAvg), "
@@ -141,9 +142,9 @@ class FedConfig:
                                 choices=SERVER_OPTIMIZERS)
     server_lr: float | None = opt(None, "server learning rate eta; null: 1.0 for avgm, 0.01 for adagrad, yogi and adam "
                                   "(recorded as `resolved.server_lr`)")
-    server_momentum: float = opt(0.9, "avgm: momentum mu", check="fraction")
-    server_beta1: float = opt(0.9, "adagrad, yogi, adam: beta1 of the first moment", check="fraction")
-    server_beta2: float = opt(0.99, "yogi, adam: beta2 of the second moment", check="fraction")
+    server_momentum: float = opt(0.9, "avgm: momentum mu, in [0, 1)", check="fraction")
+    server_beta1: float = opt(0.9, "adagrad, yogi, adam: beta1 of the first moment, in [0, 1)", check="fraction")
+    server_beta2: float = opt(0.99, "yogi, adam: beta2 of the second moment, in [0, 1)", check="fraction")
     server_tau: float = opt(0.001, "adagrad, yogi, adam: tau, the adaptivity (v starts at tau^2)", check="positive",
                             label="fed.server_tau")
     client_store: str = opt("auto", "where the in-process runner keeps clients between rounds: `memory` (all of "

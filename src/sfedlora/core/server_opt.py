@@ -15,8 +15,10 @@ arXiv 1909.06335 (FedAvgM). For every aggregated tensor x (the factors the metho
 element-wise, with m_0 = 0 and v_0 = tau^2 (the paper's v_{-1} >= tau^2) and no bias correction, as in the
 paper. `none` is plain FedAvg: x_t = mean_t. With avgm, eta = 1 and mu = 0 it is FedAvg again (up to rounding).
 
-A tensor the server has no previous global value of (its first aggregation: with independent inits there is no
-global A before the first mean) is adopted as it is; its pseudo-gradients start with the next aggregation.
+x_0 is what every client starts from where the server can know it (runtime.protocol.known_start: B = 0, a
+classification head, A with a shared init). A tensor with no previous value (A with independent inits: each
+client draws its own, so there is no global A before the first mean) is adopted as it is at its first
+aggregation; its pseudo-gradients start with the next.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class ServerOptimizer:
         return self.settings.kind != "none"
 
     def step(self, latest: State, mean: State) -> State:
-        """The round's update from its weighted `mean`, against the server's `latest` global values."""
+        """The round's update from its weighted `mean`, against the previous global values `latest`."""
         if not self.on:
             return mean
         out = {}

@@ -50,9 +50,9 @@ def query(msg: Message, context: Context) -> Message:
                          "found": json.dumps(node.found)})
     content = RecordDict({"info": info})
     rank = int(conf.get("initial_rank", 0))
-    if rank:  # server-side DP: the shared starting point that round 1's updates are clipped against
-        start = node.fresh("shared", [rank] * node.cfg.fed.clients)["adapters"]
-        content["initial"] = to_record(node.method.upload(start, 1.0, 1))
+    if rank:  # server-side DP, a server optimizer: a client's fresh adapters with a shared init (the server keeps
+        # what every client starts from: runtime.protocol.known_start)
+        content["initial"] = to_record(node.fresh("shared", [rank] * node.cfg.fed.clients)["adapters"])
     return Message(content, reply_to=msg)
 
 

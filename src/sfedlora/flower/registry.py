@@ -1,6 +1,7 @@
 """Registration of a Flower run's nodes: wait (bounded) for one node per partition, ask each for its
 partition, sizes, what its set-up found and its adapter schema, and keep the nodes that agree with the
-majority's schema, one per partition. With server-side DP, also the shared initial A the nodes agree on."""
+majority's schema, one per partition. With server-side DP or a server optimizer, also the fresh adapters of a
+shared init the nodes agree on."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class Registration:
     partition_of: dict[int, int]  # node id -> partition
     infos: dict[int, dict[str, Any]]  # partition -> what its node registered
     schema: dict[str, list[int]]  # the adapter shapes at rank 1 the nodes agree on
-    initial: State = field(default_factory=dict)  # DP: the shared initial upload
+    initial: State = field(default_factory=dict)  # DP, server optimizer: fresh adapters of a shared init
 
 
 def wait_for_nodes(grid: Any, n: int, node_wait: float) -> list[int]:

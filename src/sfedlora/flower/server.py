@@ -44,7 +44,7 @@ from sfedlora.flower.wire import (
     to_record,
 )
 from sfedlora.runtime import rundir
-from sfedlora.runtime.protocol import Exchange, Server
+from sfedlora.runtime.protocol import Exchange, Server, known_start
 from sfedlora.runtime.resolve import Resolved, check, resolve
 from sfedlora.runtime.rounds import Reply, run_rounds
 from sfedlora.runtime.runlog import RunLog
@@ -86,8 +86,10 @@ class FlowerRun:
 
     # ---- registration -------------------------------------------------------------------------------
     def _register(self, grid: Any) -> None:
-        reg = register(grid, self.cfg.fed.clients, self.cfg_json, self.settings.node_wait, self.timeout(),
-                       self.cfg.lora.rank if self.cfg.fed.dp_clipping_norm > 0 else 0, self.echo)
+        f = self.cfg.fed
+        start = f.dp_clipping_norm > 0 or f.server_optimizer != "none"  # the server needs what clients start from
+        reg = register(grid, f.clients, self.cfg_json, self.settings.node_wait, self.timeout(),
+                       self.cfg.lora.rank if start else 0, self.echo)
         self.node_of, self.partition_of, self.infos = reg.node_of, reg.partition_of, reg.infos
         self.schema, self.initial = reg.schema, reg.initial
         self.sizes = [int(self.infos[p]["n_train"]) for p in range(self.cfg.fed.clients)]
@@ -254,7 +256,7 @@ class FlowerRun:
         self._register(grid)
         self.resolved = self._describe()
         self.server = Server(cfg, self.method, self.resolved)
-        self.server.dp_reference = dict(self.initial)  # DP: the shared initial upload the nodes reported
+        self.server.initial = known_start(self.initial, self.resolved.init)  # what the nodes reported, where known
         nodes = "  nodes: " + ", ".join(f"partition {p} -> node {n}" for p, n in sorted(self.node_of.items()))
         log = RunLog(self.out_dir, cfg, self.resolved, self.descriptions, f"{self.method.name} on Flower", self.echo,
                      also=[nodes])

@@ -33,12 +33,12 @@ import torch
 from sfedlora.config import RunConfig
 from sfedlora.core.adaptive import measure, module_gammas
 from sfedlora.core.aggregate import client_weights
-from sfedlora.core.privacy import add_noise, clip_upload
+from sfedlora.core.privacy import add_noise, clip_upload, noise_std, sensitivity_clients
 from sfedlora.core.scaling import Gamma
 from sfedlora.core.schedule import global_step, lr_factor
 from sfedlora.core.server_opt import ServerOptimizer, ServerOptSettings
 from sfedlora.core.spectrum import spectrum_stats
-from sfedlora.core.state import State, overlay, payload_bytes
+from sfedlora.core.state import State, factor_kind, overlay, payload_bytes
 from sfedlora.errors import SfedloraError
 from sfedlora.methods import FederatedMethod
 from sfedlora.runtime.records import round_record
@@ -93,6 +93,13 @@ def spectrum(method: FederatedMethod, update: State, clients: list[State] | None
     return {key: sum(s[key] for s in stats) / len(stats) for key in ("energy_beyond_rmin", "effective_rank")}
 
 
+def known_start(fresh: State, init: str) -> State:
+    """What every client starts from, as far as a server can know it, from one client's fresh adapters drawn with a
+    shared init: B (zero) and a classification head always; A only where `init` is shared (with independent inits
+    each client draws its own A, so there is no global A before the first mean)."""
+    return {k: v for k, v in fresh.items() if factor_kind(k) != "A" or init == "shared"}
+
+
 @dataclass
 class Exchange:
     """What the server gathered in one round."""
@@ -119,9 +126,10 @@ class Server:
         f = cfg.fed
         self.opt = ServerOptimizer(ServerOptSettings(f.server_optimizer, resolved.server_lr or 1.0, f.server_momentum,
                                                      f.server_beta1, f.server_beta2, f.server_tau))
-        self.mean: State = {}  # the round's weighted mean, before the server optimizer's step
         self.opt_s = 0.0  # the time of the round's server optimizer step
-        self.dp_reference: State = {}  # server-side DP: the shared initial upload, round 1's reference (core.privacy)
+        # what every client starts from, as far as the server can know it (known_start): the previous value of a
+        # tensor before its first aggregation, for server-side DP's clipping and a server optimizer's step
+        self.initial: State = {}
         self.dp_round: dict[str, Any] = {}  # server-side DP: what the round's clipping and noise did
 
     @property
@@ -142,7 +150,7 @@ class Server:
             return
         accepted = sorted(exchange.uploads)
         self.n_eff = measure(self.cfg.lora.adaptive, [exchange.uploads[c] for c in accepted],
-                             [self.weights[c] for c in accepted], self.mean, self.n_eff, self.init_sq_norms)
+                             [self.weights[c] for c in accepted], update, self.n_eff, self.init_sq_norms)
 
     def select(self) -> list[int]:
         return select(self.rng, self.cfg.fed.clients, self.cfg.fed.clients_per_round)
@@ -165,6 +173,7 @@ class Server:
         """Step 5: the method's aggregate of the accepted uploads; none accepted (possible only with
         fed.min_clients = 0) is an empty update: every client keeps the latest, as a Flower server does."""
         accepted = sorted(exchange.uploads)
+        self.dp_round = {}
         if not accepted:
             return self.adopt({})
         uploads, weights = [exchange.uploads[c] for c in accepted], [self.weights[c] for c in accepted]
@@ -174,30 +183,31 @@ class Server:
 
     def private(self, rnd: int, accepted: list[int], uploads: list[State], weights: list[float]) -> State:
         """Server-side DP (core.privacy): each upload's change from the previous aggregate (round 1: the shared
-        initial upload) clipped to C, the method's aggregate, Gaussian noise of std z C / n drawn from a generator
-        seeded by the run's seed and the round (a resumed run draws the same)."""
+        initial upload) clipped to C, the method's aggregate, Gaussian noise of std z C max_i w_i (z C / n with
+        equal weights) drawn from a generator seeded by the run's seed and the round (a resumed run draws the
+        same)."""
         dp = self.resolved.dp
         assert dp is not None
-        reference = {**self.dp_reference, **self.latest}
+        reference = {**self.initial, **self.latest}
         clipped, norms = [], []
         for u in uploads:
             c, norm = clip_upload(u, reference, dp["clipping_norm"])
             clipped.append(c)
             norms.append(norm)
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + rnd)
-        noised, noise_norm = add_noise(self.method.aggregate(clipped, weights, rnd), dp["noise_std"], gen)
+        std = noise_std(dp["noise_multiplier"], dp["clipping_norm"], sensitivity_clients(weights))
+        noised, noise_norm = add_noise(self.method.aggregate(clipped, weights, rnd), std, gen)
         self.dp_round = {"update_norm": norms, "clipped": [c for c, n in zip(accepted, norms, strict=True)
                                                            if n > dp["clipping_norm"]],
-                         "noise_std": dp["noise_std"], "noise_norm": noise_norm}
+                         "noise_std": std, "noise_norm": noise_norm}
         return noised
 
     def adopt(self, mean: State) -> State:
-        """The round's update from its aggregate `mean` (the server optimizer's step, fed.server_optimizer; `none`:
-        the mean itself), kept as the latest. A runner that aggregates elsewhere, e.g. through a Flower strategy
-        that adds differential privacy, hands its aggregate over here."""
-        self.mean = mean
+        """The round's update from its aggregate `mean` (the server optimizer's step, fed.server_optimizer, from the
+        previous values, or where a tensor has none yet what every client started from; `none`: the mean itself),
+        kept as the latest."""
         t0 = time.perf_counter()
-        update = self.opt.step(self.latest, mean)
+        update = self.opt.step({**self.initial, **self.latest}, mean)
         self.opt_s = time.perf_counter() - t0
         self.latest = overlay(self.latest, update)
         return update

@@ -12,7 +12,6 @@ import torch
 
 from sfedlora.config import RunConfig
 from sfedlora.core.aggregate import partition_n
-from sfedlora.core.privacy import noise_std
 from sfedlora.core.scaling import scaling
 from sfedlora.core.server_opt import server_lr
 from sfedlora.errors import SfedloraError
@@ -90,7 +89,7 @@ class Resolved:
     scaling_n: str = "participants"
     client_store: str = "memory"  # memory | disk (simulation.clientstore)
     server_lr: float | None = None  # fed.server_optimizer's eta (fed.server_lr or its default); None: no optimizer
-    dp: dict[str, float] | None = None  # server-side DP: clipping norm C, noise multiplier z, noise std z C / n
+    dp: dict[str, float] | None = None  # server-side DP: clipping norm C and noise multiplier z
     # what set-up found
     task: str = ""
     label_names: list[str] = field(default_factory=list)
@@ -199,6 +198,12 @@ def resolve(cfg: RunConfig, method: FederatedMethod, n_train: list[int]) -> Reso
         if len(set(ranks)) > 1:
             raise SfedloraError(f"fed.server_optimizer needs equal ranks on all clients (got {ranks}): with "
                                 "heterogeneous ranks a factor's rows are averaged over different clients")
+        if rule == "adaptive":
+            raise SfedloraError("fed.server_optimizer and lora.scaling=adaptive do not go together: N_eff measures how "
+                                "plain averaging shrinks A, and a server optimizer's step is not an average")
+    elif cfg.fed.server_lr is not None:
+        raise SfedloraError("fed.server_lr is set but fed.server_optimizer is none: choose a server optimizer "
+                            "(avgm, adagrad, yogi, adam) or leave fed.server_lr null")
     if cfg.fed.dp_clipping_norm > 0:
         if not method.dp_compatible:
             raise SfedloraError(f"server-side DP (fed.dp_clipping_norm) clips each upload against the previous "
@@ -209,6 +214,10 @@ def resolve(cfg: RunConfig, method: FederatedMethod, n_train: list[int]) -> Reso
         if init != "shared":
             raise SfedloraError("server-side DP (fed.dp_clipping_norm) clips updates against the previous aggregate, "
                                 "so round 1 needs a common starting point: set lora.init=shared")
+        if rule == "adaptive":
+            raise SfedloraError("server-side DP (fed.dp_clipping_norm) and lora.scaling=adaptive do not go together: "
+                                "the adaptive rule measures N_eff on the unclipped uploads and sends every client a "
+                                "gamma from them, outside the privacy mechanism")
     elif cfg.fed.dp_noise_multiplier > 0:
         raise SfedloraError("fed.dp_noise_multiplier needs fed.dp_clipping_norm > 0 (the noise's scale is z C / n)")
     if rule == "adaptive":
@@ -234,8 +243,7 @@ def resolve(cfg: RunConfig, method: FederatedMethod, n_train: list[int]) -> Reso
                     server_lr=None if cfg.fed.server_optimizer == "none" else server_lr(cfg.fed.server_optimizer,
                                                                                          cfg.fed.server_lr),
                     dp=None if cfg.fed.dp_clipping_norm <= 0 else {
-                        "clipping_norm": cfg.fed.dp_clipping_norm, "noise_multiplier": cfg.fed.dp_noise_multiplier,
-                        "noise_std": noise_std(cfg.fed.dp_noise_multiplier, cfg.fed.dp_clipping_norm, n)})
+                        "clipping_norm": cfg.fed.dp_clipping_norm, "noise_multiplier": cfg.fed.dp_noise_multiplier})
 
 
 DISK_FROM = 1000  # fed.client_store=auto: clients from which the in-process runner keeps them on disk

@@ -23,7 +23,7 @@ from sfedlora.core.state import State
 from sfedlora.data.batching import ClientSampler
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import checkpoint, rundir
-from sfedlora.runtime.protocol import Exchange, Server, evaluated_clients
+from sfedlora.runtime.protocol import Exchange, Server, evaluated_clients, known_start
 from sfedlora.runtime.resolve import Resolved, resume_mismatch
 from sfedlora.runtime.rounds import Reply, run_rounds
 from sfedlora.runtime.runlog import RunLog
@@ -72,8 +72,8 @@ class Simulation:
         groups = resolved.groups if resolved is not None and resolved.groups else grouping.plan_run(s, self.resolved)
         self.resolved = replace(self.resolved, groups=groups)  # complete: the Server gets it whole
         self.server = Server(cfg, self.method, self.resolved)
-        if self.resolved.dp is not None:  # round 1 clips against the shared initial upload (core.privacy)
-            self.server.dp_reference = self.method.upload(self._fresh_adapters(0), self.resolved.gammas[0], 1)
+        if self.resolved.dp is not None or self.server.opt.on:  # round 1's previous values, where known
+            self.server.initial = known_start(self._fresh_adapters(0), self.resolved.init)
         if self.resolved.scaling == "adaptive" and cfg.lora.adaptive == "cumulative":
             self.server.init_sq_norms = init_sq_norms(h.adapters for h in self.store)
         self.merged: dict[str, torch.Tensor] = {}  # FLoRA: fp32 sum of the updates merged into W0 so far
