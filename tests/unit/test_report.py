@@ -144,7 +144,8 @@ def test_each_arm_is_reported_at_its_learning_rate_chosen_on_validation(tmp_path
     build_report([tmp_path / "runs"], tmp_path / "rep")
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "0.001 (chosen on val)" in md and "| 0.5000 ± 0.0000 |" in md and "0.7000" not in md.split("## Learn")[0]
-    assert "| 0.01 | 0.6000 | 2 |  |" in md and "| 0.001 | 0.8000 | 2 | chosen |" in md
+    assert "| 0.01 | 0.6000 | 2 |  |" in md
+    assert "| 0.001 | 0.8000 | 2 | chosen, at the grid's bottom: the best rate may lie below it |" in md
 
 
 @pytest.mark.slow  # builds whole reports (figures)
@@ -388,6 +389,23 @@ def test_the_three_rate_protocols_pick_different_rates_from_one_grid(tmp_path):
     build_report([tmp_path / "runs"], tmp_path / "rep-fixed", rates="fixed", rate=0.01)
     md = (tmp_path / "rep-fixed" / "report.md").read_text()
     assert "every arm at lr 0.01 (one fixed rate)" in md and "| lora | 0.01 (fixed) | 512 | 1 | 1 | 0.3000" in md
+    assert "at an end of the rates" not in md  # a fixed rate is chosen by no metric: no grid edge to warn of
+    build_report([tmp_path / "runs"], tmp_path / "rep-per-arm")
+    md = (tmp_path / "rep-per-arm" / "report.md").read_text()
+    assert "1 of the 4 rates chosen on validation are at an end of the rates their arm ran" in md
+    assert "| 1.0 | 0.8000 | 1 | chosen, at the grid's top: the best rate may lie above it |" in md
+
+
+def test_a_rate_chosen_at_an_end_of_its_grid_is_flagged():
+    from sfedlora.tools.report import grid_edge
+    from sfedlora.tools.selection import RateChoice
+
+    grid = [(0.01, 0.5, 3), (0.1, 0.7, 3), (1.0, 0.6, 3)]
+    assert grid_edge(RateChoice("g", grid, 0.1)) == ""
+    assert grid_edge(RateChoice("g", grid, 1.0)).startswith("at the grid's top")
+    assert grid_edge(RateChoice("g", grid, 0.01)).startswith("at the grid's bottom")
+    assert grid_edge(RateChoice("g", grid, 1.0, how="fixed")) == ""
+    assert grid_edge(RateChoice("g", [(0.1, 0.7, 3), (1.0, None, 0)], 0.1)) == ""  # one rate with a metric
 
 
 def test_a_rate_protocol_that_cannot_be_followed_says_why(tmp_path):

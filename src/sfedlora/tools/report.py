@@ -149,8 +149,24 @@ def _intro(runs: list[Run], arms: list[Arm], shown: list[Arm], common: dict[str,
     return text
 
 
+def grid_edge(choice: Any) -> str:
+    """Where a rate chosen on validation sits at an end of the rates its arm ran: the best rate may lie beyond
+    the grid, so the comparison at that rate is not the one the protocol promises ('' where inside, or fixed)."""
+    rated = sorted(float(lr) for lr, v, _ in choice.candidates if v is not None)
+    if choice.how == "fixed" or choice.chosen is None or len(rated) < 2:
+        return ""
+    if float(choice.chosen) == rated[-1]:
+        return "at the grid's top: the best rate may lie above it"
+    if float(choice.chosen) == rated[0]:
+        return "at the grid's bottom: the best rate may lie below it"
+    return ""
+
+
 def _rates_table(choices: list[Any]) -> tuple[list[str], list[list[str]]]:
-    mark = lambda c: "chosen" if c.how == "chosen on val" else c.how
+    def mark(c: Any) -> str:
+        text = "chosen" if c.how == "chosen on val" else c.how
+        return f"{text}, {grid_edge(c)}" if grid_edge(c) else text
+
     body = [[c.group, str(lr), "-" if v is None else f"{v:.4f}", str(n), mark(c) if lr == c.chosen else ""]
             for c in choices for lr, v, n in c.candidates]
     body += [[c.group, str(c.chosen), "-", "0", "not run"] for c in choices
@@ -246,6 +262,11 @@ def build_report(dirs: list[Path], out: Path, ref: tuple[str, str] | None = None
         tables.append((f"Best-on-validation personalised test {metric}, {rows} by {cols}",
                        *pivot_table(arms, rows, cols)))
     intro = _intro(runs, every_rate, arms, common, metric, higher, rows_text)
+    edges = [c for c in rate_choices if grid_edge(c)]
+    if edges:
+        intro += (f" {len(edges)} of the {len(rate_choices)} rates chosen on validation are at an end of the rates "
+                  "their arm ran (the rates table says which): the best rate may lie beyond the grid, so widen it "
+                  "before reading those rows as the protocol's answer.")
     if metric == "accuracy" and not any(str(a.label.get("method", "")).startswith("head-only") for a in arms):
         intro += (" No head-only baseline (lora.scaling=none) among these runs: what the adapters add over training"
                   " the head alone is not shown.")
