@@ -188,7 +188,7 @@ class Server:
         same)."""
         dp = self.resolved.dp
         assert dp is not None
-        reference = {**self.initial, **self.latest}
+        reference = self.previous()
         clipped, norms = [], []
         for u in uploads:
             c, norm = clip_upload(u, reference, dp["clipping_norm"])
@@ -202,12 +202,18 @@ class Server:
                          "noise_std": std, "noise_norm": noise_norm}
         return noised
 
+    def previous(self) -> State:
+        """Each aggregated tensor's previous global value: the latest update's, or before its first aggregation what
+        every client started from (`initial`, where known): what DP clips against and a server optimizer steps
+        from."""
+        return {**self.initial, **self.latest}
+
     def adopt(self, mean: State) -> State:
         """The round's update from its aggregate `mean` (the server optimizer's step, fed.server_optimizer, from the
         previous values, or where a tensor has none yet what every client started from; `none`: the mean itself),
         kept as the latest."""
         t0 = time.perf_counter()
-        update = self.opt.step({**self.initial, **self.latest}, mean)
+        update = self.opt.step(self.previous(), mean)
         self.opt_s = time.perf_counter() - t0
         self.latest = overlay(self.latest, update)
         return update

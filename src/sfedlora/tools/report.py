@@ -165,7 +165,7 @@ def grid_edge(choice: Any) -> str:
 def _rates_table(choices: list[Any]) -> tuple[list[str], list[list[str]]]:
     def mark(c: Any) -> str:
         text = "chosen" if c.how == "chosen on val" else c.how
-        return f"{text}, {grid_edge(c)}" if grid_edge(c) else text
+        return f"{text}, {edge}" if (edge := grid_edge(c)) else text
 
     body = [[c.group, str(lr), "-" if v is None else f"{v:.4f}", str(n), mark(c) if lr == c.chosen else ""]
             for c in choices for lr, v, n in c.candidates]
