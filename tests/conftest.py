@@ -20,6 +20,17 @@ from transformers import BertConfig, BertForSequenceClassification, LlamaConfig,
 collect_ignore_glob = [] if importlib.util.find_spec("flwr") else ["flower/*"]
 
 
+@pytest.fixture(autouse=True)
+def attention_timings_equal(monkeypatch):
+    """model.attention=auto times each attention implementation at set-up, and timings are not reproducible: in
+    tests every implementation takes the same time, so auto keeps sdpa and two runs of a test choose alike.
+    tests/unit/test_attention.py times for real and fakes other timings. A run in a subprocess measures for real:
+    tests that compare one with an in-process run pin model.attention."""
+    from sfedlora.runtime import attention
+
+    monkeypatch.setattr(attention, "measure", lambda model, step, names: dict.fromkeys(names, 1.0))
+
+
 def lm_batch(g: torch.Generator, rows: int, seq: int = 10, padded_row: int = 0) -> dict[str, torch.Tensor]:
     """Random tokens for a causal LM: the first 4 (the prompt) and the padding out of the loss, the last 3
     tokens of one row padded."""

@@ -27,6 +27,14 @@ def test_bench_runs_and_agrees(capsys, tmp_path):
         assert r["fraction_of_ceiling"][side] == pytest.approx(r["gflops"][side] / r["ceiling_gflops"]["fp32"])
     # the automatic group size of `sfedlora run`: on a CPU the fewest clients whose step has 512 tokens
     assert r["groups"] == {"train": 2, "rule": "auto"}  # 2 x 16 tokens per client: both clients in one group
+    e = r["evaluation"]  # scoring the round's tokens against the training round, and its share of both
+    assert e["train_round_seconds"] == r["seconds"]["b"]
+    assert e["per_token_vs_training"] == pytest.approx(e["score_seconds"] / e["train_round_seconds"])
+    assert e["share_of_round"] == pytest.approx(e["score_seconds"] / (e["score_seconds"] + e["train_round_seconds"]))
+    prof = r["profile"]  # one profiled round: every category's share, summing to 1, and the GEMMs' together
+    assert sum(prof["shares"].values()) == pytest.approx(1.0) and prof["shares"]["base GEMMs"] > 0
+    assert prof["gemm_share"] == pytest.approx(prof["shares"]["base GEMMs"] + prof["shares"].get("adapter matmuls", 0))
+    assert any(line.startswith("GEMMs (base + adapter): ") for line in out)
 
 
 def test_bench_groups_clients_as_run_does_and_still_agrees(tmp_path):

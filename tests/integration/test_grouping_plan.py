@@ -29,7 +29,7 @@ def test_auto_plan_is_recorded_and_leaves_the_random_stream_alone(sentiment_file
     assert plan.rule == "auto" and plan.cap == 3 and 0 < plan.row_tokens < 16
     assert plan.train == 3 and plan.eval == 1  # eval: ceil(3 x 4 / 16) = 1 client of 16 rows per pass
     assert plan.bytes_per_row > 0 and 0 < plan.budget_bytes <= plan.free_bytes
-    assert fixed.groups == GroupPlan(train=1, eval=1, rule="fixed")
+    assert fixed.groups == GroupPlan(train=1, eval=1, rule="fixed", decode=1)
     auto.run()
     recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["resolved"]["groups"]
     assert GroupPlan(**recorded) == plan  # what --resume reads back

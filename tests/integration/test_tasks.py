@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 from sfedlora.config import load_config
 from sfedlora.data.batching import IGNORE, encode_lm, labels_of, prompt_of
 from sfedlora.runtime.models import smollm2_tokenizer
+from sfedlora.runtime.resolve import GroupPlan
 from sfedlora.simulation import Simulation
 
 pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
@@ -87,3 +89,23 @@ def test_sentence_pairs_bf16_and_partial_participation(sentiment_file, tmp_path)
 def test_labels_are_a_copy_whatever_the_token_dtype():
     ex = {"input_ids": torch.tensor([5, 6, 7, 8]), "n_prompt": 2}  # int64: .long() alone would alias
     assert labels_of(ex).tolist() == [IGNORE, IGNORE, 7, 8] and ex["input_ids"].tolist() == [5, 6, 7, 8]
+
+
+def test_decoding_in_larger_groups_than_scoring_gives_the_same_evaluation(math_file, tmp_path):
+    """The in-process runner scores in evaluation groups and decodes (math accuracy, samples) in decoding groups
+    where the plan makes those larger: the record is the one a single pass of one client at a time gives."""
+    cfg = load_config(None, [f"data.source={math_file}", "data.task=math", "data.prompt_field=question",
+                             "data.response_field=worked", "data.answer_field=final", "eval.generate_examples=2",
+                             "eval.max_new_tokens=4", "eval.samples=1", "eval.sample_tokens=3", *LM, "fed.clients=3"])
+    sim = Simulation(cfg, tmp_path / "run", echo=lambda s: None, progress=False)
+    evaluations = []
+    for decode in (1, 3):  # one pass of one client; scored one at a time, then the three decoded together
+        sim.resolved = replace(sim.resolved, groups=GroupPlan(train=1, eval=1, rule="fixed", decode=decode))
+        evaluations.append(sim._evaluate())
+    (one, one_samples), (two, two_samples) = evaluations
+    assert one == two and one_samples == two_samples
+    for split in ("val", "test"):
+        assert [row["n_decoded"] for row in two["personal"][split]["clients"]] == [len(e.decode[split])
+                                                                                   for e in sim.encoded]
+    assert [row["n_decoded"] for row in two["personal"]["test"]["clients"]] == [2, 2, 2]
+    assert set(two_samples) == {0, 1, 2} and all(len(s) == 1 for s in two_samples.values())

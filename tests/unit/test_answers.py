@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sfedlora.client.answers import extract_answer, same_answer
-from sfedlora.client.evaluate import math_accuracy
+from sfedlora.client.evaluate import correct_answers
 from sfedlora.config import load_config
 from sfedlora.data.batching import encode_lm, prompt_of
 from sfedlora.data.sources import load_task
@@ -81,6 +81,8 @@ def test_gsm8k_records_score_as_correct_when_the_solution_is_reproduced(tmp_path
     examples = encode_lm(records, tok, max_length=256)
     oracle = Oracle(tok, {tuple(prompt_of(ex).tolist()): r["response"]
                           for ex, r in zip(examples, records, strict=True)})
-    assert math_accuracy(oracle, tok, [examples], batch_size=2, max_new_tokens=96, device="cpu") == [1.0]
+    right = correct_answers(oracle, tok, [examples], batch_size=2, max_new_tokens=96, device="cpu")
+    assert right == [[True] * len(GSM8K)]
     wrong = Oracle(tok, {k: v.replace("#### ", "#### 1") for k, v in oracle.responses.items()})
-    assert math_accuracy(wrong, tok, [examples], batch_size=2, max_new_tokens=96, device="cpu") == [0.0]
+    wrongly = correct_answers(wrong, tok, [examples], batch_size=2, max_new_tokens=96, device="cpu")
+    assert wrongly == [[False] * len(GSM8K)]

@@ -7,16 +7,31 @@ import torch
 
 from sfedlora.bench.memory import tensor_bytes
 from sfedlora.config import load_config
+from sfedlora.data.encode import Encoded
 from sfedlora.errors import SfedloraError
-from sfedlora.simulation.grouping import busy_group, eval_group, memory_caps, saved_activation_bytes
+from sfedlora.simulation.grouping import busy_group, decode_rows, eval_group, memory_caps, saved_activation_bytes
 
 
 def test_memory_caps_by_hand():
     # rows_fit = 100_000 // (2.0 * 1000) = 50; training 50 // 8 = 6 clients, evaluation 50 // 16 = 3
-    assert memory_caps(1000, 100_000, 8, 16, 100) == (6, 3)
-    assert memory_caps(1000, 100_000, 8, 16, 4) == (4, 3)  # never more than the clients there are
-    assert memory_caps(1000, 100_000, 8, 16, 4, safety=1.0) == (4, 4)  # 100 rows: 12 and 6, clamped to 4
-    assert memory_caps(10**9, 1000, 8, 16, 50) == (1, 1)  # not even one client fits: one at a time
+    # decoding: as evaluation unless a client decodes fewer rows (2: 50 // 2 = 25 clients)
+    assert memory_caps(1000, 100_000, 8, 16, 100) == (6, 3, 3)
+    assert memory_caps(1000, 100_000, 8, 16, 100, decode_rows=2) == (6, 3, 25)
+    assert memory_caps(1000, 100_000, 8, 16, 4) == (4, 3, 3)  # never more than the clients there are
+    assert memory_caps(1000, 100_000, 8, 16, 4, safety=1.0) == (4, 4, 4)  # 100 rows: 12 and 6, clamped to 4
+    assert memory_caps(10**9, 1000, 8, 16, 50) == (1, 1, 1)  # not even one client fits: one at a time
+
+
+def test_decode_rows_by_hand():
+    """One client's rows in a decoding pass: its math sample of both splits together, or its sample prompts,
+    at most an evaluation batch; none decoded: 0."""
+    row = {"n_prompt": 3}
+    math = Encoded([], [], [], {"val": [row], "test": [row, row]})
+    samples = Encoded([], [], [], {}, [row] * 5)
+    assert decode_rows([math], 16) == 3
+    assert decode_rows([math, samples], 16) == 5
+    assert decode_rows([math, samples], 4) == 4
+    assert decode_rows([Encoded([], [row], [row])], 16) == 0
 
 
 def test_busy_group_by_hand():

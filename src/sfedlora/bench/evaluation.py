@@ -6,7 +6,8 @@ sequential peer, on the bench's workload and batches.
     decoded with `generate` (KV cache) one client at a time.
 (b) sfedlora: the clients' adapters stacked (the evaluation group size `sfedlora run` would use), every
     client's rows scored in one batched forward per batch (client.evaluate.evaluate_group), and the
-    prompts of the whole group decoded together (`generate` over the stacked adapters, KV cache), as
+    prompts of a decoding group (simulation.grouping: every client the memory allows) decoded together
+    (`generate` over the stacked adapters, KV cache), as
     client.evaluate.greedy_texts does for math accuracy and samples (both sides decode through it).
 Scored: every client's K batches of b x seq tokens (evaluation tokens per second); decoded: the first half
 of each row as the prompt, `new_tokens` new tokens each, no early stop (generated tokens per second).
@@ -38,6 +39,35 @@ def _median_s(fn: Any, repeats: int) -> float:
     return statistics.median(times)
 
 
+def client_rows(cfg: BenchConfig, eng: Any) -> list[list[dict[str, Any]]]:
+    """Each client's bench batches as evaluation rows (language models: the first half of each row the prompt)."""
+    lm = eng.task != "classification"
+    return [[{"input_ids": b["input_ids"][i].to(torch.int32), **({"n_prompt": cfg.seq // 2} if lm else
+              {"label": int(b["label"][i])})} for b in client for i in range(cfg.batch)] for client in eng.batches]
+
+
+def scorer(cfg: BenchConfig, eng: Any) -> Any:
+    """sfedlora's scoring of every client's rows, in the evaluation groups `sfedlora run` would use: a callable."""
+    rows = client_rows(cfg, eng)
+    g = eng.groups.eval
+    groups = [list(range(c, min(c + g, cfg.clients))) for c in range(0, cfg.clients, g)]
+
+    def score() -> None:
+        for group in groups:
+            load_group(eng.model, [eng.init[c] for c in group], [1.0] * len(group), eng.device)
+            evaluate_group(eng.model, [rows[c] for c in group], eng.task, eng.tok.pad_token_id, cfg.batch, eng.device)
+    return score
+
+
+def eval_share(cfg: BenchConfig, eng: Any, train_round_s: float) -> dict[str, Any]:
+    """What evaluating costs beside training on the bench's workload: sfedlora's scoring of the round's own tokens
+    (once each, no gradient) timed as the rounds were, its seconds per token against a training round's, and
+    its share of a round that trains and then evaluates those tokens."""
+    s = _median_s(scorer(cfg, eng), cfg.repeats)
+    return {"score_seconds": s, "train_round_seconds": train_round_s, "per_token_vs_training": s / train_round_s,
+            "share_of_round": s / (s + train_round_s)}
+
+
 def run_eval_bench(cfg: BenchConfig, new_tokens: int = 16) -> dict[str, Any]:
     from peft import set_peft_model_state_dict
 
@@ -45,14 +75,10 @@ def run_eval_bench(cfg: BenchConfig, new_tokens: int = 16) -> dict[str, Any]:
     model, tok, device, task = eng.model, eng.tok, eng.device, eng.task
     peer = Peer(cfg, task, DTYPES[eng.precision], device)
     lm = task != "classification"
-    rows = [[{"input_ids": b["input_ids"][i].to(torch.int32), **({"n_prompt": cfg.seq // 2} if lm else
-              {"label": int(b["label"][i])})} for b in client for i in range(cfg.batch)] for client in eng.batches]
-    groups = [list(range(g, min(g + eng.groups.eval, cfg.clients))) for g in range(0, cfg.clients, eng.groups.eval)]
-
-    def ours_score() -> None:
-        for group in groups:
-            load_group(model, [eng.init[c] for c in group], [1.0] * len(group), device)
-            evaluate_group(model, [rows[c] for c in group], task, tok.pad_token_id, cfg.batch, device)
+    rows = client_rows(cfg, eng)
+    decoding = [list(range(c, min(c + eng.groups.decoding, cfg.clients)))
+                for c in range(0, cfg.clients, eng.groups.decoding)]
+    ours_score = scorer(cfg, eng)
 
     @torch.inference_mode()
     def peer_score() -> None:
@@ -65,7 +91,7 @@ def run_eval_bench(cfg: BenchConfig, new_tokens: int = 16) -> dict[str, Any]:
                 peer.model(**b)
 
     def ours_generate() -> None:
-        for group in groups:
+        for group in decoding:
             load_group(model, [eng.init[c] for c in group], [1.0] * len(group), device)
             greedy_texts(model, tok, [rows[c][:cfg.batch] for c in group], cfg.batch, new_tokens, device, new_tokens)
 
@@ -76,7 +102,8 @@ def run_eval_bench(cfg: BenchConfig, new_tokens: int = 16) -> dict[str, Any]:
 
     seconds = {"a": _median_s(peer_score, cfg.repeats), "b": _median_s(ours_score, cfg.repeats)}
     out: dict[str, Any] = {"config": cfg.__dict__, "device": str(device), "precision": eng.precision,
-                           "eval_group": eng.groups.eval, "scored_tokens": eng.tokens, "score_seconds": seconds,
+                           "eval_group": eng.groups.eval, "decode_group": eng.groups.decoding,
+                           "scored_tokens": eng.tokens, "score_seconds": seconds,
                            "score_tokens_per_s": {k: eng.tokens / v for k, v in seconds.items()},
                            "ratio_score": seconds["a"] / seconds["b"]}
     if lm:
@@ -89,7 +116,8 @@ def run_eval_bench(cfg: BenchConfig, new_tokens: int = 16) -> dict[str, Any]:
 
 
 def report_lines(r: dict[str, Any]) -> list[str]:
-    lines = [f"evaluation, device {r['device']}, {r['precision']} both, (b) {r['eval_group']} clients per pass:",
+    lines = [f"evaluation, device {r['device']}, {r['precision']} both, (b) {r['eval_group']} clients per scoring "
+             f"pass, {r.get('decode_group', r['eval_group'])} per decoding pass:",
              f"  scoring  (a) sequential PEFT {r['score_tokens_per_s']['a']:>9.1f} tokens/s   (b) sfedlora batched "
              f"{r['score_tokens_per_s']['b']:>9.1f} tokens/s   ratio {r['ratio_score']:.2f}x"]
     if "ratio_generate" in r:
@@ -99,4 +127,4 @@ def report_lines(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["run_eval_bench", "report_lines"]
+__all__ = ["run_eval_bench", "report_lines", "eval_share"]

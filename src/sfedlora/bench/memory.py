@@ -102,7 +102,7 @@ def memory_account(config: Path | None, overrides: list[str], echo: Callable[[st
                                                            progress=False))
         after_setup = meter.now()
         echo(f"  set-up: {time.perf_counter() - t0:.1f} s; groups {sim.groups.train} (train) / {sim.groups.eval} "
-             f"(eval) clients, rule {sim.groups.rule}")
+             f"(eval) / {sim.groups.decoding} (decode) clients, rule {sim.groups.rule}")
         t1 = time.perf_counter()
         _, round_peak = meter.peak_of(sim.run)
         walls = [r["wall_s"] for r in rundir.records(Path(tmp) / "run")]

@@ -227,13 +227,14 @@ def engine(cfg: BenchConfig) -> Engine:
                   ours, tok)
 
 
-def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
+def run_bench(cfg: BenchConfig, echo: Any = print, eng: Engine | None = None) -> dict[str, Any]:
     """Time the peer and sfedlora's engine on the same workload, alternating. The peer runs in fp32 (how
     peers are usually run) and, when (b) runs in bf16, also with its base in bf16 as a user of a bf16-fast
-    device would load it: the same-precision ratio is the fair one, and the one reported last."""
+    device would load it: the same-precision ratio is the fair one, and the one reported last. `eng`: (b)'s
+    engine, set up already."""
     dtype = DTYPES
     tcfg = TrainConfig(optimizer="adamw", lr=1e-3, grad_clip=None)
-    eng = engine(cfg)
+    eng = eng or engine(cfg)
     ours_round, init, batches, task, device, precision = eng.round, eng.init, eng.batches, eng.task, eng.device, \
         eng.precision
     tokens, nominal = eng.tokens, eng.flops  # nominal: FLOPs a round

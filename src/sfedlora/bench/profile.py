@@ -31,6 +31,9 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+GEMMS = ("base GEMMs", "adapter matmuls")  # the model's own work: the share a round should be
+
+
 def category(op: str) -> str:
     """The category of a profiler operator name (first match in CATEGORIES order, else 'other')."""
     for name, patterns in CATEGORIES:
@@ -50,31 +53,40 @@ def breakdown(events: Iterable[tuple[str, float]]) -> list[tuple[str, float, flo
 
 def profile(cfg: Any, echo: Any = print) -> dict[str, Any]:
     """One warm-up round, then one profiled round of the batched engine on `bench`'s workload."""
+    from sfedlora.bench.peer import engine
+
+    eng = engine(cfg)
+    eng.round()  # warm-up
+    return profile_round(eng)
+
+
+def profile_round(eng: Any) -> dict[str, Any]:
+    """One round of a set-up engine (bench.peer.engine) under torch.profiler: its operators' self time by category
+    (`categories`: (category, seconds, share), largest first; `shares`: category -> share) and the largest ops."""
     import time
 
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from sfedlora.bench.peer import engine
-
-    eng = engine(cfg)
-    ours_round, device, precision, tokens = eng.round, eng.device, eng.precision, eng.tokens
-    ours_round()  # warm-up
+    device = eng.device
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     t0 = time.perf_counter()
     with torch_profile(activities=activities) as prof:
-        ours_round()
+        eng.round()
     wall = time.perf_counter() - t0
     attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = [(e.key, getattr(e, attr) / 1e6) for e in prof.key_averages()]
     ops = sorted(events, key=lambda kv: -kv[1])[:8]
-    return {"device": str(device), "precision": precision, "tokens": tokens, "wall_s": wall,
-            "categories": breakdown(events), "top_ops": ops}
+    categories = breakdown(events)
+    return {"device": str(device), "precision": eng.precision, "tokens": eng.tokens, "wall_s": wall,
+            "categories": categories, "shares": {name: share for name, _, share in categories},
+            "gemm_share": sum(share for name, _, share in categories if name in GEMMS), "top_ops": ops}
 
 
 def report_lines(r: dict[str, Any]) -> list[str]:
     lines = [f"profile of one round: device {r['device']}, {r['precision']}, {r['tokens']} tokens, "
              f"{r['wall_s']:.2f} s (under the profiler); self time by category:"]
     lines += [f"  {name:<18} {sec:>8.3f} s  {share:>6.1%}" for name, sec, share in r["categories"]]
+    lines.append(f"GEMMs (base + adapter): {r['gemm_share']:.1%} of the profiled time")
     lines.append("largest operators: " + ", ".join(f"{op} {sec:.3f} s" for op, sec in r["top_ops"]))
     return lines

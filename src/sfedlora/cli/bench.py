@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from sfedlora.cli.options import add_options, from_options
 from sfedlora.cli.options import say as _say
@@ -33,13 +34,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            examples=args.examples)
         lines = memory.report_lines(r)
     else:
+        from sfedlora.bench import evaluation, profile
+
         _say(peer.heading(cfg))
-        r = peer.run_bench(cfg, echo=_say)
-        lines = peer.report_lines(r)
+        eng = peer.engine(cfg)
+        r = peer.run_bench(cfg, echo=_say, eng=eng)
+        r["evaluation"] = evaluation.eval_share(cfg, eng, r["seconds"]["b"])
+        r["profile"] = profile.profile_round(eng)
+        lines = profile.report_lines(r["profile"]) + eval_share_lines(r["evaluation"]) + peer.report_lines(r)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1))
     print("\n".join(lines))
     return 0
+
+
+def eval_share_lines(e: dict[str, Any]) -> list[str]:
+    return [f"evaluation of the round's tokens (b): {e['score_seconds']:.2f} s, {e['per_token_vs_training']:.2f}x a "
+            f"training round's time; {e['share_of_round']:.0%} of a round that trains and then evaluates them"]
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +59,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                            "per-client adapter load/save; its base in fp32, and also in bf16 when sfedlora runs "
                            "bf16) and sfedlora's batched engine on the same workload, alternating; print tokens/s, "
                            "GFLOP/s against a measured GEMM ceiling, peak memory, the adapters' max difference, "
-                           "and last the ratio b/a against the peer at the same precision.")
+                           "(b)'s evaluation of the same tokens against its training round, one profiled round of (b) "
+                           "by operator category (in --json too: `evaluation`, `profile`), and last the ratio b/a "
+                           "against the peer at the same precision.")
     from sfedlora.bench.peer import BenchConfig
 
     add_options(bench, BenchConfig, skip=("clients",))

@@ -2,7 +2,8 @@
 
 Metrics: loss (mean per example for classification, per response token for LM), accuracy and macro-F1
 with the confusion counts it comes from (classification; math accuracy: exact match of the final answer of
-a greedy decoding, sfedlora.client.answers), perplexity = exp(token loss) for LM tasks.
+a greedy decoding, sfedlora.client.answers, counted by correct_answers), perplexity = exp(token loss) for LM
+tasks.
 """
 
 from __future__ import annotations
@@ -82,12 +83,12 @@ def greedy_texts(model: Any, tok: Any, per_client: Sequence[Sequence[dict[str, A
     return out
 
 
-def math_accuracy(model: Any, tok: Any, per_client: Sequence[Sequence[dict[str, Any]]], batch_size: int,
-                  max_new_tokens: int, device: torch.device | str) -> list[float]:
-    """Greedy-decoding accuracy per installed client on its examples: the final answer of the decoding
-    against the example's (client.answers)."""
+def correct_answers(model: Any, tok: Any, per_client: Sequence[Sequence[dict[str, Any]]], batch_size: int,
+                    max_new_tokens: int, device: torch.device | str) -> list[list[bool]]:
+    """Math, per installed client and example (in the order given): does the final answer of its greedy decoding
+    equal the example's (client.answers)?"""
     texts = greedy_texts(model, tok, per_client, batch_size, max_new_tokens, device)
-    return [sum(same_answer(t, ex["answer"]) for t, ex in zip(ts, rows, strict=True)) / max(len(rows), 1)
+    return [[same_answer(t, ex["answer"]) for t, ex in zip(ts, rows, strict=True)]
             for ts, rows in zip(texts, per_client, strict=True)]
 
 

@@ -8,12 +8,13 @@ same seeds.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
 
 from sfedlora.adapters.inject import init_adapter_state, load_group, read_group
-from sfedlora.client.evaluate import evaluate_group, generate_samples, math_accuracy
+from sfedlora.client.evaluate import correct_answers, evaluate_group, generate_samples
 from sfedlora.client.optim import ClientOptState, StackedOptimizer
 from sfedlora.client.train import train_group
 from sfedlora.config import RunConfig
@@ -81,31 +82,58 @@ def train_clients(model: Any, tok: Any, task: str, cfg: RunConfig, trained: froz
     return new_states, new_opt, stats
 
 
+SPLITS = ("val", "test")
+PARTS: tuple[str, ...] = ("score", "decode")
+
+
 def evaluate_clients(model: Any, tok: Any, task: str, cfg: RunConfig, states: Sequence[State],
-                     gammas: Sequence[Gamma], encoded: Sequence[Encoded],
-                     device: torch.device) -> dict[str, list[dict[str, Any]]]:
+                     gammas: Sequence[Gamma], encoded: Sequence[Encoded], device: torch.device,
+                     parts: Sequence[str] = PARTS) -> dict[str, list[dict[str, Any]]]:
     """Each client's own adapters on its own validation and test splits: one row per client and split;
-    under "samples" (instruction and math) each client's completions of its fixed sample prompts."""
+    under "samples" (instruction and math) each client's completions of its fixed sample prompts. `parts`:
+    "score" (loss, accuracy or perplexity) and "decode" (math accuracy and the samples: greedy decodings,
+    which the in-process runner runs in larger groups than scoring, simulation.grouping)."""
     install(model, states, gammas, device)
-    out = {split: evaluate_split(model, tok, task, cfg, [getattr(e, split) for e in encoded],
-                                 [e.decode.get(split, []) for e in encoded], device)
-           for split in ("val", "test")}
-    if any(e.samples for e in encoded):
-        with incorrect_results_are_errors("generating samples"):
-            out["samples"] = [{"samples": s} for s in generate_samples(
-                model, tok, [e.samples for e in encoded], cfg.eval.batch_size, cfg.eval.sample_tokens, device)]
+    out: dict[str, list[dict[str, Any]]] = {split: [{} for _ in encoded] for split in SPLITS}
+    if "score" in parts:
+        with incorrect_results_are_errors("evaluation"):
+            out = {split: evaluate_group(model, [getattr(e, split) for e in encoded], task, tok.pad_token_id,
+                                         cfg.eval.batch_size, device) for split in SPLITS}
+    if "decode" in parts:
+        decoded = decode_clients(model, tok, task, cfg, encoded, device)
+        for split in SPLITS:
+            for row, extra in zip(out[split], decoded.get(split, ()), strict=False):
+                row.update(extra)
+        if "samples" in decoded:
+            out["samples"] = decoded["samples"]
     return out
 
 
-def evaluate_split(model: Any, tok: Any, task: str, cfg: RunConfig, examples: Sequence[Sequence[dict[str, Any]]],
-                   decoded: Sequence[Sequence[dict[str, Any]]], device: torch.device) -> list[dict[str, Any]]:
-    """One row per installed client: loss and accuracy or perplexity on `examples`; math adds the accuracy of
-    greedy decoding on `decoded` and its size (`n_decoded`)."""
+def _prompt_length(e: Encoded, at: tuple[str, int]) -> int:
+    return int(e.decode[at[0]][at[1]]["n_prompt"])
+
+
+def decode_clients(model: Any, tok: Any, task: str, cfg: RunConfig, encoded: Sequence[Encoded],
+                   device: torch.device) -> dict[str, list[dict[str, Any]]]:
+    """The installed clients' greedy decodings: math accuracy per split (`accuracy`, `n_decoded`), every split's
+    sample of a client decoded in one batched pass sorted by prompt length; and the sample completions."""
+    out: dict[str, list[dict[str, Any]]] = {}
     bs = cfg.eval.batch_size
-    with incorrect_results_are_errors("evaluation"):
-        rows = evaluate_group(model, list(examples), task, tok.pad_token_id, bs, device)
-        if task == "math":
-            accs = math_accuracy(model, tok, list(decoded), bs, cfg.eval.max_new_tokens, device)
-            for r, a, d in zip(rows, accs, decoded, strict=True):
-                r["accuracy"], r["n_decoded"] = a, len(d)
-    return rows
+    if task == "math":
+        order = [sorted(((split, i) for split in SPLITS for i in range(len(e.decode.get(split, [])))),
+                        key=partial(_prompt_length, e)) for e in encoded]
+        with incorrect_results_are_errors("evaluation"):
+            correct = correct_answers(model, tok, [[e.decode[s][i] for s, i in o] for e, o in
+                                                   zip(encoded, order, strict=True)], bs, cfg.eval.max_new_tokens,
+                                      device)
+        for split in SPLITS:
+            out[split] = []
+            for e, o, hits in zip(encoded, order, correct, strict=True):
+                n = len(e.decode.get(split, []))
+                right = sum(h for (s, _), h in zip(o, hits, strict=True) if s == split)
+                out[split].append({"accuracy": right / max(n, 1), "n_decoded": n})
+    if any(e.samples for e in encoded):
+        with incorrect_results_are_errors("generating samples"):
+            out["samples"] = [{"samples": s} for s in generate_samples(
+                model, tok, [e.samples for e in encoded], bs, cfg.eval.sample_tokens, device)]
+    return out

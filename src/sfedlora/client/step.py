@@ -127,14 +127,15 @@ def settle(method: FederatedMethod, rnd: int, before: Held, after: Held, stats: 
 
 def step(engine: Engine, rnd: int, held: Sequence[Held], states: Sequence[State], gammas: Sequence[Gamma],
          encoded: Sequence[Encoded], evaluate: bool, take_part: bool,
-         on_step: Callable[[], None] | None = None) -> Stepped:
+         on_step: Callable[[], None] | None = None, parts: Sequence[str] = local.PARTS) -> Stepped:
     """A group's side of round `rnd` from its current (downloaded) `states`: evaluate them if asked (the state the
-    previous aggregation left), then train, check and upload if the group takes part."""
+    previous aggregation left; `parts` of the evaluation, local.evaluate_clients), then train, check and upload
+    if the group takes part."""
     out = Stepped()
     t0 = time.perf_counter()
     if evaluate:
         e = engine
-        rows = local.evaluate_clients(e.model, e.tok, e.task, e.cfg, states, gammas, encoded, e.device)
+        rows = local.evaluate_clients(e.model, e.tok, e.task, e.cfg, states, gammas, encoded, e.device, parts)
         out.rows = {split: rows[split] for split in ("val", "test")}
         if "samples" in rows:
             out.samples = [r["samples"] for r in rows["samples"]]

@@ -43,6 +43,10 @@ class ModelConfig:
                             "quantisation, computing at model.precision), `8bit` (LLM.int8()), or `none`; heads "
                             "stay full precision",
                             choices=("none", "8bit", "4bit"))
+    attention: str = opt("auto", "the base's attention implementation: `auto` (each of `sdpa` and `eager` timed on a "
+                         "training step of the run's shape at set-up; the fastest if it beats sdpa by more than 10%, "
+                         "else sdpa; recorded as `resolved.attention`; Flower nodes do not measure and keep sdpa), "
+                         "or `sdpa`, `eager`", choices=("auto", "sdpa", "eager"), result=False)
 
 
 @dataclass

@@ -144,19 +144,23 @@ class ClientSampler:
 
 def grouped_chunks(per_client: Sequence[Sequence[dict[str, Any]]],
                    batch_size: int) -> Iterator[tuple[list[dict[str, Any]], list[float]]]:
-    """Evaluation batches over a group: each client contributes `batch_size` rows per batch, filler
-    rows (weight 0) where a client has run out. Yields (examples in client-major order, weights)."""
-    steps = max((len(x) + batch_size - 1) // batch_size for x in per_client)
+    """Evaluation batches over a group: as few batches as `batch_size` rows per client allows, of equal size
+    (12 rows at 8 a batch: two of 6, not 8 and 4 with 4 filler rows computed for nothing); each client
+    contributes that many rows per batch, filler rows (weight 0) where it has run out. Yields (examples in
+    client-major order, weights)."""
+    longest = max((len(x) for x in per_client), default=0)
+    steps = -(-longest // batch_size)
+    size = -(-longest // steps) if steps else 0
     any_example = next((rows[0] for rows in per_client if rows), None)
     for s in range(steps):
         examples: list[dict[str, Any]] = []
         weights: list[float] = []
         for rows in per_client:
-            chunk = list(rows[s * batch_size:(s + 1) * batch_size])
+            chunk = list(rows[s * size:(s + 1) * size])
             real = len(chunk)
             filler = rows[0] if rows else any_example
             assert filler is not None  # steps > 0 only when some client has rows
-            chunk += [filler] * (batch_size - real)
+            chunk += [filler] * (size - real)
             examples += chunk
-            weights += [1.0] * real + [0.0] * (batch_size - real)
+            weights += [1.0] * real + [0.0] * (size - real)
         yield examples, weights

@@ -54,3 +54,12 @@ def encode(data: ClientData, task: str, tok: Any, cfg: RunConfig, c: int) -> Enc
                for ex, (_, reference) in zip(enc(shown), (render(r, template, tok) for r in shown), strict=True)
                ] if shown else []
     return Encoded(enc(data.train), by_len(val), by_len(test), decode, samples)
+
+
+def pooled(encoded: Sequence[Encoded]) -> Encoded:
+    """The clients' evaluation splits pooled (the global model's evaluation), sorted as a client's are."""
+    val, test = (sorted((ex for e in encoded for ex in getattr(e, split)), key=lambda ex: len(ex["input_ids"]))
+                 for split in ("val", "test"))
+    decode = {split: sorted((ex for e in encoded for ex in e.decode.get(split, [])), key=lambda ex: ex["n_prompt"])
+              for split in ("val", "test")}
+    return Encoded([], val, test, decode)

@@ -21,6 +21,7 @@ import torch
 
 from sfedlora.adapters.inject import set_merged
 from sfedlora.client import local as client
+from sfedlora.client.probe import set_attention
 from sfedlora.client.step import Held, current, merge_sum, restarted
 from sfedlora.client.step import step as client_step
 from sfedlora.config import RunConfig
@@ -52,6 +53,7 @@ class Node:
         t0 = time.perf_counter()
         self.cfg, self.partition = cfg, partition
         s = setup(cfg, partitions=[partition], cache=cache)  # the same set-up as the in-process runner's
+        set_attention(s, measure=False)  # model.attention: sdpa or eager is set; auto keeps sdpa
         self.setup, self.method, self.model, self.tok, self.device = s, s.method, s.model, s.tok, s.device
         self.task, self.label_names, self.targets, self.found = s.task, s.label_names, s.targets, s.found()
         self.data, self.description = s.clients[partition], s.descriptions[partition]

@@ -67,6 +67,11 @@ class GroupPlan:
     bytes_per_row: int = 0  # auto: activation bytes one training row saves for backward
     free_bytes: int = 0  # auto: memory free on the device when the plan was made
     budget_bytes: int = 0  # auto: the share of it the groups may use
+    decode: int = 0  # clients per greedy-decoding pass (math accuracy, samples); 0: eval (runs before it)
+
+    @property
+    def decoding(self) -> int:
+        return self.decode or self.eval
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +108,7 @@ class Resolved:
     data_fingerprint: str = ""  # a hash of the clients' examples (runtime.setup.fingerprint)
     data_counts: dict[str, int] = field(default_factory=dict)  # records read, skipped, cut, left out, used
     groups: GroupPlan | None = None  # the in-process runner's group sizes
+    attention: Any = field(default_factory=dict)  # model.attention resolved (runtime.attention); Flower: per node
     engine: str = "simulation"  # simulation | flower
     extra: dict[str, Any] = field(default_factory=dict)  # engine-specific (Flower: run key, DP settings)
 

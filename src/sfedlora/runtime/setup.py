@@ -51,13 +51,15 @@ class Setup:
     encoded: dict[int, Encoded] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)  # what reading the data did (data.sources.TaskData)
     resolved: Resolved | None = None  # the run description, where every client is held (an in-process run)
+    attention: dict[str, Any] = field(default_factory=dict)  # model.attention resolved (client.probe.set_attention)
 
     def found(self) -> dict[str, Any]:
         """What set-up found, for the run description (Resolved)."""
         path = model_path(self.cfg.model.name) if self.cfg.model.name not in RANDOM else ""
         return {"task": self.task, "label_names": self.label_names, "targets": self.targets,
                 "model": self.cfg.model.name, "model_path": path, "revision": revision(self.cfg.model.name, self.model),
-                "device": str(self.device), "precision": self.precision, "data_counts": self.counts}
+                "device": str(self.device), "precision": self.precision, "data_counts": self.counts,
+                "attention": self.attention}
 
     def describe(self, resolved: Resolved) -> Resolved:
         """The run description of an in-process run (every client held): the method's resolution with what

@@ -20,8 +20,11 @@ MiniLM clients for one step of 8 x 64 tokens each, glibc's default malloc): 15.0
 G = 2. So on a CPU G is the smallest group whose step has CPU_STEP_TOKENS tokens (worst-case length),
 within the cap. The rule is deterministic (the same config on the same machine gives the same G, and
 runs are bit-reproducible); G is recorded in config.yaml, and a fixed train.group_size overrides it.
-Evaluation uses as many rows per pass as the chosen training group, within its own memory cap (a row
-without a graph costs less than the training row counted here, so that cap errs on the safe side).
+Evaluation scores as many rows per pass as the chosen training group, within its own memory cap (a row
+without a graph costs less than the training row counted here, so that cap errs on the safe side). Greedy
+decoding (math accuracy, samples) takes every client whose decoding rows fit that cap: a decoding step computes
+one token per row, so on a CPU as on a GPU its time is a pass over the weights and per-step overhead whatever
+the rows, and more clients per pass means fewer passes.
 
 SAFETY covers what the count does not see: backward's transient gradients of activations, one
 cross-entropy chunk's vocabulary-sized logits, and the allocator's fragmentation. Measured with 100
@@ -37,12 +40,8 @@ from typing import Any
 
 import torch
 
-from sfedlora.adapters.inject import group_parameters
-from sfedlora.client.checkpointing import checkpointed
-from sfedlora.client.local import fresh_state, install
-from sfedlora.client.losses import group_loss
-from sfedlora.client.train import adapters_training
-from sfedlora.data.batching import collate
+from sfedlora.client.local import fresh_state
+from sfedlora.client.probe import probe_step
 from sfedlora.runtime.resolve import GroupPlan
 
 SAFETY = 2.0
@@ -50,11 +49,12 @@ CPU_STEP_TOKENS = 512
 
 
 def memory_caps(bytes_per_row: int, budget: int, train_rows: int, eval_rows: int, n_clients: int,
-                safety: float = SAFETY) -> tuple[int, int]:
-    """(training cap, evaluation cap): clients whose rows fit `budget`, at least 1 and at most n_clients."""
+                safety: float = SAFETY, decode_rows: int = 0) -> tuple[int, int, int]:
+    """(training cap, evaluation cap, decoding cap): clients whose rows fit `budget`, at least 1 and at most
+    n_clients; `decode_rows`: one client's rows in a decoding pass (0: eval_rows)."""
     rows_fit = budget // max(1, math.ceil(safety * bytes_per_row))
     clamp = lambda g: max(1, min(n_clients, g))
-    return clamp(rows_fit // train_rows), clamp(rows_fit // eval_rows)
+    return clamp(rows_fit // train_rows), clamp(rows_fit // eval_rows), clamp(rows_fit // (decode_rows or eval_rows))
 
 
 def busy_group(device_type: str, row_tokens: int, train_rows: int, cap: int) -> int:
@@ -137,30 +137,29 @@ def bytes_per_row(model: torch.nn.Module, tok: Any, task: str, longest: dict[str
     """Activation bytes one training row saves for backward, worst case: a batch of the longest training
     example, the widest client's adapters, A, B and head all trained (training sets them per round), with
     the blocks recomputed where train.gradient_checkpointing is on (what they save is then measured)."""
-    batch = {k: v.to(device) for k, v in collate([longest] * batch_size, tok.pad_token_id).items()}
-    install(model, [widest], [gamma], device)
-    for p in group_parameters(model).values():
-        p.requires_grad_(True)
-    with adapters_training(model), checkpointed(model, checkpointing):  # as in training (dropout masks too)
-        saved = saved_activation_bytes(model, lambda: group_loss(model, batch, 1, task))
+    step = probe_step(model, tok, task, longest, batch_size, widest, gamma, device, checkpointing)
+    saved = saved_activation_bytes(model, lambda: step(False))
     return -(-saved // batch_size)
 
 
 def plan(group_size: int | str, group_memory: float, batch_size: int, eval_batch_size: int, n_clients: int,
-         device: torch.device, measure: Any, row_tokens: int) -> GroupPlan:
+         device: torch.device, measure: Any, row_tokens: int, decode_rows: int = 0) -> GroupPlan:
     """G for training and evaluation: as configured (a number; 0 = all), or (auto) enough clients to keep
-    the device busy within the memory free now that the model and every client's state are in place.
-    `measure()` returns bytes_per_row (run only for auto); `row_tokens` is the worst-case row's length."""
+    the device busy within the memory free now that the model and every client's state are in place, and for
+    greedy decoding every client that fits. `measure()` returns bytes_per_row (run only for auto); `row_tokens` is
+    the worst-case row's length; `decode_rows` one client's rows in a decoding pass (0: eval_batch_size)."""
     if isinstance(group_size, int):
         g = min(group_size or n_clients, n_clients)
-        return GroupPlan(train=g, eval=g, rule="fixed" if group_size else "all")
+        return GroupPlan(train=g, eval=g, rule="fixed" if group_size else "all", decode=g)
     per_row = measure()
     free = free_bytes(device)
     budget = int(group_memory * free)
-    cap, eval_cap = memory_caps(per_row, budget, batch_size, eval_batch_size, n_clients)
+    cap, eval_cap, decode_cap = memory_caps(per_row, budget, batch_size, eval_batch_size, n_clients,
+                                            decode_rows=decode_rows)
     g_train = busy_group(device.type, row_tokens, batch_size, cap)
     return GroupPlan(train=g_train, eval=eval_group(g_train, batch_size, eval_batch_size, eval_cap), rule="auto",
-                     cap=cap, row_tokens=row_tokens, bytes_per_row=per_row, free_bytes=free, budget_bytes=budget)
+                     cap=cap, row_tokens=row_tokens, bytes_per_row=per_row, free_bytes=free, budget_bytes=budget,
+                     decode=decode_cap)
 
 
 def plan_run(setup: Any, resolved: Any) -> GroupPlan:
@@ -170,7 +169,15 @@ def plan_run(setup: Any, resolved: Any) -> GroupPlan:
     cfg = setup.cfg
     longest = longest_row(setup)
     return plan(cfg.train.group_size, cfg.train.group_memory, cfg.train.batch_size, cfg.eval.batch_size,
-                cfg.fed.clients, setup.device, lambda: measure_row(setup, resolved), len(longest["input_ids"]))
+                cfg.fed.clients, setup.device, lambda: measure_row(setup, resolved), len(longest["input_ids"]),
+                decode_rows(setup.encoded.values(), cfg.eval.batch_size))
+
+
+def decode_rows(encoded: Any, eval_batch_size: int) -> int:
+    """One client's rows in a decoding pass, the largest over clients: its math sample of both splits (decoded
+    together) or its sample prompts, at most a batch; 0 where nothing is decoded."""
+    most = max((max(sum(len(d) for d in e.decode.values()), len(e.samples)) for e in encoded), default=0)
+    return min(most, eval_batch_size)
 
 
 def longest_row(setup: Any) -> dict[str, Any]:

@@ -15,14 +15,16 @@ from tqdm import tqdm
 
 from sfedlora.adapters.inject import set_merged
 from sfedlora.client import local, step
+from sfedlora.client.probe import set_attention
 from sfedlora.client.step import Held
 from sfedlora.config import RunConfig
 from sfedlora.core.adaptive import init_sq_norms
 from sfedlora.core.metrics import personal
 from sfedlora.core.state import State
 from sfedlora.data.batching import ClientSampler
+from sfedlora.data.encode import pooled
 from sfedlora.errors import SfedloraError
-from sfedlora.runtime import checkpoint, rundir
+from sfedlora.runtime import attention, checkpoint, rundir
 from sfedlora.runtime.protocol import Exchange, Server, evaluated_clients, known_start
 from sfedlora.runtime.resolve import Resolved, resume_mismatch
 from sfedlora.runtime.rounds import Reply, run_rounds
@@ -49,9 +51,9 @@ class Simulation:
         """Set up a run; `resolved`: the description a resumed run recorded (its group sizes are kept);
         `redraw_damaged`: clients whose state file is damaged start again from their seed (simulation.clientstore);
         `group`: the trackers' group (a sweep's name)."""
-        self.cfg, self.out_dir, self.echo, self.progress = cfg, Path(out_dir), echo, progress
-        self.group = group
+        self.cfg, self.out_dir, self.echo, self.progress, self.group = cfg, Path(out_dir), echo, progress, group
         self.setup = s = setup(cfg)  # everything that can fail on user input, before the run folder exists
+        set_attention(s)  # model.attention (auto: measured)
         self.method, self.model, self.tok, self.device, self.task = s.method, s.model, s.tok, s.device, s.task
         n = cfg.fed.clients
         self.encoded = [s.encoded[c] for c in range(n)]
@@ -60,8 +62,10 @@ class Simulation:
         self.bar: Any = None  # the progress bar of local steps, while the run goes
         assert s.resolved is not None  # every client is held here
         self.resolved = s.resolved
-        if resolved is not None:  # a resumed run keeps its client store (runs before the store kept memory)
-            self.resolved = replace(self.resolved, client_store=resolved.client_store)
+        if resolved is not None:  # a resumed run keeps its client store and attention (it measured it once)
+            self.resolved = replace(self.resolved, client_store=resolved.client_store, attention=resolved.attention
+                                    or self.resolved.attention)
+            attention.use(self.model, self.resolved.attention.get("implementation", attention.current(self.model)))
             if changed := resume_mismatch(resolved, self.resolved):
                 raise SfedloraError(f"{self.out_dir} cannot be resumed here: " + "; ".join(changed) + ". Its data, "
                                     "model or resolved settings differ from the run's (a changed data file, another "
@@ -121,7 +125,7 @@ class Simulation:
         return Held(self._fresh_adapters(c), {}, self._sampler(c))
 
     def _groups(self, members: list[int], kind: str = "train") -> list[list[int]]:
-        g = self.groups.train if kind == "train" else self.groups.eval
+        g = {"train": self.groups.train, "eval": self.groups.eval, "decode": self.groups.decoding}[kind]
         return [members[i:i + g] for i in range(0, len(members), g)]
 
     # ---- the transport of the round loop (runtime.rounds): the client step for batched groups ----------
@@ -136,30 +140,35 @@ class Simulation:
             yield from zip(group, out.trained, strict=True)
 
     def _evaluate(self) -> tuple[dict[str, Any], dict[int, list[dict[str, str]]]]:
-        """Every evaluated client's own model on its splits (the client step, evaluating), and the global model
-        (where one exists) on the pooled splits; with the clients' sample completions."""
+        """Every evaluated client's own model on its splits (the client step, evaluating: scored in evaluation
+        groups, decoded greedily in decoding groups where those differ), and the global model (where one exists) on
+        the pooled splits; with the clients' sample completions."""
         rows: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
         samples: dict[int, list[dict[str, str]]] = {}
-        for group in self._groups(self.evaluated, "eval"):
-            out = step.step(self.setup, 0, [], [self.state(c) for c in group], [self.server.gamma(c) for c in group],
-                            [self.encoded[c] for c in group], evaluate=True, take_part=False)
-            for split in rows:
-                rows[split] += out.rows[split]
-            samples.update(zip(group, out.samples, strict=True) if out.samples is not None else ())
+        decodes = self.task == "math" or any(e.samples for e in self.encoded)
+        apart = decodes and self.groups.decoding != self.groups.eval  # scored and decoded in groups of their own
+        for kind, parts in [("eval", ("score",)), ("decode", ("decode",))] if apart else [("eval", local.PARTS)]:
+            at = 0
+            for group in self._groups(self.evaluated, kind):
+                out = step.step(self.setup, 0, [], [self.state(c) for c in group],
+                                [self.server.gamma(c) for c in group], [self.encoded[c] for c in group],
+                                evaluate=True, take_part=False, parts=parts)
+                for split in rows:
+                    if "score" in parts:
+                        rows[split] += out.rows[split]
+                    else:  # the decoding pass completes the scored rows (the same clients, in the same order)
+                        for row, extra in zip(rows[split][at:at + len(group)], out.rows[split], strict=True):
+                            row.update(extra)
+                at += len(group)
+                samples.update(zip(group, out.samples, strict=True) if out.samples is not None else ())
         ev: dict[str, Any] = {"personal": personal(rows)}
         if len(self.evaluated) < self.cfg.fed.clients:  # eval.clients: whose the rows are (as a Flower run's)
             ev["evaluated_clients"] = self.evaluated
         if self.cfg.eval.global_model and not self.resolved.heterogeneous:
-            local.install(self.model, [self.method.global_model(self.states, self.weights)], [self.server.gamma(0)],
-                          self.device)
-            ev["global"] = {}
-            for split in ("val", "test"):  # the clients' splits pooled, and their decoded samples pooled
-                pooled = sorted((ex for e in self.encoded for ex in getattr(e, split)),
-                                key=lambda ex: len(ex["input_ids"]))
-                decoded = sorted((ex for e in self.encoded for ex in e.decode.get(split, [])),
-                                 key=lambda ex: ex["n_prompt"])
-                ev["global"][split] = local.evaluate_split(self.model, self.tok, self.task, self.cfg, [pooled],
-                                                           [decoded], self.device)[0]
+            model = [self.method.global_model(self.states, self.weights)]
+            pooled_rows = local.evaluate_clients(self.model, self.tok, self.task, self.cfg, model,
+                                                 [self.server.gamma(0)], [pooled(self.encoded)], self.device)
+            ev["global"] = {split: pooled_rows[split][0] for split in ("val", "test")}
         return ev, samples
 
     def exchange(self, rnd: int, selected: list[int], evaluate: int | None) -> Reply:

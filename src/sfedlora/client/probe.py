@@ -1,0 +1,68 @@
+"""Set-up's probes of one training step: the activation memory a row saves (simulation.grouping) and the time a step
+takes under each attention implementation (runtime.attention: model.attention = auto). Run once the model and the
+data are in place; the caller installs its clients' adapters afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from sfedlora.adapters.inject import group_parameters
+from sfedlora.client.checkpointing import checkpointed
+from sfedlora.client.local import State, fresh_state, install
+from sfedlora.client.losses import group_loss
+from sfedlora.client.train import adapters_training
+from sfedlora.core.scaling import Gamma
+from sfedlora.data.batching import collate
+from sfedlora.runtime.attention import current, resolve_attention
+from sfedlora.runtime.setup import Setup
+
+
+def probe_step(model: Any, tok: Any, task: str, row: dict[str, Any], batch_size: int, adapters: State, gamma: Gamma,
+               device: torch.device, checkpointing: bool = False) -> Callable[[bool], torch.Tensor]:
+    """One client's training step on `batch_size` copies of `row` with `adapters` installed, A, B and head trained,
+    as training runs it (dropout, gradient checkpointing): a callable that runs the forward, and the backward if
+    asked (the gradients then dropped), and returns the loss. Set-up's probes: the memory a row saves
+    (simulation.grouping) and the time a step takes (runtime.attention)."""
+    batch = {k: v.to(device) for k, v in collate([row] * batch_size, tok.pad_token_id).items()}
+    install(model, [adapters], [gamma], device)
+    params = list(group_parameters(model).values())
+    for p in params:
+        p.requires_grad_(True)
+
+    def run(backward: bool = True) -> torch.Tensor:
+        with adapters_training(model), checkpointed(model, checkpointing):
+            loss = group_loss(model, batch, 1, task)
+            if backward:
+                loss.backward()
+                for p in params:
+                    p.grad = None
+        return loss
+    return run
+
+
+def set_attention(s: Setup, measure: bool = True) -> dict[str, Any]:
+    """model.attention resolved on the set-up's model (runtime.attention) and recorded in the set-up (and its run
+    description, where it has one): auto times a training step of this process's worst case, the longest training
+    example at train.batch_size with the widest rank's fresh adapters. `measure` False (a Flower node, which a
+    deployment builds per message: a choice per message would cost seconds each and could change between rounds):
+    auto keeps the loaded implementation."""
+    cfg, rows = s.cfg, [ex for e in s.encoded.values() for ex in e.train]
+    if cfg.model.attention == "auto" and not (rows and measure):
+        why = "no training rows" if measure else "a Flower node does not measure"
+        s.attention = {"implementation": current(s.model), "rule": f"unmeasured ({why})"}
+    else:
+        top = max(cfg.lora.ranks or cfg.lora.rank_set or [cfg.lora.rank])
+
+        def step() -> None:
+            longest = max(rows, key=lambda e: len(e["input_ids"]))
+            adapters = fresh_state(s.model, cfg, "independent", 0, top, top)
+            probe_step(s.model, s.tok, s.task, longest, cfg.train.batch_size, adapters, 1.0, s.device,
+                       cfg.train.gradient_checkpointing)(True)
+        s.attention = resolve_attention(s.model, cfg.model.attention, step)
+    if s.resolved is not None:
+        s.resolved = replace(s.resolved, attention=s.attention)
+    return s.attention
