@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import random
 import subprocess
 import sys
@@ -69,6 +70,18 @@ def sentiment_file(tmp_path: Path) -> Path:
             text = " ".join(rng.choice(words[label]) for _ in range(5)) + f" item {i}"
             f.write(json.dumps({"sentence": text, "sentiment": label}) + "\n")
     return path
+
+
+def back_to_round_2(out: Path) -> None:
+    """A finished 3-round run folder taken back to its round-2 checkpoint, as if stopped during round 3: its
+    summary, final adapters and last checkpoint gone, the previous checkpoint in its place, records up to round 2."""
+    from sfedlora.runtime import checkpoint, rundir
+
+    for name in (rundir.SUMMARY, rundir.ADAPTERS, checkpoint.NAME):
+        (out / name).unlink()
+    os.replace(out / checkpoint.PREVIOUS, out / checkpoint.NAME)
+    lines = (out / rundir.METRICS).read_text().splitlines()
+    (out / rundir.METRICS).write_text("\n".join(lines[:3]) + "\n")
 
 
 def killed_in_round(sim, rnd: int) -> None:

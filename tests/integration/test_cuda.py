@@ -7,13 +7,13 @@ PEFT on CUDA: tests/unit/test_batched_equals_peft.py.)"""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
+from conftest import back_to_round_2
 
 from sfedlora.cli import main
-from sfedlora.runtime import checkpoint, rundir
+from sfedlora.runtime import rundir
 from sfedlora.runtime.resolve import resolve_device, resolve_precision
 
 pytestmark = [pytest.mark.cuda,
@@ -56,11 +56,7 @@ def test_a_resumed_cuda_run_is_bit_identical(precision, tmp_path, deterministic)
     for out in (whole, cut):
         assert main(["run", *_args(path, f"model.precision={precision}", "fed.rounds=3"), "--out", str(out),
                      "--quiet"]) == 0
-    for name in (rundir.SUMMARY, rundir.ADAPTERS, checkpoint.NAME):
-        (cut / name).unlink()
-    os.replace(cut / checkpoint.PREVIOUS, cut / checkpoint.NAME)
-    lines = (cut / rundir.METRICS).read_text().splitlines()
-    (cut / rundir.METRICS).write_text("\n".join(lines[:3]) + "\n")
+    back_to_round_2(cut)
     assert main(["run", "--resume", str(cut), "--quiet"]) == 0
     for x, y in zip(rundir.load_adapters(whole)["states"], rundir.load_adapters(cut)["states"], strict=True):
         assert all(torch.equal(x[k], y[k]) for k in x)

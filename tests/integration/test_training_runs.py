@@ -4,13 +4,13 @@ continues it exactly; accumulation and checkpointing run in both kinds of task."
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
+from conftest import back_to_round_2
 
 from sfedlora.cli import main
-from sfedlora.runtime import checkpoint, rundir
+from sfedlora.runtime import rundir
 
 pytestmark = pytest.mark.slow  # whole runs: `make test-fast` leaves them out
 
@@ -23,11 +23,7 @@ BASE = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classificatio
 def resumed_from_round_2(args: list[str], out):
     """A 3-round run into `out`, taken back to its round-2 checkpoint (as if stopped there), then resumed."""
     assert main(["run", *args, "--out", str(out), "--quiet"]) == 0
-    for name in (rundir.SUMMARY, rundir.ADAPTERS, checkpoint.NAME):
-        (out / name).unlink()
-    os.replace(out / checkpoint.PREVIOUS, out / checkpoint.NAME)
-    lines = (out / rundir.METRICS).read_text().splitlines()
-    (out / rundir.METRICS).write_text("\n".join(lines[:3]) + "\n")
+    back_to_round_2(out)
     assert main(["run", "--resume", str(out), "--quiet"]) == 0
     return out
 

@@ -74,3 +74,7 @@ def test_runs_under_each_implementation_agree_and_record_the_choice(tmp_path, mo
                                        "seconds": {"sdpa": 2.0, "eager": 1.0}}
     assert current(auto.model) == "eager"
     assert "attention" in (tmp_path / "auto" / "config.yaml").read_text()
+    monkeypatch.setattr(attention, "measure", lambda *a: pytest.fail("a resumed run keeps its recorded choice"))
+    resumed = Simulation(load_config(None, LM), tmp_path / "auto", echo=lambda s: None, progress=False,
+                         resolved=auto.resolved)  # as api.resume builds it
+    assert resumed.resolved.attention == auto.resolved.attention and current(resumed.model) == "eager"

@@ -46,11 +46,15 @@ def client_rows(cfg: BenchConfig, eng: Any) -> list[list[dict[str, Any]]]:
               {"label": int(b["label"][i])})} for b in client for i in range(cfg.batch)] for client in eng.batches]
 
 
+def groups_of(n: int, g: int) -> list[list[int]]:
+    """Clients 0..n-1 in consecutive groups of g (the last may be smaller)."""
+    return [list(range(c, min(c + g, n))) for c in range(0, n, g)]
+
+
 def scorer(cfg: BenchConfig, eng: Any) -> Any:
     """sfedlora's scoring of every client's rows, in the evaluation groups `sfedlora run` would use: a callable."""
     rows = client_rows(cfg, eng)
-    g = eng.groups.eval
-    groups = [list(range(c, min(c + g, cfg.clients))) for c in range(0, cfg.clients, g)]
+    groups = groups_of(cfg.clients, eng.groups.eval)
 
     def score() -> None:
         for group in groups:
@@ -76,8 +80,7 @@ def run_eval_bench(cfg: BenchConfig, new_tokens: int = 16) -> dict[str, Any]:
     peer = Peer(cfg, task, DTYPES[eng.precision], device)
     lm = task != "classification"
     rows = client_rows(cfg, eng)
-    decoding = [list(range(c, min(c + eng.groups.decoding, cfg.clients)))
-                for c in range(0, cfg.clients, eng.groups.decoding)]
+    decoding = groups_of(cfg.clients, eng.groups.decoding)
     ours_score = scorer(cfg, eng)
 
     @torch.inference_mode()
@@ -115,6 +118,12 @@ def run_eval_bench(cfg: BenchConfig, new_tokens: int = 16) -> dict[str, Any]:
     return out
 
 
+def share_lines(e: dict[str, Any]) -> list[str]:
+    """What `sfedlora bench` prints of eval_share."""
+    return [f"evaluation of the round's tokens (b): {e['score_seconds']:.2f} s, {e['per_token_vs_training']:.2f}x a "
+            f"training round's time; {e['share_of_round']:.0%} of a round that trains and then evaluates them"]
+
+
 def report_lines(r: dict[str, Any]) -> list[str]:
     lines = [f"evaluation, device {r['device']}, {r['precision']} both, (b) {r['eval_group']} clients per scoring "
              f"pass, {r.get('decode_group', r['eval_group'])} per decoding pass:",
@@ -127,4 +136,4 @@ def report_lines(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["run_eval_bench", "report_lines", "eval_share"]
+__all__ = ["run_eval_bench", "report_lines", "eval_share", "share_lines"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 from sfedlora.cli.options import add_options, from_options
 from sfedlora.cli.options import say as _say
@@ -41,16 +40,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         r = peer.run_bench(cfg, echo=_say, eng=eng)
         r["evaluation"] = evaluation.eval_share(cfg, eng, r["seconds"]["b"])
         r["profile"] = profile.profile_round(eng)
-        lines = profile.report_lines(r["profile"]) + eval_share_lines(r["evaluation"]) + peer.report_lines(r)
+        lines = profile.report_lines(r["profile"]) + evaluation.share_lines(r["evaluation"]) + peer.report_lines(r)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1))
     print("\n".join(lines))
     return 0
-
-
-def eval_share_lines(e: dict[str, Any]) -> list[str]:
-    return [f"evaluation of the round's tokens (b): {e['score_seconds']:.2f} s, {e['per_token_vs_training']:.2f}x a "
-            f"training round's time; {e['share_of_round']:.0%} of a round that trains and then evaluates them"]
 
 
 def add(sub: argparse._SubParsersAction) -> None:

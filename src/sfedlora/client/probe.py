@@ -17,7 +17,7 @@ from sfedlora.client.losses import group_loss
 from sfedlora.client.train import adapters_training
 from sfedlora.core.scaling import Gamma
 from sfedlora.data.batching import collate
-from sfedlora.runtime.attention import current, resolve_attention
+from sfedlora.runtime.attention import DEFAULT, current, resolve_attention, use
 from sfedlora.runtime.setup import Setup
 
 
@@ -44,24 +44,30 @@ def probe_step(model: Any, tok: Any, task: str, row: dict[str, Any], batch_size:
     return run
 
 
-def set_attention(s: Setup, measure: bool = True) -> dict[str, Any]:
+def set_attention(s: Setup, measure: bool = True, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
     """model.attention resolved on the set-up's model (runtime.attention) and recorded in the set-up (and its run
     description, where it has one): auto times a training step of this process's worst case, the longest training
-    example at train.batch_size with the widest rank's fresh adapters. `measure` False (a Flower node, which a
+    example at train.batch_size with the widest rank's fresh adapters. `recorded`: a resumed run's choice, kept
+    unmeasured (a run recorded before model.attention ran the default). `measure` False (a Flower node, which a
     deployment builds per message: a choice per message would cost seconds each and could change between rounds):
     auto keeps the loaded implementation."""
     cfg, rows = s.cfg, [ex for e in s.encoded.values() for ex in e.train]
-    if cfg.model.attention == "auto" and not (rows and measure):
+    auto = cfg.model.attention == "auto"
+    if recorded is not None:
+        s.attention = recorded or {"implementation": DEFAULT, "rule": "unmeasured (recorded before model.attention)"}
+        use(s.model, s.attention["implementation"])
+    elif auto and not (rows and measure):
         why = "no training rows" if measure else "a Flower node does not measure"
         s.attention = {"implementation": current(s.model), "rule": f"unmeasured ({why})"}
     else:
-        top = max(cfg.lora.ranks or cfg.lora.rank_set or [cfg.lora.rank])
-
-        def step() -> None:
+        step: Callable[[], object] = lambda: None  # a fixed choice is not timed
+        if auto:  # one probe, built once, run for every timing
+            top = max(cfg.lora.ranks or cfg.lora.rank_set or [cfg.lora.rank])
             longest = max(rows, key=lambda e: len(e["input_ids"]))
-            adapters = fresh_state(s.model, cfg, "independent", 0, top, top)
-            probe_step(s.model, s.tok, s.task, longest, cfg.train.batch_size, adapters, 1.0, s.device,
-                       cfg.train.gradient_checkpointing)(True)
+            probe = probe_step(s.model, s.tok, s.task, longest, cfg.train.batch_size,
+                               fresh_state(s.model, cfg, "independent", 0, top, top), 1.0, s.device,
+                               cfg.train.gradient_checkpointing)
+            step = lambda: probe(True)  # noqa: E731
         s.attention = resolve_attention(s.model, cfg.model.attention, step)
     if s.resolved is not None:
         s.resolved = replace(s.resolved, attention=s.attention)

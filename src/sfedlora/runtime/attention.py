@@ -63,7 +63,7 @@ def supported(model: Any) -> list[str]:
     return out
 
 
-def fastest_of(step: Callable[[], None], repeats: int = REPEATS) -> float:
+def fastest_of(step: Callable[[], object], repeats: int = REPEATS) -> float:
     """The fastest of `repeats` timings of `step()` after one warm-up (seconds)."""
     step()
     best = float("inf")
@@ -74,7 +74,7 @@ def fastest_of(step: Callable[[], None], repeats: int = REPEATS) -> float:
     return best
 
 
-def measure(model: Any, step: Callable[[], None], implementations: list[str]) -> dict[str, float]:
+def measure(model: Any, step: Callable[[], object], implementations: list[str]) -> dict[str, float]:
     """Seconds of one `step()` (a training step's forward and backward) under each implementation; the RNG
     streams are left as they were (dropout draws in the step)."""
     was, seconds = current(model), {}
@@ -87,7 +87,7 @@ def measure(model: Any, step: Callable[[], None], implementations: list[str]) ->
     return seconds
 
 
-def resolve_attention(model: Any, setting: str, step: Callable[[], None]) -> dict[str, Any]:
+def resolve_attention(model: Any, setting: str, step: Callable[[], object]) -> dict[str, Any]:
     """Set the model's attention as `model.attention` says (auto: measured with `step`) and describe it:
     {"implementation", "rule": fixed | measured | only, "seconds": per implementation (measured only)}."""
     if setting != "auto":

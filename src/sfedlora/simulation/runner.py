@@ -24,7 +24,7 @@ from sfedlora.core.state import State
 from sfedlora.data.batching import ClientSampler
 from sfedlora.data.encode import pooled
 from sfedlora.errors import SfedloraError
-from sfedlora.runtime import attention, checkpoint, rundir
+from sfedlora.runtime import checkpoint, rundir
 from sfedlora.runtime.protocol import Exchange, Server, evaluated_clients, known_start
 from sfedlora.runtime.resolve import Resolved, resume_mismatch
 from sfedlora.runtime.rounds import Reply, run_rounds
@@ -53,7 +53,7 @@ class Simulation:
         `group`: the trackers' group (a sweep's name)."""
         self.cfg, self.out_dir, self.echo, self.progress, self.group = cfg, Path(out_dir), echo, progress, group
         self.setup = s = setup(cfg)  # everything that can fail on user input, before the run folder exists
-        set_attention(s)  # model.attention (auto: measured)
+        set_attention(s, recorded=None if resolved is None else resolved.attention)  # model.attention
         self.method, self.model, self.tok, self.device, self.task = s.method, s.model, s.tok, s.device, s.task
         n = cfg.fed.clients
         self.encoded = [s.encoded[c] for c in range(n)]
@@ -62,10 +62,8 @@ class Simulation:
         self.bar: Any = None  # the progress bar of local steps, while the run goes
         assert s.resolved is not None  # every client is held here
         self.resolved = s.resolved
-        if resolved is not None:  # a resumed run keeps its client store and attention (it measured it once)
-            self.resolved = replace(self.resolved, client_store=resolved.client_store, attention=resolved.attention
-                                    or self.resolved.attention)
-            attention.use(self.model, self.resolved.attention.get("implementation", attention.current(self.model)))
+        if resolved is not None:  # a resumed run keeps its client store (runs before the store kept memory)
+            self.resolved = replace(self.resolved, client_store=resolved.client_store)
             if changed := resume_mismatch(resolved, self.resolved):
                 raise SfedloraError(f"{self.out_dir} cannot be resumed here: " + "; ".join(changed) + ". Its data, "
                                     "model or resolved settings differ from the run's (a changed data file, another "
