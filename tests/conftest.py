@@ -22,14 +22,20 @@ collect_ignore_glob = [] if importlib.util.find_spec("flwr") else ["flower/*"]
 
 
 @pytest.fixture(autouse=True)
-def attention_timings_equal(monkeypatch):
-    """model.attention=auto times each attention implementation at set-up, and timings are not reproducible: in
-    tests every implementation takes the same time, so auto keeps sdpa and two runs of a test choose alike.
-    tests/unit/test_attention.py times for real and fakes other timings. A run in a subprocess measures for real:
-    tests that compare one with an in-process run pin model.attention."""
-    from sfedlora.runtime import attention
+def set_up_timings_equal(monkeypatch, tmp_path_factory):
+    """Set-up times each attention implementation (model.attention=auto) and a few group sizes
+    (train.group_size=auto), and timings are not reproducible: in tests every implementation takes the same time
+    and every group size the same time per token, so auto keeps sdpa and the rule's group size, and two runs of a
+    test choose alike. tests/unit/test_attention.py and test_grouping.py time for real and fake other timings;
+    each test keeps its timings in a cache folder of its own. A run in a subprocess measures for real (and caches
+    in its SFEDLORA_CACHE): tests that compare one with an in-process run pin model.attention and the group size."""
+    from sfedlora.runtime import attention, timings
+    from sfedlora.simulation import grouping
 
     monkeypatch.setattr(attention, "measure", lambda model, step, names: dict.fromkeys(names, 1.0))
+    monkeypatch.setattr(grouping, "time_groups", lambda step_for, sizes: {g: float(g) for g in sizes})
+    folder = tmp_path_factory.mktemp("timings")  # faked timings never reach a real cache
+    monkeypatch.setattr(timings, "cache_folder", lambda: folder)
 
 
 def lm_batch(g: torch.Generator, rows: int, seq: int = 10, padded_row: int = 0) -> dict[str, torch.Tensor]:

@@ -35,7 +35,7 @@ BASE = ["model.name=tiny-bert", "model.precision=fp32", "data.task=classificatio
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(sentiment_file, tmp_path):
     args = [f"data.source={sentiment_file}", *BASE, "fed.rounds=8", "fed.local_steps=25", "train.optimizer_state=keep",
-            "model.attention=sdpa"]  # the subprocess's run would measure it (conftest)
+            "model.attention=sdpa", "train.group_size=3"]  # the subprocess's run would measure these (conftest)
     straight = tmp_path / "straight"
     assert main(["run", *args, "--out", str(straight), "--quiet"]) == 0
     killed = tmp_path / "killed"

@@ -140,10 +140,37 @@ def test_cutting_changes_nothing_the_model_sees():
         cfg = load_config(None, ["model.name=tiny-llama", f"model.max_length={ml}"])
         cut = copy.deepcopy(rows)
         assert all(files.cut(r, ml * files.CHARS_PER_TOKEN) for r in cut)
-        a = encode(ClientData(rows, [], []), "instruction", tok, cfg, 0).train
-        b = encode(ClientData(cut, [], []), "instruction", tok, cfg, 0).train
+        a = encode({0: ClientData(rows, [], [])}, "instruction", tok, cfg)[0].train
+        b = encode({0: ClientData(cut, [], [])}, "instruction", tok, cfg)[0].train
         assert [x["input_ids"].tolist() for x in a] == [x["input_ids"].tolist() for x in b]
         assert [x["n_prompt"] for x in a] == [x["n_prompt"] for x in b]
+
+
+@pytest.mark.parametrize("task", ["classification", "math"])
+def test_clients_encoded_together_equal_each_encoded_alone(task):
+    """One tokenizer call for every client (set-up's) gives each client exactly what its own call gives:
+    rows, evaluation caps, sort order, the math decode sample and the shown samples."""
+    from sfedlora.data.encode import encode
+    from sfedlora.runtime.models import load_model
+
+    model = "tiny-bert" if task == "classification" else "tiny-llama"
+    _, tok = load_model(model, task, 3)
+    row = (lambda i: {"text": "word " * (1 + i % 7), "label": i % 3}) if task == "classification" else (
+        lambda i: {"prompt": "add " * (1 + i % 5), "response": f"{i} " * (1 + i % 3), "answer": str(i)})
+    clients = {c: ClientData([row(i) for i in range(5 + c)], [row(i) for i in range(2 * c + 1)],
+                             [row(i + 3) for i in range(c + 3)]) for c in range(4)}
+    cfg = load_config(None, [f"model.name={model}", "model.max_length=16", "eval.max_examples=3",
+                             "eval.generate_examples=2", "eval.samples=2"])
+    together = encode(clients, task, tok, cfg)
+    as_lists = lambda rows: [{k: v.tolist() if hasattr(v, "tolist") else v for k, v in r.items()} for r in rows]
+    for c, data in clients.items():
+        alone = encode({c: data}, task, tok, cfg)[c]
+        for split in ("train", "val", "test", "samples"):
+            assert as_lists(getattr(together[c], split)) == as_lists(getattr(alone, split))
+        assert {k: as_lists(v) for k, v in together[c].decode.items()} == {
+            k: as_lists(v) for k, v in alone.decode.items()}
+    assert [len(together[c].val) for c in range(4)] == [1, 3, 3, 3]  # eval.max_examples
+    assert len(together[3].samples) == (0 if task == "classification" else 2)
 
 
 def test_config_checks_up_front(tmp_path):

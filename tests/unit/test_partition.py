@@ -26,6 +26,28 @@ def test_iid_sizes_are_even():
     assert sorted(len(p) for p in parts) == [133, 133, 134]
 
 
+@pytest.mark.parametrize("cfg", [DataConfig(partition="iid"),
+                                 DataConfig(partition="dirichlet", dirichlet_alpha=0.5, min_partition_size=20)])
+def test_one_pass_equals_flower_partitions_loaded_one_by_one(cfg):
+    """All clients' indices in one pass (data.partition._all_partitions) are what flwr-datasets'
+    load_partition gives client by client, uneven IID shards (400 over 7: 58 x 1, 57 x 6) included."""
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+    ds = Dataset.from_list([{"idx": i, "key": str(r["label"])} for i, r in enumerate(RECORDS)])
+    if cfg.partition == "iid":
+        partitioner = IidPartitioner(num_partitions=7)
+        ds = ds.shuffle(seed=11)
+    else:
+        partitioner = DirichletPartitioner(num_partitions=7, partition_by="key", alpha=0.5, min_partition_size=20,
+                                           self_balancing=False, shuffle=True, seed=11)
+    partitioner.dataset = ds
+    one_by_one = [list(partitioner.load_partition(c)["idx"]) for c in range(7)]
+    assert partition_indices(RECORDS, 7, cfg, seed=11) == one_by_one
+    if cfg.partition == "iid":
+        assert [len(p) for p in one_by_one] == [58, 57, 57, 57, 57, 57, 57]
+
+
 def test_impossible_min_size_is_a_clear_error():
     cfg = DataConfig(partition="dirichlet", min_partition_size=150)
     with pytest.raises(SfedloraError, match="cannot give each of 4 clients 150 examples"):

@@ -11,6 +11,7 @@ the CPU (sampled every 5 ms), torch's peak allocated memory on CUDA; and reports
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,7 +20,6 @@ from typing import Any
 import torch
 
 from sfedlora.adapters.inject import group_parameters
-from sfedlora.bench.peer import PeakRSS
 from sfedlora.config import config_path, load_config
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import rundir
@@ -61,6 +61,32 @@ def base_model_bytes(model: torch.nn.Module) -> int:
         if ptr not in group:
             seen[ptr] = t.untyped_storage().nbytes()
     return sum(seen.values())
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 5 ms)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self.rss()
+        self._stop = False
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop = True
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.005)
+
+    @staticmethod
+    def rss() -> int:
+        """This process's resident memory now, in bytes (Linux /proc)."""
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * 4096
 
 
 class DeviceMemory:

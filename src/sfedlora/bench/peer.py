@@ -18,18 +18,18 @@ last the ratio b/a against the peer at (b)'s precision (and against the fp32 pee
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from sfedlora.adapters.inject import init_adapter_state, load_group, read_group
 from sfedlora.adapters.peft import state_key, to_state_dict
+from sfedlora.bench.memory import PeakRSS
 from sfedlora.client.optim import StackedOptimizer
+from sfedlora.client.probe import probe_step
 from sfedlora.client.train import train_group
 from sfedlora.config import TrainConfig, load_config
 from sfedlora.config.schema import opt
@@ -59,32 +59,6 @@ class BenchConfig:
     seed: int = opt(0, "seed of the data and the adapters")
     group_size: int | str = opt("auto", "(b)'s clients per batched step: auto (the automatic group size `sfedlora "
                                 "run` uses) or a number")
-
-
-class PeakRSS:
-    """Peak resident memory of this process while the block runs (sampled every 5 ms)."""
-
-    def __enter__(self) -> PeakRSS:
-        self.peak = self.rss()
-        self._stop = False
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop = True
-        self._thread.join()
-
-    def _watch(self) -> None:
-        while not self._stop:
-            self.peak = max(self.peak, self.rss())
-            time.sleep(0.005)
-
-    @staticmethod
-    def rss() -> int:
-        """This process's resident memory now, in bytes (Linux /proc)."""
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * 4096
 
 
 def _matmul_rate(n: int, dtype: torch.dtype, device: str, reps: int) -> float:
@@ -204,7 +178,8 @@ def engine(cfg: BenchConfig) -> Engine:
            **({"label": 0} if task == "classification" else {"n_prompt": cfg.seq // 2})}
     plan = grouping.plan(cfg.group_size, run_cfg.train.group_memory, cfg.batch, cfg.batch, cfg.clients, device,
                          lambda: grouping.bytes_per_row(ours, tok, task, row, cfg.batch, init[0], 1.0, device),
-                         cfg.seq)
+                         cfg.seq, step_for=lambda g: probe_step(ours, tok, task, row, cfg.batch, init[0], 1.0, device,
+                                                                clients=g))  # timed afresh: no cached timings
 
     def ours_round() -> list[dict[str, torch.Tensor]]:
         out: list[dict[str, torch.Tensor]] = []
@@ -267,7 +242,7 @@ def run_bench(cfg: BenchConfig, echo: Any = print, eng: Engine | None = None) ->
             "seconds": med, "tokens_per_s": {k: tokens / v for k, v in med.items()},
             "gflops": gflops, "ceiling_gflops": ceiling,
             "fraction_of_ceiling": {k: g / ceiling[at[k]] for k, g in gflops.items()},
-            "groups": {"train": eng.groups.train, "rule": eng.groups.rule},
+            "groups": {"train": eng.groups.train, "rule": eng.groups.rule, **eng.groups.timed},
             "peak_rss_gb": {k: v / 1e9 for k, v in peaks.items()},
             "max_adapter_diff": diff,  # (b) against the peer at (b)'s precision, after one round
             "ratio_same_precision": med[same] / med["b"], "ratio_fp32_peer": med["a_fp32"] / med["b"]}
@@ -279,6 +254,9 @@ def report_lines(r: dict[str, Any]) -> list[str]:
               "b": f"(b) sfedlora batched, {r['precision_b']}, G={r['groups']['train']}"}
     lines = [f"device {r['device']}; (b) precision {r['precision_b']}; GEMM ceiling "
              + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in r["ceiling_gflops"].items())]
+    if (g := r["groups"]).get("seconds_per_token"):  # (b)'s group size by measurement (simulation.grouping)
+        rates = ", ".join(f"G={k}: {1 / v:.1f}" for k, v in g["seconds_per_token"].items())
+        lines.append(f"group size timed (a training step, tokens/s): {rates}; rule G={g['rule_g']}, took {g['train']}")
     lines += [f"{labels[n]:<46} {r['tokens_per_s'][n]:>9.1f} tokens/s {r['gflops'][n]:>7.1f} GFLOP/s "
               f"({100 * r['fraction_of_ceiling'][n]:.0f}% of ceiling) {r['seconds'][n]:>7.2f} s/round  "
               f"peak RSS {r['peak_rss_gb'][n]:.2f} GB" for n in r["seconds"]]

@@ -18,24 +18,27 @@ from sfedlora.client.train import adapters_training
 from sfedlora.core.scaling import Gamma
 from sfedlora.data.batching import collate
 from sfedlora.runtime.attention import DEFAULT, current, resolve_attention, use
+from sfedlora.runtime.models import revision
 from sfedlora.runtime.setup import Setup
+from sfedlora.runtime.timings import situation
 
 
 def probe_step(model: Any, tok: Any, task: str, row: dict[str, Any], batch_size: int, adapters: State, gamma: Gamma,
-               device: torch.device, checkpointing: bool = False) -> Callable[[bool], torch.Tensor]:
-    """One client's training step on `batch_size` copies of `row` with `adapters` installed, A, B and head trained,
-    as training runs it (dropout, gradient checkpointing): a callable that runs the forward, and the backward if
-    asked (the gradients then dropped), and returns the loss. Set-up's probes: the memory a row saves
-    (simulation.grouping) and the time a step takes (runtime.attention)."""
-    batch = {k: v.to(device) for k, v in collate([row] * batch_size, tok.pad_token_id).items()}
-    install(model, [adapters], [gamma], device)
+               device: torch.device, checkpointing: bool = False, clients: int = 1) -> Callable[[bool], torch.Tensor]:
+    """A training step of `clients` clients (a batched group), each on `batch_size` copies of `row` with `adapters`
+    installed, A, B and head trained, as training runs it (dropout, gradient checkpointing): a callable that runs the
+    forward, and the backward if asked (the gradients then dropped), and returns the loss. Set-up's probes: the
+    memory a row saves and the time a group's step takes (simulation.grouping), the time a step takes under each
+    attention implementation (runtime.attention)."""
+    batch = {k: v.to(device) for k, v in collate([row] * (batch_size * clients), tok.pad_token_id).items()}
+    install(model, [adapters] * clients, [gamma] * clients, device)
     params = list(group_parameters(model).values())
     for p in params:
         p.requires_grad_(True)
 
     def run(backward: bool = True) -> torch.Tensor:
         with adapters_training(model), checkpointed(model, checkpointing):
-            loss = group_loss(model, batch, 1, task)
+            loss = group_loss(model, batch, clients, task).sum()  # the clients' losses, as training sums them
             if backward:
                 loss.backward()
                 for p in params:
@@ -61,6 +64,7 @@ def set_attention(s: Setup, measure: bool = True, recorded: dict[str, Any] | Non
         s.attention = {"implementation": current(s.model), "rule": f"unmeasured ({why})"}
     else:
         step: Callable[[], object] = lambda: None  # a fixed choice is not timed
+        key = None
         if auto:  # one probe, built once, run for every timing
             top = max(cfg.lora.ranks or cfg.lora.rank_set or [cfg.lora.rank])
             longest = max(rows, key=lambda e: len(e["input_ids"]))
@@ -68,7 +72,19 @@ def set_attention(s: Setup, measure: bool = True, recorded: dict[str, Any] | Non
                                fresh_state(s.model, cfg, "independent", 0, top, top), 1.0, s.device,
                                cfg.train.gradient_checkpointing)
             step = lambda: probe(True)  # noqa: E731
-        s.attention = resolve_attention(s.model, cfg.model.attention, step)
+            key = probe_situation(s, longest, top)
+        s.attention = resolve_attention(s.model, cfg.model.attention, step, key)
     if s.resolved is not None:
         s.resolved = replace(s.resolved, attention=s.attention)
     return s.attention
+
+
+def probe_situation(s: Setup, row: dict[str, Any], rank: int) -> dict[str, Any]:
+    """What a timing of this set-up's probe step depends on (runtime.timings): the machine and libraries, the model,
+    its precision and attention, the step's shape and adapters."""
+    cfg = s.cfg
+    return situation(s.device, {
+        "model": cfg.model.name, "revision": revision(cfg.model.name, s.model), "precision": s.precision,
+        "quantization": cfg.model.quantization, "attention": current(s.model), "task": s.task,
+        "rows": cfg.train.batch_size, "row_tokens": len(row["input_ids"]), "rank": rank, "targets": s.targets,
+        "checkpointing": cfg.train.gradient_checkpointing, "compile": cfg.train.compile})

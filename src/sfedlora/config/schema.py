@@ -45,7 +45,8 @@ class ModelConfig:
                             choices=("none", "8bit", "4bit"))
     attention: str = opt("auto", "the base's attention implementation: `auto` (each of `sdpa` and `eager` timed on a "
                          "training step of the run's shape at set-up; the fastest if it beats sdpa by more than 10%, "
-                         "else sdpa; recorded as `resolved.attention`; Flower nodes do not measure and keep sdpa), "
+                         "else sdpa; the timings cached per machine, model, precision and shape; recorded as "
+                         "`resolved.attention`; Flower nodes do not measure and keep sdpa), "
                          "or `sdpa`, `eager`", choices=("auto", "sdpa", "eager"), result=False)
 
 
@@ -187,9 +188,10 @@ class TrainConfig:
                          check="non_negative")
     optimizer_state: str = opt("reset", "`reset` (fresh every round) or `keep` (each client's state carried "
                                "across rounds)", choices=("reset", "keep"))
-    group_size: int | str = opt("auto", "clients trained together in one batched step: `auto` (enough to keep "
-                                "the device busy, within free memory), 0 = all, or a number; recorded as "
-                                "`resolved.groups`", result=False)
+    group_size: int | str = opt("auto", "clients trained together in one batched step: `auto` (within free memory, "
+                                "the fastest per token of a few sizes timed at set-up if it beats the device rule's "
+                                "by more than 10%, else the rule's; timings cached per machine and shape), 0 = all, "
+                                "or a number; recorded as `resolved.groups`", result=False)
     group_memory: float = opt(0.5, "`auto`: the share of free memory the group's activations may use", result=False)
 
 

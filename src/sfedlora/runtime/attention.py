@@ -12,6 +12,10 @@ same machine chooses the same. The choice and the timings are recorded (`resolve
 keeps its recorded choice; `sdpa` or `eager` forces one, unmeasured. The probe itself is client.probe's (a
 training step needs the client's pieces); Flower nodes do not measure.
 
+The timings are kept per situation (runtime.timings): a measurement costs seconds (about 10 s for SmolLM2 at
+2 x 128 tokens on 2 cores), and a sweep's runs share one situation. A run that reuses timings records them
+with rule "cached" and when they were measured.
+
 Implementations compute the same attention; their results agree to the precision's rounding (a test compares
 one round's adapters under each).
 """
@@ -23,6 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from sfedlora.runtime import timings
 
 CANDIDATES = ("sdpa", "eager")
 DEFAULT = "sdpa"
@@ -87,16 +93,24 @@ def measure(model: Any, step: Callable[[], object], implementations: list[str]) 
     return seconds
 
 
-def resolve_attention(model: Any, setting: str, step: Callable[[], object]) -> dict[str, Any]:
-    """Set the model's attention as `model.attention` says (auto: measured with `step`) and describe it:
-    {"implementation", "rule": fixed | measured | only, "seconds": per implementation (measured only)}."""
+def resolve_attention(model: Any, setting: str, step: Callable[[], object],
+                      key: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Set the model's attention as `model.attention` says (auto: measured with `step`, or the timings cached
+    under `key`, the measurement's situation) and describe it: {"implementation", "rule": fixed | measured |
+    cached | only, "seconds": per implementation, "measured_at" (measured or cached)}."""
     if setting != "auto":
         use(model, setting)
         return {"implementation": setting, "rule": "fixed"}
     options = supported(model)
     if len(options) < 2:
         return {"implementation": current(model), "rule": "only"}
-    seconds = measure(model, step, options)
+    key = None if key is None else {**key, "what": "attention", "candidates": options}
+    before = None if key is None else timings.cached(key)
+    if before is not None:
+        rule, seconds, when = "cached", before["seconds"], before["measured_at"]
+    else:
+        rule, seconds = "measured", measure(model, step, options)
+        when = None if key is None else timings.keep(key, seconds)
     chosen = choose(seconds)
     use(model, chosen)
-    return {"implementation": chosen, "rule": "measured", "seconds": seconds}
+    return {"implementation": chosen, "rule": rule, "seconds": seconds} | ({"measured_at": when} if when else {})

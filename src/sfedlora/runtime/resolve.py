@@ -68,6 +68,7 @@ class GroupPlan:
     free_bytes: int = 0  # auto: memory free on the device when the plan was made
     budget_bytes: int = 0  # auto: the share of it the groups may use
     decode: int = 0  # clients per greedy-decoding pass (math accuracy, samples); 0: eval (runs before it)
+    timed: dict[str, Any] = field(default_factory=dict)  # auto: rule_g, seconds_per_token by G, timing, measured_at
 
     @property
     def decoding(self) -> int:

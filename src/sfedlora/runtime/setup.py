@@ -169,7 +169,7 @@ def setup(cfg: RunConfig, partitions: list[int] | None = None, cache: Path | Non
     check_rank(cfg, model)
     s = Setup(cfg=cfg, method=method, task=task, label_names=labels, clients=clients, descriptions=descriptions,
               model=model, tok=tok, targets=targets, device=device, precision=precision, counts=counts)
-    s.encoded = {c: encode(d, task, tok, cfg, c) for c, d in clients.items()}
+    s.encoded = encode(clients, task, tok, cfg)
     examples = [ex for e in s.encoded.values() for split in (e.train, e.val, e.test) for ex in split]
     s.counts = {**counts, "encoded": len(examples), "cut_to_max_length": sum(bool(ex.get("truncated"))
                                                                               for ex in examples)}

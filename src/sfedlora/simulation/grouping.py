@@ -13,13 +13,21 @@ states are in place:
     cap           = clamp(rows_fit // train.batch_size, 1, N)
 
 Within the cap, a larger group only pays where one client's batch leaves the device idle. A GPU is idle
-at a few hundred tokens, so on CUDA G is the cap. A 2-core CPU is not: its GEMMs run near the ceiling at
-a few hundred tokens, and bigger groups only add cache and page traffic. Measured here (training 100
-MiniLM clients for one step of 8 x 64 tokens each, glibc's default malloc): 15.0 s at G = 1, 16.0 at 4, 16.1 at
-10, 18.1 at 25 and 27.5 at 100; SmolLM2 at 2 x 128 tokens per client: 249 tokens/s at G = 1, 264 at
-G = 2. So on a CPU G is the smallest group whose step has CPU_STEP_TOKENS tokens (worst-case length),
-within the cap. The rule is deterministic (the same config on the same machine gives the same G, and
-runs are bit-reproducible); G is recorded in config.yaml, and a fixed train.group_size overrides it.
+at a few hundred tokens, so on CUDA the rule's G is the cap. A 2-core AVX2 CPU is not: its GEMMs run near the
+ceiling at a few hundred tokens, and bigger groups only add cache and page traffic. Measured there (training
+100 MiniLM clients for one step of 8 x 64 tokens each, glibc's default malloc): 15.0 s at G = 1, 16.0 at 4,
+16.1 at 10, 18.1 at 25 and 27.5 at 100; SmolLM2 at 2 x 128 tokens per client: 249 tokens/s at G = 1, 264 at
+G = 2. So on a CPU the rule's G is the smallest group whose step has CPU_STEP_TOKENS tokens (worst-case
+length), within the cap.
+
+That rule was tuned on one kind of machine (AVX2, fp32); where GEMMs are much faster (AMX, bf16, GPUs) the
+work around them decides, and another G may pay. So `train.group_size: auto` also times one training step
+(the worst-case row, the widest adapters) for a few group sizes within the cap (`candidates`: the rule's G
+and powers of two, on a CPU up to MAX_PROBE_TOKENS tokens a step), and takes the fastest per token if it beats
+the rule's G by more than runtime.attention's MARGIN, else the rule's G: a near-tie is decided the same way
+on every run. The timings are kept per situation (runtime.timings), so the runs of a sweep measure once; G,
+its timings and their rule are recorded in config.yaml (resolved.groups), and a fixed train.group_size
+overrides it.
 Evaluation scores as many rows per pass as the chosen training group, within its own memory cap (a row
 without a graph costs less than the training row counted here, so that cap errs on the safe side). Greedy
 decoding (math accuracy, samples) takes every client whose decoding rows fit that cap: a decoding step computes
@@ -35,17 +43,22 @@ MiniLM clients in one group (800 rows): peak growth 1.17x the count with glibc's
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sfedlora.client.local import fresh_state
-from sfedlora.client.probe import probe_step
+from sfedlora.client.probe import probe_situation, probe_step
+from sfedlora.runtime import timings
+from sfedlora.runtime.attention import choose
 from sfedlora.runtime.resolve import GroupPlan
 
 SAFETY = 2.0
 CPU_STEP_TOKENS = 512
+MAX_PROBE_TOKENS = 1024  # CPU: the largest step timed when choosing G
 
 
 def memory_caps(bytes_per_row: int, budget: int, train_rows: int, eval_rows: int, n_clients: int,
@@ -63,6 +76,51 @@ def busy_group(device_type: str, row_tokens: int, train_rows: int, cap: int) -> 
     if device_type == "cuda":
         return cap
     return max(1, min(cap, -(-CPU_STEP_TOKENS // max(1, row_tokens * train_rows))))
+
+
+def candidates(device_type: str, rule_g: int, cap: int, tokens_per_client: int) -> list[int]:
+    """The group sizes timed: the rule's G with, on CUDA, half and a quarter of the cap, on a CPU the powers of
+    two within the cap whose step has at most MAX_PROBE_TOKENS tokens."""
+    if device_type == "cuda":
+        sizes = {max(1, cap // 2), max(1, cap // 4)}
+    else:
+        sizes = {g for g in (1, 2, 4, 8, 16, 32, 64) if g <= cap and g * tokens_per_client <= MAX_PROBE_TOKENS}
+    return sorted(sizes | {rule_g})
+
+
+def time_groups(step_for: Callable[[int], Callable[..., object]], sizes: list[int]) -> dict[int, float]:
+    """Seconds of one training step of G clients for each G in `sizes`: one warm-up at the largest (the allocator
+    then holds what every size needs), then one timing each; the RNG streams are left as they were."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    sync = torch.cuda.synchronize if devices else (lambda: None)
+    out: dict[int, float] = {}
+    with torch.random.fork_rng(devices=devices):
+        step_for(max(sizes))()
+        for g in sizes:
+            step = step_for(g)
+            sync()
+            t = time.perf_counter()
+            step()
+            sync()
+            out[g] = time.perf_counter() - t
+    return out
+
+
+def measured_group(rule_g: int, sizes: list[int], tokens_per_client: int,
+                   step_for: Callable[[int], Callable[..., object]],
+                   key: dict[str, Any] | None) -> tuple[int, dict[str, float], str, str]:
+    """(G, seconds per token by G, "measured" | "cached", when measured): the fastest per token of `sizes` if it
+    beats the rule's G by more than the margin, else the rule's G; timings read from, or kept in, the cache
+    under `key` (runtime.timings; None: not kept)."""
+    key = None if key is None else {**key, "what": "group size", "sizes": sizes}
+    before = None if key is None else timings.cached(key)
+    if before is not None:
+        per_token, rule, when = before["seconds"], "cached", before["measured_at"]
+    else:
+        seconds = time_groups(step_for, sizes)
+        per_token = {str(g): seconds[g] / (g * tokens_per_client) for g in sizes}
+        rule, when = "measured", "" if key is None else timings.keep(key, per_token)
+    return int(choose(per_token, default=str(rule_g))), per_token, rule, when
 
 
 def eval_group(g_train: int, train_rows: int, eval_rows: int, eval_cap: int) -> int:
@@ -143,11 +201,15 @@ def bytes_per_row(model: torch.nn.Module, tok: Any, task: str, longest: dict[str
 
 
 def plan(group_size: int | str, group_memory: float, batch_size: int, eval_batch_size: int, n_clients: int,
-         device: torch.device, measure: Any, row_tokens: int, decode_rows: int = 0) -> GroupPlan:
-    """G for training and evaluation: as configured (a number; 0 = all), or (auto) enough clients to keep
-    the device busy within the memory free now that the model and every client's state are in place, and for
-    greedy decoding every client that fits. `measure()` returns bytes_per_row (run only for auto); `row_tokens` is
-    the worst-case row's length; `decode_rows` one client's rows in a decoding pass (0: eval_batch_size)."""
+         device: torch.device, measure: Any, row_tokens: int, decode_rows: int = 0,
+         step_for: Callable[[int], Callable[..., object]] | None = None,
+         key: dict[str, Any] | None = None) -> GroupPlan:
+    """G for training and evaluation: as configured (a number; 0 = all), or (auto) the fastest per token of a
+    few sizes timed with `step_for(G)` (a training step of G clients) within the memory free now that the model
+    and every client's state are in place (without `step_for`: the rule's G), and for greedy decoding every
+    client that fits. `measure()` returns bytes_per_row (run only for auto); `row_tokens` is the worst-case row's
+    length; `decode_rows` one client's rows in a decoding pass (0: eval_batch_size); `key`: the timings' situation
+    (runtime.timings)."""
     if isinstance(group_size, int):
         g = min(group_size or n_clients, n_clients)
         return GroupPlan(train=g, eval=g, rule="fixed" if group_size else "all", decode=g)
@@ -156,10 +218,16 @@ def plan(group_size: int | str, group_memory: float, batch_size: int, eval_batch
     budget = int(group_memory * free)
     cap, eval_cap, decode_cap = memory_caps(per_row, budget, batch_size, eval_batch_size, n_clients,
                                             decode_rows=decode_rows)
-    g_train = busy_group(device.type, row_tokens, batch_size, cap)
+    g_rule = g_train = busy_group(device.type, row_tokens, batch_size, cap)
+    timed: dict[str, Any] = {}
+    sizes = candidates(device.type, g_rule, cap, row_tokens * batch_size)
+    if step_for is not None and len(sizes) > 1:
+        g_train, per_token, how, when = measured_group(g_rule, sizes, row_tokens * batch_size, step_for, key)
+        timed = {"rule_g": g_rule, "seconds_per_token": per_token, "timing": how} | (
+            {"measured_at": when} if when else {})
     return GroupPlan(train=g_train, eval=eval_group(g_train, batch_size, eval_batch_size, eval_cap), rule="auto",
                      cap=cap, row_tokens=row_tokens, bytes_per_row=per_row, free_bytes=free, budget_bytes=budget,
-                     decode=decode_cap)
+                     decode=decode_cap, timed=timed)
 
 
 def plan_run(setup: Any, resolved: Any) -> GroupPlan:
@@ -168,9 +236,13 @@ def plan_run(setup: Any, resolved: Any) -> GroupPlan:
     client's fresh adapters train it."""
     cfg = setup.cfg
     longest = longest_row(setup)
+    adapters, gamma = widest(setup, resolved)
+    step_for = lambda g: probe_step(setup.model, setup.tok, setup.task, longest, cfg.train.batch_size, adapters,
+                                    gamma, setup.device, cfg.train.gradient_checkpointing, clients=g)
     return plan(cfg.train.group_size, cfg.train.group_memory, cfg.train.batch_size, cfg.eval.batch_size,
                 cfg.fed.clients, setup.device, lambda: measure_row(setup, resolved), len(longest["input_ids"]),
-                decode_rows(setup.encoded.values(), cfg.eval.batch_size))
+                decode_rows(setup.encoded.values(), cfg.eval.batch_size), step_for,
+                probe_situation(setup, longest, max(resolved.ranks)))
 
 
 def decode_rows(encoded: Any, eval_batch_size: int) -> int:
@@ -184,10 +256,16 @@ def longest_row(setup: Any) -> dict[str, Any]:
     return max((ex for e in setup.encoded.values() for ex in e.train), key=lambda e: len(e["input_ids"]))
 
 
+def widest(setup: Any, resolved: Any) -> tuple[dict[str, torch.Tensor], float]:
+    """The probes' adapters: the widest client's fresh ones, with its gamma."""
+    cfg, r = setup.cfg, resolved
+    c = max(range(cfg.fed.clients), key=lambda k: r.ranks[k])
+    return fresh_state(setup.model, cfg, r.init, c, r.ranks[c], max(r.ranks)), r.gammas[c]
+
+
 def measure_row(setup: Any, resolved: Any) -> int:
     """bytes_per_row of this run (its longest training example, its widest client's fresh adapters)."""
-    cfg, r = setup.cfg, resolved
-    widest = max(range(cfg.fed.clients), key=lambda c: r.ranks[c])
-    adapters = fresh_state(setup.model, cfg, r.init, widest, r.ranks[widest], max(r.ranks))
+    cfg = setup.cfg
+    adapters, gamma = widest(setup, resolved)
     return bytes_per_row(setup.model, setup.tok, setup.task, longest_row(setup), cfg.train.batch_size, adapters,
-                         r.gammas[widest], setup.device, cfg.train.gradient_checkpointing)
+                         gamma, setup.device, cfg.train.gradient_checkpointing)
