@@ -45,7 +45,7 @@ def test_real_timing_leaves_the_model_and_the_random_streams_as_they_were():
     state = torch.get_rng_state()
     seconds = REAL_MEASURE(model, step, ["sdpa", "eager"])
     assert set(seconds) == {"sdpa", "eager"} and all(v > 0 for v in seconds.values())
-    assert calls == ["sdpa"] * 3 + ["eager"] * 3  # one warm-up and REPEATS = 2 timings each
+    assert calls == ["sdpa", "eager"] * 3  # one warm-up each, then REPEATS = 2 rounds timing each in turn
     assert current(model) == "sdpa" and torch.equal(torch.get_rng_state(), state)
 
 

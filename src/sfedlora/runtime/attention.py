@@ -1,23 +1,22 @@
 """The attention implementation of the frozen base, chosen by measurement (`model.attention: auto`).
 
-Which of Hugging Face's attention implementations is fastest depends on the device, the precision and the
-sequence length: on an AMX CPU (2 cores) a SmolLM2 forward + backward over 4 x 128 tokens took 0.93 s with
-"sdpa" and 0.73 s with "eager" in bf16, 1.59 s and 1.66 s in fp32 (the performance issue's measurements). So at
-set-up, for `auto`,
-each implementation the model supports (CANDIDATES) is timed on one training step of the run's own shape (a
-batch of the longest training example, the widest client's adapters trained, forward and backward; one
-warm-up, then the fastest of REPEATS) and the fastest is taken if it beats the default ("sdpa", what
-transformers loads) by more than MARGIN, else the default: a near-tie keeps the default, so a rerun on the
-same machine chooses the same. The choice and the timings are recorded (`resolved.attention`); a resumed run
-keeps its recorded choice; `sdpa` or `eager` forces one, unmeasured. The probe itself is client.probe's (a
-training step needs the client's pieces); Flower nodes do not measure.
+Which of Hugging Face's attention implementations is fastest depends on the device, the precision and the sequence
+length: on an AMX CPU (2 cores) a SmolLM2 forward + backward over 4 x 128 tokens took 0.93 s with "sdpa" and 0.73 s
+with "eager" in bf16, 1.59 s and 1.66 s in fp32 (the performance issue's measurements). So at set-up, for `auto`,
+each implementation the model supports (CANDIDATES) is timed on one training step of the run's own shape (a batch
+of the longest training example, the widest client's adapters trained, forward and backward; one warm-up each, then
+the fastest of REPEATS, the implementations timed in turn) and the fastest is taken if it beats the default
+("sdpa", what transformers loads) by more than MARGIN, else the default: a near-tie keeps the default, so a rerun
+on the same machine chooses the same. The choice and the timings are recorded (`resolved.attention`); a resumed run
+keeps its recorded choice; `sdpa` or `eager` forces one, unmeasured. The probe itself is client.probe's (a training
+step needs the client's pieces); Flower nodes do not measure.
 
-The timings are kept per situation (runtime.timings): a measurement costs seconds (about 10 s for SmolLM2 at
-2 x 128 tokens on 2 cores), and a sweep's runs share one situation. A run that reuses timings records them
-with rule "cached" and when they were measured.
+The timings are kept per situation (runtime.timings): a measurement costs seconds (about 10 s for SmolLM2 at 2 x
+128 tokens on 2 cores), and a sweep's runs share one situation. A run that reuses timings records them with rule
+"cached" and when they were measured.
 
-Implementations compute the same attention; their results agree to the precision's rounding (a test compares
-one round's adapters under each).
+Implementations compute the same attention; their results agree to the precision's rounding (a test compares one
+round's adapters under each).
 """
 
 from __future__ import annotations
@@ -69,26 +68,28 @@ def supported(model: Any) -> list[str]:
     return out
 
 
-def fastest_of(step: Callable[[], object], repeats: int = REPEATS) -> float:
-    """The fastest of `repeats` timings of `step()` after one warm-up (seconds)."""
-    step()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def measure(model: Any, step: Callable[[], object], implementations: list[str]) -> dict[str, float]:
-    """Seconds of one `step()` (a training step's forward and backward) under each implementation; the RNG
-    streams are left as they were (dropout draws in the step)."""
-    was, seconds = current(model), {}
+def measure(model: Any, step: Callable[[], object], implementations: list[str],
+            repeats: int = REPEATS) -> dict[str, float]:
+    """Seconds of one `step()` (a training step's forward and backward) under each implementation: one warm-up
+    each, then `repeats` rounds that time every implementation in turn, the fastest of each kept. Interleaved, so
+    a load that comes and goes (another process on the machine) slows each implementation alike: timed one after
+    the other, a MiniLM step read 1.71 s under sdpa and 0.70 s under eager beside a sweep, where a quiet machine
+    gives 0.19 s for both. The RNG streams are left as they were (dropout draws in the step)."""
+    was, seconds = current(model), dict.fromkeys(implementations, float("inf"))
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    sync = torch.cuda.synchronize if devices else (lambda: None)
     with torch.random.fork_rng(devices=devices):
         for name in implementations:
             use(model, name)
-            seconds[name] = fastest_of(step)
+            step()
+        for _ in range(repeats):
+            for name in implementations:
+                use(model, name)
+                sync()
+                t = time.perf_counter()
+                step()
+                sync()
+                seconds[name] = min(seconds[name], time.perf_counter() - t)
     use(model, was)
     return seconds
 
