@@ -27,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 from sfedlora.config import config_path, load_config
 from sfedlora.core.metrics import PRIMARY
 from sfedlora.runtime.allocator import tune_malloc
+from sfedlora.runtime.records import client_values
 from sfedlora.runtime.resolve import cpu_has_fast_bf16, resolve_device
 from sfedlora.simulation import Simulation
 
@@ -81,7 +82,7 @@ def main() -> None:
     pers = lambda r: r["eval"]["personal"]["test"][metric]["weighted"]
     glob = lambda r: r["eval"].get("global", {}).get("test", {}).get(metric, float("nan"))
     def loss(r: dict) -> str:
-        v = [x for x in r["train_loss"] if x is not None]
+        v = client_values(r["train_loss"])
         return f"{sum(v) / len(v):>10.4f}" if v else f"{'-':>10}"
 
     rows = [(a, b) for a, b in zip(fp32, bf16, strict=True) if a["eval"] and b["eval"]]

@@ -17,12 +17,13 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from sfedlora.runtime.records import client_values
 from sfedlora.tools.arms import find_runs
 
 
 def _variance(records: list[dict], later: bool) -> float:
     rounds = [r for r in records if (r["round"] > 1 if later else r["round"] == 1)]
-    return statistics.fmean(statistics.fmean(v for v in r["adapter_out_var"] if v is not None) for r in rounds)
+    return statistics.fmean(statistics.fmean(client_values(r["adapter_out_var"])) for r in rounds)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import bitsandbytes as bnb
 
 from sfedlora.cli import main as sfedlora
 from sfedlora.runtime import rundir
+from sfedlora.runtime.records import clients_mean
 
 
 def run(probe: bool | None, model: str, rounds: int, extra: list[str], out: Path) -> str:
@@ -35,7 +36,7 @@ def run(probe: bool | None, model: str, rounds: int, extra: list[str], out: Path
         return f"exit {code} (the error is above)"
     recs = rundir.records(out)
     ppl = [r["eval"]["personal"]["val"]["perplexity"]["weighted"] for r in (recs[0], recs[-1])]
-    ga, gb = (sum(recs[-1][k]) / len(recs[-1][k]) for k in ("grad_norm_A", "grad_norm_B"))
+    ga, gb = (clients_mean(recs[-1][k]) or 0.0 for k in ("grad_norm_A", "grad_norm_B"))
     last = recs[-1]["round"]
     return f"val perplexity round 0 {ppl[0]:.4g} -> round {last} {ppl[1]:.4g}; |gA| {ga:.4g}, |gB| {gb:.4g}"
 

@@ -25,8 +25,11 @@ def test_bench_runs_and_agrees(capsys, tmp_path):
     assert set(r["seconds"]) == {"a_fp32", "b"} and r["ratio_same_precision"] == r["ratio_fp32_peer"]
     for side in ("a_fp32", "b"):  # each side's GFLOP/s as a share of the fp32 GEMM ceiling measured here
         assert r["fraction_of_ceiling"][side] == pytest.approx(r["gflops"][side] / r["ceiling_gflops"]["fp32"])
-    # the automatic group size of `sfedlora run`: on a CPU the fewest clients whose step has 512 tokens
-    assert r["groups"] == {"train": 2, "rule": "auto"}  # 2 x 16 tokens per client: both clients in one group
+    # the automatic group size of `sfedlora run`: on a CPU the fewest clients whose step has 512 tokens (2 x 16
+    # tokens per client: both clients in one group), with G = 1 and 2 timed (faked alike per token: conftest)
+    assert r["groups"] == {"train": 2, "rule": "auto", "rule_g": 2, "timing": "measured",
+                           "seconds_per_token": {"1": 1 / 32, "2": 2 / 64}}
+    assert "group size timed (a training step, tokens/s): G=1: 32.0, G=2: 32.0; rule G=2, took 2" in out
     e = r["evaluation"]  # scoring the round's tokens against the training round, and its share of both
     assert e["train_round_seconds"] == r["seconds"]["b"]
     assert e["per_token_vs_training"] == pytest.approx(e["score_seconds"] / e["train_round_seconds"])

@@ -67,7 +67,7 @@ def test_a_4bit_base_trains_on_cuda(tmp_path):
     out = tmp_path / "run"
     assert main(["run", *_args(_instruction_file(tmp_path), "model.quantization=4bit"), "--out", str(out),
                  "--quiet"]) == 0
-    assert all(x > 0 for r in rundir.records(out)[1:] for x in r["grad_norm_A"])
+    assert all(x > 0 for r in rundir.records(out)[1:] for x in r["grad_norm_A"].values())
     assert rundir.read(out)[1].device == "cuda"
 
 

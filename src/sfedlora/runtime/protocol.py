@@ -244,6 +244,6 @@ class Server:
                             [self.weights[c] for c in accepted], min(r.ranks)))
         if self.adaptive:  # the gammas this round trained with, and the N_eff measured at its aggregation
             used = module_gammas(self.cfg.lora.alpha, r.ranks[0], self.trained_n_eff) if self.trained_n_eff else {}
-            out["gamma"] = [sum(used.values()) / len(used) if used else g for g in r.gammas]
+            out["gamma"] = {c: sum(used.values()) / len(used) if used else g for c, g in out["gamma"].items()}
             out["adaptive"] = {"mode": self.cfg.lora.adaptive, "n_eff": dict(self.n_eff), "gamma_trained": used}
         return out

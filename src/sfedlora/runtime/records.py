@@ -21,22 +21,48 @@ from sfedlora.errors import SfedloraError
 
 def round_record(rnd: int, method: str, resolved: Any, n_clients: int, stats: dict[int, dict[str, Any]],
                  ev: dict[str, Any] | None, t_train: float, t_eval: float, wall_s: float) -> dict[str, Any]:
-    """The fields every round's record has, from both runners; per-client lists hold None for clients that
-    did not train. Callers add what they know beyond this (participants, bytes, spectrum)."""
+    """The fields every round's record has, from both runners. Per-client fields hold the clients that trained
+    this round, by index as a string (JSON's keys): a record grows with the round's participants, not with N (at
+    10,000 clients and 10 per round, lists over every client were 99.9% null). Callers add what they know beyond
+    this (participants, bytes, spectrum). Read them with client_values / client_value (records of older runs hold
+    lists over all N clients)."""
+    trained = sorted(stats)
 
-    def per_client(key: str) -> list[Any]:
-        return [stats[c][key] if c in stats else None for c in range(n_clients)]
+    def per_client(key: str) -> dict[str, Any]:
+        return {str(c): stats[c][key] for c in trained}
 
     return {
-        "round": rnd, "method": method, "scaling": resolved.scaling,
-        "gamma": list(resolved.gammas), "rank": list(resolved.ranks), "n_averaged": 0,
-        "participants": [], "excluded": [], "trained": [], "uploaded": [],
+        "round": rnd, "method": method, "scaling": resolved.scaling, "n_clients": n_clients,
+        "gamma": {str(c): resolved.gammas[c] for c in trained}, "rank": {str(c): resolved.ranks[c] for c in trained},
+        "n_averaged": 0, "participants": [], "excluded": [], "trained": [], "uploaded": [],
         "train_loss": per_client("loss"), "grad_norm_A": per_client("grad_norm_A"),
         "grad_norm_B": per_client("grad_norm_B"), "grad_norm_A_steps": per_client("grad_norm_A_steps"),
         "grad_norm_B_steps": per_client("grad_norm_B_steps"), "adapter_out_mean": per_client("out_mean"),
         "adapter_out_var": per_client("out_var"), "bytes_up": 0, "bytes_down": 0,
         "train_s": t_train, "eval_s": t_eval, "wall_s": wall_s, "eval": ev,
     }
+
+
+def client_values(field: Any) -> list[Any]:
+    """A record's per-client field as the values of the clients that have one, in client order: a dict by client
+    index (the round's trained clients) or, in records written before per-participant records, a list over all N
+    clients with None for those that did not train."""
+    if isinstance(field, dict):
+        return [field[k] for k in sorted(field, key=int) if field[k] is not None]
+    return [x for x in field or [] if x is not None]
+
+
+def client_value(field: Any, c: int) -> Any:
+    """Client c's value of a record's per-client field (either form, client_values), None if it has none."""
+    if isinstance(field, dict):
+        return field.get(str(c))
+    return field[c] if field is not None and c < len(field) else None
+
+
+def clients_mean(field: Any) -> float | None:
+    """The mean of a record's per-client field over the clients that have a value (None if none has)."""
+    vals = [float(v) for v in client_values(field)]
+    return sum(vals) / len(vals) if vals else None
 
 
 class JsonlWriter:
@@ -206,19 +232,15 @@ def row(record: dict[str, Any], metric: str) -> str:
     pers = ev.get("personal") or {}
     glob = ev.get("global") or {}
 
-    def mean(xs: list[float | None]) -> float | None:
-        vals = [x for x in xs if x is not None]
-        return sum(vals) / len(vals) if vals else None
-
     cells = [
         record["round"],
-        mean(record["train_loss"]),
+        clients_mean(record["train_loss"]),
         pers.get("val", {}).get(metric, {}).get("weighted") if pers else None,
         pers.get("test", {}).get(metric, {}).get("weighted") if pers else None,
         glob.get("test", {}).get(metric) if glob else None,
-        mean(record["grad_norm_A"]),
-        mean(record["grad_norm_B"]),
-        mean(record["adapter_out_var"]),
+        clients_mean(record["grad_norm_A"]),
+        clients_mean(record["grad_norm_B"]),
+        clients_mean(record["adapter_out_var"]),
         record["bytes_up"] / 1e6,
         record["wall_s"],
     ]

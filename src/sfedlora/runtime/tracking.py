@@ -21,16 +21,12 @@ from typing import Any
 
 from sfedlora.config import dotted
 from sfedlora.errors import SfedloraError
+from sfedlora.runtime.records import clients_mean
 
 
 def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
     """Dotted keys; lists as text (hyper-parameters must be scalars)."""
     return {k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for k, v in dotted(config).items()}
-
-
-def _mean(values: Sequence[Any]) -> float | None:
-    vals = [float(v) for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else None
 
 
 def round_metrics(record: dict[str, Any]) -> dict[str, float]:
@@ -46,7 +42,7 @@ def round_metrics(record: dict[str, Any]) -> dict[str, float]:
                 elif isinstance(value, (int, float)) and metric not in ("n", "tokens", "n_decoded"):
                     out[f"{scope}/{split}/{metric}"] = float(value)
     for key in ("train_loss", "grad_norm_A", "grad_norm_B", "adapter_out_var", "gamma"):
-        m = _mean(record.get(key) or [])
+        m = clients_mean(record.get(key))
         if m is not None:
             out[f"train/{key}"] = m
     for key in ("lr", "bytes_up", "bytes_down", "wall_s", "n_averaged"):

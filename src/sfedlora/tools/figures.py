@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sfedlora.runtime.records import client_values, clients_mean
 from sfedlora.tools.arms import Arm, Run
 from sfedlora.tools.stats import interval
 
@@ -32,19 +33,14 @@ def metric_curve(metric: str, scope: str = "personal") -> Curve:
     return curve
 
 
-def _mean_clients(values: list[Any]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else None
-
-
 def grad_norm_curve(run: Run) -> tuple[list[float], list[float]]:
     """Per local iteration: sqrt(|grad A|^2 + |grad B|^2), mean over the round's clients."""
     xs, ys = [], []
     for r in run.records:
         if r["round"] == 0 or not r.get("grad_norm_A_steps"):
             continue
-        per_client = [(a, b) for a, b in zip(r["grad_norm_A_steps"], r["grad_norm_B_steps"], strict=True)
-                      if a is not None]
+        per_client = list(zip(client_values(r["grad_norm_A_steps"]), client_values(r["grad_norm_B_steps"]),
+                              strict=True))
         steps = len(per_client[0][0])
         for k in range(steps):
             norms = [math.sqrt(a[k] ** 2 + b[k] ** 2) for a, b in per_client]
@@ -57,7 +53,7 @@ def record_curve(key: str, absolute: bool = False, per_client: bool = True) -> C
     def curve(run: Run) -> tuple[list[float], list[float]]:
         pts = []
         for r in run.records:
-            y = (_mean_clients(r.get(key) or []) if per_client else r.get(key)) if r["round"] > 0 else None
+            y = (clients_mean(r.get(key)) if per_client else r.get(key)) if r["round"] > 0 else None
             if y is not None:
                 pts.append((r["round"], abs(y) if absolute else y))
         return [p[0] for p in pts], [p[1] for p in pts]
@@ -132,7 +128,7 @@ def best_test(run: Run, scope: str = "personal") -> float | None:
 
 def mean_grad_norm(run: Run, key: str) -> float | None:
     """`grad_norm_A` or `grad_norm_B`: the mean over trained rounds of the mean over the round's clients."""
-    per_round = [m for r in run.records if r["round"] > 0 and (m := _mean_clients(r.get(key) or [])) is not None]
+    per_round = [m for r in run.records if r["round"] > 0 and (m := clients_mean(r.get(key))) is not None]
     return statistics.fmean(per_round) if per_round else None
 
 

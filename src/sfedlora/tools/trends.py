@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 
+from sfedlora.runtime.records import client_values
 from sfedlora.tools.arms import Arm, Run
 from sfedlora.tools.figures import grad_norm_points, line_of_axis, numeric_axis
 from sfedlora.tools.stats import slope
@@ -58,7 +59,7 @@ def _gamma_ratios(run: Run) -> list[float]:
     ratios: list[float] = []
     for record in run.records:
         per_module = (record.get("adaptive") or {}).get("gamma_trained") or {}
-        values = list(per_module.values()) or [g for g in record.get("gamma") or [] if g is not None]
+        values = list(per_module.values()) or client_values(record.get("gamma"))
         ratios += [g / rs for g in values]
     return ratios
 
