@@ -162,18 +162,21 @@ def _setting(option: str, text: str | None, example: str) -> tuple[str, str] | N
 
 
 def report(dirs: Sequence[str | Path], out: str | Path | None = None, reference: str | None = None,
-           rates: str = "per-arm", rate_at: str | None = None, rate: float | None = None) -> Path:
+           rates: str = "per-arm", rate_at: str | None = None, rate: float | None = None,
+           only: Sequence[str] = ()) -> Path:
     """The report of the runs under `dirs` (`sfedlora report`): figures, report.md and report.html in `out` (default
     DIR/report); `reference` SETTING=VALUE names the arms of the paired differences (default: method=sfed-lora or
     scaling=sfed where the arms have it). `rates`: the rate protocol (per-arm: each arm's rate chosen on
     validation; transfer: chosen on validation at `rate_at` AXIS=VALUE, e.g. rank=8, then used at every value of
-    the axis; fixed: `rate` for every arm). Returns the HTML page."""
+    the axis; fixed: `rate` for every arm); `only`: SETTING=V1,V2 filters the runs read (e.g. optimizer=adamw).
+    Returns the HTML page."""
     from sfedlora.tools.report import build_report
 
     folders = [Path(d) for d in dirs]
+    kept = [s for s in (_setting("--only", o, "optimizer=adamw") for o in only) if s is not None]
     return build_report(folders, Path(out) if out else folders[0] / "report",
                         _setting("--reference", reference, "method=sfed-lora"), rates,
-                        _setting("--rate-at", rate_at, "rank=8"), rate)
+                        _setting("--rate-at", rate_at, "rank=8"), rate, kept)
 
 
 def diagnose(settings: Any = None, out: str | Path = "runs/diagnose") -> str:

@@ -422,3 +422,23 @@ def test_a_rate_protocol_that_cannot_be_followed_says_why(tmp_path):
         pick_rates(arms, True, "fixed", rate=0.3)
     kept, choices = pick_rates(arms, True, "transfer", ("rank", "64"))  # no arm at rank 64: nothing chosen
     assert kept == [] and all(c.chosen is None for c in choices)
+
+
+def test_only_reads_the_runs_with_the_given_settings(tmp_path):
+    from sfedlora.errors import SfedloraError
+    from sfedlora.tools.arms import select
+
+    for opt, lr in (("sgd", 0.1), ("sgd", 0.3), ("adamw", 0.003)):
+        for rank in (8, 64):
+            fake_run(tmp_path / f"{opt}-{lr}-{rank}", [f"train.optimizer={opt}", f"train.lr={lr}",
+                                                        f"lora.rank={rank}"], [0.5, 0.6])
+    runs = find_runs([tmp_path])
+    adamw = select(runs, [("optimizer", "adamw")])
+    assert sorted(r.path.name for r in adamw) == ["adamw-0.003-64", "adamw-0.003-8"]
+    assert len(select(runs, [("train.optimizer", "sgd"), ("lr", "0.10,0.003"), ("rank", "8")])) == 1  # as numbers
+    with pytest.raises(SfedloraError, match="no such setting"):
+        select(runs, [("optimiser", "adamw")])
+    with pytest.raises(SfedloraError, match="no run left"):
+        select(runs, [("optimizer", "adam")])
+    build_report([tmp_path], tmp_path / "report", only=[("optimizer", "adamw")])
+    assert (tmp_path / "report" / "report.md").read_text().count("2 runs read") == 1

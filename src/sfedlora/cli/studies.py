@@ -25,7 +25,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from sfedlora import api
 
-    page = api.report(args.dirs, args.out, args.reference, args.rates, args.rate_at, args.rate)
+    page = api.report(args.dirs, args.out, args.reference, args.rates, args.rate_at, args.rate, args.only or ())
     print(f"report: {page} (figures and report.md beside it)")
     return 0
 
@@ -82,6 +82,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--rate-at", metavar="AXIS=VALUE", help="--rates transfer: where rates are chosen, e.g. rank=8")
     report.add_argument("--rate", type=float, metavar="LR", help="--rates fixed: the rate (default: the one rate every "
                         "arm ran, where there is one)")
+    report.add_argument("--only", action="append", metavar="SETTING=V1,V2", help="read only the runs whose setting is "
+                        "one of the values, e.g. optimizer=adamw or rank=8,384 (a dotted key or its last part; "
+                        "repeatable)")
     report.set_defaults(func=cmd_report)
     diag = sub.add_parser("diagnose", help="numerical check of the scaling theorem on a wide linear adapter",
                           description="FedSA-LoRA on a synthetic wide layer: sweep r and N per scaling rule, "

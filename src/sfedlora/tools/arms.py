@@ -92,6 +92,31 @@ def find_runs(dirs: Sequence[Path]) -> list[Run]:
     return runs
 
 
+def _same(value: Any, wanted: str) -> bool:
+    """A setting's value equals one given on the command line: as numbers where both are, else as text."""
+    try:
+        return float(value) == float(wanted)
+    except (TypeError, ValueError):
+        return str(value) == wanted
+
+
+def select(runs: Sequence[Run], only: Sequence[tuple[str, str]]) -> list[Run]:
+    """The runs whose every `only` setting (a dotted config key such as train.optimizer, or its last part:
+    optimizer, lr, rank) is one of its comma-separated values (`sfedlora report --only`)."""
+    for key, values in only:
+        names = set().union(*(r.settings() for r in runs))
+        full = [key] if key in names else sorted(n for n in names if n.rsplit(".", 1)[-1] == key)
+        if len(full) != 1:
+            known = ", ".join(sorted(n.rsplit(".", 1)[-1] for n in names))
+            raise SfedloraError(f"--only {key}: " + (f"ambiguous ({', '.join(full)}); give the dotted key" if full
+                                                    else f"no such setting; settings: {known}"))
+        wanted = [v.strip() for v in values.split(",")]
+        runs = [r for r in runs if any(_same(r.settings().get(full[0]), w) for w in wanted)]
+        if not runs:
+            raise SfedloraError(f"--only {key}={values}: no run left")
+    return list(runs)
+
+
 @dataclass
 class Arm:
     """Runs with equal settings, one per distinct seed."""
