@@ -18,7 +18,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-SMALL = ["fed.rounds=2", "fed.local_steps=2", "eval.max_examples=10", "model.precision=fp32"]
+# group size and attention pinned: `auto` chooses them by timing, which differs from run to run
+SMALL = ["fed.rounds=2", "fed.local_steps=2", "eval.max_examples=10", "model.precision=fp32", "train.group_size=1",
+         "model.attention=sdpa"]
+PER_CLIENT = {"train_loss", "grad_norm_A", "grad_norm_B", "grad_norm_A_steps", "grad_norm_B_steps", "adapter_out_mean",
+              "adapter_out_var", "gamma", "rank"}
 CASES: dict[str, list[str]] = {
     "default": [],
     "hetero": ["fed.method=raflora", "fed.clients=4", "lora.ranks=[2,4,8,16]"],
@@ -31,12 +35,20 @@ TIMINGS = {"train_s", "eval_s", "wall_s", "flower", "seconds", "elapsed_s", "set
 
 
 def strip(value: Any) -> Any:
-    """A record without its timings (they differ from run to run)."""
+    """A record without its timings (they differ from run to run), its per-client fields as {client: value} (records
+    before per-participant records held lists over all N)."""
     if isinstance(value, dict):
-        return {k: strip(v) for k, v in value.items() if k not in TIMINGS}
+        return {k: (by_client(v) if k in PER_CLIENT else strip(v)) for k, v in value.items()
+                if k not in TIMINGS | {"n_clients"}}
     if isinstance(value, list):
         return [strip(v) for v in value]
     return value
+
+
+def by_client(field: Any) -> Any:
+    if isinstance(field, list):
+        return {str(c): v for c, v in enumerate(field) if v is not None}
+    return field
 
 
 def run_case(name: str, folder: Path) -> list[dict[str, Any]]:

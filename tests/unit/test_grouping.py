@@ -111,7 +111,7 @@ def test_the_fastest_group_per_token_beats_the_rule_by_the_margin_and_is_cached(
     assert measured_group(1, [1, 2, 4], 256, lambda g: lambda: None, None)[0] == 1  # 5%: a near-tie keeps the rule
 
 
-def test_group_timing_warms_up_once_times_each_size_and_keeps_the_random_streams():
+def test_group_timing_warms_up_once_times_the_sizes_in_turn_and_keeps_the_random_streams():
     calls = []
 
     def step_for(g):
@@ -121,7 +121,8 @@ def test_group_timing_warms_up_once_times_each_size_and_keeps_the_random_streams
         return step
     state = torch.get_rng_state()
     seconds = REAL_TIME_GROUPS(step_for, [1, 2, 4])
-    assert calls == [4, 1, 2, 4] and set(seconds) == {1, 2, 4} and all(v >= 0 for v in seconds.values())
+    # a warm-up at the largest, then REPEATS = 2 rounds timing every size in turn
+    assert calls == [4, 1, 2, 4, 1, 2, 4] and set(seconds) == {1, 2, 4} and all(v >= 0 for v in seconds.values())
     assert torch.equal(torch.get_rng_state(), state)
 
 

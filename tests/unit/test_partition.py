@@ -29,7 +29,7 @@ def test_iid_sizes_are_even():
 @pytest.mark.parametrize("cfg", [DataConfig(partition="iid"),
                                  DataConfig(partition="dirichlet", dirichlet_alpha=0.5, min_partition_size=20)])
 def test_one_pass_equals_flower_partitions_loaded_one_by_one(cfg):
-    """All clients' indices in one pass (data.partition._all_partitions) are what flwr-datasets'
+    """All clients' indices in one pass (data.partition.partition_indices) are what flwr-datasets'
     load_partition gives client by client, uneven IID shards (400 over 7: 58 x 1, 57 x 6) included."""
     from datasets import Dataset
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner

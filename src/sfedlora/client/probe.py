@@ -1,6 +1,6 @@
-"""Set-up's probes of one training step: the activation memory a row saves (simulation.grouping) and the time a step
-takes under each attention implementation (runtime.attention: model.attention = auto). Run once the model and the
-data are in place; the caller installs its clients' adapters afterwards."""
+"""Set-up's probes of one training step: the activation memory a row saves and the time a group's step takes
+(simulation.grouping), and the time a step takes under each attention implementation (runtime.attention). Run once
+the model and the data are in place; the caller installs its clients' adapters afterwards."""
 
 from __future__ import annotations
 
@@ -86,5 +86,6 @@ def probe_situation(s: Setup, row: dict[str, Any], rank: int) -> dict[str, Any]:
     return situation(s.device, {
         "model": cfg.model.name, "revision": revision(cfg.model.name, s.model), "precision": s.precision,
         "quantization": cfg.model.quantization, "attention": current(s.model), "task": s.task,
+        "labels": len(s.label_names), "dropout": cfg.lora.dropout,
         "rows": cfg.train.batch_size, "row_tokens": len(row["input_ids"]), "rank": rank, "targets": s.targets,
         "checkpointing": cfg.train.gradient_checkpointing, "compile": cfg.train.compile})

@@ -13,6 +13,7 @@ from sfedlora.config.load import (
     parse_override,
     parse_value,
     read_yaml,
+    same_value,
     to_dict,
     validate,
 )
@@ -28,4 +29,4 @@ from sfedlora.config.schema import (
 
 __all__ = ["CONFIG_DIR", "DEFAULT", "DataConfig", "EvalConfig", "FedConfig", "LoraConfig", "ModelConfig", "RunConfig",
            "TrainConfig", "builtin_configs", "config_from_dict", "config_path", "dotted", "load_config",
-           "not_results", "parse_override", "parse_value", "read_yaml", "to_dict", "validate"]
+           "not_results", "parse_override", "parse_value", "same_value", "read_yaml", "to_dict", "validate"]

@@ -202,6 +202,18 @@ def config_path(name: str | None) -> Path | None:
                         f"(built-in: {', '.join(builtin_configs())})")
 
 
+def same_value(value: Any, text: str) -> bool:
+    """Whether a config value equals a value typed on the command line (1e-3 equals 0.001, false equals False)."""
+    if parse_value(text) == value:
+        return True
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(text) == float(value)
+        except ValueError:
+            return False
+    return False
+
+
 def parse_value(text: str) -> Any:
     """A value typed on the command line, read as YAML (64, 0.001, true, [q, v]); text YAML cannot read stays text."""
     try:

@@ -16,8 +16,12 @@ import os
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
 
 
+TUNED = False  # whether this process's allocator took the settings (part of runtime.timings' situation)
+
+
 def tune_malloc() -> bool:
     """Apply the settings with mallopt; True if glibc accepted them."""
+    global TUNED
     if os.environ.get("SFEDLORA_MALLOC_TUNING", "1") == "0":
         return False
     name = ctypes.util.find_library("c")
@@ -25,7 +29,8 @@ def tune_malloc() -> bool:
         return False
     try:
         libc = ctypes.CDLL(name)
-        return all(libc.mallopt(param, value) == 1 for param, value in
-                   ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 256 << 20)))
+        TUNED = all(libc.mallopt(param, value) == 1 for param, value in
+                    ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 256 << 20)))
+        return TUNED
     except (OSError, AttributeError):  # not glibc
         return False

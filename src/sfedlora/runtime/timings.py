@@ -19,6 +19,7 @@ import torch
 import transformers
 
 from sfedlora.data.cache import cache_dir
+from sfedlora.runtime import allocator
 from sfedlora.runtime.resolve import cpu_flags
 
 
@@ -32,10 +33,11 @@ def machine(device: torch.device) -> str:
 
 
 def situation(device: torch.device, probe: dict[str, Any]) -> dict[str, Any]:
-    """The cache key of a measurement: the machine, torch's threads, the libraries' versions and the probe's own
-    description (model, precision, shape, adapters)."""
-    return {"machine": machine(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "transformers": transformers.__version__, **probe}
+    """The cache key of a measurement: the machine, torch's threads, whether malloc was tuned (runtime.allocator:
+    the page faults it removes grow with the step), the libraries' versions and the probe's own description
+    (model, precision, shape, adapters)."""
+    return {"machine": machine(device), "threads": torch.get_num_threads(), "malloc_tuned": allocator.TUNED,
+            "torch": torch.__version__, "transformers": transformers.__version__, **probe}
 
 
 def cache_folder() -> Path:

@@ -1,5 +1,5 @@
-"""How many clients share one batched step (the group size G): enough to keep the device busy, within
-the memory that is free.
+"""How many clients share one batched step (the group size G): the fastest per token of a few sizes timed,
+within the memory that is free.
 
 A group of G clients costs G times one client's activations (the batched step concatenates their rows);
 the base model and every client's adapters and optimizer state are paid once whatever G is. The memory
@@ -23,7 +23,8 @@ length), within the cap.
 That rule was tuned on one kind of machine (AVX2, fp32); where GEMMs are much faster (AMX, bf16, GPUs) the
 work around them decides, and another G may pay. So `train.group_size: auto` also times one training step
 (the worst-case row, the widest adapters) for a few group sizes within the cap (`candidates`: the rule's G
-and powers of two, on a CPU up to MAX_PROBE_TOKENS tokens a step), and takes the fastest per token if it beats
+and powers of two, on a CPU up to MAX_PROBE_TOKENS tokens a step; REPEATS rounds timing them in turn), and
+takes the fastest per token if it beats
 the rule's G by more than runtime.attention's MARGIN, else the rule's G: a near-tie is decided the same way
 on every run. The timings are kept per situation (runtime.timings), so the runs of a sweep measure once; G,
 its timings and their rule are recorded in config.yaml (resolved.groups), and a fixed train.group_size
@@ -53,7 +54,7 @@ import torch
 from sfedlora.client.local import fresh_state
 from sfedlora.client.probe import probe_situation, probe_step
 from sfedlora.runtime import timings
-from sfedlora.runtime.attention import choose
+from sfedlora.runtime.attention import REPEATS, choose
 from sfedlora.runtime.resolve import GroupPlan
 
 SAFETY = 2.0
@@ -88,21 +89,25 @@ def candidates(device_type: str, rule_g: int, cap: int, tokens_per_client: int) 
     return sorted(sizes | {rule_g})
 
 
-def time_groups(step_for: Callable[[int], Callable[..., object]], sizes: list[int]) -> dict[int, float]:
+def time_groups(step_for: Callable[[int], Callable[..., object]], sizes: list[int],
+                repeats: int = REPEATS) -> dict[int, float]:
     """Seconds of one training step of G clients for each G in `sizes`: one warm-up at the largest (the allocator
-    then holds what every size needs), then one timing each; the RNG streams are left as they were."""
+    then holds what every size needs), then `repeats` rounds timing every size in turn, the fastest of each kept
+    (interleaved, as runtime.attention.measure: a passing load slows every size alike); the RNG streams are left
+    as they were."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     sync = torch.cuda.synchronize if devices else (lambda: None)
-    out: dict[int, float] = {}
+    out = dict.fromkeys(sizes, float("inf"))
     with torch.random.fork_rng(devices=devices):
         step_for(max(sizes))()
-        for g in sizes:
-            step = step_for(g)
-            sync()
-            t = time.perf_counter()
-            step()
-            sync()
-            out[g] = time.perf_counter() - t
+        for _ in range(repeats):
+            for g in sizes:
+                step = step_for(g)
+                sync()
+                t = time.perf_counter()
+                step()
+                sync()
+                out[g] = min(out[g], time.perf_counter() - t)
     return out
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from sfedlora.config import RunConfig, dotted, not_results, to_dict
+from sfedlora.config import RunConfig, dotted, not_results, same_value, to_dict
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime.records import read_jsonl
 
@@ -92,14 +92,6 @@ def find_runs(dirs: Sequence[Path]) -> list[Run]:
     return runs
 
 
-def _same(value: Any, wanted: str) -> bool:
-    """A setting's value equals one given on the command line: as numbers where both are, else as text."""
-    try:
-        return float(value) == float(wanted)
-    except (TypeError, ValueError):
-        return str(value) == wanted
-
-
 def select(runs: Sequence[Run], only: Sequence[tuple[str, str]]) -> list[Run]:
     """The runs whose every `only` setting (a dotted config key such as train.optimizer, or its last part:
     optimizer, lr, rank) is one of its comma-separated values (`sfedlora report --only`)."""
@@ -111,7 +103,7 @@ def select(runs: Sequence[Run], only: Sequence[tuple[str, str]]) -> list[Run]:
             raise SfedloraError(f"--only {key}: " + (f"ambiguous ({', '.join(full)}); give the dotted key" if full
                                                     else f"no such setting; settings: {known}"))
         wanted = [v.strip() for v in values.split(",")]
-        runs = [r for r in runs if any(_same(r.settings().get(full[0]), w) for w in wanted)]
+        runs = [r for r in runs if any(same_value(r.settings().get(full[0]), w) for w in wanted)]
         if not runs:
             raise SfedloraError(f"--only {key}={values}: no run left")
     return list(runs)

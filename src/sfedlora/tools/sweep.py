@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from sfedlora.config import read_yaml
+from sfedlora.config import read_yaml, same_value
 from sfedlora.errors import SfedloraError
 
 EXPERIMENT_DIR = Path(__file__).parent.parent / "experiments"
@@ -160,19 +160,6 @@ def parse_only(items: Sequence[str]) -> dict[str, list[str]]:
     return only
 
 
-def _same(value: Any, text: str) -> bool:
-    """Whether a config value equals a value typed on the command line (1e-3 equals 0.001)."""
-    from sfedlora.config import parse_value
-
-    if parse_value(text) == value:
-        return True
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            return float(text) == float(value)
-        except ValueError:
-            return False
-    return False
-
 
 def _selected(config: Any, only: dict[str, list[str]]) -> bool:
     from sfedlora.config import dotted, to_dict
@@ -181,7 +168,7 @@ def _selected(config: Any, only: dict[str, list[str]]) -> bool:
     unknown = [k for k in only if k not in flat]
     if unknown:
         raise SfedloraError(f"--only names no config key: {', '.join(unknown)} (see `sfedlora config --reference`)")
-    return all(any(_same(flat[k], t) for t in texts) for k, texts in only.items())
+    return all(any(same_value(flat[k], t) for t in texts) for k, texts in only.items())
 
 
 def plan(name: str, size: str, out: Path, extra: Sequence[str] = (),
