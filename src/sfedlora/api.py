@@ -173,10 +173,11 @@ def report(dirs: Sequence[str | Path], out: str | Path | None = None, reference:
     from sfedlora.tools.report import build_report
 
     folders = [Path(d) for d in dirs]
-    kept = [s for s in (_setting("--only", o, "optimizer=adamw") for o in only) if s is not None]
+    from sfedlora.tools.sweep import parse_only
+
     return build_report(folders, Path(out) if out else folders[0] / "report",
                         _setting("--reference", reference, "method=sfed-lora"), rates,
-                        _setting("--rate-at", rate_at, "rank=8"), rate, kept)
+                        _setting("--rate-at", rate_at, "rank=8"), rate, parse_only(only))
 
 
 def diagnose(settings: Any = None, out: str | Path = "runs/diagnose") -> str:

@@ -433,12 +433,12 @@ def test_only_reads_the_runs_with_the_given_settings(tmp_path):
             fake_run(tmp_path / f"{opt}-{lr}-{rank}", [f"train.optimizer={opt}", f"train.lr={lr}",
                                                         f"lora.rank={rank}"], [0.5, 0.6])
     runs = find_runs([tmp_path])
-    adamw = select(runs, [("optimizer", "adamw")])
+    adamw = select(runs, {"optimizer": ["adamw"]})
     assert sorted(r.path.name for r in adamw) == ["adamw-0.003-64", "adamw-0.003-8"]
-    assert len(select(runs, [("train.optimizer", "sgd"), ("lr", "0.10,0.003"), ("rank", "8")])) == 1  # as numbers
+    assert len(select(runs, {"train.optimizer": ["sgd"], "lr": ["0.10", "0.003"], "rank": ["8"]})) == 1  # as numbers
     with pytest.raises(SfedloraError, match="no such setting"):
-        select(runs, [("optimiser", "adamw")])
+        select(runs, {"optimiser": ["adamw"]})
     with pytest.raises(SfedloraError, match="no run left"):
-        select(runs, [("optimizer", "adam")])
-    build_report([tmp_path], tmp_path / "report", only=[("optimizer", "adamw")])
+        select(runs, {"optimizer": ["adam"]})
+    build_report([tmp_path], tmp_path / "report", only={"optimizer": ["adamw"]})
     assert (tmp_path / "report" / "report.md").read_text().count("2 runs read") == 1

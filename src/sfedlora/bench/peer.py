@@ -176,10 +176,10 @@ def engine(cfg: BenchConfig) -> Engine:
     tokens = cfg.clients * cfg.steps * cfg.batch * cfg.seq
     row = {"input_ids": batches[0][0]["input_ids"][0].to(torch.int32),  # the probe's worst-case row
            **({"label": 0} if task == "classification" else {"n_prompt": cfg.seq // 2})}
+    step_for = lambda g: probe_step(ours, tok, task, row, cfg.batch, init[0], 1.0, device, clients=g)  # noqa: E731
     plan = grouping.plan(cfg.group_size, run_cfg.train.group_memory, cfg.batch, cfg.batch, cfg.clients, device,
-                         lambda: grouping.bytes_per_row(ours, tok, task, row, cfg.batch, init[0], 1.0, device),
-                         cfg.seq, step_for=lambda g: probe_step(ours, tok, task, row, cfg.batch, init[0], 1.0, device,
-                                                                clients=g))  # timed afresh: no cached timings
+                         lambda: grouping.bytes_per_row(ours, step_for(1), cfg.batch), cfg.seq,
+                         step_for=step_for)  # timed afresh: no cached timings
 
     def ours_round() -> list[dict[str, torch.Tensor]]:
         out: list[dict[str, torch.Tensor]] = []

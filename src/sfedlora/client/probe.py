@@ -4,6 +4,7 @@ the model and the data are in place; the caller installs its clients' adapters a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -65,13 +66,13 @@ def set_attention(s: Setup, measure: bool = True, recorded: dict[str, Any] | Non
     else:
         step: Callable[[], object] = lambda: None  # a fixed choice is not timed
         key = None
-        if auto:  # one probe, built once, run for every timing
+        if auto:  # one probe, built at the first timing (none where the timings are cached), run for every timing
             top = max(cfg.lora.ranks or cfg.lora.rank_set or [cfg.lora.rank])
             longest = max(rows, key=lambda e: len(e["input_ids"]))
-            probe = probe_step(s.model, s.tok, s.task, longest, cfg.train.batch_size,
-                               fresh_state(s.model, cfg, "independent", 0, top, top), 1.0, s.device,
-                               cfg.train.gradient_checkpointing)
-            step = lambda: probe(True)  # noqa: E731
+            probe = functools.cache(lambda: probe_step(s.model, s.tok, s.task, longest, cfg.train.batch_size,
+                                                       fresh_state(s.model, cfg, "independent", 0, top, top), 1.0,
+                                                       s.device, cfg.train.gradient_checkpointing))
+            step = lambda: probe()(True)  # noqa: E731
             key = probe_situation(s, longest, top)
         s.attention = resolve_attention(s.model, cfg.model.attention, step, key)
     if s.resolved is not None:

@@ -21,11 +21,8 @@ round's adapters under each).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
-
-import torch
 
 from sfedlora.runtime import timings
 
@@ -75,21 +72,12 @@ def measure(model: Any, step: Callable[[], object], implementations: list[str],
     a load that comes and goes (another process on the machine) slows each implementation alike: timed one after
     the other, a MiniLM step read 1.71 s under sdpa and 0.70 s under eager beside a sweep, where a quiet machine
     gives 0.19 s for both. The RNG streams are left as they were (dropout draws in the step)."""
-    was, seconds = current(model), dict.fromkeys(implementations, float("inf"))
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    sync = torch.cuda.synchronize if devices else (lambda: None)
-    with torch.random.fork_rng(devices=devices):
-        for name in implementations:
-            use(model, name)
-            step()
-        for _ in range(repeats):
-            for name in implementations:
-                use(model, name)
-                sync()
-                t = time.perf_counter()
-                step()
-                sync()
-                seconds[name] = min(seconds[name], time.perf_counter() - t)
+    was = current(model)
+
+    def under(name: str) -> Callable[[], object]:
+        use(model, name)
+        return step
+    seconds = timings.time_in_turn(under, implementations, implementations, repeats)
     use(model, was)
     return seconds
 
@@ -106,12 +94,7 @@ def resolve_attention(model: Any, setting: str, step: Callable[[], object],
     if len(options) < 2:
         return {"implementation": current(model), "rule": "only"}
     key = None if key is None else {**key, "what": "attention", "candidates": options}
-    before = None if key is None else timings.cached(key)
-    if before is not None:
-        rule, seconds, when = "cached", before["seconds"], before["measured_at"]
-    else:
-        rule, seconds = "measured", measure(model, step, options)
-        when = None if key is None else timings.keep(key, seconds)
+    seconds, rule, when = timings.measured(key, lambda: measure(model, step, options))
     chosen = choose(seconds)
     use(model, chosen)
     return {"implementation": chosen, "rule": rule, "seconds": seconds} | ({"measured_at": when} if when else {})

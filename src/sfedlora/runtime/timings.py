@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
+from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import transformers
@@ -21,6 +23,8 @@ import transformers
 from sfedlora.data.cache import cache_dir
 from sfedlora.runtime import allocator
 from sfedlora.runtime.resolve import cpu_flags
+
+K = TypeVar("K", bound=Hashable)
 
 
 def machine(device: torch.device) -> str:
@@ -62,6 +66,40 @@ def cached(key: dict[str, Any]) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return entry if entry.get("key") == _plain(key) and isinstance(entry.get("seconds"), dict) else None
+
+
+def time_in_turn(prepare: Callable[[K], Callable[[], object]], options: Sequence[K], warm: Sequence[K],
+                 repeats: int) -> dict[K, float]:
+    """Seconds of one step under each option: `prepare(option)` sets the option up (untimed) and returns the step
+    to time. One warm-up under each of `warm`, then `repeats` rounds that time every option in turn, the fastest
+    of each kept: interleaved, so a load that comes and goes (another process on the machine) slows every option
+    alike. The RNG streams are left as they were (a training step draws dropout)."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    sync = torch.cuda.synchronize if devices else (lambda: None)
+    seconds = dict.fromkeys(options, float("inf"))
+    with torch.random.fork_rng(devices=devices):
+        for option in warm:
+            prepare(option)()
+        for _ in range(repeats):
+            for option in options:
+                step = prepare(option)
+                sync()
+                t = time.perf_counter()
+                step()
+                sync()
+                seconds[option] = min(seconds[option], time.perf_counter() - t)
+    return seconds
+
+
+def measured(key: dict[str, Any] | None,
+             measure: Callable[[], dict[str, float]]) -> tuple[dict[str, float], str, str | None]:
+    """(timings, "measured" | "cached", when measured): the timings kept under `key` if there are any, else
+    `measure()`'s, kept under `key` (None: measured and not kept)."""
+    before = None if key is None else cached(key)
+    if before is not None:
+        return before["seconds"], "cached", before["measured_at"]
+    seconds = measure()
+    return seconds, "measured", None if key is None else keep(key, seconds)
 
 
 def keep(key: dict[str, Any], seconds: dict[str, float]) -> str:

@@ -44,7 +44,6 @@ MiniLM clients in one group (800 rows): peak growth 1.17x the count with glibc's
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -95,20 +94,7 @@ def time_groups(step_for: Callable[[int], Callable[..., object]], sizes: list[in
     then holds what every size needs), then `repeats` rounds timing every size in turn, the fastest of each kept
     (interleaved, as runtime.attention.measure: a passing load slows every size alike); the RNG streams are left
     as they were."""
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    sync = torch.cuda.synchronize if devices else (lambda: None)
-    out = dict.fromkeys(sizes, float("inf"))
-    with torch.random.fork_rng(devices=devices):
-        step_for(max(sizes))()
-        for _ in range(repeats):
-            for g in sizes:
-                step = step_for(g)
-                sync()
-                t = time.perf_counter()
-                step()
-                sync()
-                out[g] = min(out[g], time.perf_counter() - t)
-    return out
+    return timings.time_in_turn(step_for, sizes, [max(sizes)], repeats)
 
 
 def measured_group(rule_g: int, sizes: list[int], tokens_per_client: int,
@@ -118,14 +104,12 @@ def measured_group(rule_g: int, sizes: list[int], tokens_per_client: int,
     beats the rule's G by more than the margin, else the rule's G; timings read from, or kept in, the cache
     under `key` (runtime.timings; None: not kept)."""
     key = None if key is None else {**key, "what": "group size", "sizes": sizes}
-    before = None if key is None else timings.cached(key)
-    if before is not None:
-        per_token, rule, when = before["seconds"], "cached", before["measured_at"]
-    else:
+
+    def measure() -> dict[str, float]:
         seconds = time_groups(step_for, sizes)
-        per_token = {str(g): seconds[g] / (g * tokens_per_client) for g in sizes}
-        rule, when = "measured", "" if key is None else timings.keep(key, per_token)
-    return int(choose(per_token, default=str(rule_g))), per_token, rule, when
+        return {str(g): seconds[g] / (g * tokens_per_client) for g in sizes}
+    per_token, rule, when = timings.measured(key, measure)
+    return int(choose(per_token, default=str(rule_g))), per_token, rule, when or ""
 
 
 def eval_group(g_train: int, train_rows: int, eval_rows: int, eval_cap: int) -> int:
@@ -194,13 +178,11 @@ def saved_activation_bytes(model: torch.nn.Module, run_forward: Any) -> int:
     return sum(seen.values())
 
 
-def bytes_per_row(model: torch.nn.Module, tok: Any, task: str, longest: dict[str, Any], batch_size: int,
-                  widest: dict[str, torch.Tensor], gamma: float, device: torch.device,
-                  checkpointing: bool = False) -> int:
-    """Activation bytes one training row saves for backward, worst case: a batch of the longest training
-    example, the widest client's adapters, A, B and head all trained (training sets them per round), with
-    the blocks recomputed where train.gradient_checkpointing is on (what they save is then measured)."""
-    step = probe_step(model, tok, task, longest, batch_size, widest, gamma, device, checkpointing)
+def bytes_per_row(model: torch.nn.Module, step: Callable[[bool], object], batch_size: int) -> int:
+    """Activation bytes one training row saves for backward, worst case: the forward of one client's probe step
+    (client.probe.probe_step: a batch of the longest training example, the widest client's adapters, A, B and head
+    all trained as training sets them per round, the blocks recomputed where train.gradient_checkpointing is on, so
+    that what they save is measured), divided by its `batch_size` rows."""
     saved = saved_activation_bytes(model, lambda: step(False))
     return -(-saved // batch_size)
 
@@ -240,13 +222,10 @@ def plan_run(setup: Any, resolved: Any) -> GroupPlan:
     model and every client's state are in place: the worst-case row is the longest training example, the widest
     client's fresh adapters train it."""
     cfg = setup.cfg
-    longest = longest_row(setup)
-    adapters, gamma = widest(setup, resolved)
-    step_for = lambda g: probe_step(setup.model, setup.tok, setup.task, longest, cfg.train.batch_size, adapters,
-                                    gamma, setup.device, cfg.train.gradient_checkpointing, clients=g)
+    longest, step_for = longest_row(setup), probe_of(setup, resolved)
     return plan(cfg.train.group_size, cfg.train.group_memory, cfg.train.batch_size, cfg.eval.batch_size,
-                cfg.fed.clients, setup.device, lambda: measure_row(setup, resolved), len(longest["input_ids"]),
-                decode_rows(setup.encoded.values(), cfg.eval.batch_size), step_for,
+                cfg.fed.clients, setup.device, lambda: bytes_per_row(setup.model, step_for(1), cfg.train.batch_size),
+                len(longest["input_ids"]), decode_rows(setup.encoded.values(), cfg.eval.batch_size), step_for,
                 probe_situation(setup, longest, max(resolved.ranks)))
 
 
@@ -261,16 +240,16 @@ def longest_row(setup: Any) -> dict[str, Any]:
     return max((ex for e in setup.encoded.values() for ex in e.train), key=lambda e: len(e["input_ids"]))
 
 
-def widest(setup: Any, resolved: Any) -> tuple[dict[str, torch.Tensor], float]:
-    """The probes' adapters: the widest client's fresh ones, with its gamma."""
+def probe_of(setup: Any, resolved: Any) -> Callable[[int], Callable[[bool], object]]:
+    """This run's probe step for a group of G clients (client.probe.probe_step): its longest training example,
+    its widest client's fresh adapters (drawn once here) and gamma."""
     cfg, r = setup.cfg, resolved
     c = max(range(cfg.fed.clients), key=lambda k: r.ranks[k])
-    return fresh_state(setup.model, cfg, r.init, c, r.ranks[c], max(r.ranks)), r.gammas[c]
+    adapters, longest = fresh_state(setup.model, cfg, r.init, c, r.ranks[c], max(r.ranks)), longest_row(setup)
+    return lambda g: probe_step(setup.model, setup.tok, setup.task, longest, cfg.train.batch_size, adapters,
+                                r.gammas[c], setup.device, cfg.train.gradient_checkpointing, clients=g)
 
 
 def measure_row(setup: Any, resolved: Any) -> int:
     """bytes_per_row of this run (its longest training example, its widest client's fresh adapters)."""
-    cfg = setup.cfg
-    adapters, gamma = widest(setup, resolved)
-    return bytes_per_row(setup.model, setup.tok, setup.task, longest_row(setup), cfg.train.batch_size, adapters,
-                         gamma, setup.device, cfg.train.gradient_checkpointing)
+    return bytes_per_row(setup.model, probe_of(setup, resolved)(1), setup.cfg.train.batch_size)

@@ -13,7 +13,7 @@ checkpointing, the client store, trackers, compilation) are left out.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,21 +92,21 @@ def find_runs(dirs: Sequence[Path]) -> list[Run]:
     return runs
 
 
-def select(runs: Sequence[Run], only: Sequence[tuple[str, str]]) -> list[Run]:
+def select(runs: Sequence[Run], only: Mapping[str, Sequence[str]]) -> list[Run]:
     """The runs whose every `only` setting (a dotted config key such as train.optimizer, or its last part:
-    optimizer, lr, rank) is one of its comma-separated values (`sfedlora report --only`)."""
-    for key, values in only:
-        names = set().union(*(r.settings() for r in runs))
+    optimizer, lr, rank) is one of its values (`sfedlora report --only`, parsed as sweep's: tools.sweep.parse_only)."""
+    kept = [(r, r.settings()) for r in runs]
+    for key, wanted in only.items():
+        names = set().union(*(flat for _, flat in kept))
         full = [key] if key in names else sorted(n for n in names if n.rsplit(".", 1)[-1] == key)
         if len(full) != 1:
             known = ", ".join(sorted(n.rsplit(".", 1)[-1] for n in names))
             raise SfedloraError(f"--only {key}: " + (f"ambiguous ({', '.join(full)}); give the dotted key" if full
                                                     else f"no such setting; settings: {known}"))
-        wanted = [v.strip() for v in values.split(",")]
-        runs = [r for r in runs if any(same_value(r.settings().get(full[0]), w) for w in wanted)]
-        if not runs:
-            raise SfedloraError(f"--only {key}={values}: no run left")
-    return list(runs)
+        kept = [(r, flat) for r, flat in kept if any(same_value(flat.get(full[0]), w) for w in wanted)]
+        if not kept:
+            raise SfedloraError(f"--only {key}={','.join(wanted)}: no run left")
+    return [r for r, _ in kept]
 
 
 @dataclass

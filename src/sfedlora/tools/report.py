@@ -187,12 +187,12 @@ def rate_protocol(rates: str, at: tuple[str, str] | None, choices: list[Any]) ->
 
 
 def build_report(dirs: list[Path], out: Path, ref: tuple[str, str] | None = None, rates: str = "per-arm",
-                 rate_at: tuple[str, str] | None = None, rate: Any = None, only: Sequence[Any] = ()) -> Path:
+                 rate_at: tuple[str, str] | None = None, rate: Any = None, only: Any = None) -> Path:
     """Tables, figures, report.md and report.html for the runs under `dirs`. `ref`: the (setting, value)
     paired differences are taken against (default: SFed-LoRA's, where the arms have it); `rates`, `rate_at`,
     `rate`: the rate protocol (tools.selection: per-arm, transfer at rate_at = (axis, value), or fixed at `rate`);
     `only`: (setting, values) the runs must have (tools.arms.select)."""
-    runs = select(find_runs(dirs), only)
+    runs = select(find_runs(dirs), only or {})
     tasks = {r.task for r in runs}
     if len(tasks) > 1:
         raise SfedloraError(f"runs of different task types ({', '.join(sorted(tasks))}): report them separately")
