@@ -101,6 +101,10 @@ def test_a_sweep_refuses_a_finished_run_made_with_other_settings(sentiment_file,
     stamp = (out / "seed=0" / rundir.SUMMARY).stat().st_mtime_ns
     assert main(["sweep", str(spec), "fed.rounds=1", "--out", str(out)]) == 0  # same settings: skipped
     assert (out / "seed=0" / rundir.SUMMARY).stat().st_mtime_ns == stamp
+    # settings that only decide what a run writes leave it finished
+    assert main(["sweep", str(spec), "fed.rounds=1", "keep_adapters=false", "tracking=[tensorboard]",
+                 "--out", str(out)]) == 0
+    assert (out / "seed=0" / rundir.SUMMARY).stat().st_mtime_ns == stamp
     capsys.readouterr()
     assert main(["sweep", str(spec), "fed.rounds=2", "--out", str(out), "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("other")
@@ -123,6 +127,16 @@ def test_export_never_destroys(sentiment_file, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert main(["export", str(run), "--client", "0", "--out", str(tmp_path / "afile")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_a_run_without_kept_adapters_writes_none_and_says_so_on_export(sentiment_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _run(sentiment_file, run, "fed.rounds=1", "keep_adapters=false") == 0
+    assert not list(run.glob("adapters*")) and rundir.records(run)[-1]["round"] == 1
+    capsys.readouterr()
+    for best in ([], ["--best"]):
+        assert main(["export", str(run), "--client", "0", "--out", str(tmp_path / "exp"), *best]) == 2
+        assert "was run with keep_adapters=false" in capsys.readouterr().err
 
 
 def test_a_flower_run_exports_from_its_node_directory(sentiment_file, tmp_path, capsys):

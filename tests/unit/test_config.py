@@ -132,3 +132,16 @@ def test_yaml_anchors_and_merge_keys_still_work_and_odd_keys_are_yaml_errors(tmp
     path.write_text("[a, b]: 1\n")
     with pytest.raises(SfedloraError, match=r"(?s)not valid YAML.*unhashable key"):
         load_config(str(path))
+
+
+def test_a_runs_identity_leaves_out_only_what_it_writes():
+    from sfedlora.config import not_results, written_only
+    from sfedlora.runtime.rundir import config_hash
+
+    written = set(written_only())
+    assert {"keep_adapters", "keep_round_adapters", "checkpoint_every", "tracking", "name"} <= written
+    assert written <= set(not_results()) and "seed" not in written and "train.lr" not in written
+    base = config_hash(load_config(None, []))
+    assert config_hash(load_config(None, ["keep_adapters=false", "checkpoint_every=0", "eval.samples=0"])) == base
+    assert config_hash(load_config(None, ["seed=1"])) != base
+    assert config_hash(load_config(None, ["train.lr=0.5"])) != base

@@ -319,7 +319,8 @@ def test_every_option_says_whether_it_changes_results():
 
     assert all("result" in f.metadata for f in checks().values())
     assert set(not_results()) == {
-        "seed", "name", "checkpoint_every", "keep_round_adapters", "tracking", "model.device", "model.attention",
+        "seed", "name", "checkpoint_every", "keep_round_adapters", "keep_adapters", "tracking", "model.device",
+        "model.attention",
         "fed.client_store",
         "train.gradient_checkpointing", "train.compile", "train.group_size", "train.group_memory", "eval.samples",
         "eval.sample_tokens"}

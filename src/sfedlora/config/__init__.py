@@ -16,6 +16,7 @@ from sfedlora.config.load import (
     same_value,
     to_dict,
     validate,
+    written_only,
 )
 from sfedlora.config.schema import (
     DataConfig,
@@ -29,4 +30,5 @@ from sfedlora.config.schema import (
 
 __all__ = ["CONFIG_DIR", "DEFAULT", "DataConfig", "EvalConfig", "FedConfig", "LoraConfig", "ModelConfig", "RunConfig",
            "TrainConfig", "builtin_configs", "config_from_dict", "config_path", "dotted", "load_config",
-           "not_results", "parse_override", "parse_value", "same_value", "read_yaml", "to_dict", "validate"]
+           "not_results", "parse_override", "parse_value", "same_value", "read_yaml", "to_dict", "validate",
+           "written_only"]

@@ -127,6 +127,12 @@ def not_results() -> list[str]:
     return [key for key, f in checks().items() if not f.metadata.get("result", True)]
 
 
+def written_only() -> list[str]:
+    """The dotted keys that only decide what a run writes (their schema option says written=True: trackers,
+    checkpoints, kept adapters, samples): what a run's identity (runtime.rundir.config_hash) leaves out."""
+    return [key for key, f in checks().items() if f.metadata.get("written", False)]
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     for key, f in checks().items():
         value, meta = _get(cfg, key), f.metadata

@@ -16,12 +16,15 @@ from sfedlora.methods import METHODS
 
 
 def opt(default: Any, help: str, choices: tuple[Any, ...] | None = None, check: str | None = None,
-        label: str | None = None, result: bool = True) -> Any:
+        label: str | None = None, result: bool = True, written: bool = False) -> Any:
     """A config field: its default, its help text, and what validation allows: `choices`, or `check`
     ("positive", "non_negative"); `label` names the field in error messages; `result`: whether its value can
     change what a run computes (False: the run's numbers are the same whatever it is, tested, or it is outside
-    the math, as a label or a tracker is). Reports group runs over the keys whose `result` is False."""
-    meta = {"help": help, "choices": choices, "check": check, "label": label, "result": result}
+    the math, as a label or a tracker is). Reports group runs over the keys whose `result` is False. `written`:
+    it only decides what the run writes (files, trackers), never what it computes nor which run it is, so a
+    sweep's finished run stays finished when it changes (runtime.rundir.config_hash); implies result False."""
+    meta = {"help": help, "choices": choices, "check": check, "label": label, "result": result and not written,
+            "written": written}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -209,8 +212,8 @@ class EvalConfig:
                        "them) instead of all; 0 = all", check="non_negative")
     samples: int = opt(2, "instruction and math: each client's first S test prompts (the split's seeded order) are "
                        "decoded greedily at every evaluated round and written with their reference to "
-                       "samples.jsonl; 0 = none", check="non_negative", result=False)
-    sample_tokens: int = opt(64, "decode length of those samples", check="positive", result=False)
+                       "samples.jsonl; 0 = none", check="non_negative", written=True)
+    sample_tokens: int = opt(64, "decode length of those samples", check="positive", written=True)
 
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
@@ -227,10 +230,13 @@ class RunConfig:
     seed: int = opt(0, "seeds data sampling, partitioning, init, batch order, participation", result=False)
     tracking: list[str] = opt([], "experiment trackers, any of `tensorboard`, `wandb` (offline), `mlflow` (a local "
                               "SQLite store): per-round metrics, the config, the report's figures; docs/usage.md",
-                              result=False)
-    name: str = opt("", "a label for the default run-folder name", result=False)
+                              written=True)
+    name: str = opt("", "a label for the default run-folder name", written=True)
     checkpoint_every: int = opt(1, "rounds between checkpoints (and always the last); 0 = never",
-                                check="non_negative", result=False)
+                                check="non_negative", written=True)
     keep_round_adapters: bool = opt(False, "also keep every checkpointed round's adapters in the run folder "
                                     "(rounds/), so `export --round N` can export any of them; one adapters file per "
-                                    "checkpoint", result=False)
+                                    "checkpoint", written=True)
+    keep_adapters: bool = opt(True, "in-process runs: keep the final and the best round's adapters in the run "
+                              "folder (what `export` reads); false: neither, for runs whose numbers are all that is "
+                              "wanted (SmolLM2 at rank 512 keeps about 1 GB a run)", written=True)

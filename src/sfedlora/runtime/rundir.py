@@ -7,7 +7,8 @@
   adapters.safetensors   every client's final adapters (in-process runs; what export reads); with
                    fed.client_store=disk the trained clients, the server's latest update and the name of
                    adapters.clients/, hard links to the trained clients' files (the same for .best and rounds/)
-  adapters.best.safetensors  every client's adapters at the best-on-validation round (export --best)
+  adapters.best.safetensors  every client's adapters at the best-on-validation round (export --best); neither
+                   file with keep_adapters false
   rounds/adapters.round-N.safetensors  every client's adapters after checkpointed round N, with
                    keep_round_adapters (export --round N)
   clients/client-C.safetensors  with fed.client_store=disk: the state of each client that has trained (adapters
@@ -33,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from sfedlora.config import RunConfig, config_from_dict, to_dict
+from sfedlora.config import RunConfig, config_from_dict, dotted, to_dict, written_only
 from sfedlora.errors import SfedloraError
 from sfedlora.runtime import lock, statefile
 from sfedlora.runtime.records import JsonlWriter, read_jsonl, write_jsonl
@@ -103,8 +104,11 @@ def clear(out: Path) -> None:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """What identifies a run's settings: a hash of its full config (every default filled in)."""
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    """What identifies a run's settings: a hash of its full config (every default filled in) but the keys that only
+    decide what it writes (config.written_only: a sweep run again with `keep_adapters: false` keeps its runs)."""
+    written = set(written_only())
+    kept = {k: v for k, v in dotted(to_dict(cfg)).items() if k not in written}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read(out: Path) -> tuple[RunConfig, Resolved]:
@@ -181,6 +185,9 @@ def load_adapters(out: Path, best: bool = False, rnd: int | None = None) -> dict
                 "it was run without keep_round_adapters=true, or with checkpoint_every=0 (only the last and the "
                 "best round can be exported)"))
         return statefile.load(path)
+    if finished(out) and not read(out)[0].keep_adapters:
+        raise SfedloraError(f"{out} was run with keep_adapters=false: it kept neither its final nor its best round's "
+                            "adapters")
     if best:
         if not (Path(out) / BEST).exists():
             raise SfedloraError(f"{out} has no {BEST}: its runner did not keep the best round's adapters (a Flower "

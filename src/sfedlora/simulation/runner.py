@@ -212,9 +212,10 @@ class Simulation:
         return {"redrawn_clients": redrawn}
 
     def recorded(self, record: dict[str, Any], log: RunLog) -> None:
-        """The best round's adapters (for export --best), checkpoints and kept rounds' adapters."""
+        """The best round's adapters (for export --best; unless keep_adapters is false), checkpoints and kept rounds'
+        adapters."""
         rnd, every = record["round"], self.cfg.checkpoint_every
-        if log.is_best(record):
+        if self.cfg.keep_adapters and log.is_best(record):
             self._save_adapters(best_round=rnd)
         if every and (rnd % every == 0 or rnd == self.cfg.fed.rounds):
             if self.cfg.keep_round_adapters:  # for export --round; before the checkpoint that a resume starts after
@@ -291,7 +292,8 @@ class Simulation:
             log.show = self.bar.write
         run_rounds(self.server, self, log, first, cfg.fed.rounds, cfg.eval.every)
         self.bar.close()
-        self._save_adapters()
+        if cfg.keep_adapters:
+            self._save_adapters()
         summary = log.finish(self.method.name)
         if close:
             log.close()

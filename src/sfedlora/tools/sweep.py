@@ -14,7 +14,8 @@ A spec (YAML) names a base config, fixed overrides and a grid per size (`quick` 
 values depend on another key (SGD and AdamW with a rate grid each).
 
 Each grid point gets its own run folder named after the grid values. A folder with summary.json whose
-config equals the planned one (runtime.rundir.config_hash) is finished and skipped, so re-running a sweep
+config equals the planned one in all but what it writes (runtime.rundir.config_hash: trackers, checkpoints,
+kept adapters and samples aside) is finished and skipped, so re-running a sweep
 continues it; an unfinished folder is started again; a finished folder made with other settings (the spec
 or the extra overrides changed) stops the sweep before anything runs, naming the settings that differ.
 
@@ -65,7 +66,7 @@ class PlannedRun:
 
 def stale(run: PlannedRun) -> str | None:
     """Why a finished folder is not this planned run (its recorded config differs), or None."""
-    from sfedlora.config import dotted, to_dict
+    from sfedlora.config import dotted, to_dict, written_only
     from sfedlora.runtime import rundir
 
     recorded, _ = rundir.read(run.folder)
@@ -73,7 +74,8 @@ def stale(run: PlannedRun) -> str | None:
     if rundir.config_hash(recorded) == rundir.config_hash(planned):
         return None
     a, b = dotted(to_dict(recorded)), dotted(to_dict(planned))
-    diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} planned" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} planned" for k in sorted(set(a) | set(b) - set(written_only()))
+            if a.get(k) != b.get(k)]
     return f"{run.folder} was made with other settings ({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''})"
 
 
