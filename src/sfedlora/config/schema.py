@@ -239,4 +239,6 @@ class RunConfig:
                                     "checkpoint", written=True)
     keep_adapters: bool = opt(True, "in-process runs: keep the final and the best round's adapters in the run "
                               "folder (what `export` reads); false: neither, for runs whose numbers are all that is "
-                              "wanted (SmolLM2 at rank 512 keeps about 1 GB a run)", written=True)
+                              "wanted (SmolLM2 at rank 512 keeps about 1 GB a run). A disk client store keeps its "
+                              "clients' files anyway (the adapters files are links to them); a Flower run's nodes "
+                              "keep their clients' states", written=True)

@@ -74,8 +74,8 @@ def stale(run: PlannedRun) -> str | None:
     if rundir.config_hash(recorded) == rundir.config_hash(planned):
         return None
     a, b = dotted(to_dict(recorded)), dotted(to_dict(planned))
-    diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} planned" for k in sorted(set(a) | set(b) - set(written_only()))
-            if a.get(k) != b.get(k)]
+    keys = sorted((set(a) | set(b)) - set(written_only()))  # what it writes is no difference (config_hash)
+    diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} planned" for k in keys if a.get(k) != b.get(k)]
     return f"{run.folder} was made with other settings ({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''})"
 
 
