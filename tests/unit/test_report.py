@@ -398,6 +398,20 @@ def test_the_three_rate_protocols_pick_different_rates_from_one_grid(tmp_path):
     assert "| 1.0 | 0.8000 | 1 | chosen, at the grid's top: the best rate may lie above it |" in md
 
 
+def test_chosen_rows_follow_their_settings_not_the_rates_each_ran(tmp_path):
+    """Rank 64 ran at fewer rates than 8 and 512 (before: its rows came last, after 512's)."""
+    from sfedlora.tools.selection import pick_rates
+
+    for rank, rates in ((8, (0.01, 0.1)), (512, (0.01, 0.1)), (64, (0.1,))):
+        for lr in rates:
+            fake_run(tmp_path / "runs" / f"{rank}-{lr}", ["fed.method=fedsa-lora", "lora.scaling=lora",
+                                                          f"lora.rank={rank}", f"train.lr={lr}"], [0.2, 0.5])
+    arms, _, _ = group_arms(find_runs([tmp_path / "runs"]))
+    for how in ({}, {"protocol": "fixed", "rate": 0.1}):
+        kept, _ = pick_rates(arms, True, **how)
+        assert [a.label["rank"] for a in kept] == [8, 64, 512]
+
+
 def test_a_rate_chosen_at_an_end_of_its_grid_is_flagged():
     from sfedlora.tools.report import grid_edge
     from sfedlora.tools.selection import RateChoice

@@ -171,9 +171,10 @@ def group_arms(runs: Sequence[Run]) -> tuple[list[Arm], list[str], dict[str, Any
             arm.duplicates.append(run.path)
         else:
             arm.runs.append(run)
-    ordered = sorted(arms.values(), key=lambda a: [_sort_key(v) for v in a.label.values()])
+    ordered = sorted(arms.values(), key=lambda a: [sort_key(v) for v in a.label.values()])
     return ordered, shown, common
 
 
-def _sort_key(value: Any) -> tuple[int, Any]:
+def sort_key(value: Any) -> tuple[int, Any]:
+    """Numbers before text, numbers by value."""
     return (0, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, str(value))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sfedlora.errors import SfedloraError
-from sfedlora.tools.arms import Arm, Run
+from sfedlora.tools.arms import Arm, Run, sort_key
 
 LR = "lr"
 PROTOCOLS = ("per-arm", "transfer", "fixed")
@@ -52,11 +52,13 @@ class RateChoice:
 
 
 def _groups(arms: Sequence[Arm], leave_out: Sequence[str]) -> dict[tuple, list[Arm]]:
-    """Arms by their settings but those in `leave_out`, in order."""
+    """Arms by their settings but those in `leave_out`, ordered by those settings (ranks as numbers): not by
+    where each first appears among arms sorted with the rate, which puts a rank run at fewer rates last."""
     out: dict[tuple, list[Arm]] = {}
     for arm in arms:
         out.setdefault(tuple((k, repr(v)) for k, v in arm.label.items() if k not in leave_out), []).append(arm)
-    return out
+    return dict(sorted(out.items(), key=lambda kv: [sort_key(v) for k, v in kv[1][0].label.items()
+                                                    if k not in leave_out]))
 
 
 def _best(members: Sequence[Arm], higher: bool) -> Arm | None:
