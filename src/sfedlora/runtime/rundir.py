@@ -103,12 +103,16 @@ def clear(out: Path) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def config_hash(cfg: RunConfig) -> str:
-    """What identifies a run's settings: a hash of its full config (every default filled in) but the keys that only
-    decide what it writes (config.written_only: a sweep run again with `keep_adapters: false` keeps its runs)."""
+def identity(cfg: RunConfig) -> dict[str, Any]:
+    """A run's settings as dotted keys, every default filled in, but the keys that only decide what it writes
+    (config.written_only: a sweep run again with `keep_adapters: false` keeps its runs)."""
     written = set(written_only())
-    kept = {k: v for k, v in dotted(to_dict(cfg)).items() if k not in written}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+    return {k: v for k, v in dotted(to_dict(cfg)).items() if k not in written}
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """What identifies a run's settings: a hash of its identity."""
+    return hashlib.sha256(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read(out: Path) -> tuple[RunConfig, Resolved]:

@@ -222,7 +222,8 @@ def plan_run(setup: Any, resolved: Any) -> GroupPlan:
     model and every client's state are in place: the worst-case row is the longest training example, the widest
     client's fresh adapters train it."""
     cfg = setup.cfg
-    longest, step_for = longest_row(setup), probe_of(setup, resolved)
+    longest = longest_row(setup)
+    step_for = probe_of(setup, resolved, longest)
     return plan(cfg.train.group_size, cfg.train.group_memory, cfg.train.batch_size, cfg.eval.batch_size,
                 cfg.fed.clients, setup.device, lambda: bytes_per_row(setup.model, step_for(1), cfg.train.batch_size),
                 len(longest["input_ids"]), decode_rows(setup.encoded.values(), cfg.eval.batch_size), step_for,
@@ -240,16 +241,17 @@ def longest_row(setup: Any) -> dict[str, Any]:
     return max((ex for e in setup.encoded.values() for ex in e.train), key=lambda e: len(e["input_ids"]))
 
 
-def probe_of(setup: Any, resolved: Any) -> Callable[[int], Callable[[bool], object]]:
-    """This run's probe step for a group of G clients (client.probe.probe_step): its longest training example,
-    its widest client's fresh adapters (drawn once here) and gamma."""
+def probe_of(setup: Any, resolved: Any, longest: dict[str, Any]) -> Callable[[int], Callable[[bool], object]]:
+    """This run's probe step for a group of G clients (client.probe.probe_step): its longest training example
+    (longest_row, a scan of every client's rows, done once by the caller), its widest client's fresh adapters
+    (drawn once here) and gamma."""
     cfg, r = setup.cfg, resolved
     c = max(range(cfg.fed.clients), key=lambda k: r.ranks[k])
-    adapters, longest = fresh_state(setup.model, cfg, r.init, c, r.ranks[c], max(r.ranks)), longest_row(setup)
+    adapters = fresh_state(setup.model, cfg, r.init, c, r.ranks[c], max(r.ranks))
     return lambda g: probe_step(setup.model, setup.tok, setup.task, longest, cfg.train.batch_size, adapters,
                                 r.gammas[c], setup.device, cfg.train.gradient_checkpointing, clients=g)
 
 
 def measure_row(setup: Any, resolved: Any) -> int:
     """bytes_per_row of this run (its longest training example, its widest client's fresh adapters)."""
-    return bytes_per_row(setup.model, probe_of(setup, resolved)(1), setup.cfg.train.batch_size)
+    return bytes_per_row(setup.model, probe_of(setup, resolved, longest_row(setup))(1), setup.cfg.train.batch_size)

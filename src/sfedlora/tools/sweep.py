@@ -66,16 +66,14 @@ class PlannedRun:
 
 def stale(run: PlannedRun) -> str | None:
     """Why a finished folder is not this planned run (its recorded config differs), or None."""
-    from sfedlora.config import dotted, to_dict, written_only
     from sfedlora.runtime import rundir
 
     recorded, _ = rundir.read(run.folder)
     planned = run.config
     if rundir.config_hash(recorded) == rundir.config_hash(planned):
         return None
-    a, b = dotted(to_dict(recorded)), dotted(to_dict(planned))
-    keys = sorted((set(a) | set(b)) - set(written_only()))  # what it writes is no difference (config_hash)
-    diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} planned" for k in keys if a.get(k) != b.get(k)]
+    a, b = rundir.identity(recorded), rundir.identity(planned)  # what a run writes is no difference
+    diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} planned" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     return f"{run.folder} was made with other settings ({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''})"
 
 
